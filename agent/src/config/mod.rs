@@ -1,0 +1,79 @@
+//! The command line. Every flag is documented here once; `sonde run --help` prints these texts.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::HookChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sonde",
+    version,
+    about = "Traces HTTP services with eBPF and exports OpenTelemetry spans — no code changes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace until SIGINT/SIGTERM, then flush and exit (needs root or the capabilities in the README).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// OTLP endpoint to export spans to, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318
+    /// (HTTP; `/v1/traces` is appended). Default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with none,
+    /// spans are only printed.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http/protobuf`. Default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf (the OTLP default).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Terminal output: `tree` (a waterfall per finished trace), `json` (one span per line on
+    /// stdout), `none`. Default: `tree` without an OTLP endpoint, `none` with one.
+    #[arg(long, value_name = "MODE")]
+    pub print: Option<String>,
+
+    /// Trace only these process ids (repeatable). Enforced in the kernel.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace only connections with this port at either end (repeatable), e.g. a server's listening port.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Trace only processes whose executable name or path matches this glob (repeatable), e.g.
+    /// `nginx` or `/usr/sbin/*`.
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exes: Vec<String>,
+
+    /// Bytes of each read/write copied from the kernel (max 16384). Headers longer than this still
+    /// give a span, with the fields past the cut missing.
+    #[arg(long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]
+    pub capture_bytes: u32,
+
+    /// Size of the kernel → agent ring buffer (rounded up to a power of two). When it is full,
+    /// events are dropped and counted, never waited for.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub ring_buffer_bytes: u32,
+
+    /// Which kernel hooks see the syscalls: `auto` picks the cheapest this kernel allows.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    pub hooks: HookChoice,
+
+    /// Export the query string as `url.query` (off by default: queries often carry secrets).
+    #[arg(long)]
+    pub capture_query: bool,
+
+    /// Spans waiting for export beyond this are dropped and counted.
+    #[arg(long, value_name = "SPANS", default_value_t = 8192)]
+    pub max_queue_spans: usize,
+
+    /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,169 @@
+//! The connection table: one entry per (process, fd) the kernel reported as a TCP socket, holding
+//! what the kernel said about it (addresses, role) and the HTTP parser state of both directions.
+//!
+//! Entries end with the kernel's `Close`, with a new `Open` on the same fd (reuse), when their
+//! process is gone, or after a long silence; memory stays bounded by `MAX_CONNECTIONS`.
+
+mod info;
+pub mod select;
+
+pub use info::ConnInfo;
+
+use std::collections::HashMap;
+
+use sonde_common::{ConnEvent, DataEvent, Direction, EventHeader, Role, conn_key};
+
+use crate::http::{Chunk, Exchange, HttpConnection, Limits};
+
+/// Beyond this many tracked connections the least recently active are dropped.
+pub const MAX_CONNECTIONS: usize = 65_536;
+/// A response whose end cannot be known (framing lost) is closed after this much silence.
+pub const IDLE_FLUSH_NS: u64 = 1_000_000_000;
+/// A connection silent this long is forgotten (its close was never seen).
+pub const FORGET_AFTER_NS: u64 = 15 * 60 * 1_000_000_000;
+
+/// A finished exchange and the connection it happened on.
+pub struct Finished {
+    pub conn: ConnInfo,
+    pub exchange: Exchange,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnStats {
+    pub opened: u64,
+    pub closed: u64,
+    /// Data for a (tgid, fd) whose `Open` we never got (dropped in the kernel).
+    pub data_without_open: u64,
+    pub evicted: u64,
+}
+
+struct Connection {
+    info: ConnInfo,
+    http: HttpConnection,
+    last_seen_ns: u64,
+    /// Not selected (port/process filter) or not HTTP: data is ignored.
+    ignored: bool,
+    flushed_idle: bool,
+}
+
+#[derive(Default)]
+pub struct ConnTable {
+    conns: HashMap<u64, Connection>,
+    stats: ConnStats,
+}
+
+fn requests_from(role: Role) -> Option<Direction> {
+    match role {
+        Role::Server => Some(Direction::Ingress),
+        Role::Client => Some(Direction::Egress),
+        Role::Unknown => None,
+    }
+}
+
+impl ConnTable {
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// A TCP socket first seen on (tgid, fd). `selected` says whether its data should be parsed.
+    pub fn open(&mut self, event: &ConnEvent, selected: bool, out: &mut Vec<Finished>) {
+        let key = conn_key(event.header.tgid, event.header.fd as u32);
+        if let Some(mut old) = self.conns.remove(&key) {
+            // The fd was reused without a close we saw: the old connection ended before this.
+            finish(&mut old, event.header.ts_ns, out);
+        }
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.evict_oldest();
+        }
+        self.stats.opened += 1;
+        let info = ConnInfo::from_event(event);
+        self.conns.insert(
+            key,
+            Connection {
+                http: HttpConnection::new(requests_from(info.role), Limits::default()),
+                info,
+                last_seen_ns: event.header.ts_ns,
+                ignored: !selected,
+                flushed_idle: false,
+            },
+        );
+    }
+
+    pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Vec<Finished>) {
+        let key = conn_key(event.header.tgid, event.header.fd as u32);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            self.stats.data_without_open += 1;
+            return;
+        };
+        conn.last_seen_ns = event.header.ts_ns;
+        conn.flushed_idle = false;
+        if conn.ignored {
+            return;
+        }
+        let mut exchanges = Vec::new();
+        let chunk = Chunk { ts_ns: event.header.ts_ns, data: payload, len: event.len };
+        conn.http.feed(direction, chunk, &mut exchanges);
+        out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
+        if !conn.http.is_http() {
+            conn.ignored = true;
+        }
+    }
+
+    pub fn close(&mut self, header: &EventHeader, out: &mut Vec<Finished>) {
+        let key = conn_key(header.tgid, header.fd as u32);
+        if let Some(mut conn) = self.conns.remove(&key) {
+            self.stats.closed += 1;
+            finish(&mut conn, header.ts_ns, out);
+        }
+    }
+
+    /// Periodic upkeep at monotonic time `now_ns`: finish responses that went quiet, forget
+    /// connections of exited processes and ones silent for `FORGET_AFTER_NS`.
+    pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Vec<Finished>) {
+        let mut gone = Vec::new();
+        for (key, conn) in &mut self.conns {
+            let idle = now_ns.saturating_sub(conn.last_seen_ns);
+            if idle >= FORGET_AFTER_NS || !process_alive(conn.info.pid) {
+                gone.push(*key);
+            } else if idle >= IDLE_FLUSH_NS && !conn.flushed_idle && !conn.ignored {
+                let mut exchanges = Vec::new();
+                conn.http.flush_idle(&mut exchanges);
+                out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
+                conn.flushed_idle = true;
+            }
+        }
+        for key in gone {
+            if let Some(mut conn) = self.conns.remove(&key) {
+                self.stats.evicted += 1;
+                let ts = conn.last_seen_ns;
+                finish(&mut conn, ts, out);
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let mut ages: Vec<u64> = self.conns.values().map(|c| c.last_seen_ns).collect();
+        ages.sort_unstable();
+        let cutoff = ages[ages.len() / 8];
+        let before = self.conns.len();
+        self.conns.retain(|_, c| c.last_seen_ns > cutoff);
+        self.stats.evicted += (before - self.conns.len()) as u64;
+    }
+}
+
+fn finish(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {
+    if conn.ignored {
+        return;
+    }
+    let mut exchanges = Vec::new();
+    conn.http.close(ts_ns, &mut exchanges);
+    out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
+}

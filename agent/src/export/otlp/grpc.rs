@@ -1,0 +1,136 @@
+//! OTLP/gRPC: `TraceService/Export` over a lazily connected tonic channel, so a collector that
+//! is down when sonde starts is a retryable export failure, not a start-up error.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tonic::Code;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::{Accepted, Failure, USER_AGENT};
+use crate::export::{ExportError, OtlpConfig};
+
+pub(crate) struct GrpcClient {
+    client: TraceServiceClient<Channel>,
+    metadata: MetadataMap,
+    timeout: Duration,
+}
+
+impl GrpcClient {
+    pub(crate) fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
+        let endpoint = &config.endpoint;
+        let client_error = |source| ExportError::GrpcClient {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let mut ep = Endpoint::from_shared(endpoint.clone())
+            .map_err(client_error)?
+            .user_agent(USER_AGENT)
+            .map_err(client_error)?
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
+        if endpoint.starts_with("https://") {
+            ep = ep
+                .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                .map_err(client_error)?;
+        }
+
+        let mut metadata = MetadataMap::new();
+        for (name, value) in &config.headers {
+            let bad = || ExportError::BadHeader { name: name.clone() };
+            // gRPC metadata keys are lower-case; `-bin` keys would need base64 values.
+            let key: AsciiMetadataKey = name.to_ascii_lowercase().parse().map_err(|_| bad())?;
+            let value: AsciiMetadataValue = value.parse().map_err(|_| bad())?;
+            metadata.append(key, value);
+        }
+
+        Ok(Self {
+            client: TraceServiceClient::new(ep.connect_lazy()),
+            metadata,
+            timeout: config.timeout,
+        })
+    }
+
+    pub(crate) async fn export(
+        &mut self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Accepted, Failure> {
+        let mut request = tonic::Request::new(request);
+        *request.metadata_mut() = self.metadata.clone();
+        // Also tells the server, through `grpc-timeout`, when to give up.
+        request.set_timeout(self.timeout);
+        match self.client.export(request).await {
+            Ok(response) => Ok(response
+                .into_inner()
+                .partial_success
+                .map(|p| Accepted {
+                    rejected: p.rejected_spans,
+                    message: p.error_message,
+                })
+                .unwrap_or_default()),
+            Err(status) => Err(classify(&status)),
+        }
+    }
+}
+
+/// OTLP/gRPC spec: these codes are transient and the batch may be sent again. tonic reports a
+/// refused or dropped connection as UNAVAILABLE and its own timeout as CANCELLED.
+fn classify(status: &tonic::Status) -> Failure {
+    let reason = format!("gRPC {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => Failure::Retryable {
+            reason,
+            retry_after: None,
+        },
+        _ => Failure::Permanent { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes() {
+        for code in [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+        ] {
+            let failure = classify(&tonic::Status::new(code, "x"));
+            assert!(matches!(failure, Failure::Retryable { .. }), "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+        ] {
+            let failure = classify(&tonic::Status::new(code, "x"));
+            assert!(matches!(failure, Failure::Permanent { .. }), "{code:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_is_a_start_error() {
+        let config = OtlpConfig {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: crate::export::Protocol::Grpc,
+            headers: vec![("x-token".into(), "a\u{7f}b".into())],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(matches!(
+            GrpcClient::new(&config),
+            Err(ExportError::BadHeader { .. })
+        ));
+    }
+}

@@ -1,0 +1,106 @@
+//! Ring-buffer records → typed events. Total: a short or unknown record is an error, never a panic.
+
+use sonde_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind};
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data { event: DataEvent, payload: &'a [u8] },
+    Open(ConnEvent),
+    Close(EventHeader),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short for a {what}")]
+    Short { what: &'static str, len: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("data event claims {claimed} captured bytes but carries {carried}")]
+    BadCapture { claimed: u32, carried: usize },
+}
+
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { what, len: bytes.len() });
+    }
+    // SAFETY: length checked above; T is a plain #[repr(C)] struct of integers, valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    let header: EventHeader = read(bytes, "header")?;
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::Data) => {
+            let event: DataEvent = read(bytes, "data event")?;
+            let payload = &bytes[size_of::<DataEvent>()..];
+            let claimed = event.captured as usize;
+            if claimed > payload.len() || event.direction > Direction::Egress as u8 {
+                return Err(DecodeError::BadCapture { claimed: event.captured, carried: payload.len() });
+            }
+            Ok(Event::Data { event, payload: &payload[..claimed] })
+        }
+        Some(EventKind::Open) => Ok(Event::Open(read(bytes, "open event")?)),
+        Some(EventKind::Close) => Ok(Event::Close(header)),
+        None => Err(DecodeError::UnknownKind(header.kind)),
+    }
+}
+
+pub fn direction(event: &DataEvent) -> Direction {
+    if event.direction == Direction::Egress as u8 { Direction::Egress } else { Direction::Ingress }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u32) -> EventHeader {
+        EventHeader { ts_ns: 7, tgid: 1, tid: 2, fd: 3, kind }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain #[repr(C)] value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let data = DataEvent { header: header(1), len: 10, captured: 3, direction: 1, _pad: [0; 7] };
+        let mut raw = bytes_of(&data);
+        raw.extend_from_slice(b"abcdef");
+        match decode(&raw).unwrap() {
+            Event::Data { event, payload } => {
+                assert_eq!(payload, b"abc");
+                assert_eq!(event.len, 10);
+                assert_eq!(direction(&event), Direction::Egress);
+            }
+            other => panic!("{other:?}"),
+        }
+        let open = ConnEvent {
+            header: header(2),
+            sock: 0xffff_8880_0000_0000,
+            family: 2,
+            local_port: 80,
+            remote_port: 5555,
+            role: 1,
+            _pad: 0,
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote_addr: [0; 16],
+        };
+        match decode(&bytes_of(&open)).unwrap() {
+            Event::Open(e) => {
+                assert_eq!((e.local_port, e.remote_port, e.sock), (80, 5555, open.sock))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(&bytes_of(&header(3))).unwrap(), Event::Close(h) if h.fd == 3));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
+        assert_eq!(decode(&bytes_of(&header(99))).unwrap_err(), DecodeError::UnknownKind(99));
+        let data = DataEvent { header: header(1), len: 10, captured: 9, direction: 0, _pad: [0; 7] };
+        assert!(matches!(decode(&bytes_of(&data)), Err(DecodeError::BadCapture { .. })));
+        assert!(matches!(decode(&bytes_of(&header(2))), Err(DecodeError::Short { .. })));
+    }
+}

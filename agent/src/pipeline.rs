@@ -1,0 +1,124 @@
+//! The user-space data flow on the intake thread: kernel events → connection table → HTTP
+//! exchanges → spans → export queue. Single-threaded on purpose: per-connection state needs no
+//! locks, and the export queue is the only hand-off (non-blocking, drops counted).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    conn::{ConnTable, Finished, select::Selector},
+    export::SpanSink,
+    intake::{self, DecodeError, Event},
+    process::{self, ProcessCache},
+    span::{
+        Assembler,
+        clock::{WallClock, monotonic_ns},
+    },
+};
+
+/// Counters shared with the main thread for the periodic and final reports.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub events: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub connections: AtomicU64,
+    pub spans: AtomicU64,
+    pub unsampled: AtomicU64,
+    pub data_without_open: AtomicU64,
+}
+
+pub struct Pipeline {
+    conns: ConnTable,
+    processes: ProcessCache,
+    assembler: Assembler,
+    selector: Selector,
+    clock: WallClock,
+    sink: SpanSink,
+    stats: Arc<PipelineStats>,
+    finished: Vec<Finished>,
+    last_process_sweep: Instant,
+}
+
+const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+impl Pipeline {
+    pub fn new(assembler: Assembler, selector: Selector, sink: SpanSink, stats: Arc<PipelineStats>) -> Self {
+        Self {
+            conns: ConnTable::default(),
+            processes: ProcessCache::new(),
+            assembler,
+            selector,
+            clock: WallClock::sample(),
+            sink,
+            stats,
+            finished: Vec::new(),
+            last_process_sweep: Instant::now(),
+        }
+    }
+
+    fn emit(&mut self) {
+        for Finished { conn, exchange } in self.finished.drain(..) {
+            let resource = self.processes.resource(conn.pid);
+            if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock) {
+                self.sink.send(span);
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let a = self.assembler.stats();
+        let c = self.conns.stats();
+        self.stats.spans.store(a.spans, Ordering::Relaxed);
+        self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
+    }
+}
+
+impl intake::Sink for Pipeline {
+    fn event(&mut self, event: Event<'_>) {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        match event {
+            Event::Open(open) => {
+                let info = crate::conn::ConnInfo::from_event(&open);
+                let selected = self.selector.accepts(&info, || process::read_info(info.pid));
+                if selected {
+                    // Read /proc now, while the process surely exists (it may be short-lived).
+                    self.processes.resource(info.pid);
+                }
+                self.conns.open(&open, selected, &mut self.finished);
+            }
+            Event::Data { event, payload } => {
+                let direction = intake::direction_of(&event);
+                self.conns.data(&event, direction, payload, &mut self.finished);
+            }
+            Event::Close(header) => self.conns.close(&header, &mut self.finished),
+        }
+        if !self.finished.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn decode_error(&mut self, error: DecodeError) {
+        let n = self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(%error, count = n + 1, "undecodable ring-buffer records");
+        }
+    }
+
+    fn tick(&mut self) {
+        self.clock = WallClock::sample();
+        self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
+        self.emit();
+        if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
+            self.processes.sweep();
+            self.last_process_sweep = Instant::now();
+        }
+        self.publish_stats();
+    }
+}

@@ -1,0 +1,259 @@
+//! Loading and attaching the kernel programs: prerequisites, the choice of hook set, the globals
+//! and map sizes the programs are built with, and read access to their maps.
+
+pub mod btf_offsets;
+pub mod prereq;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+};
+use sonde_common::{DROP_REASONS, MAX_CAPTURE, globals, maps};
+
+/// The kernel object built by `build.rs` (empty when the build was skipped with AYA_BUILD_SKIP).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
+
+/// Which hooks see the syscalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    /// `tp_btf` where the kernel allows it (x86_64 with BTF), else syscall tracepoints.
+    Auto,
+    /// BTF-enabled raw tracepoints on sys_enter/sys_exit: one cheap program for all syscalls.
+    TpBtf,
+    /// Classic per-syscall tracepoints (`syscalls/sys_{enter,exit}_*`): works on every kernel.
+    Tracepoints,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookSet {
+    TpBtf,
+    Tracepoints,
+}
+
+impl std::fmt::Display for HookSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookSet::TpBtf => "tp_btf sys_enter/sys_exit",
+            HookSet::Tracepoints => "syscall tracepoints",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Prereq(#[from] prereq::PrereqError),
+    #[error(
+        "this sonde binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("loading program {program}: {source}")]
+    LoadProgram { program: &'static str, source: ProgramError },
+    #[error("attaching program {program} to {target}: {source}")]
+    Attach { program: &'static str, target: String, source: ProgramError },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] aya::BtfError),
+}
+
+pub struct ProbeOptions {
+    pub hooks: HookChoice,
+    /// Payload bytes copied per syscall (clamped to `MAX_CAPTURE`).
+    pub capture_bytes: u32,
+    /// Ring-buffer size in bytes (rounded up to a power of two ≥ one page).
+    pub ring_bytes: u32,
+    /// Only these tgids are traced when non-empty.
+    pub pids: Vec<u32>,
+}
+
+/// (program, syscall) pairs of the read/write family and the connection calls, per hook kind.
+const SYSCALL_TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+];
+const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+const BTF_PROGRAMS: &[(&str, &str)] = &[("tp_btf_sys_enter", "sys_enter"), ("tp_btf_sys_exit", "sys_exit")];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    pub hooks: HookSet,
+}
+
+impl Probes {
+    pub fn load(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        prereq::check_capabilities()?;
+        prereq::check_kernel()?;
+        prereq::ensure_tracefs()?;
+        for tp in SOCK_TRACEPOINTS {
+            if !prereq::tracepoint_exists("sock", tp) {
+                return Err(prereq::PrereqError::MissingTracepoint(tp).into());
+            }
+        }
+        prereq::raise_memlock();
+
+        let v6 = match btf_offsets::sock_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "IPv6 addresses will be missing from spans");
+                btf_offsets::SockOffsets { v6_daddr: 0, v6_rcv_saddr: 0 }
+            }
+        };
+        let agent_tgid = std::process::id();
+        let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
+        let filter_pids: u32 = (!options.pids.is_empty()).into();
+        let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
+        let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .override_global(globals::CAPTURE_BYTES, &capture, true)
+            .override_global(globals::FILTER_PIDS, &filter_pids, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
+            .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
+            .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
+            .map_max_entries(maps::SCRATCH, cpus)
+            .load(EBPF_OBJECT)?;
+
+        if !options.pids.is_empty() {
+            let mut selected: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(maps::SELECTED_PIDS).ok_or(ProbeError::MissingMap(maps::SELECTED_PIDS))?,
+            )
+            .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
+            for pid in &options.pids {
+                selected
+                    .insert(pid, 1, 0)
+                    .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
+            }
+        }
+
+        for tp in SOCK_TRACEPOINTS {
+            attach_tracepoint(&mut ebpf, tp, "sock")?;
+        }
+        let hooks = match options.hooks {
+            HookChoice::Tracepoints => attach_syscall_tracepoints(&mut ebpf)?,
+            HookChoice::TpBtf => attach_tp_btf(&mut ebpf)?,
+            HookChoice::Auto if std::env::consts::ARCH != "x86_64" => attach_syscall_tracepoints(&mut ebpf)?,
+            HookChoice::Auto => match attach_tp_btf(&mut ebpf) {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::info!(error = %e, "tp_btf unavailable; using syscall tracepoints");
+                    attach_syscall_tracepoints(&mut ebpf)?
+                }
+            },
+        };
+        tracing::info!(hooks = %hooks, capture_bytes = capture, "kernel programs attached");
+        Ok(Self { ebpf, hooks })
+    }
+
+    /// The ring buffer of events (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
+    }
+
+    /// Kernel-side drops per `DropReason`, summed over CPUs.
+    pub fn drops(&self) -> [u64; DROP_REASONS as usize] {
+        let mut out = [0u64; DROP_REASONS as usize];
+        let Some(map) = self.ebpf.map(maps::DROPS) else {
+            return out;
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return out;
+        };
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = array.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+fn ring_size(requested: u32) -> u32 {
+    requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram { program })?
+        .try_into()
+        .map_err(|source| ProbeError::LoadProgram { program, source })?;
+    prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
+    prog.attach(category, program).map_err(|source| ProbeError::Attach {
+        program,
+        target: format!("{category}/{program}"),
+        source,
+    })?;
+    Ok(())
+}
+
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
+    for program in SYSCALL_TRACEPOINTS {
+        attach_tracepoint(ebpf, program, "syscalls")?;
+    }
+    Ok(HookSet::Tracepoints)
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
+    let btf = Btf::from_sys_fs()?;
+    let mut attached = Vec::new();
+    for &(program, target) in BTF_PROGRAMS {
+        let result = (|| {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| ProbeError::LoadProgram { program, source })?;
+            prog.load(target, &btf).map_err(|source| ProbeError::LoadProgram { program, source })?;
+            prog.attach().map_err(|source| ProbeError::Attach {
+                program,
+                target: format!("tp_btf/{target}"),
+                source,
+            })
+        })();
+        match result {
+            Ok(link) => attached.push((program, link)),
+            Err(e) => {
+                // Undo a half attach so the fallback does not see syscalls twice.
+                for (program, link) in attached {
+                    if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut BtfTracePoint>::try_from) {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(HookSet::TpBtf)
+}

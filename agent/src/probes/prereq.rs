@@ -1,0 +1,111 @@
+//! What the kernel and the process must offer before anything is loaded, each checked with an
+//! error that says what is missing and how to fix it.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrereqError {
+    #[error(
+        "missing capabilities: {missing}. Run sonde as root, or grant them \
+         (e.g. `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep sonde`)"
+    )]
+    Capabilities { missing: String },
+    #[error("kernel {found} is too old: sonde needs Linux {needed} or newer ({why})")]
+    KernelTooOld { found: String, needed: &'static str, why: &'static str },
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {source} (mount it with `mount -t tracefs tracefs /sys/kernel/tracing`)"
+    )]
+    Tracefs { source: std::io::Error },
+    #[error("tracepoint {0} does not exist on this kernel")]
+    MissingTracepoint(&'static str),
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CAP_BPF + CAP_PERFMON load and attach the programs (CAP_SYS_ADMIN covers both on kernels before
+/// 5.8's split); CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH read other users' /proc/PID/{environ,exe}.
+pub fn check_capabilities() -> Result<(), PrereqError> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+            if !has(cap) {
+                missing.push(name);
+            }
+        }
+    }
+    for (cap, name) in [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")] {
+        if !has(cap) {
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() { Ok(()) } else { Err(PrereqError::Capabilities { missing: missing.join(", ") }) }
+}
+
+/// (major, minor) of the running kernel.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+pub fn check_kernel() -> Result<(), PrereqError> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match kernel_version() {
+        Some(v) if v < (6, 3) => Err(PrereqError::KernelTooOld {
+            found: release.trim().to_owned(),
+            needed: "6.3",
+            why: "the sock:sock_send_length/sock_recv_length tracepoints tell TCP sockets from other fds",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Mounts tracefs where it is missing (container images and minimal hosts often lack it).
+pub fn ensure_tracefs() -> Result<(), PrereqError> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status()
+        .map_err(|source| PrereqError::Tracefs { source })?;
+    if status.success() && Path::new(TRACEFS).join("events").is_dir() {
+        tracing::info!(path = TRACEFS, "mounted tracefs");
+        Ok(())
+    } else {
+        Err(PrereqError::Tracefs { source: std::io::Error::other(format!("mount exited with {status}")) })
+    }
+}
+
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless elsewhere.
+pub fn raise_memlock() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels ≥ 5.11)");
+    }
+}

@@ -1,0 +1,137 @@
+//! Process metadata: the OTel resource of each traced process, read once from /proc and cached.
+//!
+//! `service.name` comes from the process's own `OTEL_SERVICE_NAME` (what its SDK would use), else
+//! its executable name. Entries are keyed by pid and checked against the process start time, so a
+//! reused pid never inherits another program's resource.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::span::model::{KeyValue, Resource};
+
+mod procfs;
+
+pub use procfs::{ProcInfo, read as read_info};
+
+/// Upper bound on cached processes; beyond it the least recently used half is dropped.
+const MAX_CACHED: usize = 16_384;
+
+pub struct ProcessCache {
+    host_name: String,
+    entries: HashMap<u32, Entry>,
+    clock: u64,
+}
+
+struct Entry {
+    start_time: u64,
+    resource: Arc<Resource>,
+    last_used: u64,
+}
+
+impl Default for ProcessCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessCache {
+    pub fn new() -> Self {
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Self { host_name, entries: HashMap::new(), clock: 0 }
+    }
+
+    /// The resource of `pid`, read from /proc the first time (or after the pid was reused).
+    pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
+        self.clock += 1;
+        let start_time = procfs::start_time(pid).unwrap_or(0);
+        if let Some(e) = self.entries.get_mut(&pid)
+            && (e.start_time == start_time || start_time == 0)
+        {
+            e.last_used = self.clock;
+            return e.resource.clone();
+        }
+        if self.entries.len() >= MAX_CACHED {
+            self.evict_half();
+        }
+        let info = procfs::read(pid);
+        let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
+        self.entries.insert(pid, Entry { start_time, resource: resource.clone(), last_used: self.clock });
+        resource
+    }
+
+    /// Forget processes that have exited.
+    pub fn sweep(&mut self) {
+        self.entries.retain(|pid, _| procfs::exists(*pid));
+    }
+
+    fn evict_half(&mut self) {
+        let mut ages: Vec<u64> = self.entries.values().map(|e| e.last_used).collect();
+        ages.sort_unstable();
+        let cutoff = ages[ages.len() / 2];
+        self.entries.retain(|_, e| e.last_used > cutoff);
+    }
+}
+
+pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &str) -> Resource {
+    let service_name = info
+        .env_service_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| info.exe_name.clone().unwrap_or_else(|| format!("pid-{pid}")));
+    let mut attributes = vec![
+        KeyValue::str("service.name", service_name.clone()),
+        KeyValue::int("process.pid", pid as i64),
+        KeyValue::str("host.name", host_name.to_owned()),
+        KeyValue::str("telemetry.sdk.name", "sonde"),
+        KeyValue::str("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::str("telemetry.sdk.language", "rust"),
+    ];
+    if let Some(name) = &info.exe_name {
+        attributes.push(KeyValue::str("process.executable.name", name.clone()));
+    }
+    if let Some(path) = &info.exe_path {
+        attributes.push(KeyValue::str("process.executable.path", path.clone()));
+    }
+    if let Some(cmd) = &info.command_line {
+        attributes.push(KeyValue::str("process.command_line", cmd.clone()));
+    }
+    let id = ((pid as u64) << 32) ^ start_time;
+    Resource { id, service_name, attributes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_prefers_the_process_env() {
+        let info = ProcInfo {
+            exe_name: Some("python3.11".into()),
+            exe_path: Some("/usr/bin/python3.11".into()),
+            command_line: Some("python3 -m http.server".into()),
+            env_service_name: Some("checkout".into()),
+        };
+        let r = build_resource(42, 1, &info, "host-a");
+        assert_eq!(r.service_name, "checkout");
+        let r = build_resource(42, 1, &ProcInfo { env_service_name: None, ..info.clone() }, "host-a");
+        assert_eq!(r.service_name, "python3.11");
+        assert!(r.attributes.contains(&KeyValue::int("process.pid", 42)));
+        assert!(r.attributes.contains(&KeyValue::str("process.command_line", "python3 -m http.server")));
+        let r = build_resource(42, 1, &ProcInfo::default(), "host-a");
+        assert_eq!(r.service_name, "pid-42");
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let mut cache = ProcessCache::new();
+        let r = cache.resource(std::process::id());
+        assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
+        assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
+    }
+}
+
+/// Whether a process still exists (its connections are dropped once it is gone).
+pub fn alive(pid: u32) -> bool {
+    procfs::exists(pid)
+}

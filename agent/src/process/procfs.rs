@@ -1,0 +1,85 @@
+//! The few /proc reads sonde needs per process. Every read may fail (the process exited, or we
+//! lack CAP_SYS_PTRACE for its environ): missing facts are `None`, never an error.
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub exe_name: Option<String>,
+    pub exe_path: Option<String>,
+    pub command_line: Option<String>,
+    pub env_service_name: Option<String>,
+}
+
+/// Longest command line kept (attribute values must stay bounded).
+const MAX_COMMAND_LINE: usize = 1024;
+
+pub fn read(pid: u32) -> ProcInfo {
+    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
+    let exe_name =
+        exe_path.as_deref().and_then(|p| p.rsplit('/').next()).map(str::to_owned).or_else(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_owned())
+        });
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
+        let mut s: String = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ");
+        truncate(&mut s, MAX_COMMAND_LINE);
+        s
+    });
+    let env_service_name = std::fs::read(format!("/proc/{pid}/environ"))
+        .ok()
+        .and_then(|raw| env_var(&raw, b"OTEL_SERVICE_NAME"));
+    ProcInfo { exe_name, exe_path, command_line: command_line.filter(|c| !c.is_empty()), env_service_name }
+}
+
+/// The value of `name` in a NUL-separated environ block.
+pub fn env_var(environ: &[u8], name: &[u8]) -> Option<String> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name)?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused pid apart.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_var_matches_whole_names() {
+        let env = b"OTEL_SERVICE_NAME_X=no\0PATH=/bin\0OTEL_SERVICE_NAME=cart\0";
+        assert_eq!(env_var(env, b"OTEL_SERVICE_NAME").as_deref(), Some("cart"));
+        assert_eq!(env_var(b"", b"OTEL_SERVICE_NAME"), None);
+    }
+
+    #[test]
+    fn start_time_of_self() {
+        assert!(start_time(std::process::id()).is_some());
+        assert_eq!(start_time(u32::MAX), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! `sonde run`: resolve the configuration, load the probes, start the exporters and the intake
+//! thread, and on SIGINT/SIGTERM drain, flush and report what was dropped.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    config::RunArgs,
+    conn::select::Selector,
+    export::{ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol},
+    intake,
+    pipeline::{Pipeline, PipelineStats},
+    probes::{ProbeOptions, Probes},
+    span::{AssembleOptions, Assembler},
+};
+
+/// How often the intake thread runs timeouts and publishes its counters.
+const TICK: Duration = Duration::from_millis(250);
+/// How often counters are logged while running.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+/// Longest the exporters may take to flush at shutdown.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    let protocol: Option<Protocol> = args.otlp_protocol.as_deref().map(str::parse).transpose()?;
+    let otlp = OtlpConfig::from_env(args.otlp_endpoint.as_deref(), protocol)?;
+    let print = match args.print.as_deref() {
+        Some(mode) => mode.parse()?,
+        None => PrintMode::default_for(otlp.as_ref()),
+    };
+    let selector = Selector::new(args.pids.clone(), args.ports.clone(), &args.exes)?;
+
+    let mut probes = Probes::load(&ProbeOptions {
+        hooks: args.hooks,
+        capture_bytes: args.capture_bytes,
+        ring_bytes: args.ring_buffer_bytes,
+        pids: args.pids.clone(),
+    })?;
+    let ring = probes.take_events()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("sonde-export")
+        .build()
+        .context("starting the async runtime")?;
+    let export_options = ExportOptions {
+        otlp: otlp.clone(),
+        print,
+        max_queue_spans: args.max_queue_spans,
+        ..ExportOptions::default()
+    };
+    let (exporter, sink) = runtime.block_on(async { Exporter::start(export_options) })?;
+    let export_stats = exporter.stats();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(PipelineStats::default());
+    let assembler = Assembler::new(AssembleOptions { capture_query: args.capture_query });
+    let intake_thread = {
+        let stop = stop.clone();
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("sonde-intake".into())
+            .spawn(move || {
+                let mut pipeline = Pipeline::new(assembler, selector, sink, stats);
+                intake::run(ring, &mut pipeline, &stop, TICK);
+            })
+            .context("starting the intake thread")?
+    };
+    tracing::info!(
+        hooks = %probes.hooks,
+        otlp = otlp.as_ref().map(|o| format!("{} {}", o.protocol, o.endpoint)).unwrap_or_else(|| "none".into()),
+        "tracing started"
+    );
+
+    runtime.block_on(async {
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        report.tick().await;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+                _ = report.tick() => report_counters(&probes, &stats, &export_stats, "running"),
+            }
+        }
+        anyhow::Ok(())
+    })?;
+
+    tracing::info!("stopping: draining events and flushing spans");
+    stop.store(true, Ordering::Relaxed);
+    // The intake thread polls every few ms, so it sees `stop` promptly; it drains the ring first.
+    if intake_thread.join().is_err() {
+        tracing::error!("the intake thread panicked");
+    }
+    runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
+    report_counters(&probes, &stats, &export_stats, "stopped");
+    Ok(())
+}
+
+fn report_counters(
+    probes: &Probes,
+    stats: &PipelineStats,
+    export: &crate::export::ExportStats,
+    state: &'static str,
+) {
+    let [ring_full, active_full, copy_failed] = probes.drops();
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    tracing::info!(
+        state,
+        events = load(&stats.events),
+        spans = load(&stats.spans),
+        spans_exported = load(&export.spans_exported),
+        spans_dropped = export.spans_dropped(),
+        kernel_dropped_ring_full = ring_full,
+        kernel_dropped_active_full = active_full,
+        kernel_copy_failed = copy_failed,
+        decode_errors = load(&stats.decode_errors),
+        unsampled = load(&stats.unsampled),
+        connections = load(&stats.connections),
+        "counters"
+    );
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

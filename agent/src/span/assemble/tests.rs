@@ -1,0 +1,159 @@
+use std::sync::Arc;
+
+use sonde_common::{Direction, Role};
+
+use super::*;
+use crate::http::{Request, RequestHead, Response, ResponseHead};
+use crate::span::model::AttrValue;
+
+fn head(method: &str, target: &str) -> RequestHead {
+    RequestHead {
+        method: method.into(),
+        target: target.into(),
+        minor_version: 1,
+        host: Some("shop.local:8080".into()),
+        user_agent: Some("curl/7.88.1".into()),
+        traceparent: None,
+        tracestate: None,
+        content_length: None,
+        truncated: false,
+    }
+}
+
+fn exchange(request: RequestHead, status: Option<u16>) -> Exchange {
+    Exchange {
+        request_direction: Direction::Ingress,
+        request: Request { head: request, start_ns: 1_000, end_ns: 1_500, body_bytes: 0 },
+        response: status.map(|status| Response {
+            head: ResponseHead { status, minor_version: 1, content_length: Some(5), truncated: false },
+            start_ns: 2_000,
+            end_ns: 3_000,
+            body_bytes: 5,
+        }),
+    }
+}
+
+fn conn() -> ConnInfo {
+    ConnInfo {
+        pid: 7,
+        fd: 4,
+        role: Role::Server,
+        local: Some("127.0.0.1:8080".parse().unwrap()),
+        remote: Some("127.0.0.1:51000".parse().unwrap()),
+    }
+}
+
+fn resource() -> Arc<Resource> {
+    Arc::new(Resource { id: 1, service_name: "shop".into(), attributes: vec![] })
+}
+
+fn build(ex: &Exchange, options: AssembleOptions) -> Option<Span> {
+    Assembler::new(options).span(ex, &conn(), resource(), &WallClock::sample())
+}
+
+fn attr(span: &Span, key: &str) -> Option<AttrValue> {
+    span.attributes.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone())
+}
+
+fn s(v: &str) -> Option<AttrValue> {
+    Some(AttrValue::Str(v.into()))
+}
+
+fn i(v: i64) -> Option<AttrValue> {
+    Some(AttrValue::Int(v))
+}
+
+#[test]
+fn server_span_follows_the_conventions() {
+    let span = build(&exchange(head("GET", "/cart/42?token=secret"), Some(200)), AssembleOptions::default())
+        .unwrap();
+    assert_eq!(span.name, "GET");
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(span.parent_span_id, None);
+    assert_eq!(span.status, Status::Unset);
+    assert_eq!(span.duration_ns(), 2_000);
+    assert_eq!(attr(&span, "http.request.method"), s("GET"));
+    assert_eq!(attr(&span, "url.path"), s("/cart/42"));
+    assert_eq!(attr(&span, "url.query"), None, "query strings are not exported by default");
+    assert_eq!(attr(&span, "url.scheme"), s("http"));
+    assert_eq!(attr(&span, "http.response.status_code"), i(200));
+    assert_eq!(attr(&span, "server.address"), s("shop.local"));
+    assert_eq!(attr(&span, "server.port"), i(8080));
+    assert_eq!(attr(&span, "client.address"), s("127.0.0.1"));
+    assert_eq!(attr(&span, "network.peer.port"), i(51000));
+    assert_eq!(attr(&span, "network.protocol.version"), s("1.1"));
+    assert_eq!(attr(&span, "user_agent.original"), s("curl/7.88.1"));
+
+    let with_query =
+        build(&exchange(head("GET", "/a?b=1"), Some(200)), AssembleOptions { capture_query: true }).unwrap();
+    assert_eq!(attr(&with_query, "url.query"), s("b=1"));
+}
+
+#[test]
+fn five_hundreds_are_errors_four_hundreds_are_not() {
+    let span = build(&exchange(head("POST", "/pay"), Some(503)), AssembleOptions::default()).unwrap();
+    assert!(matches!(span.status, Status::Error { .. }));
+    assert_eq!(attr(&span, "error.type"), s("503"));
+    let span = build(&exchange(head("POST", "/pay"), Some(404)), AssembleOptions::default()).unwrap();
+    assert_eq!(span.status, Status::Unset);
+    let span = build(&exchange(head("POST", "/pay"), None), AssembleOptions::default()).unwrap();
+    assert!(matches!(span.status, Status::Error { .. }));
+}
+
+#[test]
+fn traceparent_parents_the_span_or_is_ignored() {
+    let mut h = head("GET", "/");
+    h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    h.tracestate = Some("vendor=1".into());
+    let span = build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).unwrap();
+    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(span.trace_state, "vendor=1");
+    assert_ne!(span.span_id, [0; 8]);
+
+    h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into());
+    assert!(build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).is_none(), "unsampled parent");
+
+    for bad in [
+        "",
+        "garbage",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    ] {
+        h.traceparent = Some(bad.into());
+        let span = build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).unwrap();
+        assert_eq!(span.parent_span_id, None, "{bad}");
+        assert_ne!(span.trace_id, [0; 16]);
+    }
+}
+
+#[test]
+fn client_exchanges_and_odd_methods() {
+    let mut ex = exchange(head("GET", "/"), Some(200));
+    ex.request_direction = Direction::Egress;
+    assert!(build(&ex, AssembleOptions::default()).is_none());
+
+    let span =
+        build(&exchange(head("PURGE", "http://cache/x?y"), Some(200)), AssembleOptions::default()).unwrap();
+    assert_eq!(span.name, "HTTP");
+    assert_eq!(attr(&span, "http.request.method"), s("_OTHER"));
+    assert_eq!(attr(&span, "http.request.method_original"), s("PURGE"));
+    assert_eq!(attr(&span, "url.path"), s("/x"));
+}
+
+#[test]
+fn host_and_target_forms() {
+    assert_eq!(split_host("[::1]:8443"), Some(("::1", Some(8443))));
+    assert_eq!(split_host("example.com"), Some(("example.com", None)));
+    assert_eq!(split_host("::1"), Some(("::1", None)));
+    assert_eq!(split_host(" "), None);
+    assert_eq!(split_target("*"), ("*", None));
+    assert_eq!(split_target("http://h"), ("/", None));
+    assert_eq!(split_target("/p?q#f"), ("/p", Some("q")));
+    let long = "é".repeat(MAX_ATTRIBUTE_BYTES);
+    assert!(capped(&long).len() <= MAX_ATTRIBUTE_BYTES);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

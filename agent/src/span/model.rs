@@ -1,0 +1,77 @@
+//! The span sonde hands to its exporters: OTel's data model, without an SDK behind it, because every
+//! traced process is its own resource and the SDK exporters bind one resource per exporter.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: Cow<'static, str>,
+    pub value: AttrValue,
+}
+
+impl KeyValue {
+    pub fn str(key: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
+        Self { key: key.into(), value: AttrValue::Str(value.into()) }
+    }
+    pub fn int(key: impl Into<Cow<'static, str>>, value: i64) -> Self {
+        Self { key: key.into(), value: AttrValue::Int(value) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error { message: String },
+}
+
+/// The resource of one traced process (OTel resource semantic conventions).
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    /// Stable identity for grouping spans of the same process in one export request.
+    pub id: u64,
+    /// Shown by the terminal view; also present in `attributes` as `service.name`.
+    pub service_name: String,
+    pub attributes: Vec<KeyValue>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// W3C trace-flags (bit 0 = sampled) as received or chosen.
+    pub trace_flags: u8,
+    /// W3C `tracestate` received with the parent, passed through unchanged.
+    pub trace_state: String,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Unix epoch nanoseconds.
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+    pub resource: Arc<Resource>,
+}
+
+impl Span {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+}

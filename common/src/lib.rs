@@ -1,0 +1,235 @@
+//! Types shared by the kernel programs (`sonde-ebpf`) and the agent: ring-buffer event layouts, map
+//! names, and the load-time switches the agent writes into the programs' globals.
+//!
+//! Every event starts with an [`EventHeader`]; its `kind` says which struct it is. All structs are
+//! `#[repr(C)]` with explicit padding so both sides agree byte for byte.
+#![no_std]
+
+/// Largest number of payload bytes one data event can carry (a power of two: the kernel side masks
+/// lengths with `MAX_CAPTURE - 1` so the verifier can bound them).
+pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Payload bytes copied per syscall unless the user asks for another figure: enough for request and
+/// response headers of a few KiB to arrive whole.
+pub const DEFAULT_CAPTURE: u32 = 8 * 1024;
+/// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied (bounded loop).
+pub const MAX_IOVECS: u32 = 8;
+
+/// Map names, shared so the agent looks up exactly what the programs define.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const DROPS: &str = "DROPS";
+    pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
+    pub const CONNS: &str = "CONNS";
+    pub const ACTIVE_IO: &str = "ACTIVE_IO";
+    pub const ACTIVE_CONNECT: &str = "ACTIVE_CONNECT";
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.
+pub mod globals {
+    /// The agent's own tgid: its I/O is never captured.
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Payload bytes to copy per syscall (clamped to `MAX_CAPTURE`).
+    pub const CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+    /// Non-zero: only processes in `SELECTED_PIDS` are traced.
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    /// Ring-buffer fill level (bytes) at which the producer wakes the reader; below it the reader
+    /// polls on a short timer, so wake-ups are batched instead of paid once per event.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Offsets inside `struct sock` of the IPv6 addresses, resolved from the kernel's BTF at load time.
+    pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
+    pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
+}
+
+/// Which kind of event follows the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`DataEvent`] followed by `captured` payload bytes.
+    Data = 1,
+    /// [`ConnEvent`]: the first time a TCP socket is seen on (tgid, fd).
+    Open = 2,
+    /// [`EventHeader`] only: a tracked (tgid, fd) was closed.
+    Close = 3,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Data),
+            2 => Some(Self::Open),
+            3 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// Direction of a data event, seen from the traced process.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The process read these bytes from the socket.
+    Ingress = 0,
+    /// The process wrote these bytes to the socket.
+    Egress = 1,
+}
+
+/// How the connection came to be, when the kernel saw it happen.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Existed before sonde started, or was created by a call sonde does not hook.
+    Unknown = 0,
+    /// Returned by `accept`/`accept4`.
+    Server = 1,
+    /// Opened with `connect`.
+    Client = 2,
+}
+
+impl Role {
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Server,
+            2 => Self::Client,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Why the kernel side dropped something; index into the per-CPU `DROPS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The ring buffer had no room for the event.
+    RingFull = 0,
+    /// A per-thread map was full, so a syscall could not be followed.
+    ActiveMapFull = 1,
+    /// A copy from user memory failed (payload lost, length still reported).
+    CopyFailed = 2,
+}
+pub const DROP_REASONS: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall returned.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// An [`EventKind`].
+    pub kind: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Bytes the syscall really moved (its return value).
+    pub len: u32,
+    /// Bytes that follow this struct in the ring buffer (`<= len`, `<= CAPTURE_BYTES`).
+    pub captured: u32,
+    /// A [`Direction`].
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`: tells a reused fd from the old connection.
+    pub sock: u64,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// A [`Role`].
+    pub role: u8,
+    pub _pad: u8,
+    /// IPv4 addresses use the first 4 bytes; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Syscall arguments kept from entry to exit, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ActiveIo {
+    /// User pointer: the buffer, or the iovec array, or the msghdr.
+    pub buf: u64,
+    /// Set by the `sock:sock_{send,recv}_length` tracepoint when the fd is a TCP socket.
+    pub sock: u64,
+    pub fd: i32,
+    /// iovec count for readv/writev.
+    pub iovcnt: u32,
+    /// A [`Direction`].
+    pub direction: u8,
+    /// An [`IoBuf`].
+    pub buf_kind: u8,
+    /// 1 when the socket tracepoint saw a TCP socket (and not a MSG_PEEK).
+    pub is_tcp: u8,
+    pub family: u8,
+    pub _pad: [u8; 4],
+}
+
+/// What `ActiveIo::buf` points at.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBuf {
+    Plain = 0,
+    Iovec = 1,
+    Msghdr = 2,
+}
+
+/// Per-(tgid, fd) state of a TCP connection in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnState {
+    /// 0 until the first data proves the fd is a TCP socket (accept/connect only set the role).
+    pub sock: u64,
+    /// A [`Role`].
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the `CONNS` map.
+#[inline(always)]
+pub fn conn_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ActiveIo {}
+    unsafe impl aya::Pod for ConnState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<DataEvent>(), 40);
+        assert_eq!(size_of::<ConnEvent>(), 72);
+        assert_eq!(size_of::<ActiveIo>(), 32);
+        assert_eq!(size_of::<ConnState>(), 16);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [EventKind::Data, EventKind::Open, EventKind::Close] {
+            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        for r in [Role::Unknown, Role::Server, Role::Client] {
+            assert_eq!(Role::from_u8(r as u8), r);
+        }
+    }
+}

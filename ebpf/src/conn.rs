@@ -1,0 +1,134 @@
+//! Connection tracking per (tgid, fd): roles from accept/connect, an `Open` event the first time a
+//! TCP socket carries data on an fd, a `Close` event when a tracked fd is closed.
+
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use sonde_common::{ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
+
+use crate::{
+    emit,
+    maps::{CONNS, OFF_V6_DADDR, OFF_V6_RCV_SADDR, global_u32},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+// `struct sock_common` starts with these fields in every kernel since 3.x (their order is part of
+// the hash-table lookup fast path), so their offsets need no BTF: skc_daddr, skc_rcv_saddr,
+// skc_hash, skc_dport (network order), skc_num (host order).
+const OFF_DADDR: usize = 0;
+const OFF_RCV_SADDR: usize = 4;
+const OFF_DPORT: usize = 12;
+const OFF_NUM: usize = 14;
+
+/// `accept`/`accept4` returned `fd`: if it turns out to carry TCP data, this process is its server.
+#[inline(always)]
+pub fn on_accept(tgid: u32, fd: i64) {
+    remember_role(tgid, fd, Role::Server);
+}
+
+/// `connect` to an inet address succeeded or is in progress on `fd`.
+#[inline(always)]
+pub fn on_connect(tgid: u32, fd: i64) {
+    remember_role(tgid, fd, Role::Client);
+}
+
+#[inline(always)]
+fn remember_role(tgid: u32, fd: i64, role: Role) {
+    if fd < 0 {
+        return;
+    }
+    let state = ConnState { sock: 0, role: role as u8, _pad: [0; 7] };
+    // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
+    let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
+}
+
+/// `close(fd)`: tell user space if the fd was a tracked connection, and forget it.
+#[inline(always)]
+pub fn on_close(tgid: u32, tid: u32, fd: i64) {
+    if fd < 0 {
+        return;
+    }
+    let key = conn_key(tgid, fd as u32);
+    let Some(state) = (unsafe { CONNS.get(&key) }) else {
+        return;
+    };
+    let tracked = state.sock != 0;
+    let _ = CONNS.remove(&key);
+    if tracked {
+        let header = EventHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            fd: fd as i32,
+            kind: EventKind::Close as u32,
+        };
+        emit::output(&header);
+    }
+}
+
+/// Data moved on a TCP socket `sock` through (tgid, fd). Emits `Open` the first time this socket is
+/// seen on this fd — including connections that existed before sonde started.
+#[inline(always)]
+pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) {
+    let key = conn_key(tgid, fd as u32);
+    let role = match CONNS.get_ptr_mut(&key) {
+        Some(state) => unsafe {
+            if (*state).sock == sock {
+                return;
+            }
+            // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
+            // close we saw (dup2, close_range), so the old role does not apply.
+            let role = if (*state).sock == 0 { Role::from_u8((*state).role) } else { Role::Unknown };
+            (*state).sock = sock;
+            role
+        },
+        None => {
+            let state = ConnState { sock, role: Role::Unknown as u8, _pad: [0; 7] };
+            let _ = CONNS.insert(&key, &state, 0);
+            Role::Unknown
+        }
+    };
+    let mut event = ConnEvent {
+        header: EventHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            fd,
+            kind: EventKind::Open as u32,
+        },
+        sock,
+        family,
+        local_port: 0,
+        remote_port: 0,
+        role: role as u8,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    read_addresses(sock, family, &mut event);
+    emit::output(&event);
+}
+
+#[inline(always)]
+fn read_addresses(sock: u64, family: u16, event: &mut ConnEvent) {
+    let base = sock as *const u8;
+    unsafe {
+        if let Ok(port) = bpf_probe_read_kernel(base.add(OFF_DPORT) as *const u16) {
+            event.remote_port = u16::from_be(port);
+        }
+        if let Ok(port) = bpf_probe_read_kernel(base.add(OFF_NUM) as *const u16) {
+            event.local_port = port;
+        }
+        if family == AF_INET {
+            let _ = bpf_probe_read_kernel_buf(base.add(OFF_DADDR), &mut event.remote_addr[..4]);
+            let _ = bpf_probe_read_kernel_buf(base.add(OFF_RCV_SADDR), &mut event.local_addr[..4]);
+        } else if family == AF_INET6 {
+            let daddr = global_u32(&OFF_V6_DADDR) as usize;
+            let saddr = global_u32(&OFF_V6_RCV_SADDR) as usize;
+            if daddr != 0 && saddr != 0 {
+                let _ = bpf_probe_read_kernel_buf(base.add(daddr), &mut event.remote_addr);
+                let _ = bpf_probe_read_kernel_buf(base.add(saddr), &mut event.local_addr);
+            }
+        }
+    }
+}

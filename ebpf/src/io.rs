@@ -1,0 +1,179 @@
+//! The read/write family: arguments are kept at syscall entry, the socket tracepoint that fires
+//! inside the syscall says whether the fd is a TCP socket, and at exit the bytes really moved are
+//! copied (a bounded prefix) into a data event.
+
+use aya_ebpf::helpers::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+};
+use sonde_common::{
+    ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf, MAX_CAPTURE,
+    MAX_IOVECS,
+};
+
+use crate::{
+    conn, emit, filter,
+    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
+};
+
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const MSG_PEEK: i32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+// `struct user_msghdr`: msg_name, msg_namelen (+pad), msg_iov, msg_iovlen, …
+const MSGHDR_IOV: usize = 16;
+const MSGHDR_IOVLEN: usize = 24;
+
+/// Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg.
+#[inline(always)]
+pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction, kind: IoBuf) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let fd = fd as i64 as i32;
+    if fd < 0 || !filter::traced(tgid) {
+        return;
+    }
+    let active = ActiveIo {
+        buf,
+        sock: 0,
+        fd,
+        iovcnt: iovcnt as u32,
+        direction: direction as u8,
+        buf_kind: kind as u8,
+        is_tcp: 0,
+        family: 0,
+        _pad: [0; 4],
+    };
+    if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
+        count_drop(DropReason::ActiveMapFull);
+    }
+}
+
+/// `sock:sock_{recv,send}_length` inside the syscall: the socket behind the fd, and its protocol.
+#[inline(always)]
+pub fn on_sock_length(pid_tgid: u64, direction: Direction, sock: u64, family: u16, protocol: u16, flags: i32) {
+    let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
+        return;
+    };
+    let active = unsafe { &mut *active };
+    if active.direction != direction as u8 {
+        return;
+    }
+    // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
+    let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
+    if protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek {
+        active.sock = sock;
+        active.family = family as u8;
+        active.is_tcp = 1;
+    }
+}
+
+/// Exit of the read/write family with the syscall's return value.
+#[inline(always)]
+pub fn exit(pid_tgid: u64, ret: i64) {
+    let Some(active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = ACTIVE_IO.remove(&pid_tgid);
+    if active.is_tcp == 0 || ret <= 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    conn::on_data(tgid, tid, active.fd, active.sock, active.family as u16);
+    emit_data(tgid, tid, &active, ret as u64);
+}
+
+#[inline(always)]
+fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    let bytes = unsafe { &mut (*scratch).bytes };
+    let limit = core::cmp::min(global_u32(&CAPTURE_BYTES) as u64, MAX_CAPTURE as u64);
+    let want = core::cmp::min(len, limit) as usize;
+    let captured = match active.buf_kind {
+        k if k == IoBuf::Plain as u8 => copy_plain(bytes, active.buf, want),
+        k if k == IoBuf::Iovec as u8 => copy_iovecs(bytes, active.buf, active.iovcnt as u64, want),
+        _ => copy_msghdr(bytes, active.buf, want),
+    };
+    let event = DataEvent {
+        header: EventHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            fd: active.fd,
+            kind: EventKind::Data as u32,
+        },
+        len: core::cmp::min(len, u32::MAX as u64) as u32,
+        captured: captured as u32,
+        direction: active.direction,
+        _pad: [0; 7],
+    };
+    unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DataEvent, event) };
+    let total = HEADER_BYTES + core::cmp::min(captured, MAX_CAPTURE);
+    emit::output_bytes(&bytes[..total]);
+}
+
+#[inline(always)]
+fn copy_plain(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], src: u64, want: usize) -> usize {
+    let n = core::cmp::min(want, MAX_CAPTURE);
+    if n == 0 {
+        return 0;
+    }
+    let dst = &mut bytes[HEADER_BYTES..HEADER_BYTES + n];
+    if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
+        count_drop(DropReason::CopyFailed);
+        return 0;
+    }
+    n
+}
+
+#[inline(always)]
+fn copy_msghdr(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], msghdr: u64, want: usize) -> usize {
+    let iov = unsafe { bpf_probe_read_user((msghdr as usize + MSGHDR_IOV) as *const u64) };
+    let iovlen = unsafe { bpf_probe_read_user((msghdr as usize + MSGHDR_IOVLEN) as *const u64) };
+    match (iov, iovlen) {
+        (Ok(iov), Ok(iovlen)) => copy_iovecs(bytes, iov, iovlen, want),
+        _ => {
+            count_drop(DropReason::CopyFailed);
+            0
+        }
+    }
+}
+
+/// Gather up to `want` bytes from the first `MAX_IOVECS` iovecs.
+#[inline(always)]
+fn copy_iovecs(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], iov: u64, iovcnt: u64, want: usize) -> usize {
+    let mut off: usize = 0;
+    for i in 0..MAX_IOVECS as u64 {
+        if i >= iovcnt || off >= want || off >= MAX_CAPTURE {
+            break;
+        }
+        let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
+            count_drop(DropReason::CopyFailed);
+            break;
+        };
+        let take = core::cmp::min(v.len as usize, want - off);
+        let take = core::cmp::min(take, MAX_CAPTURE);
+        if take == 0 {
+            continue;
+        }
+        // off < MAX_CAPTURE and take <= MAX_CAPTURE: inside the 2 * MAX_CAPTURE scratch area.
+        let start = HEADER_BYTES + (off & (MAX_CAPTURE - 1));
+        let dst = &mut bytes[start..start + take];
+        if unsafe { bpf_probe_read_user_buf(v.base as *const u8, dst) }.is_err() {
+            count_drop(DropReason::CopyFailed);
+            break;
+        }
+        off += take;
+    }
+    core::cmp::min(off, MAX_CAPTURE)
+}

@@ -1,0 +1,179 @@
+//! sonde's kernel programs. Entry points are thin: they read the hook's arguments and call the
+//! shared bodies in `io` (read/write family) and `conn` (accept/connect/close).
+//!
+//! Two hook sets carry the same bodies; the agent attaches one of them:
+//! - `syscalls/sys_{enter,exit}_*` tracepoints, one program per syscall (any kernel ≥ 5.8);
+//! - `tp_btf/sys_{enter,exit}`, one program for all syscalls dispatching on the number (x86_64;
+//!   cheaper per hit, chosen when the kernel has BTF-enabled raw tracepoints).
+//! Both need `sock:sock_{send,recv}_length` (kernel ≥ 6.3) to tell TCP sockets from other fds.
+#![no_std]
+#![no_main]
+
+mod btf;
+mod conn;
+mod emit;
+mod filter;
+mod io;
+mod maps;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sonde_common::{Direction, IoBuf};
+
+use crate::maps::ACTIVE_CONNECT;
+
+/// Syscall tracepoints put the arguments after the 8-byte common header and the syscall number.
+const ARG0: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(-1)
+}
+
+/// One entry and one exit tracepoint per read/write-family syscall. `$count` is the argument that
+/// holds the iovec count (only meaningful for `IoBuf::Iovec`).
+macro_rules! io_tracepoints {
+    ($enter:ident, $exit:ident, $dir:expr, $kind:expr, $count:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            io::enter(bpf_get_current_pid_tgid(), arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, $count), $dir, $kind);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            io::exit(bpf_get_current_pid_tgid(), ret(&ctx));
+            0
+        }
+    };
+}
+
+io_tracepoints!(sys_enter_read, sys_exit_read, Direction::Ingress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_recvfrom, sys_exit_recvfrom, Direction::Ingress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_readv, sys_exit_readv, Direction::Ingress, IoBuf::Iovec, 2);
+io_tracepoints!(sys_enter_recvmsg, sys_exit_recvmsg, Direction::Ingress, IoBuf::Msghdr, 2);
+io_tracepoints!(sys_enter_write, sys_exit_write, Direction::Egress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_sendto, sys_exit_sendto, Direction::Egress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_writev, sys_exit_writev, Direction::Egress, IoBuf::Iovec, 2);
+io_tracepoints!(sys_enter_sendmsg, sys_exit_sendmsg, Direction::Egress, IoBuf::Msghdr, 2);
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(ret(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(ret(&ctx));
+    0
+}
+
+#[inline(always)]
+fn on_accept_exit(fd: i64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if filter::traced(tgid) {
+        conn::on_accept(tgid, fd);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    on_connect_enter(arg(&ctx, 0), arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    on_connect_exit(ret(&ctx));
+    0
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn on_connect_enter(fd: u64, sockaddr: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !filter::traced((pid_tgid >> 32) as u32) {
+        return;
+    }
+    let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else {
+        return;
+    };
+    if family == AF_INET || family == AF_INET6 {
+        let _ = ACTIVE_CONNECT.insert(&pid_tgid, &(fd as u32), 0);
+    }
+}
+
+#[inline(always)]
+fn on_connect_exit(ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(fd) = (unsafe { ACTIVE_CONNECT.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = ACTIVE_CONNECT.remove(&pid_tgid);
+    if ret == 0 || ret == -EINPROGRESS {
+        conn::on_connect((pid_tgid >> 32) as u32, fd as i64);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    on_close_enter(arg(&ctx, 0));
+    0
+}
+
+#[inline(always)]
+fn on_close_enter(fd: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    conn::on_close((pid_tgid >> 32) as u32, pid_tgid as u32, fd as i64 as i32 as i64);
+}
+
+// `sock:sock_{send,recv}_length`: sk at 8, family at 16, protocol at 18, ret at 20, flags at 24.
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_sock_length(&ctx, Direction::Egress);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_sock_length(&ctx, Direction::Ingress);
+    0
+}
+
+#[inline(always)]
+fn on_sock_length(ctx: &TracePointContext, direction: Direction) {
+    let read = |off: usize| unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0);
+    let sock = read(8);
+    let family_protocol = read(16);
+    let flags = unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0);
+    io::on_sock_length(
+        bpf_get_current_pid_tgid(),
+        direction,
+        sock,
+        family_protocol as u16,
+        (family_protocol >> 16) as u16,
+        flags,
+    );
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,77 @@
+//! Maps and load-time globals. Sizes here are defaults; the agent resizes `EVENTS` and `SCRATCH`
+//! at load time (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE};
+
+/// Every event for user space. Power-of-two multiple of the page size.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU counters indexed by `DropReason`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// tgids to trace when `FILTER_PIDS` is set (value unused).
+#[map]
+pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// (tgid << 32 | fd) → connection state. LRU: a close we never saw must not leak an entry forever.
+#[map]
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit.
+#[map]
+pub static ACTIVE_IO: HashMap<u64, ActiveIo> = HashMap::with_max_entries(16384, 0);
+
+/// pid_tgid → fd of an in-flight `connect` to an AF_INET/AF_INET6 address.
+#[map]
+pub static ACTIVE_CONNECT: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
+/// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value
+/// may be, so it is an array indexed by CPU id; `max_entries` is set to the CPU count at load.
+#[repr(C)]
+pub struct Scratch {
+    pub bytes: [u8; SCRATCH_BYTES],
+}
+pub const HEADER_BYTES: usize = core::mem::size_of::<DataEvent>();
+pub const SCRATCH_BYTES: usize = HEADER_BYTES + 2 * MAX_CAPTURE;
+
+#[map]
+pub static SCRATCH: Array<Scratch> = Array::with_max_entries(256, 0);
+
+// Globals written by the agent before load (names in `sonde_common::globals`). Read them with
+// `read_volatile`, or the compiler folds in the zero they were compiled with.
+#[unsafe(no_mangle)]
+pub static AGENT_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CAPTURE_BYTES: u32 = sonde_common::DEFAULT_CAPTURE;
+#[unsafe(no_mangle)]
+pub static FILTER_PIDS: u32 = 0;
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: u64 = 256 * 1024;
+#[unsafe(no_mangle)]
+pub static OFF_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_V6_RCV_SADDR: u32 = 0;
+
+#[inline(always)]
+pub fn global_u32(g: &u32) -> u32 {
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub fn global_u64(g: &u64) -> u64 {
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: sonde_common::DropReason) {
+    if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        unsafe { *c += 1 };
+    }
+}

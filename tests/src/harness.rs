@@ -1,0 +1,264 @@
+//! Processes the integration tests start: the real `sonde` binary, real servers, real clients.
+//! Every child is killed when its guard drops, so a failing test leaves nothing running.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The binary under test: `SONDE_BIN` (set by `cargo xtask test`) or the workspace's release build.
+pub fn sonde_bin() -> PathBuf {
+    std::env::var_os("SONDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sonde"))
+}
+
+pub fn servers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding port 0")
+}
+
+/// A running `sonde run`, stopped with SIGTERM when dropped.
+pub struct Sonde {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+impl Sonde {
+    /// Starts `sonde run ARGS` and waits until it reports that tracing started.
+    pub fn start(args: &[&str]) -> Sonde {
+        let mut child = Command::new(sonde_bin())
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo xtask build`)", sonde_bin().display()));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let sonde = Sonde { child: Some(child), stderr, stdout };
+        sonde.wait_started(Instant::now() + Duration::from_secs(60))
+    }
+
+    fn wait_started(mut self, deadline: Instant) -> Sonde {
+        loop {
+            if self.stderr().contains("tracing started") {
+                return self;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("sonde exited with {status} before tracing started:\n{}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "sonde did not start tracing in time:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit; returns the status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("sonde already stopped");
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for sonde") {
+                // Let the readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sonde did not exit within 20 s of SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sonde {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut b = out.lock().unwrap();
+            b.push_str(&line);
+            b.push('\n');
+        }
+    });
+    buf
+}
+
+/// A child process killed when dropped (servers).
+pub struct Guard {
+    pub child: Child,
+    pub port: u16,
+    _dir: Option<TempDir>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:port.
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `python3 -m http.server PORT` in a scratch directory holding `index.html`.
+pub fn python_http_server(env: &[(&str, &str)]) -> Guard {
+    let dir = TempDir::new("http-server");
+    std::fs::write(dir.path.join("index.html"), "<h1>hello from python</h1>\n").unwrap();
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(&dir.path)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting python3 -m http.server");
+    wait_listening(port);
+    Guard { child, port, _dir: Some(dir) }
+}
+
+/// `tests/servers/app.py`: keep-alive, chosen statuses, chunked uploads.
+pub fn python_app(env: &[(&str, &str)]) -> Guard {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(servers_dir().join("app.py"))
+        .arg(port.to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tests/servers/app.py");
+    wait_listening(port);
+    Guard { child, port, _dir: None }
+}
+
+/// nginx (Debian) in the foreground with its own config, serving a static file and `/fail` → 500.
+pub fn nginx() -> Guard {
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    std::fs::write(dir.path.join("index.html"), "hello from nginx\n").unwrap();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen 127.0.0.1:{port};
+    root {d};
+    location = /fail {{ return 500; }}
+  }}
+}}
+",
+        d = dir.path.display()
+    );
+    let conf_path = dir.path.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-c", &conf_path.to_string_lossy(), "-p", &dir.path.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nginx (apt-get install nginx-light; `cargo xtask setup` does it)");
+    wait_listening(port);
+    Guard { child, port, _dir: Some(dir) }
+}
+
+/// Runs curl with `args`; returns stdout. Fails the test if curl fails.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("running curl");
+    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `parts` to a new connection one after the other (TCP_NODELAY, so each is its own segment
+/// and its own syscall), then reads until the peer closes or `read_timeout` passes.
+pub fn raw_exchange(port: u16, parts: &[&[u8]], read_timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    s.set_nodelay(true).unwrap();
+    for part in parts {
+        // Peer may close on garbage; later writes then fail, which is fine.
+        if s.write_all(part).is_err() {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("sonde-test-{tag}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&path).unwrap();
+        // nginx workers may drop privileges; let them read the files.
+        let _ = Command::new("chmod").args(["-R", "755"]).arg(&path).status();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

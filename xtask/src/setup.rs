@@ -1,0 +1,117 @@
+//! Idempotent setup: each step checks first and is skipped when already done, so a second run
+//! takes about a second. Everything the build and the tests use is installed here.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Context as _;
+
+use crate::sh;
+
+/// Debian packages the tests drive: real servers and clients.
+const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin"];
+/// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+pub fn all() -> anyhow::Result<()> {
+    toolchain()?;
+    test_tools()
+}
+
+/// What `cargo xtask build` needs: nightly with rust-src, and bpf-linker.
+pub fn toolchain() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+/// What the tests need beyond the build.
+pub fn test_tools() -> anyhow::Result<()> {
+    apt_packages()?;
+    cargo_fuzz()
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = sh::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .unwrap_or_default();
+    if installed.is_empty() {
+        sh::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        sh::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+fn cargo_home_bin(tool: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join(tool)
+}
+
+/// bpf-linker links against libLLVM; the nightly ships its own, so a prefix of two symlinks to it
+/// is all `llvm-sys` needs, and the linker's LLVM always matches the nightly's.
+fn bpf_linker() -> anyhow::Result<()> {
+    if sh::succeeds(Command::new(cargo_home_bin("bpf-linker")).arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = sh::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm_so = std::fs::read_dir(&lib)
+        .with_context(|| format!("listing {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let version = sh::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_owned();
+    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sonde/llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in [PathBuf::from("libLLVM.so"), PathBuf::from(llvm_so.file_name().unwrap_or_default())] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm_so, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    sh::run(
+        Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if sh::succeeds(Command::new(cargo_home_bin("cargo-fuzz")).arg("--version")) {
+        return Ok(());
+    }
+    sh::run(Command::new("cargo").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !sh::output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", p]))
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    sh::run(Command::new("apt-get").arg("update"))?;
+    sh::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    // The nginx package starts a system instance on port 80; the tests run their own.
+    let _ = sh::succeeds(Command::new("systemctl").args(["disable", "--now", "nginx"]));
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask test`: every check CI makes, in order of cost — formatting, lints, unit tests, the
+//! privileged integration tests against the real binary, then a short fuzzing run.
+
+use std::process::Command;
+
+use crate::{build, setup, sh};
+
+const FUZZ_TARGETS: &[&str] = &["http_connection", "traceparent"];
+
+pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
+    setup::all()?;
+    sh::run(sh::cargo().args(["fmt", "--all", "--check"]))?;
+    sh::run(sh::cargo().args([
+        "clippy", "--workspace", "--exclude", "sonde-ebpf", "--all-targets", "--", "-D", "warnings",
+    ]))?;
+    sh::run(sh::cargo().args(["test", "--workspace", "--exclude", "sonde-ebpf", "--exclude", "sonde-tests"]))?;
+    privileged(&build::release()?)?;
+    fuzz(fuzz_seconds)
+}
+
+/// The integration tests start the real `sonde` (root, real kernel) against real servers. One at a
+/// time: each one's sonde sees every process's traffic, so parallel tests would only add noise.
+fn privileged(sonde: &std::path::Path) -> anyhow::Result<()> {
+    sh::run(
+        sh::cargo()
+            .args(["test", "-p", "sonde-tests", "--", "--test-threads=1"])
+            .env("SONDE_BIN", sonde),
+    )
+}
+
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let dir = sh::root().join("agent/fuzz");
+    for target in FUZZ_TARGETS {
+        sh::run(
+            Command::new("cargo")
+                .current_dir(&dir)
+                .args(["+nightly", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}")),
+        )?;
+    }
+    Ok(())
+}
