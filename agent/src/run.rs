@@ -63,7 +63,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
-    let assembler = Assembler::new(AssembleOptions { capture_query: args.capture_query });
+    let assembler = Assembler::new(AssembleOptions {
+        capture_query: args.capture_query,
+    });
     let intake_thread = {
         let stop = stop.clone();
         let stats = stats.clone();
@@ -135,5 +137,11 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person at a terminal; logs collected from a pipe stay plain text.
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }

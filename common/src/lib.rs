@@ -172,7 +172,10 @@ pub struct ActiveIo {
     /// 1 when the socket tracepoint saw a TCP socket (and not a MSG_PEEK).
     pub is_tcp: u8,
     pub family: u8,
-    pub _pad: [u8; 4],
+    /// 1 when the syscall entered before sonde attached: only the socket tracepoint saw it, and
+    /// the arguments must be recovered at exit (possible with `tp_btf`, from the saved registers).
+    pub late: u8,
+    pub _pad: [u8; 3],
 }
 
 /// What `ActiveIo::buf` points at.

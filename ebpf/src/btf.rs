@@ -38,41 +38,61 @@ fn reg(regs: *const u64, slot: usize) -> u64 {
 pub fn tp_btf_sys_enter(ctx: BtfTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
-    let (direction, kind) = match nr {
-        NR_READ | NR_RECVFROM => (Direction::Ingress, IoBuf::Plain),
-        NR_READV => (Direction::Ingress, IoBuf::Iovec),
-        NR_RECVMSG => (Direction::Ingress, IoBuf::Msghdr),
-        NR_WRITE | NR_SENDTO => (Direction::Egress, IoBuf::Plain),
-        NR_WRITEV => (Direction::Egress, IoBuf::Iovec),
-        NR_SENDMSG => (Direction::Egress, IoBuf::Msghdr),
+    if let Some((direction, kind)) = io_syscall(nr) {
+        io::enter(
+            bpf_get_current_pid_tgid(),
+            reg(regs, REG_DI),
+            reg(regs, REG_SI),
+            reg(regs, REG_DX),
+            direction,
+            kind,
+        );
+        return 0;
+    }
+    match nr {
         NR_CONNECT => {
             on_connect_enter(reg(regs, REG_DI), reg(regs, REG_SI));
             return 0;
         }
-        NR_CLOSE => {
-            on_close_enter(reg(regs, REG_DI));
-            return 0;
-        }
-        _ => return 0,
-    };
-    io::enter(
-        bpf_get_current_pid_tgid(),
-        reg(regs, REG_DI),
-        reg(regs, REG_SI),
-        reg(regs, REG_DX),
-        direction,
-        kind,
-    );
+        NR_CLOSE => on_close_enter(reg(regs, REG_DI)),
+        _ => {}
+    }
     0
+}
+
+/// Direction and buffer shape of the read/write-family syscalls.
+#[inline(always)]
+fn io_syscall(nr: i64) -> Option<(Direction, IoBuf)> {
+    match nr {
+        NR_READ | NR_RECVFROM => Some((Direction::Ingress, IoBuf::Plain)),
+        NR_READV => Some((Direction::Ingress, IoBuf::Iovec)),
+        NR_RECVMSG => Some((Direction::Ingress, IoBuf::Msghdr)),
+        NR_WRITE | NR_SENDTO => Some((Direction::Egress, IoBuf::Plain)),
+        NR_WRITEV => Some((Direction::Egress, IoBuf::Iovec)),
+        NR_SENDMSG => Some((Direction::Egress, IoBuf::Msghdr)),
+        _ => None,
+    }
 }
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn tp_btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    match reg(regs, REG_ORIG_AX) as i64 {
-        NR_READ | NR_RECVFROM | NR_READV | NR_RECVMSG | NR_WRITE | NR_SENDTO | NR_WRITEV
-        | NR_SENDMSG => io::exit(bpf_get_current_pid_tgid(), ret),
+    let nr = reg(regs, REG_ORIG_AX) as i64;
+    if let Some((direction, kind)) = io_syscall(nr) {
+        // The saved argument registers are still the entry values: a syscall that entered
+        // before sonde attached can still be read.
+        let late = io::LateArgs {
+            fd: reg(regs, REG_DI),
+            buf: reg(regs, REG_SI),
+            count: reg(regs, REG_DX),
+            direction,
+            kind,
+        };
+        io::exit(bpf_get_current_pid_tgid(), ret, Some(late));
+        return 0;
+    }
+    match nr {
         NR_ACCEPT | NR_ACCEPT4 => on_accept_exit(ret),
         NR_CONNECT => on_connect_exit(ret),
         _ => {}

@@ -48,7 +48,8 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction
         buf_kind: kind as u8,
         is_tcp: 0,
         family: 0,
-        _pad: [0; 4],
+        late: 0,
+        _pad: [0; 3],
     };
     if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
@@ -57,32 +58,78 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction
 
 /// `sock:sock_{recv,send}_length` inside the syscall: the socket behind the fd, and its protocol.
 #[inline(always)]
-pub fn on_sock_length(pid_tgid: u64, direction: Direction, sock: u64, family: u16, protocol: u16, flags: i32) {
+pub fn on_sock_length(
+    pid_tgid: u64,
+    direction: Direction,
+    sock: u64,
+    family: u16,
+    protocol: u16,
+    flags: i32,
+) {
+    // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
+    let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
+    let tcp = protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek;
     let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
+        // No entry: the syscall began before sonde attached (a reader blocked on an idle
+        // keep-alive connection, typically). Note the socket; the exit may recover the arguments.
+        if tcp && filter::traced((pid_tgid >> 32) as u32) {
+            let late = ActiveIo {
+                buf: 0,
+                sock,
+                fd: -1,
+                iovcnt: 0,
+                direction: direction as u8,
+                buf_kind: IoBuf::Plain as u8,
+                is_tcp: 1,
+                family: family as u8,
+                late: 1,
+                _pad: [0; 3],
+            };
+            let _ = ACTIVE_IO.insert(&pid_tgid, &late, 0);
+        }
         return;
     };
     let active = unsafe { &mut *active };
     if active.direction != direction as u8 {
         return;
     }
-    // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
-    let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
-    if protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek {
+    if tcp {
         active.sock = sock;
         active.family = family as u8;
         active.is_tcp = 1;
     }
 }
 
+/// Syscall arguments read back at exit (from the registers saved at entry), for syscalls that
+/// entered before sonde attached.
+pub struct LateArgs {
+    pub fd: u64,
+    pub buf: u64,
+    pub count: u64,
+    pub direction: Direction,
+    pub kind: IoBuf,
+}
+
 /// Exit of the read/write family with the syscall's return value.
 #[inline(always)]
-pub fn exit(pid_tgid: u64, ret: i64) {
-    let Some(active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
+pub fn exit(pid_tgid: u64, ret: i64, late_args: Option<LateArgs>) {
+    let Some(mut active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
         return;
     };
     let _ = ACTIVE_IO.remove(&pid_tgid);
     if active.is_tcp == 0 || ret <= 0 {
         return;
+    }
+    if active.late != 0 {
+        match late_args {
+            Some(args) if args.direction as u8 == active.direction => {
+                active.fd = args.fd as i64 as i32;
+                active.buf = args.buf;
+                active.iovcnt = args.count as u32;
+                active.buf_kind = args.kind as u8;
+            }
+            _ => return,
+        }
     }
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -151,7 +198,12 @@ fn copy_msghdr(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], msghdr: u64, want: 
 
 /// Gather up to `want` bytes from the first `MAX_IOVECS` iovecs.
 #[inline(always)]
-fn copy_iovecs(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], iov: u64, iovcnt: u64, want: usize) -> usize {
+fn copy_iovecs(
+    bytes: &mut [u8; crate::maps::SCRATCH_BYTES],
+    iov: u64,
+    iovcnt: u64,
+    want: usize,
+) -> usize {
     let mut off: usize = 0;
     for i in 0..MAX_IOVECS as u64 {
         if i >= iovcnt || off >= want || off >= MAX_CAPTURE {

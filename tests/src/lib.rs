@@ -1,3 +1,3 @@
 //! Shared pieces of sonde's privileged integration tests.
-pub mod receiver;
 pub mod harness;
+pub mod receiver;

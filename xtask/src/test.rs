@@ -11,9 +11,23 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
     setup::all()?;
     sh::run(sh::cargo().args(["fmt", "--all", "--check"]))?;
     sh::run(sh::cargo().args([
-        "clippy", "--workspace", "--exclude", "sonde-ebpf", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "sonde-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
-    sh::run(sh::cargo().args(["test", "--workspace", "--exclude", "sonde-ebpf", "--exclude", "sonde-tests"]))?;
+    sh::run(sh::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-ebpf",
+        "--exclude",
+        "sonde-tests",
+    ]))?;
     privileged(&build::release()?)?;
     fuzz(fuzz_seconds)
 }
