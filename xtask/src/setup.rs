@@ -11,7 +11,7 @@ use crate::sh;
 const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin"];
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;

@@ -119,6 +119,11 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
     }
 }
 
+/// Whether a process still exists (its connections are dropped once it is gone).
+pub fn alive(pid: u32) -> bool {
+    procfs::exists(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,9 +168,4 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
     }
-}
-
-/// Whether a process still exists (its connections are dropped once it is gone).
-pub fn alive(pid: u32) -> bool {
-    procfs::exists(pid)
 }

@@ -1,0 +1,224 @@
+//! Privileged: how the real sonde binary starts, prints, survives a missing collector and stops.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sonde_tests::{
+    harness::{self, Sonde, curl},
+    receiver::Receiver,
+};
+
+/// Polls `cond` for up to `timeout`.
+fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+#[test]
+fn print_json_writes_one_span_per_line() {
+    let server = harness::python_app(&[("OTEL_SERVICE_NAME", "json-demo")]);
+    let port = server.port.to_string();
+    let mut sonde = Sonde::start(&["--print", "json", "--port", &port]);
+    curl(&[&format!("http://127.0.0.1:{port}/one")]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/status/503"),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(20), || sonde.stdout().lines().count()
+            >= 2),
+        "{}",
+        sonde.stderr()
+    );
+    assert!(sonde.stop().success());
+
+    let lines: Vec<serde_json::Value> = sonde
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON span"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let one = &lines[0];
+    assert_eq!(one["name"], "GET");
+    assert_eq!(one["kind"], "SERVER");
+    assert_eq!(one["attributes"]["url.path"], "/one");
+    assert_eq!(one["attributes"]["http.response.status_code"], 200);
+    assert_eq!(one["resource"]["service.name"], "json-demo");
+    assert_eq!(one["trace_id"].as_str().map(str::len), Some(32));
+    assert_eq!(one["span_id"].as_str().map(str::len), Some(16));
+    assert!(one["parent_span_id"].is_null());
+    assert!(one["end_unix_nano"].as_u64() >= one["start_unix_nano"].as_u64());
+    assert_eq!(lines[1]["status"], "ERROR");
+    assert_eq!(lines[1]["attributes"]["http.response.status_code"], 503);
+}
+
+#[test]
+fn without_a_collector_the_terminal_shows_a_waterfall() {
+    let server = harness::python_app(&[("OTEL_SERVICE_NAME", "waterfall-demo")]);
+    let port = server.port.to_string();
+    let mut sonde = Sonde::start(&["--port", &port]);
+    curl(&[&format!("http://127.0.0.1:{port}/tree")]);
+    assert!(
+        eventually(Duration::from_secs(20), || sonde
+            .stdout()
+            .contains("waterfall-demo")),
+        "{}",
+        sonde.stderr()
+    );
+    assert!(sonde.stop().success());
+    let out = sonde.stdout();
+    let line = out.lines().find(|l| l.contains("waterfall-demo")).unwrap();
+    assert!(line.contains("GET"), "{out}");
+    assert!(
+        line.contains('█') || line.contains('#'),
+        "a duration bar: {out}"
+    );
+    assert!(out.contains("trace "), "a header line per trace: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_what_is_pending() {
+    let receiver = Receiver::start().await.unwrap();
+    let server = harness::python_app(&[]);
+    let port = server.port.to_string();
+    let endpoint = receiver.grpc_endpoint();
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--port",
+        &port,
+    ]);
+    curl(&[&format!("http://127.0.0.1:{port}/last-words")]);
+    // Well inside the 1 s batch delay: the span is still queued when the signal arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.attr("url.path").as_deref() == Some("/last-words")),
+        "the pending span was flushed at SIGTERM: {spans:#?}\n{}",
+        sonde.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_is_retried_and_nothing_crashes() {
+    let server = harness::python_app(&[]);
+    let port = server.port.to_string();
+    let (grpc_port, http_port) = (harness::free_port(), harness::free_port());
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--port",
+        &port,
+    ]);
+    for i in 0..3 {
+        curl(&[&format!("http://127.0.0.1:{port}/while-down/{i}")]);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The collector comes up: the queued spans are delivered by the retries.
+    let receiver = Receiver::start_on(
+        ([127, 0, 0, 1], grpc_port).into(),
+        ([127, 0, 0, 1], http_port).into(),
+    )
+    .await
+    .unwrap();
+    let spans = receiver
+        .wait_for(
+            |s| {
+                s.iter()
+                    .filter(|s| {
+                        s.attr("url.path")
+                            .is_some_and(|p| p.starts_with("/while-down"))
+                    })
+                    .count()
+                    >= 3
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    let delivered = spans
+        .iter()
+        .filter(|s| {
+            s.attr("url.path")
+                .is_some_and(|p| p.starts_with("/while-down"))
+        })
+        .count();
+    assert_eq!(delivered, 3, "{}", sonde.stderr());
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_costs_dropped_spans_not_a_crash() {
+    let server = harness::python_app(&[]);
+    let port = server.port.to_string();
+    let endpoint = format!("http://127.0.0.1:{}", harness::free_port());
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+        "--port",
+        &port,
+        "--max-queue-spans",
+        "2",
+    ]);
+    for i in 0..10 {
+        curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/lost/{i}"),
+        ]);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    let log = sonde.stderr();
+    let counters = log
+        .lines()
+        .find(|l| l.contains("counters") && l.contains("state=\"stopped\""))
+        .expect(&log);
+    assert!(counters.contains("spans=10"), "{counters}");
+    assert!(
+        !counters.contains("spans_dropped=0"),
+        "drops are counted: {counters}"
+    );
+}
+
+#[test]
+fn without_privileges_it_names_the_missing_capabilities() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(harness::sonde_bin())
+        .arg("run")
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing capabilities") && err.contains("CAP_BPF"),
+        "{err}"
+    );
+}
