@@ -36,6 +36,9 @@ pub mod globals {
     /// Ring-buffer fill level (bytes) at which the producer wakes the reader; below it the reader
     /// polls on a short timer, so wake-ups are batched instead of paid once per event.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Non-zero: the syscall exit can read the entry arguments back (tp_btf), so a syscall that
+    /// began before sonde attached is worth noting when its socket tracepoint fires.
+    pub const LATE_CAPTURE: &str = "LATE_CAPTURE";
     /// Offsets inside `struct sock` of the IPv6 addresses, resolved from the kernel's BTF at load time.
     pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
     pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
@@ -185,6 +188,9 @@ pub enum IoBuf {
     Plain = 0,
     Iovec = 1,
     Msghdr = 2,
+    /// `sendfile`: the bytes come from another file, not from user memory; only the count is sent,
+    /// so the HTTP parser can step over a body it never sees.
+    None = 3,
 }
 
 /// Per-(tgid, fd) state of a TCP connection in the kernel.

@@ -14,6 +14,7 @@ const NR_WRITE: i64 = 1;
 const NR_CLOSE: i64 = 3;
 const NR_READV: i64 = 19;
 const NR_WRITEV: i64 = 20;
+const NR_SENDFILE: i64 = 40;
 const NR_CONNECT: i64 = 42;
 const NR_ACCEPT: i64 = 43;
 const NR_SENDTO: i64 = 44;
@@ -70,6 +71,7 @@ fn io_syscall(nr: i64) -> Option<(Direction, IoBuf)> {
         NR_WRITE | NR_SENDTO => Some((Direction::Egress, IoBuf::Plain)),
         NR_WRITEV => Some((Direction::Egress, IoBuf::Iovec)),
         NR_SENDMSG => Some((Direction::Egress, IoBuf::Msghdr)),
+        NR_SENDFILE => Some((Direction::Egress, IoBuf::None)),
         _ => None,
     }
 }

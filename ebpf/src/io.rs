@@ -12,7 +12,7 @@ use sonde_common::{
 
 use crate::{
     conn, emit, filter,
-    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
+    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, LATE_CAPTURE, SCRATCH, count_drop, global_u32},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -72,7 +72,7 @@ pub fn on_sock_length(
     let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
         // No entry: the syscall began before sonde attached (a reader blocked on an idle
         // keep-alive connection, typically). Note the socket; the exit may recover the arguments.
-        if tcp && filter::traced((pid_tgid >> 32) as u32) {
+        if tcp && global_u32(&LATE_CAPTURE) != 0 && filter::traced((pid_tgid >> 32) as u32) {
             let late = ActiveIo {
                 buf: 0,
                 sock,
@@ -149,6 +149,7 @@ fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64) {
     let captured = match active.buf_kind {
         k if k == IoBuf::Plain as u8 => copy_plain(bytes, active.buf, want),
         k if k == IoBuf::Iovec as u8 => copy_iovecs(bytes, active.buf, active.iovcnt as u64, want),
+        k if k == IoBuf::None as u8 => 0,
         _ => copy_msghdr(bytes, active.buf, want),
     };
     let event = DataEvent {

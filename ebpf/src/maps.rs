@@ -23,13 +23,14 @@ pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
-/// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit.
+/// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit. LRU: a
+/// thread killed inside a syscall never reaches its exit, and its entry must not stay forever.
 #[map]
-pub static ACTIVE_IO: HashMap<u64, ActiveIo> = HashMap::with_max_entries(16384, 0);
+pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0);
 
 /// pid_tgid → fd of an in-flight `connect` to an AF_INET/AF_INET6 address.
 #[map]
-pub static ACTIVE_CONNECT: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+pub static ACTIVE_CONNECT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value
@@ -54,6 +55,8 @@ pub static CAPTURE_BYTES: u32 = sonde_common::DEFAULT_CAPTURE;
 pub static FILTER_PIDS: u32 = 0;
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 256 * 1024;
+#[unsafe(no_mangle)]
+pub static LATE_CAPTURE: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]

@@ -223,15 +223,18 @@ pub fn python_app(env: &[(&str, &str)]) -> Guard {
 }
 
 /// nginx (Debian) in the foreground with its own config, serving a static file and `/fail` → 500.
+/// `sendfile on` as in Debian's default config: file bodies leave through sendfile(2), not write.
 pub fn nginx() -> Guard {
     let dir = TempDir::new("nginx");
     let port = free_port();
     std::fs::write(dir.path.join("index.html"), "hello from nginx\n").unwrap();
+    std::fs::write(dir.path.join("big.bin"), vec![b'z'; 3 << 20]).unwrap();
     let conf = format!(
         "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
+  sendfile on;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
   server {{
     listen 127.0.0.1:{port};

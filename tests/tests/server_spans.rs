@@ -240,21 +240,45 @@ async fn keep_alive_and_pipelining() {
     let server = harness::nginx();
     let sonde = sonde_grpc(&receiver, server.port, &[]);
     let base = format!("http://127.0.0.1:{}", server.port);
-    // curl reuses one connection for several URLs.
-    curl(&[
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        &format!("{base}/a"),
-        &format!("{base}/b"),
-        &format!("{base}/index.html"),
-    ]);
-    let spans = expect_spans(&receiver, server.port, 3).await;
+    // curl reuses one connection for several URLs; file bodies go out with sendfile(2), which
+    // sonde sees as a byte count, so the next response on the connection still pairs right.
+    let urls = ["/a", "/index.html", "/big.bin", "/b", "/index.html"].map(|p| format!("{base}{p}"));
+    let mut args: Vec<&str> = urls
+        .iter()
+        .flat_map(|u| ["-o", "/dev/null", u.as_str()])
+        .collect();
+    args.insert(0, "-sS");
+    curl(&args);
+    let spans = expect_spans(&receiver, server.port, 5).await;
     let ports: std::collections::HashSet<_> = spans.iter().map(|s| s.attr("client.port")).collect();
     assert_eq!(ports.len(), 1, "one keep-alive connection: {spans:#?}");
+    let mut by_start = spans.clone();
+    by_start.sort_by_key(|s| s.span.start_time_unix_nano);
+    let seen: Vec<_> = by_start
+        .iter()
+        .map(|s| {
+            (
+                s.attr("url.path").unwrap(),
+                s.attr("http.response.status_code").unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("/a", "404"),
+        ("/index.html", "200"),
+        ("/big.bin", "200"),
+        ("/b", "404"),
+        ("/index.html", "200"),
+    ];
+    assert_eq!(seen, expected.map(|(p, c)| (p.to_string(), c.to_string())));
+    let big = by_start
+        .iter()
+        .find(|s| s.attr("url.path").as_deref() == Some("/big.bin"))
+        .unwrap();
+    assert_eq!(
+        big.attr("http.response.body.size").as_deref(),
+        Some("3145728")
+    );
 
     // Three requests in one write: nginx answers them in order on the same connection.
     let pipelined = b"GET /p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p2 HTTP/1.1\r\nHost: x\r\n\r\nGET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
@@ -263,13 +287,20 @@ async fn keep_alive_and_pipelining() {
         String::from_utf8_lossy(&reply).matches("HTTP/1.1 ").count(),
         3
     );
-    let spans = expect_spans(&receiver, server.port, 6).await;
+    let spans = expect_spans(&receiver, server.port, 8).await;
     let mut paths: Vec<_> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
     paths.sort();
-    assert_eq!(
-        paths,
-        ["/a", "/b", "/index.html", "/index.html", "/p1", "/p2"]
-    );
+    let expected = [
+        "/a",
+        "/b",
+        "/big.bin",
+        "/index.html",
+        "/index.html",
+        "/index.html",
+        "/p1",
+        "/p2",
+    ];
+    assert_eq!(paths, expected);
     let p: Vec<_> = spans
         .iter()
         .filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/p")))

@@ -102,6 +102,8 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_exit_writev",
     "sys_enter_sendmsg",
     "sys_exit_sendmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
     "sys_exit_accept",
     "sys_exit_accept4",
     "sys_enter_connect",
@@ -148,12 +150,16 @@ impl Probes {
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
+        // Only tp_btf can read a syscall's arguments back at exit (x86_64 register layout).
+        let late_capture: u32 =
+            (options.hooks != HookChoice::Tracepoints && std::env::consts::ARCH == "x86_64").into();
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture, true)
             .override_global(globals::FILTER_PIDS, &filter_pids, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(globals::LATE_CAPTURE, &late_capture, true)
             .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
