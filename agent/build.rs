@@ -15,10 +15,7 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("sonde"), []).context("writing the placeholder eBPF object")?;
         return Ok(());
     }
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .into_iter()
@@ -31,14 +28,8 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "sonde-ebpf",
-            root_dir: &root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "sonde-ebpf", root_dir: &root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
-    .context(
-        "building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
-    )
+    .context("building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)")
 }

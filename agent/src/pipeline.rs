@@ -47,12 +47,7 @@ pub struct Pipeline {
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Pipeline {
-    pub fn new(
-        assembler: Assembler,
-        selector: Selector,
-        sink: SpanSink,
-        stats: Arc<PipelineStats>,
-    ) -> Self {
+    pub fn new(assembler: Assembler, selector: Selector, sink: SpanSink, stats: Arc<PipelineStats>) -> Self {
         Self {
             conns: ConnTable::default(),
             processes: ProcessCache::new(),
@@ -80,12 +75,8 @@ impl Pipeline {
         let c = self.conns.stats();
         self.stats.spans.store(a.spans, Ordering::Relaxed);
         self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
-        self.stats
-            .connections
-            .store(self.conns.len() as u64, Ordering::Relaxed);
-        self.stats
-            .data_without_open
-            .store(c.data_without_open, Ordering::Relaxed);
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
     }
 }
 
@@ -95,9 +86,7 @@ impl intake::Sink for Pipeline {
         match event {
             Event::Open(open) => {
                 let info = crate::conn::ConnInfo::from_event(&open);
-                let selected = self
-                    .selector
-                    .accepts(&info, || process::read_info(info.pid));
+                let selected = self.selector.accepts(&info, || process::read_info(info.pid));
                 if selected {
                     // Read /proc now, while the process surely exists (it may be short-lived).
                     self.processes.resource(info.pid);
@@ -106,8 +95,7 @@ impl intake::Sink for Pipeline {
             }
             Event::Data { event, payload } => {
                 let direction = intake::direction_of(&event);
-                self.conns
-                    .data(&event, direction, payload, &mut self.finished);
+                self.conns.data(&event, direction, payload, &mut self.finished);
             }
             Event::Close(header) => self.conns.close(&header, &mut self.finished),
         }
@@ -125,8 +113,7 @@ impl intake::Sink for Pipeline {
 
     fn tick(&mut self) {
         self.clock = WallClock::sample();
-        self.conns
-            .sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
+        self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
         self.emit();
         if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
             self.processes.sweep();

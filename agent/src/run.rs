@@ -63,9 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
-    let assembler = Assembler::new(AssembleOptions {
-        capture_query: args.capture_query,
-    });
+    let assembler = Assembler::new(AssembleOptions { capture_query: args.capture_query });
     let intake_thread = {
         let stop = stop.clone();
         let stats = stats.clone();

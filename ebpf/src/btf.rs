@@ -2,9 +2,7 @@
 //! process (~15 ns per hit here against ~35 ns for a syscall tracepoint) and dispatch on the
 //! number. The numbers and the `pt_regs` layout are x86_64's; the agent attaches this set only there.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
 use sonde_common::{Direction, IoBuf};
 
 use crate::{io, on_accept_exit, on_close_enter, on_connect_enter, on_connect_exit};

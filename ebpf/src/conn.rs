@@ -37,11 +37,7 @@ fn remember_role(tgid: u32, fd: i64, role: Role) {
     if fd < 0 {
         return;
     }
-    let state = ConnState {
-        sock: 0,
-        role: role as u8,
-        _pad: [0; 7],
-    };
+    let state = ConnState { sock: 0, role: role as u8, _pad: [0; 7] };
     // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
     let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
 }
@@ -82,20 +78,12 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) {
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
-            let role = if (*state).sock == 0 {
-                Role::from_u8((*state).role)
-            } else {
-                Role::Unknown
-            };
+            let role = if (*state).sock == 0 { Role::from_u8((*state).role) } else { Role::Unknown };
             (*state).sock = sock;
             role
         },
         None => {
-            let state = ConnState {
-                sock,
-                role: Role::Unknown as u8,
-                _pad: [0; 7],
-            };
+            let state = ConnState { sock, role: Role::Unknown as u8, _pad: [0; 7] };
             let _ = CONNS.insert(&key, &state, 0);
             Role::Unknown
         }

@@ -29,10 +29,7 @@ pub fn output<T>(event: &T) {
 /// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer.
 #[inline(always)]
 pub fn output_bytes(bytes: &[u8]) {
-    if EVENTS
-        .output::<[u8]>(bytes, wakeup_flags(bytes.len() as u64))
-        .is_err()
-    {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags(bytes.len() as u64)).is_err() {
         count_drop(DropReason::RingFull);
     }
 }

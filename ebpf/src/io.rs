@@ -6,8 +6,7 @@ use aya_ebpf::helpers::{
     bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
 };
 use sonde_common::{
-    ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf, MAX_CAPTURE,
-    MAX_IOVECS,
+    ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf, MAX_CAPTURE, MAX_IOVECS,
 };
 
 use crate::{
@@ -199,12 +198,7 @@ fn copy_msghdr(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], msghdr: u64, want: 
 
 /// Gather up to `want` bytes from the first `MAX_IOVECS` iovecs.
 #[inline(always)]
-fn copy_iovecs(
-    bytes: &mut [u8; crate::maps::SCRATCH_BYTES],
-    iov: u64,
-    iovcnt: u64,
-    want: usize,
-) -> usize {
+fn copy_iovecs(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], iov: u64, iovcnt: u64, want: usize) -> usize {
     let mut off: usize = 0;
     for i in 0..MAX_IOVECS as u64 {
         if i >= iovcnt || off >= want || off >= MAX_CAPTURE {

@@ -44,14 +44,7 @@ macro_rules! io_tracepoints {
     ($enter:ident, $exit:ident, $dir:expr, $kind:expr, $count:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            io::enter(
-                bpf_get_current_pid_tgid(),
-                arg(&ctx, 0),
-                arg(&ctx, 1),
-                arg(&ctx, $count),
-                $dir,
-                $kind,
-            );
+            io::enter(bpf_get_current_pid_tgid(), arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, $count), $dir, $kind);
             0
         }
 
@@ -63,62 +56,16 @@ macro_rules! io_tracepoints {
     };
 }
 
-io_tracepoints!(
-    sys_enter_read,
-    sys_exit_read,
-    Direction::Ingress,
-    IoBuf::Plain,
-    2
-);
-io_tracepoints!(
-    sys_enter_recvfrom,
-    sys_exit_recvfrom,
-    Direction::Ingress,
-    IoBuf::Plain,
-    2
-);
-io_tracepoints!(
-    sys_enter_readv,
-    sys_exit_readv,
-    Direction::Ingress,
-    IoBuf::Iovec,
-    2
-);
-io_tracepoints!(
-    sys_enter_recvmsg,
-    sys_exit_recvmsg,
-    Direction::Ingress,
-    IoBuf::Msghdr,
-    2
-);
-io_tracepoints!(
-    sys_enter_write,
-    sys_exit_write,
-    Direction::Egress,
-    IoBuf::Plain,
-    2
-);
-io_tracepoints!(
-    sys_enter_sendto,
-    sys_exit_sendto,
-    Direction::Egress,
-    IoBuf::Plain,
-    2
-);
-io_tracepoints!(
-    sys_enter_writev,
-    sys_exit_writev,
-    Direction::Egress,
-    IoBuf::Iovec,
-    2
-);
-io_tracepoints!(
-    sys_enter_sendmsg,
-    sys_exit_sendmsg,
-    Direction::Egress,
-    IoBuf::Msghdr,
-    2
-);
+io_tracepoints!(sys_enter_read, sys_exit_read, Direction::Ingress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_recvfrom, sys_exit_recvfrom, Direction::Ingress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_readv, sys_exit_readv, Direction::Ingress, IoBuf::Iovec, 2);
+io_tracepoints!(sys_enter_recvmsg, sys_exit_recvmsg, Direction::Ingress, IoBuf::Msghdr, 2);
+io_tracepoints!(sys_enter_write, sys_exit_write, Direction::Egress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_sendto, sys_exit_sendto, Direction::Egress, IoBuf::Plain, 2);
+io_tracepoints!(sys_enter_writev, sys_exit_writev, Direction::Egress, IoBuf::Iovec, 2);
+io_tracepoints!(sys_enter_sendmsg, sys_exit_sendmsg, Direction::Egress, IoBuf::Msghdr, 2);
+// sendfile(out_fd, in_fd, offset, count): a static file server's response body.
+io_tracepoints!(sys_enter_sendfile64, sys_exit_sendfile64, Direction::Egress, IoBuf::None, 3);
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
@@ -191,11 +138,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_close_enter(fd: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    conn::on_close(
-        (pid_tgid >> 32) as u32,
-        pid_tgid as u32,
-        fd as i64 as i32 as i64,
-    );
+    conn::on_close((pid_tgid >> 32) as u32, pid_tgid as u32, fd as i64 as i32 as i64);
 }
 
 // `sock:sock_{send,recv}_length`: sk at 8, family at 16, protocol at 18, ret at 20, flags at 24.

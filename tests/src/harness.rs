@@ -14,9 +14,7 @@ use std::{
 pub fn sonde_bin() -> PathBuf {
     std::env::var_os("SONDE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sonde")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sonde"))
 }
 
 pub fn servers_dir() -> PathBuf {
@@ -25,10 +23,7 @@ pub fn servers_dir() -> PathBuf {
 
 /// A port nobody listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding port 0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding port 0")
 }
 
 /// A running `sonde run`, stopped with SIGTERM when dropped.
@@ -49,19 +44,10 @@ impl Sonde {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting {}: {e} (run `cargo xtask build`)",
-                    sonde_bin().display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo xtask build`)", sonde_bin().display()));
         let stderr = collect(child.stderr.take().expect("piped stderr"));
         let stdout = collect(child.stdout.take().expect("piped stdout"));
-        let sonde = Sonde {
-            child: Some(child),
-            stderr,
-            stdout,
-        };
+        let sonde = Sonde { child: Some(child), stderr, stdout };
         sonde.wait_started(Instant::now() + Duration::from_secs(60))
     }
 
@@ -70,21 +56,10 @@ impl Sonde {
             if self.stderr().contains("tracing started") {
                 return self;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "sonde exited with {status} before tracing started:\n{}",
-                    self.stderr()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("sonde exited with {status} before tracing started:\n{}", self.stderr());
             }
-            assert!(
-                Instant::now() < deadline,
-                "sonde did not start tracing in time:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "sonde did not start tracing in time:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -115,10 +90,7 @@ impl Sonde {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "sonde did not exit within 20 s of SIGTERM:\n{}",
-                    self.stderr()
-                );
+                panic!("sonde did not exit within 20 s of SIGTERM:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -182,13 +154,7 @@ pub fn python_http_server(env: &[(&str, &str)]) -> Guard {
     std::fs::write(dir.path.join("index.html"), "<h1>hello from python</h1>\n").unwrap();
     let port = free_port();
     let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
         .current_dir(&dir.path)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -196,11 +162,7 @@ pub fn python_http_server(env: &[(&str, &str)]) -> Guard {
         .spawn()
         .expect("starting python3 -m http.server");
     wait_listening(port);
-    Guard {
-        child,
-        port,
-        _dir: Some(dir),
-    }
+    Guard { child, port, _dir: Some(dir) }
 }
 
 /// `tests/servers/app.py`: keep-alive, chosen statuses, chunked uploads.
@@ -215,11 +177,7 @@ pub fn python_app(env: &[(&str, &str)]) -> Guard {
         .spawn()
         .expect("starting tests/servers/app.py");
     wait_listening(port);
-    Guard {
-        child,
-        port,
-        _dir: None,
-    }
+    Guard { child, port, _dir: None }
 }
 
 /// nginx (Debian) in the foreground with its own config, serving a static file and `/fail` → 500.
@@ -248,36 +206,20 @@ http {{
     let conf_path = dir.path.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let child = Command::new("nginx")
-        .args([
-            "-c",
-            &conf_path.to_string_lossy(),
-            "-p",
-            &dir.path.to_string_lossy(),
-        ])
+        .args(["-c", &conf_path.to_string_lossy(), "-p", &dir.path.to_string_lossy()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting nginx (apt-get install nginx-light; `cargo xtask setup` does it)");
     wait_listening(port);
-    Guard {
-        child,
-        port,
-        _dir: Some(dir),
-    }
+    Guard { child, port, _dir: Some(dir) }
 }
 
 /// Runs curl with `args`; returns stdout. Fails the test if curl fails.
 pub fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("running curl");
+    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -311,17 +253,11 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "sonde-test-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("sonde-test-{tag}-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&path).unwrap();
         // nginx workers may drop privileges; let them read the files.
-        let _ = Command::new("chmod")
-            .args(["-R", "755"])
-            .arg(&path)
-            .status();
+        let _ = Command::new("chmod").args(["-R", "755"]).arg(&path).status();
         TempDir { path }
     }
 }

@@ -54,11 +54,7 @@ pub struct ReceivedSpan {
 impl ReceivedSpan {
     /// A span attribute, stringified.
     pub fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .map(|kv| stringify(kv.value.as_ref()))
+        self.span.attributes.iter().find(|kv| kv.key == key).map(|kv| stringify(kv.value.as_ref()))
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -87,11 +83,7 @@ impl ReceivedSpan {
     }
 
     pub fn duration(&self) -> Duration {
-        Duration::from_nanos(
-            self.span
-                .end_time_unix_nano
-                .saturating_sub(self.span.start_time_unix_nano),
-        )
+        Duration::from_nanos(self.span.end_time_unix_nano.saturating_sub(self.span.start_time_unix_nano))
     }
 }
 
@@ -159,11 +151,7 @@ impl Shared {
             }
         }
         let span_count = store.spans.len() - before;
-        store.requests.push(ReceivedRequest {
-            via,
-            headers,
-            span_count,
-        });
+        store.requests.push(ReceivedRequest { via, headers, span_count });
         drop(store);
         self.changed.send_modify(|n| *n += 1);
         true
@@ -188,10 +176,7 @@ impl Receiver {
     /// Binds on the given addresses (to come up on a port an exporter already targets).
     pub async fn start_on(grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Receiver> {
         let (changed, _) = watch::channel(0);
-        let shared = Shared {
-            store: Arc::default(),
-            changed: Arc::new(changed),
-        };
+        let shared = Shared { store: Arc::default(), changed: Arc::new(changed) };
 
         let grpc_listener = TcpListener::bind(grpc)
             .await
@@ -223,12 +208,7 @@ impl Receiver {
             }
         });
 
-        Ok(Receiver {
-            shared,
-            grpc_addr,
-            http_addr,
-            tasks: vec![grpc_task, http_task],
-        })
+        Ok(Receiver { shared, grpc_addr, http_addr, tasks: vec![grpc_task, http_task] })
     }
 
     /// `http://127.0.0.1:PORT`, for `--otlp-protocol grpc`.
@@ -318,17 +298,10 @@ impl TraceService for GrpcService {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        if self
-            .0
-            .accept(Transport::Grpc, headers, request.into_inner())
-        {
-            Ok(tonic::Response::new(ExportTraceServiceResponse {
-                partial_success: None,
-            }))
+        if self.0.accept(Transport::Grpc, headers, request.into_inner()) {
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
         } else {
-            Err(tonic::Status::unavailable(
-                "receiver told to refuse this request",
-            ))
+            Err(tonic::Status::unavailable("receiver told to refuse this request"))
         }
     }
 }
@@ -338,10 +311,7 @@ async fn http_export(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type != "application/x-protobuf" {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -358,16 +328,9 @@ async fn http_export(
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     if !shared.accept(Transport::Http, headers, request) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "receiver told to refuse this request",
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "receiver told to refuse this request").into_response();
     }
-    let response = ExportTraceServiceResponse {
-        partial_success: None,
-    }
-    .encode_to_vec();
+    let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
     ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
 }
 
@@ -384,10 +347,8 @@ fn stringify(value: Option<&AnyValue>) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

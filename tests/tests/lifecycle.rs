@@ -28,14 +28,9 @@ fn print_json_writes_one_span_per_line() {
     let port = server.port.to_string();
     let mut sonde = Sonde::start(&["--print", "json", "--port", &port]);
     curl(&[&format!("http://127.0.0.1:{port}/one")]);
-    curl(&[
-        "-o",
-        "/dev/null",
-        &format!("http://127.0.0.1:{port}/status/503"),
-    ]);
+    curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/status/503")]);
     assert!(
-        eventually(Duration::from_secs(20), || sonde.stdout().lines().count()
-            >= 2),
+        eventually(Duration::from_secs(20), || sonde.stdout().lines().count() >= 2),
         "{}",
         sonde.stderr()
     );
@@ -68,9 +63,7 @@ fn without_a_collector_the_terminal_shows_a_waterfall() {
     let mut sonde = Sonde::start(&["--port", &port]);
     curl(&[&format!("http://127.0.0.1:{port}/tree")]);
     assert!(
-        eventually(Duration::from_secs(20), || sonde
-            .stdout()
-            .contains("waterfall-demo")),
+        eventually(Duration::from_secs(20), || sonde.stdout().contains("waterfall-demo")),
         "{}",
         sonde.stderr()
     );
@@ -78,10 +71,7 @@ fn without_a_collector_the_terminal_shows_a_waterfall() {
     let out = sonde.stdout();
     let line = out.lines().find(|l| l.contains("waterfall-demo")).unwrap();
     assert!(line.contains("GET"), "{out}");
-    assert!(
-        line.contains('█') || line.contains('#'),
-        "a duration bar: {out}"
-    );
+    assert!(line.contains('█') || line.contains('#'), "a duration bar: {out}");
     assert!(out.contains("trace "), "a header line per trace: {out}");
 }
 
@@ -91,14 +81,7 @@ async fn sigterm_flushes_what_is_pending() {
     let server = harness::python_app(&[]);
     let port = server.port.to_string();
     let endpoint = receiver.grpc_endpoint();
-    let mut sonde = Sonde::start(&[
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        &port,
-    ]);
+    let mut sonde = Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--port", &port]);
     curl(&[&format!("http://127.0.0.1:{port}/last-words")]);
     // Well inside the 1 s batch delay: the span is still queued when the signal arrives.
     std::thread::sleep(Duration::from_millis(100));
@@ -106,9 +89,7 @@ async fn sigterm_flushes_what_is_pending() {
     assert!(status.success(), "{status}\n{}", sonde.stderr());
     let spans = receiver.spans();
     assert!(
-        spans
-            .iter()
-            .any(|s| s.attr("url.path").as_deref() == Some("/last-words")),
+        spans.iter().any(|s| s.attr("url.path").as_deref() == Some("/last-words")),
         "the pending span was flushed at SIGTERM: {spans:#?}\n{}",
         sonde.stderr()
     );
@@ -120,46 +101,26 @@ async fn a_collector_that_is_down_is_retried_and_nothing_crashes() {
     let port = server.port.to_string();
     let (grpc_port, http_port) = (harness::free_port(), harness::free_port());
     let endpoint = format!("http://127.0.0.1:{grpc_port}");
-    let mut sonde = Sonde::start(&[
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        &port,
-    ]);
+    let mut sonde = Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--port", &port]);
     for i in 0..3 {
         curl(&[&format!("http://127.0.0.1:{port}/while-down/{i}")]);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The collector comes up: the queued spans are delivered by the retries.
-    let receiver = Receiver::start_on(
-        ([127, 0, 0, 1], grpc_port).into(),
-        ([127, 0, 0, 1], http_port).into(),
-    )
-    .await
-    .unwrap();
+    let receiver = Receiver::start_on(([127, 0, 0, 1], grpc_port).into(), ([127, 0, 0, 1], http_port).into())
+        .await
+        .unwrap();
     let spans = receiver
         .wait_for(
             |s| {
-                s.iter()
-                    .filter(|s| {
-                        s.attr("url.path")
-                            .is_some_and(|p| p.starts_with("/while-down"))
-                    })
-                    .count()
+                s.iter().filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/while-down"))).count()
                     >= 3
             },
             Duration::from_secs(30),
         )
         .await;
-    let delivered = spans
-        .iter()
-        .filter(|s| {
-            s.attr("url.path")
-                .is_some_and(|p| p.starts_with("/while-down"))
-        })
-        .count();
+    let delivered =
+        spans.iter().filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/while-down"))).count();
     assert_eq!(delivered, 3, "{}", sonde.stderr());
     let status = sonde.stop();
     assert!(status.success(), "{status}\n{}", sonde.stderr());
@@ -181,44 +142,27 @@ async fn an_unreachable_collector_costs_dropped_spans_not_a_crash() {
         "2",
     ]);
     for i in 0..10 {
-        curl(&[
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/lost/{i}"),
-        ]);
+        curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/lost/{i}")]);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = sonde.stop();
     assert!(status.success(), "{status}\n{}", sonde.stderr());
     let log = sonde.stderr();
-    let counters = log
-        .lines()
-        .find(|l| l.contains("counters") && l.contains("state=\"stopped\""))
-        .expect(&log);
+    let counters =
+        log.lines().find(|l| l.contains("counters") && l.contains("state=\"stopped\"")).expect(&log);
     assert!(counters.contains("spans=10"), "{counters}");
-    assert!(
-        !counters.contains("spans_dropped=0"),
-        "drops are counted: {counters}"
-    );
+    assert!(!counters.contains("spans_dropped=0"), "drops are counted: {counters}");
 }
 
 #[test]
 fn without_privileges_it_names_the_missing_capabilities() {
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(harness::sonde_bin())
         .arg("run")
         .output()
         .expect("running setpriv (util-linux)");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("missing capabilities") && err.contains("CAP_BPF"),
-        "{err}"
-    );
+    assert!(err.contains("missing capabilities") && err.contains("CAP_BPF"), "{err}");
 }

@@ -40,22 +40,10 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     ]))
     .unwrap_or_default();
     if installed.is_empty() {
-        sh::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        sh::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        sh::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        sh::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     Ok(())
 }
@@ -63,9 +51,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
 fn cargo_home_bin(tool: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
     home.join("bin").join(tool)
 }
 
@@ -80,10 +66,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     let llvm_so = std::fs::read_dir(&lib)
         .with_context(|| format!("listing {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
-        })
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     let version = sh::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
     let major = version
@@ -92,34 +75,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("nightly rustc does not report its LLVM version")?
         .to_owned();
-    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-        .join(".cache/sonde/llvm-prefix");
+    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sonde/llvm-prefix");
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)?;
-    for name in [
-        PathBuf::from("libLLVM.so"),
-        PathBuf::from(llvm_so.file_name().unwrap_or_default()),
-    ] {
+    for name in [PathBuf::from("libLLVM.so"), PathBuf::from(llvm_so.file_name().unwrap_or_default())] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm_so, &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&llvm_so, &link).with_context(|| format!("linking {}", link.display()))?;
     }
     sh::run(
         Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{major}"),
-            ])
+            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
             .env("LLVM_PREFIX", &prefix),
     )
 }

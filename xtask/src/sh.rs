@@ -6,10 +6,7 @@ use anyhow::{Context as _, bail};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent directory").to_path_buf()
 }
 
 pub fn describe(cmd: &Command) -> String {
@@ -45,11 +42,7 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let line = describe(cmd);
     let out = cmd.output().with_context(|| format!("starting `{line}`"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("`{line}` failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

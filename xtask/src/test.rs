@@ -35,11 +35,7 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
 /// The integration tests start the real `sonde` (root, real kernel) against real servers. One at a
 /// time: each one's sonde sees every process's traffic, so parallel tests would only add noise.
 fn privileged(sonde: &std::path::Path) -> anyhow::Result<()> {
-    sh::run(
-        sh::cargo()
-            .args(["test", "-p", "sonde-tests", "--", "--test-threads=1"])
-            .env("SONDE_BIN", sonde),
-    )
+    sh::run(sh::cargo().args(["test", "-p", "sonde-tests", "--", "--test-threads=1"]).env("SONDE_BIN", sonde))
 }
 
 fn fuzz(seconds: u32) -> anyhow::Result<()> {

@@ -56,13 +56,7 @@ mod tests {
 
     fn event(family: u16, local: [u8; 16], remote: [u8; 16]) -> ConnEvent {
         ConnEvent {
-            header: EventHeader {
-                ts_ns: 0,
-                tgid: 10,
-                tid: 11,
-                fd: 5,
-                kind: 2,
-            },
+            header: EventHeader { ts_ns: 0, tgid: 10, tid: 11, fd: 5, kind: 2 },
             sock: 1,
             family,
             local_port: 8080,

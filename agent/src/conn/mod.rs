@@ -97,13 +97,7 @@ impl ConnTable {
         );
     }
 
-    pub fn data(
-        &mut self,
-        event: &DataEvent,
-        direction: Direction,
-        payload: &[u8],
-        out: &mut Vec<Finished>,
-    ) {
+    pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Vec<Finished>) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         let Some(conn) = self.conns.get_mut(&key) else {
             self.stats.data_without_open += 1;
@@ -115,16 +109,9 @@ impl ConnTable {
             return;
         }
         let mut exchanges = Vec::new();
-        let chunk = Chunk {
-            ts_ns: event.header.ts_ns,
-            data: payload,
-            len: event.len,
-        };
+        let chunk = Chunk { ts_ns: event.header.ts_ns, data: payload, len: event.len };
         conn.http.feed(direction, chunk, &mut exchanges);
-        out.extend(exchanges.into_iter().map(|exchange| Finished {
-            conn: conn.info,
-            exchange,
-        }));
+        out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
         if !conn.http.is_http() {
             conn.ignored = true;
         }
@@ -140,12 +127,7 @@ impl ConnTable {
 
     /// Periodic upkeep at monotonic time `now_ns`: finish responses that went quiet, forget
     /// connections of exited processes and ones silent for `FORGET_AFTER_NS`.
-    pub fn sweep(
-        &mut self,
-        now_ns: u64,
-        process_alive: impl Fn(u32) -> bool,
-        out: &mut Vec<Finished>,
-    ) {
+    pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Vec<Finished>) {
         let mut gone = Vec::new();
         for (key, conn) in &mut self.conns {
             let idle = now_ns.saturating_sub(conn.last_seen_ns);
@@ -154,10 +136,7 @@ impl ConnTable {
             } else if idle >= IDLE_FLUSH_NS && !conn.flushed_idle && !conn.ignored {
                 let mut exchanges = Vec::new();
                 conn.http.flush_idle(&mut exchanges);
-                out.extend(exchanges.into_iter().map(|exchange| Finished {
-                    conn: conn.info,
-                    exchange,
-                }));
+                out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
                 conn.flushed_idle = true;
             }
         }
@@ -186,8 +165,5 @@ fn finish(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {
     }
     let mut exchanges = Vec::new();
     conn.http.close(ts_ns, &mut exchanges);
-    out.extend(exchanges.into_iter().map(|exchange| Finished {
-        conn: conn.info,
-        exchange,
-    }));
+    out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
 }

@@ -22,12 +22,7 @@ impl Selector {
     pub fn new(pids: Vec<u32>, ports: Vec<u16>, exes: &[String]) -> Result<Self, SelectError> {
         let exes = exes
             .iter()
-            .map(|p| {
-                glob::Pattern::new(p).map_err(|source| SelectError {
-                    pattern: p.clone(),
-                    source,
-                })
-            })
+            .map(|p| glob::Pattern::new(p).map_err(|source| SelectError { pattern: p.clone(), source }))
             .collect::<Result<_, _>>()?;
         Ok(Self { pids, ports, exes })
     }
@@ -46,11 +41,7 @@ impl Selector {
         if !self.exes.is_empty() {
             let info = process();
             let names = [info.exe_name.as_deref(), info.exe_path.as_deref()];
-            if !names
-                .iter()
-                .flatten()
-                .any(|n| self.exes.iter().any(|p| p.matches(n)))
-            {
+            if !names.iter().flatten().any(|n| self.exes.iter().any(|p| p.matches(n))) {
                 return false;
             }
         }

@@ -53,13 +53,7 @@ pub(crate) async fn run(
                 n = queue.recv_many(&mut batch, room) => if n == 0 { break },
             }
         }
-        sender
-            .send(
-                &batch,
-                Instant::now() + settings.retry_budget,
-                &mut shutdown,
-            )
-            .await;
+        sender.send(&batch, Instant::now() + settings.retry_budget, &mut shutdown).await;
         batch.clear();
     }
 
@@ -76,10 +70,7 @@ pub(crate) async fn run(
         batch.clear();
     }
     if late > 0 {
-        tracing::warn!(
-            spans = late,
-            "shutdown deadline passed before these queued spans were exported"
-        );
+        tracing::warn!(spans = late, "shutdown deadline passed before these queued spans were exported");
         ExportStats::add(&stats.spans_dropped_export_failed, late);
     }
 }

@@ -40,10 +40,7 @@ impl FromStr for Protocol {
         match s.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            other => Err(ConfigError::BadProtocol {
-                key: "protocol",
-                value: other.to_owned(),
-            }),
+            other => Err(ConfigError::BadProtocol { key: "protocol", value: other.to_owned() }),
         }
     }
 }
@@ -66,9 +63,7 @@ impl FromStr for PrintMode {
             "tree" => Ok(PrintMode::Tree),
             "json" => Ok(PrintMode::Json),
             "none" => Ok(PrintMode::None),
-            other => Err(ConfigError::BadPrintMode {
-                value: other.to_owned(),
-            }),
+            other => Err(ConfigError::BadPrintMode { value: other.to_owned() }),
         }
     }
 }
@@ -134,18 +129,15 @@ impl OtlpConfig {
         let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
         // The signal-specific variable wins, and names itself in errors.
         let pick = |traces: &'static str, generic: &'static str| {
-            var(traces)
-                .map(|v| (traces, v))
-                .or_else(|| var(generic).map(|v| (generic, v)))
+            var(traces).map(|v| (traces, v)).or_else(|| var(generic).map(|v| (generic, v)))
         };
 
         let protocol = match protocol_flag {
             Some(p) => p,
             None => match pick(TRACES_PROTOCOL, PROTOCOL) {
-                Some((key, value)) => value.parse().map_err(|_| ConfigError::BadProtocol {
-                    key,
-                    value: value.trim().to_owned(),
-                })?,
+                Some((key, value)) => value
+                    .parse()
+                    .map_err(|_| ConfigError::BadProtocol { key, value: value.trim().to_owned() })?,
                 None => Protocol::HttpProtobuf,
             },
         };
@@ -164,10 +156,7 @@ impl OtlpConfig {
         if !(url.starts_with("http://") || url.starts_with("https://"))
             || url.parse::<tonic::transport::Uri>().is_err()
         {
-            return Err(ConfigError::BadEndpoint {
-                key,
-                value: url.to_owned(),
-            });
+            return Err(ConfigError::BadEndpoint { key, value: url.to_owned() });
         }
         let endpoint = match protocol {
             Protocol::HttpProtobuf if is_base => format!("{}/v1/traces", url.trim_end_matches('/')),
@@ -188,12 +177,7 @@ impl OtlpConfig {
             None => DEFAULT_TIMEOUT,
         };
 
-        Ok(Some(OtlpConfig {
-            endpoint,
-            protocol,
-            headers,
-            timeout,
-        }))
+        Ok(Some(OtlpConfig { endpoint, protocol, headers, timeout }))
     }
 
     /// [`OtlpConfig::resolve`] with the process environment.
@@ -213,17 +197,12 @@ fn parse_headers(key: &'static str, value: &str) -> Result<Vec<(String, String)>
         if entry.trim().is_empty() {
             continue;
         }
-        let bad = || ConfigError::BadHeader {
-            key,
-            entry: entry.trim().to_owned(),
-        };
+        let bad = || ConfigError::BadHeader { key, entry: entry.trim().to_owned() };
         let (name, val) = entry.split_once('=').ok_or_else(bad)?;
         let name = percent_decode(name.trim()).ok_or_else(bad)?;
         let val = percent_decode(val.trim()).ok_or_else(bad)?;
         let valid_name = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         // Neither HTTP nor gRPC can carry control characters in a value.
         if !valid_name || val.chars().any(|c| c.is_control()) {
             return Err(bad());
@@ -263,10 +242,7 @@ mod tests {
         proto: Option<Protocol>,
         env: &[(&str, &str)],
     ) -> Result<Option<OtlpConfig>, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         OtlpConfig::resolve(flag, proto, |k| env.get(k).cloned())
     }
 
@@ -275,18 +251,11 @@ mod tests {
         proto: Option<Protocol>,
         env: &[(&str, &str)],
     ) -> Option<(String, Protocol)> {
-        resolve(flag, proto, env)
-            .unwrap()
-            .map(|c| (c.endpoint, c.protocol))
+        resolve(flag, proto, env).unwrap().map(|c| (c.endpoint, c.protocol))
     }
 
     /// Flag, protocol flag, environment, expected endpoint and protocol.
-    type Case<'a> = (
-        Option<&'a str>,
-        Option<Protocol>,
-        &'a [(&'a str, &'a str)],
-        Option<(String, Protocol)>,
-    );
+    type Case<'a> = (Option<&'a str>, Option<Protocol>, &'a [(&'a str, &'a str)], Option<(String, Protocol)>);
 
     #[test]
     fn endpoint_table() {
@@ -317,96 +286,39 @@ mod tests {
             (Some(""), None, &[], None),
         ];
         for (i, (flag, proto, env, want)) in cases.iter().enumerate() {
-            assert_eq!(
-                &endpoint(*flag, *proto, env),
-                want,
-                "case {i}: {flag:?} {proto:?} {env:?}"
-            );
+            assert_eq!(&endpoint(*flag, *proto, env), want, "case {i}: {flag:?} {proto:?} {env:?}");
         }
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = resolve(
-            None,
-            None,
-            &[(ENDPOINT, "http://c"), (TRACES_PROTOCOL, "http/json")],
-        );
-        assert_eq!(
-            err,
-            Err(ConfigError::BadProtocol {
-                key: TRACES_PROTOCOL,
-                value: "http/json".into()
-            })
-        );
-        assert!(
-            err.unwrap_err()
-                .to_string()
-                .contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        );
+        let err = resolve(None, None, &[(ENDPOINT, "http://c"), (TRACES_PROTOCOL, "http/json")]);
+        assert_eq!(err, Err(ConfigError::BadProtocol { key: TRACES_PROTOCOL, value: "http/json".into() }));
+        assert!(err.unwrap_err().to_string().contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"));
 
         let err = resolve(Some("collector:4317"), None, &[]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConfigError::BadEndpoint {
-                    key: FLAG_ENDPOINT,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, ConfigError::BadEndpoint { key: FLAG_ENDPOINT, .. }), "{err}");
         let err = resolve(None, None, &[(ENDPOINT, "ftp://c")]).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::BadEndpoint { key: ENDPOINT, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ConfigError::BadEndpoint { key: ENDPOINT, .. }), "{err}");
 
         let err = resolve(None, None, &[(ENDPOINT, "http://c"), (TIMEOUT, "5s")]).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::BadTimeout {
-                key: TIMEOUT,
-                value: "5s".into()
-            }
-        );
+        assert_eq!(err, ConfigError::BadTimeout { key: TIMEOUT, value: "5s".into() });
 
         assert!("udp".parse::<Protocol>().is_err());
-        assert_eq!(
-            "http/protobuf".parse::<Protocol>(),
-            Ok(Protocol::HttpProtobuf)
-        );
+        assert_eq!("http/protobuf".parse::<Protocol>(), Ok(Protocol::HttpProtobuf));
         assert_eq!("grpc".parse::<Protocol>(), Ok(Protocol::Grpc));
         assert_eq!("json".parse::<PrintMode>(), Ok(PrintMode::Json));
-        assert!(
-            "yaml"
-                .parse::<PrintMode>()
-                .unwrap_err()
-                .to_string()
-                .contains("yaml")
-        );
+        assert!("yaml".parse::<PrintMode>().unwrap_err().to_string().contains("yaml"));
     }
 
     #[test]
     fn timeout_in_milliseconds() {
-        let c = resolve(None, None, &[(ENDPOINT, "http://c")])
-            .unwrap()
-            .unwrap();
+        let c = resolve(None, None, &[(ENDPOINT, "http://c")]).unwrap().unwrap();
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-        let env = [
-            (ENDPOINT, "http://c"),
-            (TIMEOUT, "2500"),
-            (TRACES_TIMEOUT, "750"),
-        ];
-        assert_eq!(
-            resolve(None, None, &env).unwrap().unwrap().timeout,
-            Duration::from_millis(750)
-        );
+        let env = [(ENDPOINT, "http://c"), (TIMEOUT, "2500"), (TRACES_TIMEOUT, "750")];
+        assert_eq!(resolve(None, None, &env).unwrap().unwrap().timeout, Duration::from_millis(750));
         let env = [(ENDPOINT, "http://c"), (TIMEOUT, "2500")];
-        assert_eq!(
-            resolve(None, None, &env).unwrap().unwrap().timeout,
-            Duration::from_millis(2500)
-        );
+        assert_eq!(resolve(None, None, &env).unwrap().unwrap().timeout, Duration::from_millis(2500));
     }
 
     #[test]
@@ -420,27 +332,17 @@ mod tests {
         assert_eq!(headers(&[]), Ok(vec![]));
         assert_eq!(
             headers(&[(HEADERS, "api-key=abc, x-tenant = a%20b%2Cc ,,empty=")]),
-            Ok(vec![
-                pair("api-key", "abc"),
-                pair("x-tenant", "a b,c"),
-                pair("empty", "")
-            ])
+            Ok(vec![pair("api-key", "abc"), pair("x-tenant", "a b,c"), pair("empty", "")])
         );
         assert_eq!(
             headers(&[(HEADERS, "authorization=Basic%20dXNlcjpwYXNz%3D%3D")]),
             Ok(vec![pair("authorization", "Basic dXNlcjpwYXNz==")])
         );
         // The traces variable replaces the generic one as a whole.
-        assert_eq!(
-            headers(&[(HEADERS, "a=1,b=2"), (TRACES_HEADERS, "c=3")]),
-            Ok(vec![pair("c", "3")])
-        );
+        assert_eq!(headers(&[(HEADERS, "a=1,b=2"), (TRACES_HEADERS, "c=3")]), Ok(vec![pair("c", "3")]));
         for bad in ["novalue", "=v", "k=%zz", "k=%4", "bad key=v", "k=a%0Ab"] {
             assert!(
-                matches!(
-                    headers(&[(HEADERS, bad)]),
-                    Err(ConfigError::BadHeader { key: HEADERS, .. })
-                ),
+                matches!(headers(&[(HEADERS, bad)]), Err(ConfigError::BadHeader { key: HEADERS, .. })),
                 "{bad:?} should be rejected"
             );
         }

@@ -115,19 +115,14 @@ mod tests {
         let r = resource(3, "cart");
         let root = span(&r, 1, None, SpanKind::Server, "GET /cart");
         let mut child = span(&r, 2, Some(1), SpanKind::Client, "GET");
-        child.status = Status::Error {
-            message: "HTTP 503".into(),
-        };
+        child.status = Status::Error { message: "HTTP 503".into() };
 
         let mut out = Vec::new();
         let mut printer = JsonPrinter::new(&mut out);
         printer.write_span(&root).unwrap();
         printer.write_span(&child).unwrap();
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert!(text.ends_with('\n'));
 

@@ -85,11 +85,7 @@ impl PrintMode {
     /// What to print when the user did not say: the waterfall when no collector is configured
     /// (so that `sonde run` alone shows something), nothing when spans go to a collector.
     pub fn default_for(otlp: Option<&OtlpConfig>) -> PrintMode {
-        if otlp.is_some() {
-            PrintMode::None
-        } else {
-            PrintMode::Tree
-        }
+        if otlp.is_some() { PrintMode::None } else { PrintMode::Tree }
     }
 }
 
@@ -98,15 +94,9 @@ pub enum ExportError {
     #[error("the exporter must be started inside a tokio runtime")]
     NoRuntime,
     #[error("OTLP/gRPC client for {endpoint}")]
-    GrpcClient {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    GrpcClient { endpoint: String, source: tonic::transport::Error },
     #[error("OTLP/HTTP client for {endpoint}")]
-    HttpClient {
-        endpoint: String,
-        source: reqwest::Error,
-    },
+    HttpClient { endpoint: String, source: reqwest::Error },
     #[error("OTLP header {name:?} is not a valid header name/value")]
     BadHeader { name: String },
     #[error("starting the print thread")]
@@ -185,13 +175,7 @@ impl Exporter {
                     protocol = %config.protocol,
                     "exporting spans over OTLP"
                 );
-                let task = batch::run(
-                    rx,
-                    sender,
-                    settings,
-                    Arc::clone(&stats),
-                    shutdown_rx.clone(),
-                );
+                let task = batch::run(rx, sender, settings, Arc::clone(&stats), shutdown_rx.clone());
                 (Some(tx), Some(tokio::spawn(task)))
             }
             None => (None, None),
@@ -200,9 +184,7 @@ impl Exporter {
         let stdout = std::io::stdout();
         let print: Option<Box<dyn printer::SpanPrinter>> = match options.print {
             PrintMode::Tree => {
-                let style = terminal::Style {
-                    color: stdout.is_terminal(),
-                };
+                let style = terminal::Style { color: stdout.is_terminal() };
                 Some(Box::new(terminal::TreePrinter::new(
                     stdout,
                     style,
@@ -223,21 +205,8 @@ impl Exporter {
         };
 
         let reporter = tokio::spawn(report_drops(Arc::clone(&stats)));
-        let sink = SpanSink {
-            otlp: otlp_tx,
-            print: print_tx,
-            stats: Arc::clone(&stats),
-        };
-        Ok((
-            Exporter {
-                stats,
-                shutdown,
-                batcher,
-                printer,
-                reporter,
-            },
-            sink,
-        ))
+        let sink = SpanSink { otlp: otlp_tx, print: print_tx, stats: Arc::clone(&stats) };
+        Ok((Exporter { stats, shutdown, batcher, printer, reporter }, sink))
     }
 
     /// Flushes queued spans to the collector and prints pending traces, taking at most about
@@ -255,12 +224,7 @@ impl Exporter {
             }
         }
         if let Some(printer) = self.printer.take() {
-            printer
-                .stop(
-                    at.saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(500)),
-                )
-                .await;
+            printer.stop(at.saturating_duration_since(Instant::now()).max(Duration::from_millis(500))).await;
         }
         self.reporter.abort();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

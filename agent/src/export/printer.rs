@@ -34,12 +34,10 @@ pub(crate) fn spawn(
 ) -> io::Result<(SyncSender<Span>, PrinterThread)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(queue_len.max(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = std::thread::Builder::new()
-        .name("sonde-print".into())
-        .spawn({
-            let stop = Arc::clone(&stop);
-            move || run(printer, &rx, &stop)
-        })?;
+    let thread = std::thread::Builder::new().name("sonde-print".into()).spawn({
+        let stop = Arc::clone(&stop);
+        move || run(printer, &rx, &stop)
+    })?;
     Ok((tx, PrinterThread { stop, thread }))
 }
 
@@ -58,10 +56,7 @@ impl PrinterThread {
 }
 
 fn run(mut printer: Box<dyn SpanPrinter>, rx: &Receiver<Span>, stop: &AtomicBool) {
-    let mut out = Output {
-        printer: &mut *printer,
-        broken: false,
-    };
+    let mut out = Output { printer: &mut *printer, broken: false };
     let mut next_tick = Instant::now() + TICK;
     loop {
         match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
@@ -170,25 +165,15 @@ mod tests {
     #[tokio::test]
     async fn tree_prints_quiet_traces_then_the_rest_at_stop() {
         let out = Shared::default();
-        let printer = TreePrinter::new(
-            out.clone(),
-            Style { color: false },
-            Duration::from_millis(50),
-            100,
-        );
+        let printer = TreePrinter::new(out.clone(), Style { color: false }, Duration::from_millis(50), 100);
         let (tx, thread) = spawn(Box::new(printer), 16).unwrap();
         let r = resource(1, "svc");
-        tx.send(span(&r, 2, Some(1), SpanKind::Client, "GET"))
-            .unwrap();
-        tx.send(span(&r, 1, None, SpanKind::Server, "GET /a"))
-            .unwrap();
+        tx.send(span(&r, 2, Some(1), SpanKind::Client, "GET")).unwrap();
+        tx.send(span(&r, 1, None, SpanKind::Server, "GET /a")).unwrap();
 
         let deadline = Instant::now() + Duration::from_secs(5);
         while !out.text().contains("GET /a") {
-            assert!(
-                Instant::now() < deadline,
-                "the quiet trace was never printed"
-            );
+            assert!(Instant::now() < deadline, "the quiet trace was never printed");
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(out.text().matches("trace ").count(), 1);
@@ -200,11 +185,7 @@ mod tests {
         let text = out.text();
         assert_eq!(text.matches("trace ").count(), 2, "{text}");
         assert!(text.contains("GET /b"));
-        assert!(
-            tx.try_send(span(&r, 4, None, SpanKind::Server, "late"))
-                .is_err(),
-            "thread gone"
-        );
+        assert!(tx.try_send(span(&r, 4, None, SpanKind::Server, "late")).is_err(), "thread gone");
     }
 
     #[tokio::test]
@@ -212,10 +193,8 @@ mod tests {
         let out = Shared::default();
         let (tx, thread) = spawn(Box::new(JsonPrinter::new(out.clone())), 16).unwrap();
         let r = resource(1, "svc");
-        tx.send(span(&r, 1, None, SpanKind::Server, "GET /a"))
-            .unwrap();
-        tx.send(span(&r, 2, None, SpanKind::Server, "GET /b"))
-            .unwrap();
+        tx.send(span(&r, 1, None, SpanKind::Server, "GET /a")).unwrap();
+        tx.send(span(&r, 2, None, SpanKind::Server, "GET /b")).unwrap();
         thread.stop(Duration::from_secs(5)).await;
         assert_eq!(out.text().lines().count(), 2);
 

@@ -53,18 +53,11 @@ pub(crate) struct DropReporter {
 
 impl DropReporter {
     pub(crate) fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last_report: None,
-            reported: [0; 3],
-        }
+        Self { every, last_report: None, reported: [0; 3] }
     }
 
     pub(crate) fn poll(&mut self, stats: &ExportStats, now: Instant) {
-        if self
-            .last_report
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
+        if self.last_report.is_some_and(|t| now.duration_since(t) < self.every) {
             return;
         }
         let current = [
@@ -75,8 +68,7 @@ impl DropReporter {
         if current == self.reported {
             return;
         }
-        let [queue_full, export_failed, print_full] =
-            [0, 1, 2].map(|i| current[i] - self.reported[i]);
+        let [queue_full, export_failed, print_full] = [0, 1, 2].map(|i| current[i] - self.reported[i]);
         tracing::warn!(
             queue_full,
             export_failed,
@@ -102,10 +94,7 @@ impl Every {
 
     pub(crate) fn ready(&mut self) -> bool {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
+        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
             return false;
         }
         self.last = Some(now);

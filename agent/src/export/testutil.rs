@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use crate::span::model::{KeyValue, Resource, Span, SpanKind, Status};
 
-pub const TRACE_ID: [u8; 16] = [
-    0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
-];
+pub const TRACE_ID: [u8; 16] =
+    [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
 /// 2024-05-01T12:00:00Z, so rendered timestamps are stable.
 pub const T0: u64 = 1_714_564_800_000_000_000;
 
@@ -14,21 +13,12 @@ pub fn resource(id: u64, service: &str) -> Arc<Resource> {
     Arc::new(Resource {
         id,
         service_name: service.to_owned(),
-        attributes: vec![
-            KeyValue::str("service.name", service),
-            KeyValue::int("process.pid", id as i64),
-        ],
+        attributes: vec![KeyValue::str("service.name", service), KeyValue::int("process.pid", id as i64)],
     })
 }
 
 /// A sampled 200 span of `TRACE_ID` with span id `[id; 8]`, 1 ms long, starting `id` ms after T0.
-pub fn span(
-    resource: &Arc<Resource>,
-    id: u8,
-    parent: Option<u8>,
-    kind: SpanKind,
-    name: &str,
-) -> Span {
+pub fn span(resource: &Arc<Resource>, id: u8, parent: Option<u8>, kind: SpanKind, name: &str) -> Span {
     let start = T0 + u64::from(id) * 1_000_000;
     Span {
         trace_id: TRACE_ID,

@@ -65,14 +65,7 @@ pub(super) struct Chunked {
 
 impl Chunked {
     pub(super) fn new(max_line_bytes: usize) -> Self {
-        Self {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-            },
-            line_bytes: 0,
-            max_line_bytes,
-        }
+        Self { state: State::Size { value: 0, digits: 0 }, line_bytes: 0, max_line_bytes }
     }
 
     /// Consumes body bytes from the front of `data`.
@@ -85,29 +78,17 @@ impl Chunked {
                 let take = left.min((data.len() - used) as u64);
                 used += take as usize;
                 payload += take;
-                self.state = if take == left {
-                    State::DataCr
-                } else {
-                    State::Data { left: left - take }
-                };
+                self.state = if take == left { State::DataCr } else { State::Data { left: left - take } };
                 continue;
             }
             let byte = data[used];
             used += 1;
             self.step(byte)?;
             if self.state == State::Done {
-                return Ok(Progress {
-                    used,
-                    payload,
-                    done: true,
-                });
+                return Ok(Progress { used, payload, done: true });
             }
         }
-        Ok(Progress {
-            used,
-            payload,
-            done: false,
-        })
+        Ok(Progress { used, payload, done: false })
     }
 
     /// One framing byte (anything but chunk data).
@@ -123,10 +104,7 @@ impl Chunked {
                     if value > u64::MAX >> 4 {
                         return Err("chunk size overflows 64 bits");
                     }
-                    State::Size {
-                        value: (value << 4) | u64::from(digit),
-                        digits: digits + 1,
-                    }
+                    State::Size { value: (value << 4) | u64::from(digit), digits: digits + 1 }
                 }
                 None if digits == 0 => {
                     return Err("chunk-size line does not start with a hex digit");
@@ -168,10 +146,7 @@ impl Chunked {
         self.state = match byte {
             b'\r' => State::SizeLf { value },
             b'\n' => self.chunk_starts(value),
-            b';' => State::SizeRest {
-                value,
-                in_ext: true,
-            },
+            b';' => State::SizeRest { value, in_ext: true },
             b' ' | b'\t' => State::SizeRest { value, in_ext },
             _ if in_ext => State::SizeRest { value, in_ext },
             _ => return Err("invalid byte after a chunk size"),
@@ -181,27 +156,16 @@ impl Chunked {
 
     fn chunk_starts(&mut self, size: u64) -> State {
         self.line_bytes = 0;
-        if size == 0 {
-            State::Trailer { line_empty: true }
-        } else {
-            State::Data { left: size }
-        }
+        if size == 0 { State::Trailer { line_empty: true } } else { State::Data { left: size } }
     }
 
     fn next_size(&mut self) -> State {
         self.line_bytes = 0;
-        State::Size {
-            value: 0,
-            digits: 0,
-        }
+        State::Size { value: 0, digits: 0 }
     }
 
     fn trailer_line_end(line_empty: bool) -> State {
-        if line_empty {
-            State::Done
-        } else {
-            State::Trailer { line_empty: true }
-        }
+        if line_empty { State::Done } else { State::Trailer { line_empty: true } }
     }
 
     /// `gap` bytes of the body went by uncaptured. Ok(payload) when the framing survives it: the gap
@@ -210,11 +174,7 @@ impl Chunked {
     pub(super) fn skip_gap(&mut self, gap: u64) -> Result<u64, FramingLost> {
         let (payload, framing_left) = match self.state {
             State::Data { left } if gap <= left => {
-                self.state = if gap == left {
-                    State::DataCr
-                } else {
-                    State::Data { left: left - gap }
-                };
+                self.state = if gap == left { State::DataCr } else { State::Data { left: left - gap } };
                 return Ok(gap);
             }
             State::Data { left } => (left, gap - left),
@@ -258,74 +218,22 @@ mod tests {
     fn bodies() {
         let cases: &[(&str, &[u8], Decoded)] = &[
             ("empty", b"0\r\n\r\n", Ok((5, 0, true))),
-            (
-                "two chunks",
-                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT",
-                Ok((26, 11, true)),
-            ),
-            (
-                "extensions",
-                b"5;a=b;c=\"d;e\"\r\nhello\r\n0;last\r\n\r\n",
-                Ok((32, 5, true)),
-            ),
-            (
-                "bws before ext",
-                b"5 ;a\r\nhello\r\n0\r\n\r\n",
-                Ok((18, 5, true)),
-            ),
-            (
-                "trailers",
-                b"1\r\nx\r\n0\r\nExpires: never\r\nX-A: b\r\n\r\n",
-                Ok((35, 1, true)),
-            ),
+            ("two chunks", b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT", Ok((26, 11, true))),
+            ("extensions", b"5;a=b;c=\"d;e\"\r\nhello\r\n0;last\r\n\r\n", Ok((32, 5, true))),
+            ("bws before ext", b"5 ;a\r\nhello\r\n0\r\n\r\n", Ok((18, 5, true))),
+            ("trailers", b"1\r\nx\r\n0\r\nExpires: never\r\nX-A: b\r\n\r\n", Ok((35, 1, true))),
             ("bare LF", b"1\nx\n0\n\n", Ok((7, 1, true))),
-            (
-                "upper hex",
-                b"A\r\n0123456789\r\n0\r\n\r\n",
-                Ok((20, 10, true)),
-            ),
-            (
-                "leading zeros",
-                b"00000000000000000001\r\nx\r\n0\r\n\r\n",
-                Ok((30, 1, true)),
-            ),
+            ("upper hex", b"A\r\n0123456789\r\n0\r\n\r\n", Ok((20, 10, true))),
+            ("leading zeros", b"00000000000000000001\r\nx\r\n0\r\n\r\n", Ok((30, 1, true))),
             ("huge size", b"ffffffffffffffff\r\nabc", Ok((21, 3, false))),
             ("unfinished", b"5\r\nhel", Ok((6, 3, false))),
-            (
-                "overflow",
-                b"10000000000000000\r\n",
-                Err("chunk size overflows 64 bits"),
-            ),
-            (
-                "no digits",
-                b"\r\n",
-                Err("chunk-size line does not start with a hex digit"),
-            ),
-            (
-                "not hex",
-                b"xyz\r\n",
-                Err("chunk-size line does not start with a hex digit"),
-            ),
-            (
-                "junk after size",
-                b"5x\r\nhello\r\n",
-                Err("invalid byte after a chunk size"),
-            ),
-            (
-                "negative",
-                b"-5\r\n",
-                Err("chunk-size line does not start with a hex digit"),
-            ),
-            (
-                "data too long",
-                b"2\r\nabc\r\n",
-                Err("chunk data not followed by CRLF"),
-            ),
-            (
-                "CR then junk",
-                b"2\rx",
-                Err("CR not followed by LF in a chunk-size line"),
-            ),
+            ("overflow", b"10000000000000000\r\n", Err("chunk size overflows 64 bits")),
+            ("no digits", b"\r\n", Err("chunk-size line does not start with a hex digit")),
+            ("not hex", b"xyz\r\n", Err("chunk-size line does not start with a hex digit")),
+            ("junk after size", b"5x\r\nhello\r\n", Err("invalid byte after a chunk size")),
+            ("negative", b"-5\r\n", Err("chunk-size line does not start with a hex digit")),
+            ("data too long", b"2\r\nabc\r\n", Err("chunk data not followed by CRLF")),
+            ("CR then junk", b"2\rx", Err("CR not followed by LF in a chunk-size line")),
         ];
         for (name, body, want) in cases {
             for step in [1, 2, 3, 7, body.len()] {
@@ -338,30 +246,18 @@ mod tests {
     fn long_lines_are_errors() {
         let mut ext = b"1;".to_vec();
         ext.extend(std::iter::repeat_n(b'a', 2000));
-        assert_eq!(
-            decode(&ext, 100),
-            Err("chunk-size line or trailer section too long")
-        );
+        assert_eq!(decode(&ext, 100), Err("chunk-size line or trailer section too long"));
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..200 {
             trailers.extend_from_slice(b"X-Long: abcdefgh\r\n");
         }
-        assert_eq!(
-            decode(&trailers, 100),
-            Err("chunk-size line or trailer section too long")
-        );
+        assert_eq!(decode(&trailers, 100), Err("chunk-size line or trailer section too long"));
     }
 
     #[test]
     fn gaps() {
         // (bytes before the gap, gap, payload counted or framing lost, bytes after the gap, done)
-        type Case = (
-            &'static [u8],
-            u64,
-            Result<u64, FramingLost>,
-            &'static [u8],
-            bool,
-        );
+        type Case = (&'static [u8], u64, Result<u64, FramingLost>, &'static [u8], bool);
         let cases: &[Case] = &[
             (b"a\r\n01234", 3, Ok(3), b"89\r\n0\r\n\r\n", true),
             (b"a\r\n01234", 5, Ok(5), b"\r\n0\r\n\r\n", true),
@@ -376,12 +272,7 @@ mod tests {
         for (before, gap, want, after, done) in cases {
             let mut dec = Chunked::new(1024);
             assert!(dec.advance(before).is_ok());
-            assert_eq!(
-                dec.skip_gap(*gap),
-                *want,
-                "{:?} + {gap}",
-                String::from_utf8_lossy(before)
-            );
+            assert_eq!(dec.skip_gap(*gap), *want, "{:?} + {gap}", String::from_utf8_lossy(before));
             if want.is_ok() {
                 assert_eq!(
                     dec.advance(after).map(|p| p.done),

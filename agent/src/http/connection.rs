@@ -45,14 +45,7 @@ impl HttpConnection {
     pub fn new(requests_from: Option<Direction>, limits: Limits) -> Self {
         let max_head_bytes = limits.max_head_bytes.max(64);
         let known = requests_from.is_some();
-        let life = if known {
-            Life::Http
-        } else {
-            Life::Learning {
-                last: None,
-                turns: 0,
-            }
-        };
+        let life = if known { Life::Http } else { Life::Learning { last: None, turns: 0 } };
         let requests_from = requests_from.unwrap_or(Direction::Ingress);
         Self {
             life,
@@ -74,8 +67,7 @@ impl HttpConnection {
         match self.life {
             Life::Http => {}
             Life::Learning { last, turns } => {
-                let requests_from = if head::check_start(MessageKind::Request, chunk.data)
-                    == StartCheck::Yes
+                let requests_from = if head::check_start(MessageKind::Request, chunk.data) == StartCheck::Yes
                 {
                     direction
                 } else if head::check_start(MessageKind::Response, chunk.data) == StartCheck::Yes {
@@ -87,10 +79,7 @@ impl HttpConnection {
                         self.stop(Life::NotHttp);
                         Life::NotHttp
                     } else {
-                        Life::Learning {
-                            last: Some(direction),
-                            turns,
-                        }
+                        Life::Learning { last: Some(direction), turns }
                     };
                     return;
                 };
@@ -100,17 +89,8 @@ impl HttpConnection {
             }
             Life::NotHttp | Life::Upgraded | Life::Closed => return,
         }
-        let stream = if direction == self.requests_from {
-            &mut self.requests
-        } else {
-            &mut self.responses
-        };
-        stream.feed(
-            chunk.ts_ns,
-            chunk.data,
-            gap,
-            &mut Sink::new(&mut self.pairing, out),
-        );
+        let stream = if direction == self.requests_from { &mut self.requests } else { &mut self.responses };
+        stream.feed(chunk.ts_ns, chunk.data, gap, &mut Sink::new(&mut self.pairing, out));
         if self.pairing.upgraded() {
             self.stop(Life::Upgraded);
         } else if self.pairing.not_http() {

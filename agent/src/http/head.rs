@@ -7,17 +7,8 @@ use super::{MessageKind, ParseError, RequestHead, ResponseHead};
 /// Request methods accepted at a message start, each with the SP that follows it. Only these are
 /// trusted, so random bytes, TLS records and other protocols rarely pass for a request; extension
 /// methods (WebDAV, …) are the price.
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"CONNECT ",
-    b"OPTIONS ",
-    b"TRACE ",
-    b"PATCH ",
-];
+const METHODS: [&[u8]; 9] =
+    [b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ", b"PATCH "];
 
 /// Every HTTP/1.x status line starts so; HTTP/0.9 responses have no status line at all.
 const STATUS_PREFIX: &[u8] = b"HTTP/1.";
@@ -90,10 +81,7 @@ pub(super) struct BodyHeaders {
 
 impl Default for BodyHeaders {
     fn default() -> Self {
-        Self {
-            content_length: None,
-            transfer_encoding: TransferEncoding::Absent,
-        }
+        Self { content_length: None, transfer_encoding: TransferEncoding::Absent }
     }
 }
 
@@ -116,11 +104,7 @@ pub(super) enum Head {
 /// Parses a head. `buf` is the whole head, empty line included, unless `truncated`: then it is the
 /// captured prefix of a head and only its complete lines are used.
 pub(super) fn parse(kind: MessageKind, buf: &[u8], truncated: bool) -> Result<Head, ParseError> {
-    let buf = if truncated {
-        complete_lines(kind, buf)?
-    } else {
-        Cow::Borrowed(buf)
-    };
+    let buf = if truncated { complete_lines(kind, buf)? } else { Cow::Borrowed(buf) };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let bad = |source| ParseError::BadHead { kind, source };
     match kind {
@@ -291,12 +275,7 @@ mod tests {
             (S, b"GET / HTTP/1.1", No),
         ];
         for (kind, bytes, want) in cases {
-            assert_eq!(
-                check_start(*kind, bytes),
-                *want,
-                "{kind} {:?}",
-                String::from_utf8_lossy(bytes)
-            );
+            assert_eq!(check_start(*kind, bytes), *want, "{kind} {:?}", String::from_utf8_lossy(bytes));
         }
     }
 
@@ -313,12 +292,7 @@ mod tests {
             (b"", 0, HeadEnd::Resume(0)),
         ];
         for (buf, from, want) in cases {
-            assert_eq!(
-                find_head_end(buf, *from),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(buf)
-            );
+            assert_eq!(find_head_end(buf, *from), *want, "{:?}", String::from_utf8_lossy(buf));
         }
     }
 
@@ -332,10 +306,7 @@ mod tests {
             (&[b"42, 42"], Some(Some(42))),
             (&[b"42", b"42"], Some(Some(42))),
             (&[b"0"], Some(Some(0))),
-            (
-                &[b"1000000000000000000"],
-                Some(Some(1_000_000_000_000_000_000)),
-            ),
+            (&[b"1000000000000000000"], Some(Some(1_000_000_000_000_000_000))),
             (&[b"18446744073709551615"], Some(Some(u64::MAX))),
             (&[b"18446744073709551616"], None),
             (&[b"42", b"43"], None),
@@ -348,10 +319,7 @@ mod tests {
         ];
         for (values, want) in cases {
             let mut acc = None;
-            let got = values
-                .iter()
-                .try_for_each(|v| merge_content_length(&mut acc, v))
-                .map(|()| acc);
+            let got = values.iter().try_for_each(|v| merge_content_length(&mut acc, v)).map(|()| acc);
             assert_eq!(got, *want, "{values:?}");
         }
     }
@@ -373,9 +341,7 @@ mod tests {
         ];
         for (values, want) in cases {
             let mut acc = Absent;
-            values
-                .iter()
-                .for_each(|v| merge_transfer_encoding(&mut acc, v));
+            values.iter().for_each(|v| merge_transfer_encoding(&mut acc, v));
             assert_eq!(acc, *want, "{values:?}");
         }
     }
@@ -403,10 +369,7 @@ mod tests {
         assert_eq!(req.tracestate.as_deref(), Some("a=1,b=2"));
         assert_eq!(
             body,
-            BodyHeaders {
-                content_length: Some(5),
-                transfer_encoding: TransferEncoding::Absent
-            }
+            BodyHeaders { content_length: Some(5), transfer_encoding: TransferEncoding::Absent }
         );
         assert!(!req.truncated);
 
@@ -415,54 +378,30 @@ mod tests {
             panic!("truncated head rejected");
         };
         assert_eq!(
-            (
-                req.minor_version,
-                req.host.as_deref(),
-                req.user_agent,
-                req.truncated
-            ),
+            (req.minor_version, req.host.as_deref(), req.user_agent, req.truncated),
             (0, Some("h"), None, true)
         );
 
         let errors: &[(&[u8], bool, ParseError)] = &[
-            (
-                b"GET /x HTT",
-                true,
-                ParseError::TruncatedStartLine {
-                    kind: MessageKind::Request,
-                },
-            ),
+            (b"GET /x HTT", true, ParseError::TruncatedStartLine { kind: MessageKind::Request }),
             (
                 b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 false,
-                ParseError::BadContentLength {
-                    kind: MessageKind::Request,
-                },
+                ParseError::BadContentLength { kind: MessageKind::Request },
             ),
             (
                 b"GET / HTTP/2.0\r\n\r\n",
                 false,
-                ParseError::BadHead {
-                    kind: MessageKind::Request,
-                    source: httparse::Error::Version,
-                },
+                ParseError::BadHead { kind: MessageKind::Request, source: httparse::Error::Version },
             ),
             (
                 b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
                 false,
-                ParseError::BadHead {
-                    kind: MessageKind::Request,
-                    source: httparse::Error::HeaderName,
-                },
+                ParseError::BadHead { kind: MessageKind::Request, source: httparse::Error::HeaderName },
             ),
         ];
         for (bytes, truncated, want) in errors {
-            assert_eq!(
-                head(bytes, *truncated),
-                Err(*want),
-                "{:?}",
-                String::from_utf8_lossy(bytes)
-            );
+            assert_eq!(head(bytes, *truncated), Err(*want), "{:?}", String::from_utf8_lossy(bytes));
         }
 
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -472,76 +411,43 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         assert_eq!(
             head(&many, false),
-            Err(ParseError::BadHead {
-                kind: MessageKind::Request,
-                source: httparse::Error::TooManyHeaders
-            })
+            Err(ParseError::BadHead { kind: MessageKind::Request, source: httparse::Error::TooManyHeaders })
         );
     }
 
     #[test]
     fn response_heads() {
         // (head, truncated, (status, minor version, Content-Length, transfer coding) or error)
-        type Case = (
-            &'static [u8],
-            bool,
-            Result<(u16, u8, Option<u64>, TransferEncoding), ParseError>,
-        );
+        type Case = (&'static [u8], bool, Result<(u16, u8, Option<u64>, TransferEncoding), ParseError>);
         let cases: &[Case] = &[
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
                 false,
                 Ok((200, 1, Some(3), TransferEncoding::Absent)),
             ),
-            (
-                b"HTTP/1.0 404 Not Found\r\n\r\n",
-                false,
-                Ok((404, 0, None, TransferEncoding::Absent)),
-            ),
-            (
-                b"HTTP/1.1 204\r\n\r\n",
-                false,
-                Ok((204, 1, None, TransferEncoding::Absent)),
-            ),
+            (b"HTTP/1.0 404 Not Found\r\n\r\n", false, Ok((404, 0, None, TransferEncoding::Absent))),
+            (b"HTTP/1.1 204\r\n\r\n", false, Ok((204, 1, None, TransferEncoding::Absent))),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
                 false,
                 Ok((200, 1, Some(9), TransferEncoding::Chunked)),
             ),
-            (
-                b"HTTP/1.1 200 OK\nServer: x\n\n",
-                false,
-                Ok((200, 1, None, TransferEncoding::Absent)),
-            ),
-            (
-                b"HTTP/1.1 503 Busy\r\nRetry-Af",
-                true,
-                Ok((503, 1, None, TransferEncoding::Absent)),
-            ),
+            (b"HTTP/1.1 200 OK\nServer: x\n\n", false, Ok((200, 1, None, TransferEncoding::Absent))),
+            (b"HTTP/1.1 503 Busy\r\nRetry-Af", true, Ok((503, 1, None, TransferEncoding::Absent))),
             (
                 b"HTTP/1.1 2000 OK\r\n\r\n",
                 false,
-                Err(ParseError::BadHead {
-                    kind: MessageKind::Response,
-                    source: httparse::Error::Status,
-                }),
+                Err(ParseError::BadHead { kind: MessageKind::Response, source: httparse::Error::Status }),
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
                 false,
-                Err(ParseError::BadContentLength {
-                    kind: MessageKind::Response,
-                }),
+                Err(ParseError::BadContentLength { kind: MessageKind::Response }),
             ),
         ];
         for (bytes, truncated, want) in cases {
             let got = parse(MessageKind::Response, bytes, *truncated).map(|head| match head {
-                Head::Response(h, b) => (
-                    h.status,
-                    h.minor_version,
-                    b.content_length,
-                    b.transfer_encoding,
-                ),
+                Head::Response(h, b) => (h.status, h.minor_version, b.content_length, b.transfer_encoding),
                 Head::Request(..) => unreachable!("asked for a response"),
             });
             assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(bytes));

@@ -158,10 +158,7 @@ pub enum ParseError {
     #[error("{kind} has an invalid or conflicting Content-Length")]
     BadContentLength { kind: MessageKind },
     #[error("chunked {kind} body: {reason}")]
-    BadChunkedBody {
-        kind: MessageKind,
-        reason: &'static str,
-    },
+    BadChunkedBody { kind: MessageKind, reason: &'static str },
 }
 
 /// Counters for self-observability.

@@ -6,9 +6,7 @@
 use std::collections::VecDeque;
 
 use super::head::{BodyHeaders, Head, TransferEncoding};
-use super::{
-    Direction, Exchange, MessageKind, ParseError, ParseStats, Request, RequestHead, Response,
-};
+use super::{Direction, Exchange, MessageKind, ParseError, ParseStats, Request, RequestHead, Response};
 
 /// How the body after a head is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +40,7 @@ struct Pending {
 #[derive(Debug)]
 enum ResponseSlot {
     Waiting,
-    InProgress {
-        response: Response,
-        unknown_end: bool,
-    },
+    InProgress { response: Response, unknown_end: bool },
     Done(Option<Response>),
 }
 
@@ -79,11 +74,7 @@ pub(super) struct Pairing {
 }
 
 impl Pairing {
-    pub(super) fn new(
-        request_direction: Direction,
-        strict_first_start: bool,
-        max_pipelined: usize,
-    ) -> Self {
+    pub(super) fn new(request_direction: Direction, strict_first_start: bool, max_pipelined: usize) -> Self {
         Self {
             request_direction,
             pending: VecDeque::new(),
@@ -145,10 +136,7 @@ impl Pairing {
     /// seen, and a request body that a finished response overtook is taken as ended.
     pub(super) fn flush_idle(&mut self, out: &mut Vec<Exchange>) {
         for p in &mut self.pending {
-            if let ResponseSlot::InProgress {
-                unknown_end: true, ..
-            } = p.response
-            {
+            if let ResponseSlot::InProgress { unknown_end: true, .. } = p.response {
                 finish_response(p);
             }
             if matches!(p.response, ResponseSlot::Done(_)) {
@@ -172,12 +160,7 @@ impl Pairing {
             };
             out.push(Exchange {
                 request_direction: self.request_direction,
-                request: Request {
-                    head,
-                    start_ns: p.start_ns,
-                    end_ns: p.end_ns,
-                    body_bytes: p.body_bytes,
-                },
+                request: Request { head, start_ns: p.start_ns, end_ns: p.end_ns, body_bytes: p.body_bytes },
                 response,
             });
         }
@@ -193,9 +176,7 @@ impl Pairing {
         if self.current_response != CurrentResponse::Paired {
             return None;
         }
-        self.pending
-            .iter_mut()
-            .find(|p| matches!(p.response, ResponseSlot::InProgress { .. }))
+        self.pending.iter_mut().find(|p| matches!(p.response, ResponseSlot::InProgress { .. }))
     }
 
     fn push_request(&mut self, pending: Pending) {
@@ -248,9 +229,7 @@ impl<'a> Sink<'a> {
         match kind {
             MessageKind::Request => {
                 if let Some(responding) = p.responding()
-                    && let ResponseSlot::InProgress {
-                        unknown_end: true, ..
-                    } = responding.response
+                    && let ResponseSlot::InProgress { unknown_end: true, .. } = responding.response
                 {
                     finish_response(responding);
                     p.current_response = CurrentResponse::None;
@@ -291,10 +270,7 @@ impl<'a> Sink<'a> {
                     p.current_response = CurrentResponse::Interim;
                     return Plan::NoBody;
                 }
-                let waiting = p
-                    .pending
-                    .iter_mut()
-                    .find(|q| matches!(q.response, ResponseSlot::Waiting));
+                let waiting = p.pending.iter_mut().find(|q| matches!(q.response, ResponseSlot::Waiting));
                 let Some(request) = waiting else {
                     p.stats.orphan_responses += 1;
                     p.current_response = CurrentResponse::Orphan;
@@ -306,16 +282,8 @@ impl<'a> Sink<'a> {
                 };
                 let method = request.head.as_ref().map(|h| h.method.as_str());
                 let plan = response_plan(status, method, &body, head.truncated);
-                let response = Response {
-                    head,
-                    start_ns,
-                    end_ns: ts,
-                    body_bytes: 0,
-                };
-                request.response = ResponseSlot::InProgress {
-                    response,
-                    unknown_end: false,
-                };
+                let response = Response { head, start_ns, end_ns: ts, body_bytes: 0 };
+                request.response = ResponseSlot::InProgress { response, unknown_end: false };
                 p.current_response = CurrentResponse::Paired;
                 if plan == Plan::Upgrade {
                     // Nothing more of this connection will be parsed: the exchange is complete.
@@ -407,10 +375,8 @@ impl<'a> Sink<'a> {
             // It answered the oldest waiting request, how we cannot tell: report that request
             // without a response rather than pair it with the next one.
             MessageKind::Response => {
-                if let Some(request) = p
-                    .pending
-                    .iter_mut()
-                    .find(|q| matches!(q.response, ResponseSlot::Waiting))
+                if let Some(request) =
+                    p.pending.iter_mut().find(|q| matches!(q.response, ResponseSlot::Waiting))
                 {
                     request.response = ResponseSlot::Done(None);
                 }
@@ -461,10 +427,7 @@ mod tests {
 
     #[test]
     fn framing_plans() {
-        let body = |cl, te| BodyHeaders {
-            content_length: cl,
-            transfer_encoding: te,
-        };
+        let body = |cl, te| BodyHeaders { content_length: cl, transfer_encoding: te };
         use TransferEncoding::{Absent, Chunked, Other};
         let requests: &[(BodyHeaders, bool, Plan)] = &[
             (body(None, Absent), false, Plan::NoBody),
@@ -474,70 +437,26 @@ mod tests {
             (body(None, Absent), true, Plan::Unknown),
         ];
         for (b, truncated, want) in requests {
-            assert_eq!(
-                request_plan(b, *truncated),
-                *want,
-                "{b:?} truncated={truncated}"
-            );
+            assert_eq!(request_plan(b, *truncated), *want, "{b:?} truncated={truncated}");
         }
         let responses: &[(u16, Option<&str>, BodyHeaders, bool, Plan)] = &[
-            (
-                200,
-                Some("GET"),
-                body(Some(5), Absent),
-                false,
-                Plan::Length(5),
-            ),
-            (
-                200,
-                Some("HEAD"),
-                body(Some(5), Absent),
-                false,
-                Plan::NoBody,
-            ),
-            (
-                200,
-                Some("GET"),
-                body(None, Absent),
-                false,
-                Plan::UntilClose,
-            ),
+            (200, Some("GET"), body(Some(5), Absent), false, Plan::Length(5)),
+            (200, Some("HEAD"), body(Some(5), Absent), false, Plan::NoBody),
+            (200, Some("GET"), body(None, Absent), false, Plan::UntilClose),
             (200, Some("GET"), body(None, Other), false, Plan::UntilClose),
-            (
-                200,
-                Some("GET"),
-                body(Some(9), Chunked),
-                false,
-                Plan::Chunked,
-            ),
+            (200, Some("GET"), body(Some(9), Chunked), false, Plan::Chunked),
             (204, Some("GET"), body(Some(5), Absent), false, Plan::NoBody),
             (304, Some("GET"), body(Some(5), Absent), false, Plan::NoBody),
             (100, Some("POST"), body(None, Absent), false, Plan::NoBody),
             (101, Some("GET"), body(None, Absent), false, Plan::Upgrade),
-            (
-                200,
-                Some("CONNECT"),
-                body(None, Absent),
-                false,
-                Plan::Upgrade,
-            ),
-            (
-                407,
-                Some("CONNECT"),
-                body(Some(3), Absent),
-                false,
-                Plan::Length(3),
-            ),
+            (200, Some("CONNECT"), body(None, Absent), false, Plan::Upgrade),
+            (407, Some("CONNECT"), body(Some(3), Absent), false, Plan::Length(3)),
             (200, None, body(Some(5), Absent), false, Plan::Length(5)),
             (200, Some("GET"), body(Some(5), Absent), true, Plan::Unknown),
             (204, Some("GET"), body(None, Absent), true, Plan::NoBody),
         ];
         for (status, method, b, truncated, want) in responses {
-            assert_eq!(
-                response_plan(*status, *method, b, *truncated),
-                *want,
-                "{status} {method:?} {b:?}"
-            );
+            assert_eq!(response_plan(*status, *method, b, *truncated), *want, "{status} {method:?} {b:?}");
         }
     }
 }

@@ -67,25 +67,12 @@ pub(super) struct Stream {
 impl Stream {
     /// `in_sync`: the next byte starts a message (a connection seen from its beginning).
     pub(super) fn new(kind: MessageKind, in_sync: bool, max_head_bytes: usize) -> Self {
-        let state = if in_sync {
-            Self::between_messages()
-        } else {
-            State::Skip(SkipWhy::Joining)
-        };
-        Self {
-            kind,
-            state,
-            buf: Vec::new(),
-            max_head_bytes,
-        }
+        let state = if in_sync { Self::between_messages() } else { State::Skip(SkipWhy::Joining) };
+        Self { kind, state, buf: Vec::new(), max_head_bytes }
     }
 
     fn between_messages() -> State {
-        State::Head {
-            scan: 0,
-            start_ns: 0,
-            started: false,
-        }
+        State::Head { scan: 0, start_ns: 0, started: false }
     }
 
     /// Bytes held for a head in progress.
@@ -139,10 +126,7 @@ impl Stream {
                         progress.used
                     }
                     Err(reason) => {
-                        sink.error(ParseError::BadChunkedBody {
-                            kind: self.kind,
-                            reason,
-                        });
+                        sink.error(ParseError::BadChunkedBody { kind: self.kind, reason });
                         sink.unknown_end(self.kind);
                         self.state = State::Skip(SkipWhy::Error);
                         0
@@ -173,22 +157,14 @@ impl Stream {
 
     /// Bytes at a message boundary or inside a head; returns how many of `data` were used.
     fn feed_head(&mut self, ts: u64, data: &[u8], sink: &mut Sink<'_>) -> usize {
-        let State::Head {
-            scan,
-            start_ns,
-            started,
-        } = &mut self.state
-        else {
+        let State::Head { scan, start_ns, started } = &mut self.state else {
             return 0;
         };
         let mut used = 0;
         if self.buf.is_empty() {
             // RFC 9112 §2.2: a recipient should ignore empty lines before a start line (some
             // clients send a CRLF after a POST body).
-            used = data
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count();
+            used = data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
             if used == data.len() {
                 return used;
             }
@@ -225,10 +201,7 @@ impl Stream {
                 *scan = at;
                 if self.buf.len() >= self.max_head_bytes {
                     self.head_fails(
-                        ParseError::HeadTooLarge {
-                            kind: self.kind,
-                            limit: self.max_head_bytes,
-                        },
+                        ParseError::HeadTooLarge { kind: self.kind, limit: self.max_head_bytes },
                         sink,
                     );
                     return data.len();

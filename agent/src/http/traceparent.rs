@@ -59,10 +59,7 @@ pub fn parse(value: &str) -> Result<TraceParent, TraceParentError> {
         std::cmp::Ordering::Greater => version != 0 && v[V00_LEN] == b'-',
     };
     if !length_ok {
-        return Err(TraceParentError::Length {
-            version,
-            len: v.len(),
-        });
+        return Err(TraceParentError::Length { version, len: v.len() });
     }
     dash(v, 2, "version")?;
     let trace_id = hex::<16>(v.get(3..35), "trace-id")?;
@@ -76,12 +73,7 @@ pub fn parse(value: &str) -> Result<TraceParent, TraceParentError> {
     if parent_id == [0; 8] {
         return Err(TraceParentError::ZeroParentId);
     }
-    Ok(TraceParent {
-        version,
-        trace_id,
-        parent_id,
-        flags,
-    })
+    Ok(TraceParent { version, trace_id, parent_id, flags })
 }
 
 /// A version-00 `traceparent` value for the given ids and flags.
@@ -104,22 +96,12 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 }
 
 fn dash(v: &[u8], at: usize, field: &'static str) -> Result<(), TraceParentError> {
-    if v.get(at) == Some(&b'-') {
-        Ok(())
-    } else {
-        Err(TraceParentError::MissingDash { field })
-    }
+    if v.get(at) == Some(&b'-') { Ok(()) } else { Err(TraceParentError::MissingDash { field }) }
 }
 
 /// Decodes exactly `2 * N` lowercase hex digits; the spec rejects uppercase.
-fn hex<const N: usize>(
-    digits: Option<&[u8]>,
-    field: &'static str,
-) -> Result<[u8; N], TraceParentError> {
-    let not_hex = TraceParentError::NotHex {
-        field,
-        digits: 2 * N,
-    };
+fn hex<const N: usize>(digits: Option<&[u8]>, field: &'static str) -> Result<[u8; N], TraceParentError> {
+    let not_hex = TraceParentError::NotHex { field, digits: 2 * N };
     let digits = digits.filter(|d| d.len() == 2 * N).ok_or(not_hex)?;
     let nibble = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -137,49 +119,20 @@ fn hex<const N: usize>(
 mod tests {
     use super::*;
 
-    const TRACE: [u8; 16] = [
-        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
-        0x36,
-    ];
+    const TRACE: [u8; 16] =
+        [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
     const PARENT: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
 
     #[test]
     fn values() {
         use TraceParentError::*;
-        let ok = |version, flags| {
-            Ok(TraceParent {
-                version,
-                trace_id: TRACE,
-                parent_id: PARENT,
-                flags,
-            })
-        };
+        let ok = |version, flags| Ok(TraceParent { version, trace_id: TRACE, parent_id: PARENT, flags });
         let cases: &[(&str, &str, Result<TraceParent, TraceParentError>)] = &[
-            (
-                "sampled",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                ok(0, 1),
-            ),
-            (
-                "unsampled",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-                ok(0, 0),
-            ),
-            (
-                "other flags",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09",
-                ok(0, 9),
-            ),
-            (
-                "spaces around",
-                " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\t",
-                ok(0, 1),
-            ),
-            (
-                "future version",
-                "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                ok(0xcc, 1),
-            ),
+            ("sampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ok(0, 1)),
+            ("unsampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", ok(0, 0)),
+            ("other flags", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09", ok(0, 9)),
+            ("spaces around", " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\t", ok(0, 1)),
+            ("future version", "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ok(0xcc, 1)),
             (
                 "future version, extra fields",
                 "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be",
@@ -188,82 +141,46 @@ mod tests {
             (
                 "future version, extra bytes without dash",
                 "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
-                Err(Length {
-                    version: 0xcc,
-                    len: 56,
-                }),
+                Err(Length { version: 0xcc, len: 56 }),
             ),
             (
                 "version 00 with extra fields",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-                Err(Length {
-                    version: 0,
-                    len: 61,
-                }),
+                Err(Length { version: 0, len: 61 }),
             ),
-            (
-                "version ff",
-                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                Err(ForbiddenVersion),
-            ),
+            ("version ff", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Err(ForbiddenVersion)),
             (
                 "short",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-                Err(Length {
-                    version: 0,
-                    len: 54,
-                }),
+                Err(Length { version: 0, len: 54 }),
             ),
             (
                 "short trace-id",
                 "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01-",
-                Err(NotHex {
-                    field: "trace-id",
-                    digits: 32,
-                }),
+                Err(NotHex { field: "trace-id", digits: 32 }),
             ),
             (
                 "uppercase",
                 "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-                Err(NotHex {
-                    field: "trace-id",
-                    digits: 32,
-                }),
+                Err(NotHex { field: "trace-id", digits: 32 }),
             ),
             (
                 "uppercase version",
                 "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                Err(NotHex {
-                    field: "version",
-                    digits: 2,
-                }),
+                Err(NotHex { field: "version", digits: 2 }),
             ),
             (
                 "non-hex parent",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
-                Err(NotHex {
-                    field: "parent-id",
-                    digits: 16,
-                }),
+                Err(NotHex { field: "parent-id", digits: 16 }),
             ),
             (
                 "non-hex flags",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
-                Err(NotHex {
-                    field: "trace-flags",
-                    digits: 2,
-                }),
+                Err(NotHex { field: "trace-flags", digits: 2 }),
             ),
-            (
-                "zero trace-id",
-                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-                Err(ZeroTraceId),
-            ),
-            (
-                "zero parent-id",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-                Err(ZeroParentId),
-            ),
+            ("zero trace-id", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", Err(ZeroTraceId)),
+            ("zero parent-id", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", Err(ZeroParentId)),
             (
                 "missing dashes",
                 "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
@@ -277,41 +194,22 @@ mod tests {
             (
                 "no dashes",
                 "004bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b701",
-                Err(Length {
-                    version: 0,
-                    len: 52,
-                }),
+                Err(Length { version: 0, len: 52 }),
             ),
             ("empty", "", Err(Empty)),
             ("blank", "  ", Err(Empty)),
-            (
-                "one byte",
-                "0",
-                Err(NotHex {
-                    field: "version",
-                    digits: 2,
-                }),
-            ),
+            ("one byte", "0", Err(NotHex { field: "version", digits: 2 })),
             (
                 "not ascii",
                 "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
-                Err(NotHex {
-                    field: "trace-id",
-                    digits: 32,
-                }),
+                Err(NotHex { field: "trace-id", digits: 32 }),
             ),
         ];
         for (name, value, want) in cases {
             assert_eq!(parse(value), *want, "{name}: {value:?}");
         }
-        assert!(
-            parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                .is_ok_and(|t| t.sampled())
-        );
-        assert!(
-            parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02")
-                .is_ok_and(|t| !t.sampled())
-        );
+        assert!(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_ok_and(|t| t.sampled()));
+        assert!(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02").is_ok_and(|t| !t.sampled()));
     }
 
     #[test]
@@ -320,11 +218,7 @@ mod tests {
             (TRACE, PARENT, 1),
             (TRACE, PARENT, 0),
             ([0xff; 16], [0x01; 8], 0xfe),
-            (
-                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-                [0x80; 8],
-                3,
-            ),
+            ([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x80; 8], 3),
         ];
         for (trace_id, span_id, flags) in cases {
             let value = format(trace_id, span_id, *flags);
@@ -332,18 +226,10 @@ mod tests {
             let parsed = parse(&value);
             assert_eq!(
                 parsed,
-                Ok(TraceParent {
-                    version: 0,
-                    trace_id: *trace_id,
-                    parent_id: *span_id,
-                    flags: *flags
-                }),
+                Ok(TraceParent { version: 0, trace_id: *trace_id, parent_id: *span_id, flags: *flags }),
                 "{value}"
             );
         }
-        assert_eq!(
-            format(&TRACE, &PARENT, 1),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        );
+        assert_eq!(format(&TRACE, &PARENT, 1), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     }
 }

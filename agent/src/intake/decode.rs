@@ -21,10 +21,7 @@ pub enum DecodeError {
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            what,
-            len: bytes.len(),
-        });
+        return Err(DecodeError::Short { what, len: bytes.len() });
     }
     // SAFETY: length checked above; T is a plain #[repr(C)] struct of integers, valid for any bits.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
@@ -38,15 +35,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let payload = &bytes[size_of::<DataEvent>()..];
             let claimed = event.captured as usize;
             if claimed > payload.len() || event.direction > Direction::Egress as u8 {
-                return Err(DecodeError::BadCapture {
-                    claimed: event.captured,
-                    carried: payload.len(),
-                });
+                return Err(DecodeError::BadCapture { claimed: event.captured, carried: payload.len() });
             }
-            Ok(Event::Data {
-                event,
-                payload: &payload[..claimed],
-            })
+            Ok(Event::Data { event, payload: &payload[..claimed] })
         }
         Some(EventKind::Open) => Ok(Event::Open(read(bytes, "open event")?)),
         Some(EventKind::Close) => Ok(Event::Close(header)),
@@ -55,11 +46,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
 }
 
 pub fn direction(event: &DataEvent) -> Direction {
-    if event.direction == Direction::Egress as u8 {
-        Direction::Egress
-    } else {
-        Direction::Ingress
-    }
+    if event.direction == Direction::Egress as u8 { Direction::Egress } else { Direction::Ingress }
 }
 
 #[cfg(test)]
@@ -67,13 +54,7 @@ mod tests {
     use super::*;
 
     fn header(kind: u32) -> EventHeader {
-        EventHeader {
-            ts_ns: 7,
-            tgid: 1,
-            tid: 2,
-            fd: 3,
-            kind,
-        }
+        EventHeader { ts_ns: 7, tgid: 1, tid: 2, fd: 3, kind }
     }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -83,13 +64,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        let data = DataEvent {
-            header: header(1),
-            len: 10,
-            captured: 3,
-            direction: 1,
-            _pad: [0; 7],
-        };
+        let data = DataEvent { header: header(1), len: 10, captured: 3, direction: 1, _pad: [0; 7] };
         let mut raw = bytes_of(&data);
         raw.extend_from_slice(b"abcdef");
         match decode(&raw).unwrap() {
@@ -123,24 +98,9 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
-        assert_eq!(
-            decode(&bytes_of(&header(99))).unwrap_err(),
-            DecodeError::UnknownKind(99)
-        );
-        let data = DataEvent {
-            header: header(1),
-            len: 10,
-            captured: 9,
-            direction: 0,
-            _pad: [0; 7],
-        };
-        assert!(matches!(
-            decode(&bytes_of(&data)),
-            Err(DecodeError::BadCapture { .. })
-        ));
-        assert!(matches!(
-            decode(&bytes_of(&header(2))),
-            Err(DecodeError::Short { .. })
-        ));
+        assert_eq!(decode(&bytes_of(&header(99))).unwrap_err(), DecodeError::UnknownKind(99));
+        let data = DataEvent { header: header(1), len: 10, captured: 9, direction: 0, _pad: [0; 7] };
+        assert!(matches!(decode(&bytes_of(&data)), Err(DecodeError::BadCapture { .. })));
+        assert!(matches!(decode(&bytes_of(&header(2))), Err(DecodeError::Short { .. })));
     }
 }

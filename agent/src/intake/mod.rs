@@ -24,12 +24,7 @@ pub trait Sink {
 }
 
 /// Drains `ring` into `sink` until `stop` is set; then drains once more and returns.
-pub fn run(
-    mut ring: RingBuf<MapData>,
-    sink: &mut impl Sink,
-    stop: &AtomicBool,
-    tick_every: Duration,
-) {
+pub fn run(mut ring: RingBuf<MapData>, sink: &mut impl Sink, stop: &AtomicBool, tick_every: Duration) {
     let fd = ring.as_raw_fd();
     let mut last_tick = Instant::now();
     loop {
@@ -47,11 +42,7 @@ pub fn run(
         if stopping {
             return;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, for the duration of the call. EINTR and timeouts just loop.
         unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as libc::c_int) };
     }

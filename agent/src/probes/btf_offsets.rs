@@ -10,10 +10,7 @@ use std::collections::HashMap;
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: &'static str,
-        source: std::io::Error,
-    },
+    Read { path: &'static str, source: std::io::Error },
     #[error("BTF data is malformed: {0}")]
     Malformed(&'static str),
     #[error("struct {0} not found in the kernel's BTF")]
@@ -30,21 +27,10 @@ pub struct SockOffsets {
 }
 
 pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read {
-        path: VMLINUX_BTF,
-        source,
-    })?;
+    let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read { path: VMLINUX_BTF, source })?;
     let members = struct_members(&data, "sock_common")?;
-    let get = |name: &str| {
-        members
-            .get(name)
-            .copied()
-            .ok_or(BtfError::StructNotFound("sock_common.skc_v6_*"))
-    };
-    Ok(SockOffsets {
-        v6_daddr: get("skc_v6_daddr")?,
-        v6_rcv_saddr: get("skc_v6_rcv_saddr")?,
-    })
+    let get = |name: &str| members.get(name).copied().ok_or(BtfError::StructNotFound("sock_common.skc_v6_*"));
+    Ok(SockOffsets { v6_daddr: get("skc_v6_daddr")?, v6_rcv_saddr: get("skc_v6_rcv_saddr")? })
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -53,21 +39,13 @@ const KIND_STRUCT: u32 = 4;
 /// Member name → byte offset of the first struct called `name` in a raw BTF blob.
 pub fn struct_members(data: &[u8], name: &'static str) -> Result<HashMap<String, u32>, BtfError> {
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        data.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     if u16_at(0) != Some(BTF_MAGIC) {
         return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
     }
-    let header = |o| {
-        u32_at(o)
-            .ok_or(BtfError::Malformed("short header"))
-            .map(|v| v as usize)
-    };
+    let header = |o| u32_at(o).ok_or(BtfError::Malformed("short header")).map(|v| v as usize);
     let hdr_len = header(4)?;
-    let (type_off, type_len, str_off, str_len) =
-        (header(8)?, header(12)?, header(16)?, header(20)?);
+    let (type_off, type_len, str_off, str_len) = (header(8)?, header(12)?, header(16)?, header(20)?);
     let types = hdr_len + type_off;
     let strings = data
         .get(hdr_len + str_off..hdr_len + str_off + str_len)
@@ -130,14 +108,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(
-            struct_members(b"not btf at all, no", "x"),
-            Err(BtfError::Malformed(_))
-        ));
-        assert!(matches!(
-            struct_members(&[], "x"),
-            Err(BtfError::Malformed(_))
-        ));
+        assert!(matches!(struct_members(b"not btf at all, no", "x"), Err(BtfError::Malformed(_))));
+        assert!(matches!(struct_members(&[], "x"), Err(BtfError::Malformed(_))));
     }
 
     #[test]

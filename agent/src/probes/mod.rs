@@ -53,23 +53,13 @@ pub enum ProbeError {
     #[error("program {program} is missing from the eBPF object")]
     MissingProgram { program: &'static str },
     #[error("loading program {program}: {source}")]
-    LoadProgram {
-        program: &'static str,
-        source: ProgramError,
-    },
+    LoadProgram { program: &'static str, source: ProgramError },
     #[error("attaching program {program} to {target}: {source}")]
-    Attach {
-        program: &'static str,
-        target: String,
-        source: ProgramError,
-    },
+    Attach { program: &'static str, target: String, source: ProgramError },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] aya::BtfError),
 }
@@ -111,10 +101,7 @@ const SYSCALL_TRACEPOINTS: &[&str] = &[
     "sys_enter_close",
 ];
 const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
-const BTF_PROGRAMS: &[(&str, &str)] = &[
-    ("tp_btf_sys_enter", "sys_enter"),
-    ("tp_btf_sys_exit", "sys_exit"),
-];
+const BTF_PROGRAMS: &[(&str, &str)] = &[("tp_btf_sys_enter", "sys_enter"), ("tp_btf_sys_exit", "sys_exit")];
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -140,10 +127,7 @@ impl Probes {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "IPv6 addresses will be missing from spans");
-                btf_offsets::SockOffsets {
-                    v6_daddr: 0,
-                    v6_rcv_saddr: 0,
-                }
+                btf_offsets::SockOffsets { v6_daddr: 0, v6_rcv_saddr: 0 }
             }
         };
         let agent_tgid = std::process::id();
@@ -168,20 +152,13 @@ impl Probes {
 
         if !options.pids.is_empty() {
             let mut selected: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-                ebpf.map_mut(maps::SELECTED_PIDS)
-                    .ok_or(ProbeError::MissingMap(maps::SELECTED_PIDS))?,
+                ebpf.map_mut(maps::SELECTED_PIDS).ok_or(ProbeError::MissingMap(maps::SELECTED_PIDS))?,
             )
-            .map_err(|source| ProbeError::Map {
-                name: maps::SELECTED_PIDS,
-                source,
-            })?;
+            .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
             for pid in &options.pids {
                 selected
                     .insert(pid, 1, 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: maps::SELECTED_PIDS,
-                        source,
-                    })?;
+                    .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
             }
         }
 
@@ -191,9 +168,7 @@ impl Probes {
         let hooks = match options.hooks {
             HookChoice::Tracepoints => attach_syscall_tracepoints(&mut ebpf)?,
             HookChoice::TpBtf => attach_tp_btf(&mut ebpf)?,
-            HookChoice::Auto if std::env::consts::ARCH != "x86_64" => {
-                attach_syscall_tracepoints(&mut ebpf)?
-            }
+            HookChoice::Auto if std::env::consts::ARCH != "x86_64" => attach_syscall_tracepoints(&mut ebpf)?,
             HookChoice::Auto => match attach_tp_btf(&mut ebpf) {
                 Ok(set) => set,
                 Err(e) => {
@@ -208,14 +183,8 @@ impl Probes {
 
     /// The ring buffer of events (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map(maps::EVENTS)
-            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: maps::EVENTS,
-            source,
-        })
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
     }
 
     /// Kernel-side drops per `DropReason`, summed over CPUs.
@@ -237,30 +206,21 @@ impl Probes {
 }
 
 fn ring_size(requested: u32) -> u32 {
-    requested
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31)
+    requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    category: &str,
-) -> Result<(), ProbeError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str) -> Result<(), ProbeError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::MissingProgram { program })?
         .try_into()
         .map_err(|source| ProbeError::LoadProgram { program, source })?;
-    prog.load()
-        .map_err(|source| ProbeError::LoadProgram { program, source })?;
-    prog.attach(category, program)
-        .map_err(|source| ProbeError::Attach {
-            program,
-            target: format!("{category}/{program}"),
-            source,
-        })?;
+    prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
+    prog.attach(category, program).map_err(|source| ProbeError::Attach {
+        program,
+        target: format!("{category}/{program}"),
+        source,
+    })?;
     Ok(())
 }
 
@@ -281,8 +241,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
                 .ok_or(ProbeError::MissingProgram { program })?
                 .try_into()
                 .map_err(|source| ProbeError::LoadProgram { program, source })?;
-            prog.load(target, &btf)
-                .map_err(|source| ProbeError::LoadProgram { program, source })?;
+            prog.load(target, &btf).map_err(|source| ProbeError::LoadProgram { program, source })?;
             prog.attach().map_err(|source| ProbeError::Attach {
                 program,
                 target: format!("tp_btf/{target}"),
@@ -294,10 +253,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
             Err(e) => {
                 // Undo a half attach so the fallback does not see syscalls twice.
                 for (program, link) in attached {
-                    if let Some(Ok(p)) = ebpf
-                        .program_mut(program)
-                        .map(<&mut BtfTracePoint>::try_from)
-                    {
+                    if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut BtfTracePoint>::try_from) {
                         let _ = p.detach(link);
                     }
                 }

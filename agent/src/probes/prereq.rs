@@ -11,11 +11,7 @@ pub enum PrereqError {
     )]
     Capabilities { missing: String },
     #[error("kernel {found} is too old: sonde needs Linux {needed} or newer ({why})")]
-    KernelTooOld {
-        found: String,
-        needed: &'static str,
-        why: &'static str,
-    },
+    KernelTooOld { found: String, needed: &'static str, why: &'static str },
     #[error(
         "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {source} (mount it with `mount -t tracefs tracefs /sys/kernel/tracing`)"
     )]
@@ -57,21 +53,12 @@ pub fn check_capabilities() -> Result<(), PrereqError> {
             }
         }
     }
-    for (cap, name) in [
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-    ] {
+    for (cap, name) in [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")] {
         if !has(cap) {
             missing.push(name);
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PrereqError::Capabilities {
-            missing: missing.join(", "),
-        })
-    }
+    if missing.is_empty() { Ok(()) } else { Err(PrereqError::Capabilities { missing: missing.join(", ") }) }
 }
 
 /// (major, minor) of the running kernel.
@@ -106,26 +93,17 @@ pub fn ensure_tracefs() -> Result<(), PrereqError> {
         tracing::info!(path = TRACEFS, "mounted tracefs");
         Ok(())
     } else {
-        Err(PrereqError::Tracefs {
-            source: std::io::Error::other(format!("mount exited with {status}")),
-        })
+        Err(PrereqError::Tracefs { source: std::io::Error::other(format!("mount exited with {status}")) })
     }
 }
 
 pub fn tracepoint_exists(category: &str, name: &str) -> bool {
-    Path::new(TRACEFS)
-        .join("events")
-        .join(category)
-        .join(name)
-        .is_dir()
+    Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless elsewhere.
 pub fn raise_memlock() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels ≥ 5.11)");

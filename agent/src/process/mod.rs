@@ -38,11 +38,7 @@ impl ProcessCache {
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
-        Self {
-            host_name,
-            entries: HashMap::new(),
-            clock: 0,
-        }
+        Self { host_name, entries: HashMap::new(), clock: 0 }
     }
 
     /// The resource of `pid`, read from /proc the first time (or after the pid was reused).
@@ -60,14 +56,7 @@ impl ProcessCache {
         }
         let info = procfs::read(pid);
         let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
-        self.entries.insert(
-            pid,
-            Entry {
-                start_time,
-                resource: resource.clone(),
-                last_used: self.clock,
-            },
-        );
+        self.entries.insert(pid, Entry { start_time, resource: resource.clone(), last_used: self.clock });
         resource
     }
 
@@ -89,11 +78,7 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
         .env_service_name
         .clone()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            info.exe_name
-                .clone()
-                .unwrap_or_else(|| format!("pid-{pid}"))
-        });
+        .unwrap_or_else(|| info.exe_name.clone().unwrap_or_else(|| format!("pid-{pid}")));
     let mut attributes = vec![
         KeyValue::str("service.name", service_name.clone()),
         KeyValue::int("process.pid", pid as i64),
@@ -112,11 +97,7 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
         attributes.push(KeyValue::str("process.command_line", cmd.clone()));
     }
     let id = ((pid as u64) << 32) ^ start_time;
-    Resource {
-        id,
-        service_name,
-        attributes,
-    }
+    Resource { id, service_name, attributes }
 }
 
 /// Whether a process still exists (its connections are dropped once it is gone).
@@ -138,21 +119,10 @@ mod tests {
         };
         let r = build_resource(42, 1, &info, "host-a");
         assert_eq!(r.service_name, "checkout");
-        let r = build_resource(
-            42,
-            1,
-            &ProcInfo {
-                env_service_name: None,
-                ..info.clone()
-            },
-            "host-a",
-        );
+        let r = build_resource(42, 1, &ProcInfo { env_service_name: None, ..info.clone() }, "host-a");
         assert_eq!(r.service_name, "python3.11");
         assert!(r.attributes.contains(&KeyValue::int("process.pid", 42)));
-        assert!(r.attributes.contains(&KeyValue::str(
-            "process.command_line",
-            "python3 -m http.server"
-        )));
+        assert!(r.attributes.contains(&KeyValue::str("process.command_line", "python3 -m http.server")));
         let r = build_resource(42, 1, &ProcInfo::default(), "host-a");
         assert_eq!(r.service_name, "pid-42");
     }
@@ -161,11 +131,7 @@ mod tests {
     fn reads_this_process() {
         let mut cache = ProcessCache::new();
         let r = cache.resource(std::process::id());
-        assert!(
-            r.attributes
-                .iter()
-                .any(|kv| kv.key == "process.executable.name")
-        );
+        assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
     }
 }

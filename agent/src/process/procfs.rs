@@ -15,41 +15,25 @@ const MAX_COMMAND_LINE: usize = 1024;
 pub fn read(pid: u32) -> ProcInfo {
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
-        .map(|p| {
-            p.to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_owned()
+        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
+    let exe_name =
+        exe_path.as_deref().and_then(|p| p.rsplit('/').next()).map(str::to_owned).or_else(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_owned())
         });
-    let exe_name = exe_path
-        .as_deref()
-        .and_then(|p| p.rsplit('/').next())
-        .map(str::to_owned)
-        .or_else(|| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|c| c.trim().to_owned())
-        });
-    let command_line = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .map(|raw| {
-            let mut s: String = raw
-                .split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(String::from_utf8_lossy)
-                .collect::<Vec<_>>()
-                .join(" ");
-            truncate(&mut s, MAX_COMMAND_LINE);
-            s
-        });
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
+        let mut s: String = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ");
+        truncate(&mut s, MAX_COMMAND_LINE);
+        s
+    });
     let env_service_name = std::fs::read(format!("/proc/{pid}/environ"))
         .ok()
         .and_then(|raw| env_var(&raw, b"OTEL_SERVICE_NAME"));
-    ProcInfo {
-        exe_name,
-        exe_path,
-        command_line: command_line.filter(|c| !c.is_empty()),
-        env_service_name,
-    }
+    ProcInfo { exe_name, exe_path, command_line: command_line.filter(|c| !c.is_empty()), env_service_name }
 }
 
 /// The value of `name` in a NUL-separated environ block.

@@ -18,9 +18,8 @@ use crate::{
 pub const MAX_ATTRIBUTE_BYTES: usize = 2048;
 
 /// Methods the conventions name; any other is reported as `_OTHER` with the original kept.
-const KNOWN_METHODS: &[&str] = &[
-    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY",
-];
+const KNOWN_METHODS: &[&str] =
+    &["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"];
 
 #[derive(Clone, Debug, Default)]
 pub struct AssembleOptions {
@@ -46,10 +45,7 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(options: AssembleOptions) -> Self {
-        Self {
-            options,
-            stats: AssembleStats::default(),
-        }
+        Self { options, stats: AssembleStats::default() }
     }
 
     pub fn stats(&self) -> AssembleStats {
@@ -74,12 +70,9 @@ impl Assembler {
                 self.stats.unsampled += 1;
                 return None;
             }
-            Parent::Valid(tp) => (
-                tp.trace_id,
-                Some(tp.parent_id),
-                tp.flags,
-                request.tracestate.clone().unwrap_or_default(),
-            ),
+            Parent::Valid(tp) => {
+                (tp.trace_id, Some(tp.parent_id), tp.flags, request.tracestate.clone().unwrap_or_default())
+            }
             Parent::Invalid => {
                 self.stats.invalid_traceparent += 1;
                 (new_trace_id(), None, 1, String::new())
@@ -90,10 +83,7 @@ impl Assembler {
         let mut attributes = Vec::with_capacity(16);
         attributes.push(KeyValue::str("http.request.method", method));
         if let Some(original) = method_original {
-            attributes.push(KeyValue::str(
-                "http.request.method_original",
-                capped(original),
-            ));
+            attributes.push(KeyValue::str("http.request.method_original", capped(original)));
         }
         let (path, query) = split_target(&request.target);
         attributes.push(KeyValue::str("url.path", capped(path)));
@@ -104,10 +94,7 @@ impl Assembler {
         }
         attributes.push(KeyValue::str("url.scheme", "http"));
         attributes.push(KeyValue::str("network.protocol.name", "http"));
-        attributes.push(KeyValue::str(
-            "network.protocol.version",
-            format!("1.{}", request.minor_version),
-        ));
+        attributes.push(KeyValue::str("network.protocol.version", format!("1.{}", request.minor_version)));
         attributes.push(KeyValue::str("network.transport", "tcp"));
         server_attributes(request, conn.local, &mut attributes);
         if let Some(peer) = conn.remote {
@@ -115,19 +102,13 @@ impl Assembler {
             attributes.push(KeyValue::int("client.port", peer.port() as i64));
             attributes.push(KeyValue::str("network.peer.address", peer.ip().to_string()));
             attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
-            attributes.push(KeyValue::str(
-                "network.type",
-                if peer.is_ipv4() { "ipv4" } else { "ipv6" },
-            ));
+            attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
         }
         if let Some(ua) = &request.user_agent {
             attributes.push(KeyValue::str("user_agent.original", capped(ua)));
         }
         if exchange.request.body_bytes > 0 {
-            attributes.push(KeyValue::int(
-                "http.request.body.size",
-                exchange.request.body_bytes as i64,
-            ));
+            attributes.push(KeyValue::int("http.request.body.size", exchange.request.body_bytes as i64));
         }
 
         let start = exchange.request.start_ns;
@@ -136,17 +117,12 @@ impl Assembler {
                 let code = response.head.status;
                 attributes.push(KeyValue::int("http.response.status_code", code as i64));
                 if response.body_bytes > 0 {
-                    attributes.push(KeyValue::int(
-                        "http.response.body.size",
-                        response.body_bytes as i64,
-                    ));
+                    attributes.push(KeyValue::int("http.response.body.size", response.body_bytes as i64));
                 }
                 // Server spans: only 5xx is an error; 4xx is the client's doing.
                 let status = if code >= 500 {
                     attributes.push(KeyValue::str("error.type", code.to_string()));
-                    Status::Error {
-                        message: String::new(),
-                    }
+                    Status::Error { message: String::new() }
                 } else {
                     Status::Unset
                 };
@@ -156,9 +132,7 @@ impl Assembler {
                 attributes.push(KeyValue::str("error.type", "connection_closed"));
                 (
                     exchange.request.end_ns,
-                    Status::Error {
-                        message: "connection closed before a response was sent".into(),
-                    },
+                    Status::Error { message: "connection closed before a response was sent".into() },
                 )
             }
         };
@@ -196,19 +170,11 @@ fn parent(request: &RequestHead) -> Parent {
 
 /// Span name per the conventions: `{method}` (no route is known yet), `HTTP` for unknown methods.
 fn method_name(method: &str) -> String {
-    if KNOWN_METHODS.contains(&method) {
-        method.to_owned()
-    } else {
-        "HTTP".to_owned()
-    }
+    if KNOWN_METHODS.contains(&method) { method.to_owned() } else { "HTTP".to_owned() }
 }
 
 fn normalize_method(method: &str) -> (&str, Option<&str>) {
-    if KNOWN_METHODS.contains(&method) {
-        (method, None)
-    } else {
-        ("_OTHER", Some(method))
-    }
+    if KNOWN_METHODS.contains(&method) { (method, None) } else { ("_OTHER", Some(method)) }
 }
 
 /// `server.address`/`server.port` from the Host header (what the client asked for), else the socket.

@@ -2,10 +2,7 @@
 //! between the two clocks is sampled now and then, so NTP adjustments are followed.
 
 fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec we own.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -32,9 +29,7 @@ impl WallClock {
         let m1 = now(libc::CLOCK_MONOTONIC);
         let r = now(libc::CLOCK_REALTIME);
         let m2 = now(libc::CLOCK_MONOTONIC);
-        Self {
-            offset_ns: r - (m1 + m2) / 2,
-        }
+        Self { offset_ns: r - (m1 + m2) / 2 }
     }
 
     pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
@@ -50,10 +45,8 @@ mod tests {
     fn maps_now_to_now() {
         let clock = WallClock::sample();
         let unix = clock.unix_ns(monotonic_ns());
-        let sys = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
+        let sys =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         assert!(unix.abs_diff(sys) < 50_000_000, "{unix} vs {sys}");
     }
 }

@@ -22,16 +22,10 @@ pub struct KeyValue {
 
 impl KeyValue {
     pub fn str(key: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            value: AttrValue::Str(value.into()),
-        }
+        Self { key: key.into(), value: AttrValue::Str(value.into()) }
     }
     pub fn int(key: impl Into<Cow<'static, str>>, value: i64) -> Self {
-        Self {
-            key: key.into(),
-            value: AttrValue::Int(value),
-        }
+        Self { key: key.into(), value: AttrValue::Int(value) }
     }
 }
 

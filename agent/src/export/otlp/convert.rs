@@ -57,10 +57,9 @@ fn to_proto(span: &Span) -> trace::Span {
     };
     let status = match &span.status {
         Status::Unset => None,
-        Status::Error { message } => Some(trace::Status {
-            message: message.clone(),
-            code: trace::status::StatusCode::Error as i32,
-        }),
+        Status::Error { message } => {
+            Some(trace::Status { message: message.clone(), code: trace::status::StatusCode::Error as i32 })
+        }
     };
     trace::Span {
         trace_id: span.trace_id.to_vec(),
@@ -83,9 +82,7 @@ fn attributes(attrs: &[KeyValue]) -> Vec<common::KeyValue> {
         .iter()
         .map(|kv| common::KeyValue {
             key: kv.key.to_string(),
-            value: Some(common::AnyValue {
-                value: Some(any_value(&kv.value)),
-            }),
+            value: Some(common::AnyValue { value: Some(any_value(&kv.value)) }),
         })
         .collect()
 }
@@ -107,13 +104,7 @@ mod tests {
     use crate::export::testutil::{resource, span};
 
     fn attr<'a>(attrs: &'a [common::KeyValue], key: &str) -> Option<&'a Value> {
-        attrs
-            .iter()
-            .find(|kv| kv.key == key)?
-            .value
-            .as_ref()?
-            .value
-            .as_ref()
+        attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
     }
 
     #[test]
@@ -132,27 +123,14 @@ mod tests {
             .map(|rs| {
                 assert_eq!(rs.scope_spans.len(), 1);
                 let scope = rs.scope_spans[0].scope.as_ref().unwrap();
-                assert_eq!(
-                    (scope.name.as_str(), scope.version.as_str()),
-                    ("sonde", SCOPE_VERSION)
-                );
-                rs.scope_spans[0]
-                    .spans
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect()
+                assert_eq!((scope.name.as_str(), scope.version.as_str()), ("sonde", SCOPE_VERSION));
+                rs.scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect()
             })
             .collect();
         assert_eq!(names, [vec!["GET /", "GET"], vec!["GET /cart"]]);
         let res = req.resource_spans[1].resource.as_ref().unwrap();
-        assert_eq!(
-            attr(&res.attributes, "service.name"),
-            Some(&Value::StringValue("cart".into()))
-        );
-        assert_eq!(
-            attr(&res.attributes, "process.pid"),
-            Some(&Value::IntValue(2))
-        );
+        assert_eq!(attr(&res.attributes, "service.name"), Some(&Value::StringValue("cart".into())));
+        assert_eq!(attr(&res.attributes, "process.pid"), Some(&Value::IntValue(2)));
     }
 
     #[test]
@@ -161,14 +139,9 @@ mod tests {
         let mut root = span(&r, 1, None, SpanKind::Server, "GET /a");
         root.trace_flags = 0x01;
         root.trace_state = "vendor=x".into();
-        root.attributes.push(KeyValue {
-            key: "sonde.test.flag".into(),
-            value: AttrValue::Bool(true),
-        });
+        root.attributes.push(KeyValue { key: "sonde.test.flag".into(), value: AttrValue::Bool(true) });
         let mut child = span(&r, 2, Some(1), SpanKind::Client, "GET");
-        child.status = Status::Error {
-            message: "HTTP 503".into(),
-        };
+        child.status = Status::Error { message: "HTTP 503".into() };
         let mut remote = span(&r, 3, Some(9), SpanKind::Server, "POST /b");
         remote.trace_flags = 0;
 
@@ -188,11 +161,7 @@ mod tests {
         );
         assert_eq!(p_root.trace_state, "vendor=x");
 
-        assert_eq!(
-            p_root.flags,
-            0x01 | 0x100,
-            "sampled, parent known not remote"
-        );
+        assert_eq!(p_root.flags, 0x01 | 0x100, "sampled, parent known not remote");
         assert_eq!(p_child.flags, 0x01 | 0x100);
         assert_eq!(p_remote.flags, 0x100 | 0x200, "not sampled, remote parent");
 
@@ -201,17 +170,8 @@ mod tests {
         assert_eq!(status.code, trace::status::StatusCode::Error as i32);
         assert_eq!(status.message, "HTTP 503");
 
-        assert_eq!(
-            attr(&p_root.attributes, "http.request.method"),
-            Some(&Value::StringValue("GET".into()))
-        );
-        assert_eq!(
-            attr(&p_root.attributes, "http.response.status_code"),
-            Some(&Value::IntValue(200))
-        );
-        assert_eq!(
-            attr(&p_root.attributes, "sonde.test.flag"),
-            Some(&Value::BoolValue(true))
-        );
+        assert_eq!(attr(&p_root.attributes, "http.request.method"), Some(&Value::StringValue("GET".into())));
+        assert_eq!(attr(&p_root.attributes, "http.response.status_code"), Some(&Value::IntValue(200)));
+        assert_eq!(attr(&p_root.attributes, "sonde.test.flag"), Some(&Value::BoolValue(true)));
     }
 }

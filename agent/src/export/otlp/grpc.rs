@@ -21,10 +21,7 @@ pub(crate) struct GrpcClient {
 impl GrpcClient {
     pub(crate) fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
         let endpoint = &config.endpoint;
-        let client_error = |source| ExportError::GrpcClient {
-            endpoint: endpoint.clone(),
-            source,
-        };
+        let client_error = |source| ExportError::GrpcClient { endpoint: endpoint.clone(), source };
         let mut ep = Endpoint::from_shared(endpoint.clone())
             .map_err(client_error)?
             .user_agent(USER_AGENT)
@@ -32,9 +29,7 @@ impl GrpcClient {
             .timeout(config.timeout)
             .connect_timeout(config.timeout);
         if endpoint.starts_with("https://") {
-            ep = ep
-                .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                .map_err(client_error)?;
+            ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots()).map_err(client_error)?;
         }
 
         let mut metadata = MetadataMap::new();
@@ -46,17 +41,10 @@ impl GrpcClient {
             metadata.append(key, value);
         }
 
-        Ok(Self {
-            client: TraceServiceClient::new(ep.connect_lazy()),
-            metadata,
-            timeout: config.timeout,
-        })
+        Ok(Self { client: TraceServiceClient::new(ep.connect_lazy()), metadata, timeout: config.timeout })
     }
 
-    pub(crate) async fn export(
-        &mut self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<Accepted, Failure> {
+    pub(crate) async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, Failure> {
         let mut request = tonic::Request::new(request);
         *request.metadata_mut() = self.metadata.clone();
         // Also tells the server, through `grpc-timeout`, when to give up.
@@ -65,10 +53,7 @@ impl GrpcClient {
             Ok(response) => Ok(response
                 .into_inner()
                 .partial_success
-                .map(|p| Accepted {
-                    rejected: p.rejected_spans,
-                    message: p.error_message,
-                })
+                .map(|p| Accepted { rejected: p.rejected_spans, message: p.error_message })
                 .unwrap_or_default()),
             Err(status) => Err(classify(&status)),
         }
@@ -86,10 +71,7 @@ fn classify(status: &tonic::Status) -> Failure {
         | Code::Aborted
         | Code::OutOfRange
         | Code::Unavailable
-        | Code::DataLoss => Failure::Retryable {
-            reason,
-            retry_after: None,
-        },
+        | Code::DataLoss => Failure::Retryable { reason, retry_after: None },
         _ => Failure::Permanent { reason },
     }
 }
@@ -100,21 +82,13 @@ mod tests {
 
     #[test]
     fn retryable_codes() {
-        for code in [
-            Code::Unavailable,
-            Code::ResourceExhausted,
-            Code::DeadlineExceeded,
-            Code::Aborted,
-        ] {
+        for code in [Code::Unavailable, Code::ResourceExhausted, Code::DeadlineExceeded, Code::Aborted] {
             let failure = classify(&tonic::Status::new(code, "x"));
             assert!(matches!(failure, Failure::Retryable { .. }), "{code:?}");
         }
-        for code in [
-            Code::InvalidArgument,
-            Code::Unauthenticated,
-            Code::PermissionDenied,
-            Code::Unimplemented,
-        ] {
+        for code in
+            [Code::InvalidArgument, Code::Unauthenticated, Code::PermissionDenied, Code::Unimplemented]
+        {
             let failure = classify(&tonic::Status::new(code, "x"));
             assert!(matches!(failure, Failure::Permanent { .. }), "{code:?}");
         }
@@ -128,9 +102,6 @@ mod tests {
             headers: vec![("x-token".into(), "a\u{7f}b".into())],
             timeout: Duration::from_secs(1),
         };
-        assert!(matches!(
-            GrpcClient::new(&config),
-            Err(ExportError::BadHeader { .. })
-        ));
+        assert!(matches!(GrpcClient::new(&config), Err(ExportError::BadHeader { .. })));
     }
 }

@@ -35,20 +35,11 @@ impl HttpClient {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()
-            .map_err(|source| ExportError::HttpClient {
-                endpoint: config.endpoint.clone(),
-                source,
-            })?;
-        Ok(Self {
-            client,
-            url: config.endpoint.clone(),
-        })
+            .map_err(|source| ExportError::HttpClient { endpoint: config.endpoint.clone(), source })?;
+        Ok(Self { client, url: config.endpoint.clone() })
     }
 
-    pub(crate) async fn export(
-        &mut self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<Accepted, Failure> {
+    pub(crate) async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, Failure> {
         let response = self
             .client
             .post(&self.url)
@@ -56,23 +47,15 @@ impl HttpClient {
             .send()
             .await
             // Connection refused or reset, timeouts, TLS: the collector may come back.
-            .map_err(|e| Failure::Retryable {
-                reason: error_chain(&e),
-                retry_after: None,
-            })?;
+            .map_err(|e| Failure::Retryable { reason: error_chain(&e), retry_after: None })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         if status.is_success() {
             // An empty or undecodable body still means the spans were accepted.
-            let partial = ExportTraceServiceResponse::decode(body)
-                .ok()
-                .and_then(|r| r.partial_success);
+            let partial = ExportTraceServiceResponse::decode(body).ok().and_then(|r| r.partial_success);
             return Ok(partial
-                .map(|p| Accepted {
-                    rejected: p.rejected_spans,
-                    message: p.error_message,
-                })
+                .map(|p| Accepted { rejected: p.rejected_spans, message: p.error_message })
                 .unwrap_or_default());
         }
         let reason = format!("HTTP {status}: {}", summary(&body));
@@ -83,23 +66,14 @@ impl HttpClient {
 /// OTLP/HTTP spec: 429, 502, 503 and 504 are transient; any other failure is final.
 fn classify(status: StatusCode, reason: String, retry_after: Option<Duration>) -> Failure {
     match status.as_u16() {
-        429 | 502 | 503 | 504 => Failure::Retryable {
-            reason,
-            retry_after,
-        },
+        429 | 502 | 503 | 504 => Failure::Retryable { reason, retry_after },
         _ => Failure::Permanent { reason },
     }
 }
 
 /// `Retry-After` in delta-seconds (the HTTP-date form is rare from collectors and ignored).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
+    let secs = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -107,11 +81,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// `google.rpc.Status`, whose message is readable too).
 fn summary(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_owned()
 }
 
 /// reqwest's `Display` leaves out the cause ("error sending request"), which is the useful part.
@@ -134,17 +104,11 @@ mod tests {
     fn retryable_statuses() {
         for code in [429, 502, 503, 504] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert!(matches!(
-                classify(status, String::new(), None),
-                Failure::Retryable { .. }
-            ));
+            assert!(matches!(classify(status, String::new(), None), Failure::Retryable { .. }));
         }
         for code in [400, 401, 403, 404, 413, 500] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert!(matches!(
-                classify(status, String::new(), None),
-                Failure::Permanent { .. }
-            ));
+            assert!(matches!(classify(status, String::new(), None), Failure::Permanent { .. }));
         }
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));

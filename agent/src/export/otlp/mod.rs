@@ -29,18 +29,12 @@ pub(crate) struct Accepted {
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Worth sending the same batch again later.
-    Retryable {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Retryable { reason: String, retry_after: Option<Duration> },
     /// The collector will never take this batch (bad request, auth, …).
     Permanent { reason: String },
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one client per exporter, never moved"
-)]
+#[expect(clippy::large_enum_variant, reason = "one client per exporter, never moved")]
 enum Client {
     Grpc(grpc::GrpcClient),
     Http(http::HttpClient),
@@ -66,9 +60,7 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(5);
 
     pub(crate) fn new() -> Self {
-        Self {
-            next: Self::INITIAL,
-        }
+        Self { next: Self::INITIAL }
     }
 
     pub(crate) fn next_delay(&mut self) -> Duration {
@@ -132,18 +124,14 @@ impl OtlpSender {
             let failure = match attempt.await {
                 Ok(Ok(accepted)) => return self.accepted(spans.len(), accepted),
                 Ok(Err(failure)) => failure,
-                Err(_elapsed) => Failure::Retryable {
-                    reason: "out of time for this batch".into(),
-                    retry_after: None,
-                },
+                Err(_elapsed) => {
+                    Failure::Retryable { reason: "out of time for this batch".into(), retry_after: None }
+                }
             };
             ExportStats::add(&self.stats.export_requests_failed, 1);
             let (reason, retry_after) = match failure {
                 Failure::Permanent { reason } => return self.rejected(spans.len(), &reason),
-                Failure::Retryable {
-                    reason,
-                    retry_after,
-                } => (reason, retry_after),
+                Failure::Retryable { reason, retry_after } => (reason, retry_after),
             };
             self.transient_failure(&reason);
 
@@ -231,11 +219,7 @@ mod tests {
         let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
         let mut base = Backoff::INITIAL;
         for d in delays {
-            assert!(
-                d >= base / 2 && d <= base,
-                "{d:?} not within [{:?}, {base:?}]",
-                base / 2
-            );
+            assert!(d >= base / 2 && d <= base, "{d:?} not within [{:?}, {base:?}]", base / 2);
             base = (base * 2).min(Backoff::MAX);
         }
     }

@@ -22,11 +22,7 @@ pub(crate) struct TreePrinter<W> {
 
 impl<W: Write> TreePrinter<W> {
     pub(crate) fn new(out: W, style: Style, idle: Duration, max_pending_spans: usize) -> Self {
-        Self {
-            out,
-            pending: PendingTraces::new(idle, max_pending_spans),
-            style,
-        }
+        Self { out, pending: PendingTraces::new(idle, max_pending_spans), style }
     }
 
     fn print(&mut self, traces: Vec<Vec<Span>>) -> io::Result<()> {
@@ -74,36 +70,23 @@ pub(crate) struct PendingTraces {
 
 impl PendingTraces {
     pub(crate) fn new(idle: Duration, max_spans: usize) -> Self {
-        Self {
-            traces: HashMap::new(),
-            spans: 0,
-            idle,
-            max_spans: max_spans.max(1),
-        }
+        Self { traces: HashMap::new(), spans: 0, idle, max_spans: max_spans.max(1) }
     }
 
     /// Adds a span; returns the traces pushed out by the bound, oldest first.
     pub(crate) fn insert(&mut self, span: Span, now: Instant) -> Vec<Vec<Span>> {
-        let trace = self
-            .traces
-            .entry(span.trace_id)
-            .or_insert_with(|| PendingTrace {
-                spans: Vec::new(),
-                first_seen: now,
-                last_seen: now,
-            });
+        let trace = self.traces.entry(span.trace_id).or_insert_with(|| PendingTrace {
+            spans: Vec::new(),
+            first_seen: now,
+            last_seen: now,
+        });
         trace.spans.push(span);
         trace.last_seen = now;
         self.spans += 1;
 
         let mut evicted = Vec::new();
         while self.spans > self.max_spans {
-            let Some(oldest) = self
-                .traces
-                .iter()
-                .min_by_key(|(_, t)| t.first_seen)
-                .map(|(id, _)| *id)
-            else {
+            let Some(oldest) = self.traces.iter().min_by_key(|(_, t)| t.first_seen).map(|(id, _)| *id) else {
                 break;
             };
             evicted.extend(self.remove(&oldest));
@@ -146,10 +129,7 @@ mod tests {
     use crate::span::model::{SpanKind, Status};
 
     fn three_span_trace() -> Vec<Span> {
-        let (front, cart) = (
-            resource(1, "frontend"),
-            resource(2, "cart-service-with-a-long-name"),
-        );
+        let (front, cart) = (resource(1, "frontend"), resource(2, "cart-service-with-a-long-name"));
         let mut root = span(&front, 1, Some(9), SpanKind::Server, "GET /checkout");
         root.start_unix_ns = T0;
         root.end_unix_ns = T0 + 4_000_000;
@@ -159,9 +139,7 @@ mod tests {
         let mut server = span(&cart, 3, Some(2), SpanKind::Server, "GET /cart/items");
         server.start_unix_ns = T0 + 2_000_000;
         server.end_unix_ns = T0 + 2_900_000;
-        server.status = Status::Error {
-            message: "HTTP 503".into(),
-        };
+        server.status = Status::Error { message: "HTTP 503".into() };
         server.attributes[1] = crate::span::model::KeyValue::int("http.response.status_code", 503);
         // Arrival order: innermost first, as the spans end.
         vec![server, client, root]
@@ -207,10 +185,7 @@ cart-service-… srv    └─ GET /cart/items                            ██
             .filter(|l| !l.is_empty())
             .map(|l| l[19..].split("  ").next().unwrap())
             .collect();
-        assert_eq!(
-            names,
-            ["self-parent", "GET /", "├─ first", "└─ second", "↑ orphan"]
-        );
+        assert_eq!(names, ["self-parent", "GET /", "├─ first", "└─ second", "↑ orphan"]);
     }
 
     #[test]
@@ -241,44 +216,21 @@ cart-service-… srv    └─ GET /cart/items                            ██
             s.trace_id = [id; 16];
             s
         };
-        assert!(
-            pending
-                .insert(span(&r, 1, None, SpanKind::Server, "a"), t)
-                .is_empty()
-        );
-        assert!(
-            pending
-                .insert(other_trace(7), t + Duration::from_millis(100))
-                .is_empty()
-        );
+        assert!(pending.insert(span(&r, 1, None, SpanKind::Server, "a"), t).is_empty());
+        assert!(pending.insert(other_trace(7), t + Duration::from_millis(100)).is_empty());
         let later = t + Duration::from_millis(900);
-        assert!(
-            pending
-                .insert(span(&r, 2, Some(1), SpanKind::Client, "b"), later)
-                .is_empty()
-        );
+        assert!(pending.insert(span(&r, 2, Some(1), SpanKind::Client, "b"), later).is_empty());
 
         // The first trace got a span at 900 ms, so only the other one is quiet at 1.1 s.
         let quiet = pending.take_idle(t + Duration::from_millis(1100));
         assert_eq!(quiet.len(), 1);
         assert_eq!(quiet[0][0].trace_id, [7; 16]);
-        assert!(
-            pending
-                .take_idle(t + Duration::from_millis(1800))
-                .is_empty()
-        );
-        assert_eq!(
-            pending.take_idle(t + Duration::from_millis(1900))[0].len(),
-            2
-        );
+        assert!(pending.take_idle(t + Duration::from_millis(1800)).is_empty());
+        assert_eq!(pending.take_idle(t + Duration::from_millis(1900))[0].len(), 2);
 
         // Over the bound, the oldest trace is printed early.
         for id in 1..=3 {
-            assert!(
-                pending
-                    .insert(other_trace(id), t + Duration::from_millis(u64::from(id)))
-                    .is_empty()
-            );
+            assert!(pending.insert(other_trace(id), t + Duration::from_millis(u64::from(id))).is_empty());
         }
         let evicted = pending.insert(other_trace(4), t + Duration::from_millis(4));
         assert_eq!(evicted.len(), 1);

@@ -32,11 +32,7 @@ pub(crate) struct Style {
 
 impl Style {
     fn paint(self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
 }
 
@@ -46,12 +42,7 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
         return Ok(());
     };
     let t0 = spans.iter().map(|s| s.start_unix_ns).min().unwrap_or(0);
-    let t1 = spans
-        .iter()
-        .map(|s| s.end_unix_ns)
-        .max()
-        .unwrap_or(0)
-        .max(t0);
+    let t1 = spans.iter().map(|s| s.end_unix_ns).max().unwrap_or(0).max(t0);
     let rows = tree_order(spans);
     let any_remote = rows.iter().any(|r| r.remote);
 
@@ -79,15 +70,8 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
         };
         let marker = if row.remote { REMOTE } else { "" };
         let glyphs = tree_glyphs(&row.prefix);
-        let name = pad(
-            &format!("{marker}{}", span.name),
-            NAME_W - glyphs.chars().count(),
-        );
-        let bar = bar(
-            span.start_unix_ns - t0,
-            span.end_unix_ns.max(span.start_unix_ns) - t0,
-            range,
-        );
+        let name = pad(&format!("{marker}{}", span.name), NAME_W - glyphs.chars().count());
+        let bar = bar(span.start_unix_ns - t0, span.end_unix_ns.max(span.start_unix_ns) - t0, range);
         let duration = format!("{:>DURATION_W$}", human_duration(span.duration_ns()));
         let status = status_text(span);
         writeln!(
@@ -149,14 +133,8 @@ fn tree_order(spans: &[Span]) -> Vec<Row> {
         if std::mem::replace(&mut visited[i], true) {
             continue;
         }
-        let remote = spans[i]
-            .parent_span_id
-            .is_some_and(|p| p != spans[i].span_id && !ids.contains_key(&p));
-        rows.push(Row {
-            index: i,
-            prefix,
-            remote,
-        });
+        let remote = spans[i].parent_span_id.is_some_and(|p| p != spans[i].span_id && !ids.contains_key(&p));
+        rows.push(Row { index: i, prefix, remote });
         if let Some(kids) = children.get(&spans[i].span_id) {
             let kids: Vec<usize> = kids.iter().copied().filter(|&k| !visited[k]).collect();
             // Pushed in reverse so the earliest child is printed first.
@@ -174,29 +152,21 @@ fn tree_order(spans: &[Span]) -> Vec<Row> {
 fn bar(start: u64, end: u64, range: u64) -> String {
     let cell = |t: u64, round_up: bool| {
         let scaled = u128::from(t) * BAR_W as u128;
-        let cells = scaled / u128::from(range)
-            + u128::from(round_up && !scaled.is_multiple_of(u128::from(range)));
+        let cells =
+            scaled / u128::from(range) + u128::from(round_up && !scaled.is_multiple_of(u128::from(range)));
         usize::try_from(cells).unwrap_or(BAR_W).min(BAR_W)
     };
     let from = cell(start, false).min(BAR_W - 1);
     let to = cell(end, true).max(from + 1);
-    format!(
-        "{}{}{}",
-        " ".repeat(from),
-        "█".repeat(to - from),
-        " ".repeat(BAR_W - to)
-    )
+    format!("{}{}{}", " ".repeat(from), "█".repeat(to - from), " ".repeat(BAR_W - to))
 }
 
 /// `OK 200`, `ERROR 503`, `ERROR`.
 fn status_text(span: &Span) -> String {
-    let code = span
-        .attributes
-        .iter()
-        .find_map(|kv| match (&*kv.key, &kv.value) {
-            ("http.response.status_code", AttrValue::Int(c)) => Some(*c),
-            _ => None,
-        });
+    let code = span.attributes.iter().find_map(|kv| match (&*kv.key, &kv.value) {
+        ("http.response.status_code", AttrValue::Int(c)) => Some(*c),
+        _ => None,
+    });
     let word = match span.status {
         Status::Unset => "OK",
         Status::Error { .. } => "ERROR",
@@ -255,10 +225,7 @@ fn tree_glyphs(prefix: &str) -> String {
     if n <= MAX {
         prefix.to_owned()
     } else {
-        format!(
-            "…{}",
-            prefix.chars().skip(n - (MAX - 1)).collect::<String>()
-        )
+        format!("…{}", prefix.chars().skip(n - (MAX - 1)).collect::<String>())
     }
 }
 

@@ -23,45 +23,17 @@ fn nginx_early_413() -> Vec<(Peer, Vec<u8>)> {
         Connection: close\r\n\r\n<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n\
         <body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n\
         <hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n";
-    vec![
-        (Client, first),
-        (Server, response.to_vec()),
-        (Client, vec![b'y'; 1000]),
-    ]
+    vec![(Client, first), (Server, response.to_vec()), (Client, vec![b'y'; 1000])]
 }
 
 fn cases() -> Vec<Case> {
-    let case = |name, segs: &[(Peer, &[u8])], want, at_close| Case {
-        name,
-        segs: owned(segs),
-        want,
-        at_close,
-    };
+    let case =
+        |name, segs: &[(Peer, &[u8])], want, at_close| Case { name, segs: owned(segs), want, at_close };
     vec![
-        case(
-            "nginx GET",
-            wire::NGINX_GET,
-            vec![want("GET /", (1, 1), 0, Some((200, (2, 2), 57)))],
-            0,
-        ),
-        case(
-            "nginx HEAD",
-            wire::NGINX_HEAD,
-            vec![want("HEAD /", (1, 1), 0, Some((200, (2, 2), 0)))],
-            0,
-        ),
-        case(
-            "nginx 204",
-            wire::NGINX_204,
-            vec![want("GET /empty", (1, 1), 0, Some((204, (2, 2), 0)))],
-            0,
-        ),
-        case(
-            "nginx 304",
-            wire::NGINX_304,
-            vec![want("GET /", (1, 1), 0, Some((304, (2, 2), 0)))],
-            0,
-        ),
+        case("nginx GET", wire::NGINX_GET, vec![want("GET /", (1, 1), 0, Some((200, (2, 2), 57)))], 0),
+        case("nginx HEAD", wire::NGINX_HEAD, vec![want("HEAD /", (1, 1), 0, Some((200, (2, 2), 0)))], 0),
+        case("nginx 204", wire::NGINX_204, vec![want("GET /empty", (1, 1), 0, Some((204, (2, 2), 0)))], 0),
+        case("nginx 304", wire::NGINX_304, vec![want("GET /", (1, 1), 0, Some((304, (2, 2), 0)))], 0),
         case(
             "nginx chunked",
             wire::NGINX_CHUNKED,
@@ -102,12 +74,7 @@ fn cases() -> Vec<Case> {
         case(
             "nginx traced",
             wire::NGINX_TRACED,
-            vec![want(
-                "GET /page.txt?lang=en&q=1",
-                (1, 1),
-                0,
-                Some((200, (2, 2), 57)),
-            )],
+            vec![want("GET /page.txt?lang=en&q=1", (1, 1), 0, Some((200, (2, 2), 57)))],
             0,
         ),
         case(
@@ -195,19 +162,11 @@ fn whole_segments_from_both_ends() {
                 case.name
             );
             assert!(
-                run.exchanges
-                    .iter()
-                    .all(|e| e.request_direction == view.requests_from()),
+                run.exchanges.iter().all(|e| e.request_direction == view.requests_from()),
                 "{}",
                 case.name
             );
-            assert_eq!(
-                run.stats().parse_errors,
-                0,
-                "{}: {:?}",
-                case.name,
-                run.stats()
-            );
+            assert_eq!(run.stats().parse_errors, 0, "{}: {:?}", case.name, run.stats());
             assert!(run.conn.seen_http());
         }
     }
@@ -222,9 +181,7 @@ fn role_learnt_from_the_first_request() {
             let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
             assert_eq!(got, case.want, "{} ({view:?})", case.name);
             assert!(
-                run.exchanges
-                    .iter()
-                    .all(|e| e.request_direction == view.requests_from()),
+                run.exchanges.iter().all(|e| e.request_direction == view.requests_from()),
                 "{}",
                 case.name
             );
@@ -235,17 +192,12 @@ fn role_learnt_from_the_first_request() {
 #[test]
 fn split_at_every_offset() {
     for case in cases() {
-        let baseline: Vec<Exchange> = run_closed(View::Server, &whole_segments(&case.segs))
-            .iter()
-            .map(coarse)
-            .collect();
+        let baseline: Vec<Exchange> =
+            run_closed(View::Server, &whole_segments(&case.segs)).iter().map(coarse).collect();
         for (i, (_, data)) in case.segs.iter().enumerate() {
             for at in 1..data.len() {
                 let got: Vec<Exchange> =
-                    run_closed(View::Server, &split_segment(&case.segs, i, at))
-                        .iter()
-                        .map(coarse)
-                        .collect();
+                    run_closed(View::Server, &split_segment(&case.segs, i, at)).iter().map(coarse).collect();
                 assert_eq!(got, baseline, "{}: segment {i} split at {at}", case.name);
             }
         }
@@ -256,14 +208,9 @@ fn split_at_every_offset() {
 fn one_byte_per_chunk() {
     for case in cases() {
         for view in [View::Server, View::Client] {
-            let baseline: Vec<Exchange> = run_closed(view, &whole_segments(&case.segs))
-                .iter()
-                .map(coarse)
-                .collect();
-            let got: Vec<Exchange> = run_closed(view, &bytewise(&case.segs))
-                .iter()
-                .map(coarse)
-                .collect();
+            let baseline: Vec<Exchange> =
+                run_closed(view, &whole_segments(&case.segs)).iter().map(coarse).collect();
+            let got: Vec<Exchange> = run_closed(view, &bytewise(&case.segs)).iter().map(coarse).collect();
             assert_eq!(got, baseline, "{} ({view:?})", case.name);
         }
     }
@@ -292,12 +239,7 @@ fn exact_exchange() {
             body_bytes: 0,
         },
         response: Some(Response {
-            head: ResponseHead {
-                status: 200,
-                minor_version: 1,
-                content_length: Some(57),
-                truncated: false,
-            },
+            head: ResponseHead { status: 200, minor_version: 1, content_length: Some(57), truncated: false },
             start_ns: 2000,
             end_ns: 2000,
             body_bytes: 57,
@@ -311,10 +253,7 @@ fn exact_exchange() {
     run.feed(View::Server, &whole_segments(&python));
     let ex = &run.exchanges[0];
     assert_eq!((ex.request.start_ns, ex.request.end_ns), (1000, 3000));
-    let response = ex
-        .response
-        .as_ref()
-        .map(|r| (r.start_ns, r.end_ns, r.head.minor_version));
+    let response = ex.response.as_ref().map(|r| (r.start_ns, r.end_ns, r.head.minor_version));
     assert_eq!(response, Some((4000, 5000, 1)));
 
     let mut run = Run::new(Some(Direction::Ingress));
@@ -322,13 +261,7 @@ fn exact_exchange() {
     assert_eq!(run.exchanges[0].request.head.minor_version, 0);
     let mut run = Run::new(Some(Direction::Ingress));
     run.feed(View::Server, &whole_segments(&owned(wire::PYTHON_GET)));
-    assert_eq!(
-        run.exchanges[0]
-            .response
-            .as_ref()
-            .map(|r| r.head.minor_version),
-        Some(0)
-    );
+    assert_eq!(run.exchanges[0].response.as_ref().map(|r| r.head.minor_version), Some(0));
 }
 
 #[test]
@@ -348,9 +281,5 @@ fn split_heads_cost_linear_time() {
     let started = std::time::Instant::now();
     let exchanges = run_closed(View::Server, &bytewise(&segs));
     assert_eq!(exchanges.len(), 20);
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
 }

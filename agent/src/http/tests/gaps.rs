@@ -41,24 +41,12 @@ fn content_length_body_counts_uncaptured_bytes() {
     // The body arrives in a later chunk that captured nothing at all.
     let feeds = [
         Feed::whole(Client, at(1), GET),
-        Feed::whole(
-            Server,
-            at(2),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
-        ),
-        Feed {
-            peer: Server,
-            ts: at(3),
-            data: Vec::new(),
-            len: 1000,
-        },
+        Feed::whole(Server, at(2), b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+        Feed { peer: Server, ts: at(3), data: Vec::new(), len: 1000 },
         Feed::whole(Client, at(4), GET_B),
         Feed::whole(Server, at(5), OK_5),
     ];
-    let got: Vec<Summary> = run_closed(View::Server, &feeds)
-        .iter()
-        .map(summary)
-        .collect();
+    let got: Vec<Summary> = run_closed(View::Server, &feeds).iter().map(summary).collect();
     assert_eq!(
         got,
         [
@@ -93,14 +81,7 @@ fn gap_past_the_end_of_a_body_loses_the_place_until_a_chunk_start() {
             want("GET /a", (3, 3), 0, None),
         ]
     );
-    assert_eq!(
-        (
-            run.stats().framing_lost,
-            run.stats().resyncs,
-            run.stats().parse_errors
-        ),
-        (1, 1, 0)
-    );
+    assert_eq!((run.stats().framing_lost, run.stats().resyncs, run.stats().parse_errors), (1, 1, 0));
 }
 
 #[test]
@@ -138,15 +119,8 @@ fn chunked_body_gaps() {
             Feed::cut(Server, at(2), &CHUNKED[..mozilla + 7 + extra], mozilla + 2),
             Feed::whole(Server, at(3), &CHUNKED[mozilla + 7 + extra..]),
         ];
-        let got: Vec<Summary> = run_closed(View::Server, &feeds)
-            .iter()
-            .map(summary)
-            .collect();
-        assert_eq!(
-            got,
-            [want("GET /a", (1, 1), 0, Some((200, (2, 3), 16)))],
-            "CRLF gap {extra}"
-        );
+        let got: Vec<Summary> = run_closed(View::Server, &feeds).iter().map(summary).collect();
+        assert_eq!(got, [want("GET /a", (1, 1), 0, Some((200, (2, 3), 16)))], "CRLF gap {extra}");
     }
 
     // A gap that may hide a chunk-size line: the end is unknown, so the response ends when the
@@ -160,10 +134,7 @@ fn chunked_body_gaps() {
     ];
     let mut run = Run::new(Some(Direction::Ingress));
     run.feed(View::Server, &feeds[..3]);
-    assert!(
-        run.exchanges.is_empty(),
-        "the end of the first response is not known yet"
-    );
+    assert!(run.exchanges.is_empty(), "the end of the first response is not known yet");
     run.feed(View::Server, &feeds[3..]);
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
     let rest = (CHUNKED.len() - (mozilla + 12)) as u64;
@@ -226,18 +197,12 @@ fn truncated_request_head() {
     run.feed(View::Server, &feeds);
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
     assert_eq!(got, [want("GET /b", (3, 3), 0, Some((200, (4, 4), 5)))]);
-    assert_eq!(
-        run.stats().last_error,
-        Some(ParseError::TruncatedStartLine {
-            kind: MessageKind::Request
-        })
-    );
+    assert_eq!(run.stats().last_error, Some(ParseError::TruncatedStartLine { kind: MessageKind::Request }));
 }
 
 #[test]
 fn truncated_response_head() {
-    let response =
-        b"HTTP/1.1 503 Service Unavailable\r\nServer: nginx\r\nContent-Length: 5\r\n\r\nbusy!";
+    let response = b"HTTP/1.1 503 Service Unavailable\r\nServer: nginx\r\nContent-Length: 5\r\n\r\nbusy!";
     let feeds = [
         Feed::whole(Client, at(1), GET),
         Feed::cut(Server, at(2), response, 45),
@@ -247,13 +212,7 @@ fn truncated_response_head() {
     let mut run = Run::new(Some(Direction::Ingress));
     run.feed(View::Server, &feeds);
     assert!(run.exchanges.is_empty());
-    run.feed(
-        View::Server,
-        &[
-            Feed::whole(Client, at(4), GET_B),
-            Feed::whole(Server, at(5), OK_5),
-        ],
-    );
+    run.feed(View::Server, &[Feed::whole(Client, at(4), GET_B), Feed::whole(Server, at(5), OK_5)]);
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
     assert_eq!(
         got,
@@ -265,12 +224,7 @@ fn truncated_response_head() {
     let head = run.exchanges[0].response.as_ref().map(|r| r.head.clone());
     assert_eq!(
         head,
-        Some(ResponseHead {
-            status: 503,
-            minor_version: 1,
-            content_length: None,
-            truncated: true
-        })
+        Some(ResponseHead { status: 503, minor_version: 1, content_length: None, truncated: true })
     );
 
     // ... or when idle ...
@@ -282,10 +236,7 @@ fn truncated_response_head() {
     assert_eq!(run.exchanges.len(), 1, "flushed once, not again at close");
 
     // ... or at close.
-    let got: Vec<Summary> = run_closed(View::Server, &feeds)
-        .iter()
-        .map(summary)
-        .collect();
+    let got: Vec<Summary> = run_closed(View::Server, &feeds).iter().map(summary).collect();
     assert_eq!(got, [want("GET /a", (1, 1), 0, Some((503, (2, 3), 17)))]);
 
     // A truncated 204 still has no body: reported at once. What follows in the gap is unknown, so
@@ -293,18 +244,10 @@ fn truncated_response_head() {
     let feeds = [
         Feed::whole(Client, at(1), GET),
         Feed::whole(Client, at(1) + 1, GET_B),
-        Feed::cut(
-            Server,
-            at(2),
-            b"HTTP/1.1 204 No Content\r\nServer: nginx\r\nDate: x\r\n\r\n",
-            30,
-        ),
+        Feed::cut(Server, at(2), b"HTTP/1.1 204 No Content\r\nServer: nginx\r\nDate: x\r\n\r\n", 30),
         Feed::whole(Server, at(3), OK_5),
     ];
-    let got: Vec<Summary> = run_closed(View::Server, &feeds)
-        .iter()
-        .map(summary)
-        .collect();
+    let got: Vec<Summary> = run_closed(View::Server, &feeds).iter().map(summary).collect();
     assert_eq!(
         got,
         [

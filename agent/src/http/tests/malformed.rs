@@ -19,32 +19,13 @@ fn at(i: u64) -> u64 {
 /// Feeds random bytes in random chunk sizes (with random capture gaps) to both directions.
 fn random_conversation(seed: u64, requests_from: Option<Direction>) -> Run {
     let mut rng = Prng::new(seed);
-    let mut run = Run::with_limits(
-        requests_from,
-        Limits {
-            max_head_bytes: 4096,
-            max_pipelined: 8,
-        },
-    );
+    let mut run = Run::with_limits(requests_from, Limits { max_head_bytes: 4096, max_pipelined: 8 });
     for i in 0..200u64 {
         let peer = if rng.below(2) == 0 { Client } else { Server };
         let n = rng.below(600);
         let data = rng.bytes(n);
-        let len = (data.len()
-            + if rng.below(4) == 0 {
-                rng.below(5000)
-            } else {
-                0
-            }) as u32;
-        run.feed(
-            View::Server,
-            &[Feed {
-                peer,
-                ts: i,
-                data,
-                len,
-            }],
-        );
+        let len = (data.len() + if rng.below(4) == 0 { rng.below(5000) } else { 0 }) as u32;
+        run.feed(View::Server, &[Feed { peer, ts: i, data, len }]);
         if rng.below(50) == 0 {
             run.flush_idle();
         }
@@ -59,11 +40,7 @@ fn random_bytes_give_nothing() {
         for requests_from in [None, Some(Direction::Ingress), Some(Direction::Egress)] {
             let run = random_conversation(seed, requests_from);
             assert!(run.exchanges.is_empty(), "seed {seed}: {:?}", run.exchanges);
-            assert_eq!(
-                run.conn.buffered_bytes(),
-                0,
-                "closed connections hold nothing"
-            );
+            assert_eq!(run.conn.buffered_bytes(), 0, "closed connections hold nothing");
         }
     }
 }
@@ -88,16 +65,8 @@ fn random_bytes_between_valid_exchanges() {
     let mut run = Run::new(Some(Direction::Ingress));
     run.feed(View::Server, &good_first);
     assert_eq!(run.exchanges.len(), 51, "{:?}", run.stats());
-    assert!(
-        run.exchanges
-            .iter()
-            .all(|e| e.response.as_ref().is_some_and(|r| r.body_bytes == 2))
-    );
-    assert!(
-        run.stats().parse_errors >= 40 && run.stats().resyncs >= 40,
-        "{:?}",
-        run.stats()
-    );
+    assert!(run.exchanges.iter().all(|e| e.response.as_ref().is_some_and(|r| r.body_bytes == 2)));
+    assert!(run.stats().parse_errors >= 40 && run.stats().resyncs >= 40, "{:?}", run.stats());
 }
 
 #[test]
@@ -106,18 +75,8 @@ fn tls_is_not_http() {
         let mut run = Run::new(Some(view.requests_from()));
         run.feed(view, &[Feed::whole(Client, 1, CLIENT_HELLO)]);
         assert!(!run.conn.is_http(), "{view:?}");
-        run.feed(
-            view,
-            &[Feed::whole(
-                Server,
-                2,
-                b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03",
-            )],
-        );
-        run.feed(
-            view,
-            &[Feed::whole(Client, 3, GET), Feed::whole(Server, 4, OK_2)],
-        );
+        run.feed(view, &[Feed::whole(Server, 2, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03")]);
+        run.feed(view, &[Feed::whole(Client, 3, GET), Feed::whole(Server, 4, OK_2)]);
         run.close(5);
         assert!(run.exchanges.is_empty());
         assert_eq!(run.stats().parse_errors, 1);
@@ -127,19 +86,12 @@ fn tls_is_not_http() {
     for i in 0..3 {
         run.feed(
             View::Server,
-            &[
-                Feed::whole(Client, 2 * i, CLIENT_HELLO),
-                Feed::whole(Server, 2 * i + 1, b"\x17\x03\x03"),
-            ],
+            &[Feed::whole(Client, 2 * i, CLIENT_HELLO), Feed::whole(Server, 2 * i + 1, b"\x17\x03\x03")],
         );
     }
     assert!(!run.conn.is_http());
     assert!(run.exchanges.is_empty());
-    assert_eq!(
-        run.stats().parse_errors,
-        0,
-        "joining a connection is not an error"
-    );
+    assert_eq!(run.stats().parse_errors, 0, "joining a connection is not an error");
 }
 
 #[test]
@@ -151,13 +103,7 @@ fn unknown_role_stays_open_for_a_long_one_way_stream() {
         run.feed(View::Client, &[Feed::whole(Server, i, &rng.bytes(4096))]);
     }
     assert!(run.conn.is_http());
-    run.feed(
-        View::Client,
-        &[
-            Feed::whole(Client, 200, GET),
-            Feed::whole(Server, 201, OK_2),
-        ],
-    );
+    run.feed(View::Client, &[Feed::whole(Client, 200, GET), Feed::whole(Server, 201, OK_2)]);
     assert_eq!(run.exchanges.len(), 1);
     assert_eq!(run.exchanges[0].request_direction, Direction::Egress);
 }
@@ -178,12 +124,8 @@ fn http_09_gives_nothing() {
 
 #[test]
 fn invalid_chunk_sizes() {
-    let bad_bodies: &[&[u8]] = &[
-        b"zz\r\nhello\r\n0\r\n\r\n",
-        b"5x\r\nhello\r\n",
-        b"10000000000000000\r\n",
-        b"\r\n\r\n",
-    ];
+    let bad_bodies: &[&[u8]] =
+        &[b"zz\r\nhello\r\n0\r\n\r\n", b"5x\r\nhello\r\n", b"10000000000000000\r\n", b"\r\n\r\n"];
     for body in bad_bodies {
         let mut response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         response.extend_from_slice(body);
@@ -211,10 +153,7 @@ fn invalid_chunk_sizes() {
         assert_eq!(run.stats().parse_errors, 1);
         assert!(matches!(
             run.stats().last_error,
-            Some(ParseError::BadChunkedBody {
-                kind: MessageKind::Response,
-                ..
-            })
+            Some(ParseError::BadChunkedBody { kind: MessageKind::Response, .. })
         ));
     }
 }
@@ -238,18 +177,11 @@ fn huge_sizes_allocate_nothing() {
             ),
         ],
     );
-    assert!(
-        run.conn.buffered_bytes() <= 1024,
-        "{}",
-        run.conn.buffered_bytes()
-    );
+    assert!(run.conn.buffered_bytes() <= 1024, "{}", run.conn.buffered_bytes());
     run.close(at(3));
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
     assert_eq!(got, [want("POST /up", (1, 1), 3, Some((413, (2, 2), 0)))]);
-    assert_eq!(
-        run.exchanges[0].request.head.content_length,
-        Some(1_000_000_000_000_000_000)
-    );
+    assert_eq!(run.exchanges[0].request.head.content_length, Some(1_000_000_000_000_000_000));
 
     // Chunk size ffffffffffffffff: as large as a size can be, and counted the same way.
     let mut run = Run::new(Some(Direction::Ingress));
@@ -262,26 +194,13 @@ fn huge_sizes_allocate_nothing() {
                 at(2),
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabcd",
             ),
-            Feed {
-                peer: Server,
-                ts: at(3),
-                data: Vec::new(),
-                len: u32::MAX,
-            },
+            Feed { peer: Server, ts: at(3), data: Vec::new(), len: u32::MAX },
         ],
     );
     assert!(run.exchanges.is_empty());
     run.close(at(4));
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
-    assert_eq!(
-        got,
-        [want(
-            "GET /ok",
-            (1, 1),
-            0,
-            Some((200, (2, 3), 4 + u64::from(u32::MAX)))
-        )]
-    );
+    assert_eq!(got, [want("GET /ok", (1, 1), 0, Some((200, (2, 3), 4 + u64::from(u32::MAX))))]);
 }
 
 #[test]
@@ -299,20 +218,8 @@ fn oversize_heads() {
     }
     many.extend_from_slice(b"\r\n");
     let cases: &[(&[u8], ParseError)] = &[
-        (
-            &huge,
-            ParseError::HeadTooLarge {
-                kind: MessageKind::Request,
-                limit: 64 * 1024,
-            },
-        ),
-        (
-            &many,
-            ParseError::BadHead {
-                kind: MessageKind::Request,
-                source: httparse::Error::TooManyHeaders,
-            },
-        ),
+        (&huge, ParseError::HeadTooLarge { kind: MessageKind::Request, limit: 64 * 1024 }),
+        (&many, ParseError::BadHead { kind: MessageKind::Request, source: httparse::Error::TooManyHeaders }),
     ];
     let rejection = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n";
     for (head, error) in cases {
@@ -336,10 +243,7 @@ fn oversize_heads() {
                 [want("GET /ok", (3, 3), 0, Some((200, (4, 4), 2)))],
                 "{error} in pieces of {step}"
             );
-            assert_eq!(
-                (run.stats().parse_errors, run.stats().last_error),
-                (1, Some(*error))
-            );
+            assert_eq!((run.stats().parse_errors, run.stats().last_error), (1, Some(*error)));
             assert_eq!(run.stats().resyncs, 1);
         }
     }
@@ -367,25 +271,14 @@ fn garbage_where_a_message_must_start() {
         ]
     );
     assert_eq!((run.stats().parse_errors, run.stats().resyncs), (1, 1));
-    assert_eq!(
-        run.stats().last_error,
-        Some(ParseError::NotAMessageStart {
-            kind: MessageKind::Request
-        })
-    );
+    assert_eq!(run.stats().last_error, Some(ParseError::NotAMessageStart { kind: MessageKind::Request }));
 
     // Lowercase methods, HTTP/2 preface and unknown methods are not requests.
-    for first in [
-        &b"get / HTTP/1.1\r\n\r\n"[..],
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        b"PROPFIND / HTTP/1.1\r\n\r\n",
-    ] {
+    for first in
+        [&b"get / HTTP/1.1\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"PROPFIND / HTTP/1.1\r\n\r\n"]
+    {
         let mut run = Run::new(Some(Direction::Ingress));
-        run.feed(
-            View::Server,
-            &[Feed::whole(Client, 1, first), Feed::whole(Server, 2, OK_2)],
-        )
-        .close(3);
+        run.feed(View::Server, &[Feed::whole(Client, 1, first), Feed::whole(Server, 2, OK_2)]).close(3);
         assert!(run.exchanges.is_empty());
         assert!(!run.conn.is_http());
     }
@@ -397,22 +290,14 @@ fn responses_without_requests() {
     for requests_from in [None, Some(Direction::Ingress)] {
         let feeds = [
             Feed::whole(Server, at(1), OK_2),
-            Feed::whole(
-                Server,
-                at(2),
-                b"HTTP/1.1 200 OK\r\n\r\nuntil close... or the next request",
-            ),
+            Feed::whole(Server, at(2), b"HTTP/1.1 200 OK\r\n\r\nuntil close... or the next request"),
             Feed::whole(Client, at(3), GET),
             Feed::whole(Server, at(4), OK_2),
         ];
         let mut run = Run::new(requests_from);
         run.feed(View::Server, &feeds).close(at(5));
         let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
-        assert_eq!(
-            got,
-            [want("GET /ok", (3, 3), 0, Some((200, (4, 4), 2)))],
-            "{requests_from:?}"
-        );
+        assert_eq!(got, [want("GET /ok", (3, 3), 0, Some((200, (4, 4), 2)))], "{requests_from:?}");
         assert_eq!(run.stats().orphan_responses, 2);
         assert_eq!(run.stats().parse_errors, 0);
     }
@@ -423,11 +308,7 @@ fn bad_response_heads_keep_pairing_aligned() {
     let feeds = [
         Feed::whole(Client, at(1), GET),
         Feed::whole(Client, at(1) + 1, b"GET /second HTTP/1.1\r\n\r\n"),
-        Feed::whole(
-            Server,
-            at(2),
-            b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nxx",
-        ),
+        Feed::whole(Server, at(2), b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nxx"),
         Feed::whole(Server, at(3), OK_2),
     ];
     let mut run = Run::new(Some(Direction::Ingress));
@@ -435,15 +316,7 @@ fn bad_response_heads_keep_pairing_aligned() {
     let got: Vec<Summary> = run.exchanges.iter().map(summary).collect();
     assert_eq!(
         got,
-        [
-            want("GET /ok", (1, 1), 0, None),
-            want("GET /second", (1, 1), 0, Some((200, (3, 3), 2)))
-        ]
+        [want("GET /ok", (1, 1), 0, None), want("GET /second", (1, 1), 0, Some((200, (3, 3), 2)))]
     );
-    assert_eq!(
-        run.stats().last_error,
-        Some(ParseError::BadContentLength {
-            kind: MessageKind::Response
-        })
-    );
+    assert_eq!(run.stats().last_error, Some(ParseError::BadContentLength { kind: MessageKind::Response }));
 }

@@ -53,22 +53,12 @@ pub(super) struct Feed {
 
 impl Feed {
     pub(super) fn whole(peer: Peer, ts: u64, data: &[u8]) -> Self {
-        Self {
-            peer,
-            ts,
-            data: data.to_vec(),
-            len: data.len() as u32,
-        }
+        Self { peer, ts, data: data.to_vec(), len: data.len() as u32 }
     }
 
     /// Only the first `captured` bytes of `data` are known.
     pub(super) fn cut(peer: Peer, ts: u64, data: &[u8], captured: usize) -> Self {
-        Self {
-            peer,
-            ts,
-            data: data[..captured].to_vec(),
-            len: data.len() as u32,
-        }
+        Self { peer, ts, data: data[..captured].to_vec(), len: data.len() as u32 }
     }
 }
 
@@ -77,10 +67,7 @@ impl Feed {
 pub(super) const SEGMENT_NS: u64 = 1000;
 
 pub(super) fn whole_segments(segs: &[(Peer, Vec<u8>)]) -> Vec<Feed> {
-    segs.iter()
-        .enumerate()
-        .map(|(i, (peer, data))| Feed::whole(*peer, seg_ts(i), data))
-        .collect()
+    segs.iter().enumerate().map(|(i, (peer, data))| Feed::whole(*peer, seg_ts(i), data)).collect()
 }
 
 /// Segment `which` split in two at `at`.
@@ -102,11 +89,7 @@ pub(super) fn bytewise(segs: &[(Peer, Vec<u8>)]) -> Vec<Feed> {
     let mut feeds = Vec::new();
     for (i, (peer, data)) in segs.iter().enumerate() {
         for (k, byte) in data.iter().enumerate() {
-            feeds.push(Feed::whole(
-                *peer,
-                seg_ts(i) + k as u64,
-                std::slice::from_ref(byte),
-            ));
+            feeds.push(Feed::whole(*peer, seg_ts(i) + k as u64, std::slice::from_ref(byte)));
         }
     }
     feeds
@@ -117,9 +100,7 @@ pub(super) fn seg_ts(i: usize) -> u64 {
 }
 
 pub(super) fn owned(segs: &[(Peer, &[u8])]) -> Vec<(Peer, Vec<u8>)> {
-    segs.iter()
-        .map(|(peer, data)| (*peer, data.to_vec()))
-        .collect()
+    segs.iter().map(|(peer, data)| (*peer, data.to_vec())).collect()
 }
 
 /// The outcome of feeding a connection.
@@ -135,29 +116,17 @@ impl Run {
     }
 
     pub(super) fn with_limits(requests_from: Option<Direction>, limits: Limits) -> Self {
-        Self {
-            exchanges: Vec::new(),
-            conn: HttpConnection::new(requests_from, limits),
-            limits,
-        }
+        Self { exchanges: Vec::new(), conn: HttpConnection::new(requests_from, limits), limits }
     }
 
     pub(super) fn feed(&mut self, view: View, feeds: &[Feed]) -> &mut Self {
         for f in feeds {
-            let chunk = Chunk {
-                ts_ns: f.ts,
-                data: &f.data,
-                len: f.len,
-            };
-            self.conn
-                .feed(view.direction(f.peer), chunk, &mut self.exchanges);
+            let chunk = Chunk { ts_ns: f.ts, data: &f.data, len: f.len };
+            self.conn.feed(view.direction(f.peer), chunk, &mut self.exchanges);
             // The memory bound holds after every chunk, whatever came in: a head buffer per
             // direction, whose capacity Vec may have doubled past the limit.
             let head_bound = 2 * 2 * self.limits.max_head_bytes.max(64);
-            assert!(
-                self.conn.buffered_bytes() <= head_bound,
-                "head buffers grew unbounded"
-            );
+            assert!(self.conn.buffered_bytes() <= head_bound, "head buffers grew unbounded");
             assert!(self.conn.pending_requests() <= self.limits.max_pipelined.max(1));
         }
         self
@@ -208,8 +177,7 @@ pub(super) fn summary(ex: &Exchange) -> Summary {
         format!("{} {}", req.head.method, req.head.target),
         (req.start_ns, req.end_ns),
         req.body_bytes,
-        ex.response
-            .map(|r| (r.head.status, (r.start_ns, r.end_ns), r.body_bytes)),
+        ex.response.map(|r| (r.head.status, (r.start_ns, r.end_ns), r.body_bytes)),
     )
 }
 

@@ -23,19 +23,9 @@ fn head(method: &str, target: &str) -> RequestHead {
 fn exchange(request: RequestHead, status: Option<u16>) -> Exchange {
     Exchange {
         request_direction: Direction::Ingress,
-        request: Request {
-            head: request,
-            start_ns: 1_000,
-            end_ns: 1_500,
-            body_bytes: 0,
-        },
+        request: Request { head: request, start_ns: 1_000, end_ns: 1_500, body_bytes: 0 },
         response: status.map(|status| Response {
-            head: ResponseHead {
-                status,
-                minor_version: 1,
-                content_length: Some(5),
-                truncated: false,
-            },
+            head: ResponseHead { status, minor_version: 1, content_length: Some(5), truncated: false },
             start_ns: 2_000,
             end_ns: 3_000,
             body_bytes: 5,
@@ -54,11 +44,7 @@ fn conn() -> ConnInfo {
 }
 
 fn resource() -> Arc<Resource> {
-    Arc::new(Resource {
-        id: 1,
-        service_name: "shop".into(),
-        attributes: vec![],
-    })
+    Arc::new(Resource { id: 1, service_name: "shop".into(), attributes: vec![] })
 }
 
 fn build(ex: &Exchange, options: AssembleOptions) -> Option<Span> {
@@ -66,10 +52,7 @@ fn build(ex: &Exchange, options: AssembleOptions) -> Option<Span> {
 }
 
 fn attr(span: &Span, key: &str) -> Option<AttrValue> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .map(|kv| kv.value.clone())
+    span.attributes.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone())
 }
 
 fn s(v: &str) -> Option<AttrValue> {
@@ -82,11 +65,8 @@ fn i(v: i64) -> Option<AttrValue> {
 
 #[test]
 fn server_span_follows_the_conventions() {
-    let span = build(
-        &exchange(head("GET", "/cart/42?token=secret"), Some(200)),
-        AssembleOptions::default(),
-    )
-    .unwrap();
+    let span = build(&exchange(head("GET", "/cart/42?token=secret"), Some(200)), AssembleOptions::default())
+        .unwrap();
     assert_eq!(span.name, "GET");
     assert_eq!(span.kind, SpanKind::Server);
     assert_eq!(span.parent_span_id, None);
@@ -94,11 +74,7 @@ fn server_span_follows_the_conventions() {
     assert_eq!(span.duration_ns(), 2_000);
     assert_eq!(attr(&span, "http.request.method"), s("GET"));
     assert_eq!(attr(&span, "url.path"), s("/cart/42"));
-    assert_eq!(
-        attr(&span, "url.query"),
-        None,
-        "query strings are not exported by default"
-    );
+    assert_eq!(attr(&span, "url.query"), None, "query strings are not exported by default");
     assert_eq!(attr(&span, "url.scheme"), s("http"));
     assert_eq!(attr(&span, "http.response.status_code"), i(200));
     assert_eq!(attr(&span, "server.address"), s("shop.local"));
@@ -108,36 +84,19 @@ fn server_span_follows_the_conventions() {
     assert_eq!(attr(&span, "network.protocol.version"), s("1.1"));
     assert_eq!(attr(&span, "user_agent.original"), s("curl/7.88.1"));
 
-    let with_query = build(
-        &exchange(head("GET", "/a?b=1"), Some(200)),
-        AssembleOptions {
-            capture_query: true,
-        },
-    )
-    .unwrap();
+    let with_query =
+        build(&exchange(head("GET", "/a?b=1"), Some(200)), AssembleOptions { capture_query: true }).unwrap();
     assert_eq!(attr(&with_query, "url.query"), s("b=1"));
 }
 
 #[test]
 fn five_hundreds_are_errors_four_hundreds_are_not() {
-    let span = build(
-        &exchange(head("POST", "/pay"), Some(503)),
-        AssembleOptions::default(),
-    )
-    .unwrap();
+    let span = build(&exchange(head("POST", "/pay"), Some(503)), AssembleOptions::default()).unwrap();
     assert!(matches!(span.status, Status::Error { .. }));
     assert_eq!(attr(&span, "error.type"), s("503"));
-    let span = build(
-        &exchange(head("POST", "/pay"), Some(404)),
-        AssembleOptions::default(),
-    )
-    .unwrap();
+    let span = build(&exchange(head("POST", "/pay"), Some(404)), AssembleOptions::default()).unwrap();
     assert_eq!(span.status, Status::Unset);
-    let span = build(
-        &exchange(head("POST", "/pay"), None),
-        AssembleOptions::default(),
-    )
-    .unwrap();
+    let span = build(&exchange(head("POST", "/pay"), None), AssembleOptions::default()).unwrap();
     assert!(matches!(span.status, Status::Error { .. }));
 }
 
@@ -148,18 +107,12 @@ fn traceparent_parents_the_span_or_is_ignored() {
     h.tracestate = Some("vendor=1".into());
     let span = build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).unwrap();
     assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(
-        span.parent_span_id.map(|p| hex(&p)).as_deref(),
-        Some("00f067aa0ba902b7")
-    );
+    assert_eq!(span.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
     assert_eq!(span.trace_state, "vendor=1");
     assert_ne!(span.span_id, [0; 8]);
 
     h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into());
-    assert!(
-        build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).is_none(),
-        "unsampled parent"
-    );
+    assert!(build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).is_none(), "unsampled parent");
 
     for bad in [
         "",
@@ -180,11 +133,8 @@ fn client_exchanges_and_odd_methods() {
     ex.request_direction = Direction::Egress;
     assert!(build(&ex, AssembleOptions::default()).is_none());
 
-    let span = build(
-        &exchange(head("PURGE", "http://cache/x?y"), Some(200)),
-        AssembleOptions::default(),
-    )
-    .unwrap();
+    let span =
+        build(&exchange(head("PURGE", "http://cache/x?y"), Some(200)), AssembleOptions::default()).unwrap();
     assert_eq!(span.name, "HTTP");
     assert_eq!(attr(&span, "http.request.method"), s("_OTHER"));
     assert_eq!(attr(&span, "http.request.method_original"), s("PURGE"));
