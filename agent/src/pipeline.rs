@@ -42,9 +42,12 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     finished: Vec<Finished>,
     last_process_sweep: Instant,
+    last_conn_sweep: Instant,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Idle responses are finished and dead connections dropped at this pace.
+const CONN_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     pub fn new(assembler: Assembler, selector: Selector, sink: SpanSink, stats: Arc<PipelineStats>) -> Self {
@@ -58,6 +61,7 @@ impl Pipeline {
             stats,
             finished: Vec::new(),
             last_process_sweep: Instant::now(),
+            last_conn_sweep: Instant::now(),
         }
     }
 
@@ -89,7 +93,7 @@ impl intake::Sink for Pipeline {
                 let selected = self.selector.accepts(&info, || process::read_info(info.pid));
                 if selected {
                     // Read /proc now, while the process surely exists (it may be short-lived).
-                    self.processes.resource(info.pid);
+                    self.processes.observe(info.pid);
                 }
                 self.conns.open(&open, selected, &mut self.finished);
             }
@@ -113,8 +117,11 @@ impl intake::Sink for Pipeline {
 
     fn tick(&mut self) {
         self.clock = WallClock::sample();
-        self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
-        self.emit();
+        if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
+            self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
+            self.emit();
+            self.last_conn_sweep = Instant::now();
+        }
         if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
             self.processes.sweep();
             self.last_process_sweep = Instant::now();

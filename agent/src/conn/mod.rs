@@ -129,9 +129,12 @@ impl ConnTable {
     /// connections of exited processes and ones silent for `FORGET_AFTER_NS`.
     pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Vec<Finished>) {
         let mut gone = Vec::new();
+        // Many connections share a process: ask about each pid once per sweep.
+        let mut alive: HashMap<u32, bool> = HashMap::new();
         for (key, conn) in &mut self.conns {
             let idle = now_ns.saturating_sub(conn.last_seen_ns);
-            if idle >= FORGET_AFTER_NS || !process_alive(conn.info.pid) {
+            let pid_alive = *alive.entry(conn.info.pid).or_insert_with(|| process_alive(conn.info.pid));
+            if idle >= FORGET_AFTER_NS || !pid_alive {
                 gone.push(*key);
             } else if idle >= IDLE_FLUSH_NS && !conn.flushed_idle && !conn.ignored {
                 let mut exchanges = Vec::new();

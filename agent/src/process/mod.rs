@@ -41,8 +41,9 @@ impl ProcessCache {
         Self { host_name, entries: HashMap::new(), clock: 0 }
     }
 
-    /// The resource of `pid`, read from /proc the first time (or after the pid was reused).
-    pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
+    /// The resource of `pid` for a new connection: the start time is checked against the cache,
+    /// so a reused pid is read afresh. Called once per connection, not per span.
+    pub fn observe(&mut self, pid: u32) -> Arc<Resource> {
         self.clock += 1;
         let start_time = procfs::start_time(pid).unwrap_or(0);
         if let Some(e) = self.entries.get_mut(&pid)
@@ -58,6 +59,18 @@ impl ProcessCache {
         let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
         self.entries.insert(pid, Entry { start_time, resource: resource.clone(), last_used: self.clock });
         resource
+    }
+
+    /// The cached resource of `pid` (per span: no /proc access unless the pid is new).
+    pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
+        self.clock += 1;
+        match self.entries.get_mut(&pid) {
+            Some(e) => {
+                e.last_used = self.clock;
+                e.resource.clone()
+            }
+            None => self.observe(pid),
+        }
     }
 
     /// Forget processes that have exited.
@@ -133,5 +146,6 @@ mod tests {
         let r = cache.resource(std::process::id());
         assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
+        assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id())), "same start time, same entry");
     }
 }
