@@ -70,7 +70,7 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
         };
         let marker = if row.remote { REMOTE } else { "" };
         let glyphs = tree_glyphs(&row.prefix);
-        let name = pad(&format!("{marker}{}", span.name), NAME_W - glyphs.chars().count());
+        let name = pad(&format!("{marker}{}", display_name(span)), NAME_W - glyphs.chars().count());
         let bar = bar(span.start_unix_ns - t0, span.end_unix_ns.max(span.start_unix_ns) - t0, range);
         let duration = format!("{:>DURATION_W$}", human_duration(span.duration_ns()));
         let status = status_text(span);
@@ -87,6 +87,16 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
         )?;
     }
     writeln!(out)
+}
+
+/// The span name, plus the path when the name does not carry a route (`GET` → `GET /cart/42`): a
+/// person reading the waterfall wants to know which request each line is.
+fn display_name(span: &Span) -> String {
+    let path = span.attributes.iter().find(|kv| kv.key == "url.path").map(|kv| &kv.value);
+    match path {
+        Some(crate::span::model::AttrValue::Str(p)) if !span.name.contains(' ') => format!("{} {p}", span.name),
+        _ => span.name.clone(),
+    }
 }
 
 struct Row {
