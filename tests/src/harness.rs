@@ -141,27 +141,37 @@ impl Guard {
 
 /// Waits until something accepts connections on 127.0.0.1:port.
 pub fn wait_listening(port: u16) {
+    wait_listening_on("127.0.0.1", port)
+}
+
+pub fn wait_listening_on(ip: &str, port: u16) {
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((ip, port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// `python3 -m http.server PORT` in a scratch directory holding `index.html`.
+/// `python3 -m http.server PORT` on 127.0.0.1 in a scratch directory holding `index.html`.
 pub fn python_http_server(env: &[(&str, &str)]) -> Guard {
+    python_http_server_on("127.0.0.1", env)
+}
+
+/// `python3 -m http.server PORT --bind ADDR` (e.g. `::1`).
+pub fn python_http_server_on(bind: &str, env: &[(&str, &str)]) -> Guard {
     let dir = TempDir::new("http-server");
     std::fs::write(dir.path.join("index.html"), "<h1>hello from python</h1>\n").unwrap();
     let port = free_port();
     let child = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["-m", "http.server", &port.to_string(), "--bind", bind])
         .current_dir(&dir.path)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting python3 -m http.server");
-    wait_listening(port);
+    wait_listening_on(bind, port);
     Guard { child, port, _dir: Some(dir) }
 }
 

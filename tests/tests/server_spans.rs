@@ -310,3 +310,17 @@ async fn classic_syscall_tracepoints_work_as_the_fallback() {
     drop(conn);
     stop_cleanly(sonde);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_peers_have_their_addresses() {
+    let receiver = Receiver::start().await.unwrap();
+    let server = harness::python_http_server_on("::1", &[]);
+    let sonde = sonde_grpc(&receiver, server.port, &[]);
+    curl(&["-g", &format!("http://[::1]:{}/index.html", server.port)]);
+    let spans = expect_spans(&receiver, server.port, 1).await;
+    assert_eq!(spans[0].attr("client.address").as_deref(), Some("::1"));
+    assert_eq!(spans[0].attr("network.peer.address").as_deref(), Some("::1"));
+    assert_eq!(spans[0].attr("network.type").as_deref(), Some("ipv6"));
+    assert_eq!(spans[0].attr("server.address").as_deref(), Some("::1"), "from the Host header [::1]:port");
+    stop_cleanly(sonde);
+}

@@ -94,7 +94,9 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
 fn display_name(span: &Span) -> String {
     let path = span.attributes.iter().find(|kv| kv.key == "url.path").map(|kv| &kv.value);
     match path {
-        Some(crate::span::model::AttrValue::Str(p)) if !span.name.contains(' ') => format!("{} {p}", span.name),
+        Some(crate::span::model::AttrValue::Str(p)) if !span.name.contains(' ') => {
+            format!("{} {p}", span.name)
+        }
         _ => span.name.clone(),
     }
 }
