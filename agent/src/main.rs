@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => sonde::run::run(args),
+        Command::NullProbe(args) => sonde::run::null_probe(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

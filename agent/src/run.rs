@@ -12,12 +12,12 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::RunArgs,
+    config::{NullProbeArgs, RunArgs},
     conn::select::Selector,
     export::{ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol},
     intake,
     pipeline::{Pipeline, PipelineStats},
-    probes::{ProbeOptions, Probes},
+    probes::{ProbeOptions, Probes, Programs},
     span::{AssembleOptions, Assembler},
 };
 
@@ -43,6 +43,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         capture_bytes: args.capture_bytes,
         ring_bytes: args.ring_buffer_bytes,
         pids: args.pids.clone(),
+        programs: Programs::Sonde,
     })?;
     let ring = probes.take_events()?;
 
@@ -104,6 +105,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
     report_counters(&probes, &stats, &export_stats, "stopped");
+    Ok(())
+}
+
+/// `sonde null-probe`: the same hooks with counting-only programs, until a signal.
+pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
+    init_logging("info");
+    let probes = Probes::load(&ProbeOptions {
+        hooks: args.hooks,
+        capture_bytes: 0,
+        ring_bytes: 4096,
+        pids: Vec::new(),
+        programs: Programs::NullProbe,
+    })?;
+    tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(wait_for_signal())?;
+    println!("null probe hits={}", probes.null_hits());
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
     Ok(())
 }
 

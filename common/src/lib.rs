@@ -18,6 +18,7 @@ pub const MAX_IOVECS: u32 = 8;
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const DROPS: &str = "DROPS";
+    pub const NULL_HITS: &str = "NULL_HITS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
     pub const CONNS: &str = "CONNS";
     pub const ACTIVE_IO: &str = "ACTIVE_IO";

@@ -15,6 +15,7 @@ mod emit;
 mod filter;
 mod io;
 mod maps;
+mod null;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},

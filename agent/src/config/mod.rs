@@ -19,6 +19,16 @@ pub struct Cli {
 pub enum Command {
     /// Trace until SIGINT/SIGTERM, then flush and exit (needs root or the capabilities in the README).
     Run(RunArgs),
+    /// For benchmarks (`cargo xtask bench`): attach programs that only count to the very hooks
+    /// `run` uses, until SIGINT/SIGTERM; then print the hit count. Measures the floor of hooking.
+    NullProbe(NullProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NullProbeArgs {
+    /// The hook set to attach, as for `run`.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    pub hooks: HookChoice,
 }
 
 #[derive(Debug, Args)]

@@ -1,13 +1,16 @@
 //! Loading and attaching the kernel programs: prerequisites, the choice of hook set, the globals
 //! and map sizes the programs are built with, and read access to their maps.
 
+mod attach;
 pub mod btf_offsets;
 pub mod prereq;
 
+pub use attach::Programs;
+
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::ProgramError,
 };
 use sonde_common::{DROP_REASONS, MAX_CAPTURE, globals, maps};
 
@@ -72,36 +75,9 @@ pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// Only these tgids are traced when non-empty.
     pub pids: Vec<u32>,
+    /// sonde's programs, or the counting-only null probe (benchmarks).
+    pub programs: Programs,
 }
-
-/// (program, syscall) pairs of the read/write family and the connection calls, per hook kind.
-const SYSCALL_TRACEPOINTS: &[&str] = &[
-    "sys_enter_read",
-    "sys_exit_read",
-    "sys_enter_recvfrom",
-    "sys_exit_recvfrom",
-    "sys_enter_readv",
-    "sys_exit_readv",
-    "sys_enter_recvmsg",
-    "sys_exit_recvmsg",
-    "sys_enter_write",
-    "sys_exit_write",
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    "sys_enter_writev",
-    "sys_exit_writev",
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    "sys_enter_sendfile64",
-    "sys_exit_sendfile64",
-    "sys_exit_accept",
-    "sys_exit_accept4",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "sys_enter_close",
-];
-const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
-const BTF_PROGRAMS: &[(&str, &str)] = &[("tp_btf_sys_enter", "sys_enter"), ("tp_btf_sys_exit", "sys_exit")];
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -116,7 +92,7 @@ impl Probes {
         prereq::check_capabilities()?;
         prereq::check_kernel()?;
         prereq::ensure_tracefs()?;
-        for tp in SOCK_TRACEPOINTS {
+        for tp in attach::SOCK_TRACEPOINTS {
             if !prereq::tracepoint_exists("sock", tp) {
                 return Err(prereq::PrereqError::MissingTracepoint(tp).into());
             }
@@ -162,22 +138,8 @@ impl Probes {
             }
         }
 
-        for tp in SOCK_TRACEPOINTS {
-            attach_tracepoint(&mut ebpf, tp, "sock")?;
-        }
-        let hooks = match options.hooks {
-            HookChoice::Tracepoints => attach_syscall_tracepoints(&mut ebpf)?,
-            HookChoice::TpBtf => attach_tp_btf(&mut ebpf)?,
-            HookChoice::Auto if std::env::consts::ARCH != "x86_64" => attach_syscall_tracepoints(&mut ebpf)?,
-            HookChoice::Auto => match attach_tp_btf(&mut ebpf) {
-                Ok(set) => set,
-                Err(e) => {
-                    tracing::info!(error = %e, "tp_btf unavailable; using syscall tracepoints");
-                    attach_syscall_tracepoints(&mut ebpf)?
-                }
-            },
-        };
-        tracing::info!(hooks = %hooks, capture_bytes = capture, "kernel programs attached");
+        let hooks = attach::attach(&mut ebpf, options.hooks, options.programs)?;
+        tracing::info!(hooks = %hooks, programs = ?options.programs, capture_bytes = capture, "kernel programs attached");
         Ok(Self { ebpf, hooks })
     }
 
@@ -187,19 +149,26 @@ impl Probes {
         RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
     }
 
+    /// Hits counted by the null probe, summed over CPUs.
+    pub fn null_hits(&self) -> u64 {
+        self.per_cpu_sum(maps::NULL_HITS, 0)
+    }
+
+    fn per_cpu_sum(&self, map: &str, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map(map) else {
+            return 0;
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+    }
+
     /// Kernel-side drops per `DropReason`, summed over CPUs.
     pub fn drops(&self) -> [u64; DROP_REASONS as usize] {
         let mut out = [0u64; DROP_REASONS as usize];
-        let Some(map) = self.ebpf.map(maps::DROPS) else {
-            return out;
-        };
-        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
-            return out;
-        };
         for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(values) = array.get(&(i as u32), 0) {
-                *slot = values.iter().sum();
-            }
+            *slot = self.per_cpu_sum(maps::DROPS, i as u32);
         }
         out
     }
@@ -207,59 +176,4 @@ impl Probes {
 
 fn ring_size(requested: u32) -> u32 {
     requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
-}
-
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str) -> Result<(), ProbeError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram { program })?
-        .try_into()
-        .map_err(|source| ProbeError::LoadProgram { program, source })?;
-    prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
-    prog.attach(category, program).map_err(|source| ProbeError::Attach {
-        program,
-        target: format!("{category}/{program}"),
-        source,
-    })?;
-    Ok(())
-}
-
-fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
-    for program in SYSCALL_TRACEPOINTS {
-        attach_tracepoint(ebpf, program, "syscalls")?;
-    }
-    Ok(HookSet::Tracepoints)
-}
-
-fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<HookSet, ProbeError> {
-    let btf = Btf::from_sys_fs()?;
-    let mut attached = Vec::new();
-    for &(program, target) in BTF_PROGRAMS {
-        let result = (|| {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::MissingProgram { program })?
-                .try_into()
-                .map_err(|source| ProbeError::LoadProgram { program, source })?;
-            prog.load(target, &btf).map_err(|source| ProbeError::LoadProgram { program, source })?;
-            prog.attach().map_err(|source| ProbeError::Attach {
-                program,
-                target: format!("tp_btf/{target}"),
-                source,
-            })
-        })();
-        match result {
-            Ok(link) => attached.push((program, link)),
-            Err(e) => {
-                // Undo a half attach so the fallback does not see syscalls twice.
-                for (program, link) in attached {
-                    if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut BtfTracePoint>::try_from) {
-                        let _ = p.detach(link);
-                    }
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(HookSet::TpBtf)
 }

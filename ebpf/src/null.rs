@@ -1,0 +1,38 @@
+//! The null probe, for `cargo xtask bench`: programs on exactly the hooks sonde uses that only count
+//! their hits. The difference between a run with these and a run with sonde's real programs is
+//! sonde's own kernel-side cost; the difference to an untraced run is the floor of hooking at all.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::PerCpuArray,
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+#[map]
+pub static NULL_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn hit() {
+    if let Some(c) = NULL_HITS.get_ptr_mut(0) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Attached to every syscall and socket tracepoint of the classic hook set.
+#[tracepoint]
+pub fn null_tracepoint(_ctx: TracePointContext) -> u32 {
+    hit();
+    0
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn null_sys_enter(_ctx: BtfTracePointContext) -> u32 {
+    hit();
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn null_sys_exit(_ctx: BtfTracePointContext) -> u32 {
+    hit();
+    0
+}
