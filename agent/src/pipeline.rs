@@ -14,6 +14,7 @@ use crate::{
     conn::{ConnTable, Finished, select::Selector},
     export::SpanSink,
     intake::{self, DecodeError, Event},
+    probes::KernelConns,
     process::{self, ProcessCache},
     span::{
         Assembler,
@@ -30,6 +31,7 @@ pub struct PipelineStats {
     pub spans: AtomicU64,
     pub unsampled: AtomicU64,
     pub data_without_open: AtomicU64,
+    pub sequence_gaps: AtomicU64,
 }
 
 pub struct Pipeline {
@@ -41,6 +43,8 @@ pub struct Pipeline {
     sink: SpanSink,
     stats: Arc<PipelineStats>,
     finished: Vec<Finished>,
+    /// Where forgotten connections are also removed, so the kernel announces them again.
+    kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
     last_conn_sweep: Instant,
 }
@@ -50,7 +54,13 @@ const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
 const CONN_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Pipeline {
-    pub fn new(assembler: Assembler, selector: Selector, sink: SpanSink, stats: Arc<PipelineStats>) -> Self {
+    pub fn new(
+        assembler: Assembler,
+        selector: Selector,
+        sink: SpanSink,
+        stats: Arc<PipelineStats>,
+        kernel_conns: Option<KernelConns>,
+    ) -> Self {
         Self {
             conns: ConnTable::default(),
             processes: ProcessCache::new(),
@@ -60,6 +70,7 @@ impl Pipeline {
             sink,
             stats,
             finished: Vec::new(),
+            kernel_conns,
             last_process_sweep: Instant::now(),
             last_conn_sweep: Instant::now(),
         }
@@ -74,6 +85,17 @@ impl Pipeline {
         }
     }
 
+    fn forget_in_kernel(&mut self) {
+        let Some(map) = self.kernel_conns.as_mut() else {
+            self.conns.drain_kernel_forgets().for_each(drop);
+            return;
+        };
+        for key in self.conns.drain_kernel_forgets() {
+            // Already gone is fine: the kernel may have closed or evicted it meanwhile.
+            let _ = map.remove(&key);
+        }
+    }
+
     fn publish_stats(&self) {
         let a = self.assembler.stats();
         let c = self.conns.stats();
@@ -81,6 +103,7 @@ impl Pipeline {
         self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
+        self.stats.sequence_gaps.store(c.sequence_gaps, Ordering::Relaxed);
     }
 }
 
@@ -103,6 +126,7 @@ impl intake::Sink for Pipeline {
             }
             Event::Close(header) => self.conns.close(&header, &mut self.finished),
         }
+        self.forget_in_kernel();
         if !self.finished.is_empty() {
             self.emit();
         }
@@ -120,6 +144,7 @@ impl intake::Sink for Pipeline {
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
             self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
             self.emit();
+            self.forget_in_kernel();
             self.last_conn_sweep = Instant::now();
         }
         if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {

@@ -46,6 +46,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         programs: Programs::Sonde,
     })?;
     let ring = probes.take_events()?;
+    let kernel_conns = probes.take_conns()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -71,7 +72,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("sonde-intake".into())
             .spawn(move || {
-                let mut pipeline = Pipeline::new(assembler, selector, sink, stats);
+                let mut pipeline = Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns));
                 intake::run(ring, &mut pipeline, &stop, TICK);
             })
             .context("starting the intake thread")?
@@ -153,6 +154,8 @@ fn report_counters(
         kernel_dropped_active_full = active_full,
         kernel_copy_failed = copy_failed,
         decode_errors = load(&stats.decode_errors),
+        sequence_gaps = load(&stats.sequence_gaps),
+        data_without_open = load(&stats.data_without_open),
         unsampled = load(&stats.unsampled),
         connections = load(&stats.connections),
         "counters"

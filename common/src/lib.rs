@@ -135,7 +135,10 @@ pub struct DataEvent {
     pub captured: u32,
     /// A [`Direction`].
     pub direction: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Per-connection sequence number (1 for the first data after `Open`): a gap tells user space
+    /// that events of this connection were dropped, so its parser state cannot be trusted.
+    pub seq: u32,
 }
 
 #[repr(C)]
@@ -179,7 +182,9 @@ pub struct ActiveIo {
     /// 1 when the syscall entered before sonde attached: only the socket tracepoint saw it, and
     /// the arguments must be recovered at exit (possible with `tp_btf`, from the saved registers).
     pub late: u8,
-    pub _pad: [u8; 3],
+    /// 1 for a MSG_TRUNC read: TCP discarded the bytes, the buffer holds none of them.
+    pub length_only: u8,
+    pub _pad: [u8; 2],
 }
 
 /// What `ActiveIo::buf` points at.
@@ -200,9 +205,11 @@ pub enum IoBuf {
 pub struct ConnState {
     /// 0 until the first data proves the fd is a TCP socket (accept/connect only set the role).
     pub sock: u64,
+    /// Sequence number of the last data event of this connection (1 for the first after `Open`).
+    pub seq: u32,
     /// A [`Role`].
     pub role: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// Key of the `CONNS` map.

@@ -26,6 +26,10 @@ const REG_DX: usize = 12;
 const REG_SI: usize = 13;
 const REG_DI: usize = 14;
 const REG_ORIG_AX: usize = 15;
+const REG_CS: usize = 17;
+/// The code segment of 32-bit (ia32 compat) tasks: their syscall numbers and argument registers
+/// differ, so their syscalls are not read with this table.
+const USER32_CS: u64 = 0x23;
 
 #[inline(always)]
 fn reg(regs: *const u64, slot: usize) -> u64 {
@@ -37,6 +41,9 @@ fn reg(regs: *const u64, slot: usize) -> u64 {
 pub fn tp_btf_sys_enter(ctx: BtfTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
+    if reg(regs, REG_CS) == USER32_CS {
+        return 0;
+    }
     if let Some((direction, kind)) = io_syscall(nr) {
         io::enter(
             bpf_get_current_pid_tgid(),
@@ -78,6 +85,9 @@ fn io_syscall(nr: i64) -> Option<(Direction, IoBuf)> {
 pub fn tp_btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
     let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
+    if reg(regs, REG_CS) == USER32_CS {
+        return 0;
+    }
     let nr = reg(regs, REG_ORIG_AX) as i64;
     if let Some((direction, kind)) = io_syscall(nr) {
         // The saved argument registers are still the entry values: a syscall that entered

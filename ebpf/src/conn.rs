@@ -37,7 +37,7 @@ fn remember_role(tgid: u32, fd: i64, role: Role) {
     if fd < 0 {
         return;
     }
-    let state = ConnState { sock: 0, role: role as u8, _pad: [0; 7] };
+    let state = ConnState { sock: 0, seq: 0, role: role as u8, _pad: [0; 3] };
     // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
     let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
 }
@@ -66,27 +66,26 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     }
 }
 
-/// Data moved on a TCP socket `sock` through (tgid, fd). Emits `Open` the first time this socket is
-/// seen on this fd — including connections that existed before sonde started.
+/// Data moved on a TCP socket `sock` through (tgid, fd): returns the sequence number for its data
+/// event. Emits `Open` first the time this socket is seen on this fd — including connections that
+/// existed before sonde started. None when that `Open` could not be emitted (ring full): then the
+/// socket stays unrecorded, so the next data tries again, and this data is not worth sending.
 #[inline(always)]
-pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) {
+pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) -> Option<u32> {
     let key = conn_key(tgid, fd as u32);
     let role = match CONNS.get_ptr_mut(&key) {
         Some(state) => unsafe {
             if (*state).sock == sock {
-                return;
+                // Not atomic: two threads writing one socket at once may share a number, which
+                // user space reads as a gap and answers with a resync — safe, just rare.
+                (*state).seq = (*state).seq.wrapping_add(1);
+                return Some((*state).seq);
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
-            let role = if (*state).sock == 0 { Role::from_u8((*state).role) } else { Role::Unknown };
-            (*state).sock = sock;
-            role
+            if (*state).sock == 0 { Role::from_u8((*state).role) } else { Role::Unknown }
         },
-        None => {
-            let state = ConnState { sock, role: Role::Unknown as u8, _pad: [0; 7] };
-            let _ = CONNS.insert(&key, &state, 0);
-            Role::Unknown
-        }
+        None => Role::Unknown,
     };
     let mut event = ConnEvent {
         header: EventHeader {
@@ -106,7 +105,12 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) {
         remote_addr: [0; 16],
     };
     read_addresses(sock, family, &mut event);
-    emit::output(&event);
+    if !emit::output(&event) {
+        return None;
+    }
+    let state = ConnState { sock, seq: 1, role: role as u8, _pad: [0; 3] };
+    let _ = CONNS.insert(&key, &state, 0);
+    Some(1)
 }
 
 #[inline(always)]

@@ -18,6 +18,8 @@ const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const MSG_PEEK: i32 = 2;
+/// TCP discards the data of a MSG_TRUNC read and only returns its length.
+const MSG_TRUNC: i32 = 0x20;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -48,7 +50,8 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction
         is_tcp: 0,
         family: 0,
         late: 0,
-        _pad: [0; 3],
+        length_only: 0,
+        _pad: [0; 2],
     };
     if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
@@ -68,6 +71,7 @@ pub fn on_sock_length(
     // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
     let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
     let tcp = protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek;
+    let length_only = (direction == Direction::Ingress && flags & MSG_TRUNC != 0) as u8;
     let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
         // No entry: the syscall began before sonde attached (a reader blocked on an idle
         // keep-alive connection, typically). Note the socket; the exit may recover the arguments.
@@ -82,7 +86,8 @@ pub fn on_sock_length(
                 is_tcp: 1,
                 family: family as u8,
                 late: 1,
-                _pad: [0; 3],
+                length_only,
+                _pad: [0; 2],
             };
             let _ = ACTIVE_IO.insert(&pid_tgid, &late, 0);
         }
@@ -96,6 +101,7 @@ pub fn on_sock_length(
         active.sock = sock;
         active.family = family as u8;
         active.is_tcp = 1;
+        active.length_only = length_only;
     }
 }
 
@@ -132,12 +138,14 @@ pub fn exit(pid_tgid: u64, ret: i64, late_args: Option<LateArgs>) {
     }
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    conn::on_data(tgid, tid, active.fd, active.sock, active.family as u16);
-    emit_data(tgid, tid, &active, ret as u64);
+    let Some(seq) = conn::on_data(tgid, tid, active.fd, active.sock, active.family as u16) else {
+        return;
+    };
+    emit_data(tgid, tid, &active, ret as u64, seq);
 }
 
 #[inline(always)]
-fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64) {
+fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return;
@@ -146,6 +154,7 @@ fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64) {
     let limit = core::cmp::min(global_u32(&CAPTURE_BYTES) as u64, MAX_CAPTURE as u64);
     let want = core::cmp::min(len, limit) as usize;
     let captured = match active.buf_kind {
+        _ if active.length_only != 0 => 0,
         k if k == IoBuf::Plain as u8 => copy_plain(bytes, active.buf, want),
         k if k == IoBuf::Iovec as u8 => copy_iovecs(bytes, active.buf, active.iovcnt as u64, want),
         k if k == IoBuf::None as u8 => 0,
@@ -162,7 +171,8 @@ fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64) {
         len: core::cmp::min(len, u32::MAX as u64) as u32,
         captured: captured as u32,
         direction: active.direction,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        seq,
     };
     unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DataEvent, event) };
     let total = HEADER_BYTES + core::cmp::min(captured, MAX_CAPTURE);

@@ -9,7 +9,7 @@ pub mod select;
 
 pub use info::ConnInfo;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sonde_common::{ConnEvent, DataEvent, Direction, EventHeader, Role, conn_key};
 
@@ -35,11 +35,17 @@ pub struct ConnStats {
     /// Data for a (tgid, fd) whose `Open` we never got (dropped in the kernel).
     pub data_without_open: u64,
     pub evicted: u64,
+    /// Data events that showed earlier ones of their connection were dropped.
+    pub sequence_gaps: u64,
 }
 
 struct Connection {
     info: ConnInfo,
+    /// Kernel address of the socket: a second `Open` for the same socket is not a new connection.
+    sock: u64,
     http: HttpConnection,
+    /// The kernel's sequence number expected on the next data event.
+    next_seq: u32,
     last_seen_ns: u64,
     /// Not selected (port/process filter) or not HTTP: data is ignored.
     ignored: bool,
@@ -50,6 +56,13 @@ struct Connection {
 pub struct ConnTable {
     conns: HashMap<u64, Connection>,
     stats: ConnStats,
+    /// Exchanges of one feed, reused to spare an allocation per event.
+    scratch: Vec<Exchange>,
+    /// (tgid, fd) keys whose kernel-side state should be forgotten, so that the kernel announces
+    /// the connection again (`Open`): connections we dropped, or data for one we never heard of.
+    forget_in_kernel: Vec<u64>,
+    /// Keys already asked about since the last sweep: one request per key and second is enough.
+    forget_requested: HashSet<u64>,
 }
 
 fn requests_from(role: Role) -> Option<Direction> {
@@ -76,6 +89,15 @@ impl ConnTable {
     /// A TCP socket first seen on (tgid, fd). `selected` says whether its data should be parsed.
     pub fn open(&mut self, event: &ConnEvent, selected: bool, out: &mut Vec<Finished>) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
+        self.forget_requested.remove(&key);
+        if let Some(conn) = self.conns.get_mut(&key)
+            && conn.sock == event.sock
+        {
+            // The kernel lost its entry (LRU eviction, or we asked it to forget) and announced the
+            // same socket again: same connection, parser state intact, numbering restarts.
+            conn.next_seq = 1;
+            return;
+        }
         if let Some(mut old) = self.conns.remove(&key) {
             // The fd was reused without a close we saw: the old connection ended before this.
             finish(&mut old, event.header.ts_ns, out);
@@ -90,6 +112,8 @@ impl ConnTable {
             Connection {
                 http: HttpConnection::new(requests_from(info.role), Limits::default()),
                 info,
+                sock: event.sock,
+                next_seq: 1,
                 last_seen_ns: event.header.ts_ns,
                 ignored: !selected,
                 flushed_idle: false,
@@ -100,18 +124,28 @@ impl ConnTable {
     pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Vec<Finished>) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         let Some(conn) = self.conns.get_mut(&key) else {
+            // Its `Open` was lost: ask the kernel to announce it again (once per key and sweep).
             self.stats.data_without_open += 1;
+            if self.forget_requested.insert(key) {
+                self.forget_in_kernel.push(key);
+            }
             return;
         };
         conn.last_seen_ns = event.header.ts_ns;
         conn.flushed_idle = false;
+        if event.seq != conn.next_seq {
+            // Events of this connection were dropped (ring buffer full): whatever the parser holds
+            // may pair the wrong request and response. Start over; it resyncs at the next message.
+            self.stats.sequence_gaps += 1;
+            conn.http = HttpConnection::new(requests_from(conn.info.role), Limits::default());
+        }
+        conn.next_seq = event.seq.wrapping_add(1);
         if conn.ignored {
             return;
         }
-        let mut exchanges = Vec::new();
         let chunk = Chunk { ts_ns: event.header.ts_ns, data: payload, len: event.len };
-        conn.http.feed(direction, chunk, &mut exchanges);
-        out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
+        conn.http.feed(direction, chunk, &mut self.scratch);
+        out.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));
         if !conn.http.is_http() {
             conn.ignored = true;
         }
@@ -128,6 +162,7 @@ impl ConnTable {
     /// Periodic upkeep at monotonic time `now_ns`: finish responses that went quiet, forget
     /// connections of exited processes and ones silent for `FORGET_AFTER_NS`.
     pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Vec<Finished>) {
+        self.forget_requested.clear();
         let mut gone = Vec::new();
         // Many connections share a process: ask about each pid once per sweep.
         let mut alive: HashMap<u32, bool> = HashMap::new();
@@ -148,6 +183,7 @@ impl ConnTable {
                 self.stats.evicted += 1;
                 let ts = conn.last_seen_ns;
                 finish(&mut conn, ts, out);
+                self.forget_in_kernel.push(key);
             }
         }
     }
@@ -157,8 +193,20 @@ impl ConnTable {
         ages.sort_unstable();
         let cutoff = ages[ages.len() / 8];
         let before = self.conns.len();
-        self.conns.retain(|_, c| c.last_seen_ns > cutoff);
+        let forget = &mut self.forget_in_kernel;
+        self.conns.retain(|key, c| {
+            let keep = c.last_seen_ns > cutoff;
+            if !keep {
+                forget.push(*key);
+            }
+            keep
+        });
         self.stats.evicted += (before - self.conns.len()) as u64;
+    }
+
+    /// Hands over the (tgid, fd) keys the kernel should forget (see `forget_in_kernel`).
+    pub fn drain_kernel_forgets(&mut self) -> std::vec::Drain<'_, u64> {
+        self.forget_in_kernel.drain(..)
     }
 }
 
@@ -170,3 +218,6 @@ fn finish(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {
     conn.http.close(ts_ns, &mut exchanges);
     out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
 }
+
+#[cfg(test)]
+mod tests;

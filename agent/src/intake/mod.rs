@@ -15,6 +15,11 @@ use aya::maps::{MapData, RingBuf};
 
 /// Longest a finished event waits in the ring buffer when the kernel did not wake us.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Records handled between two looks at the clock and at `stop`: under sustained overload the ring
+/// never empties, and timeouts, counters and shutdown must still get their turn.
+const DRAIN_BATCH: usize = 4096;
+/// At shutdown, what is in the ring is drained for at most this long (traffic goes on meanwhile).
+const STOP_DRAIN: Duration = Duration::from_secs(1);
 
 /// What the reader calls: `event` per record, `tick` about every `tick_every` (timeouts, stats).
 pub trait Sink {
@@ -23,24 +28,35 @@ pub trait Sink {
     fn tick(&mut self);
 }
 
-/// Drains `ring` into `sink` until `stop` is set; then drains once more and returns.
+/// Drains `ring` into `sink` until `stop` is set; then drains what is left (bounded) and returns.
 pub fn run(mut ring: RingBuf<MapData>, sink: &mut impl Sink, stop: &AtomicBool, tick_every: Duration) {
     let fd = ring.as_raw_fd();
     let mut last_tick = Instant::now();
+    let mut stop_deadline = None;
     loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        while let Some(item) = ring.next() {
+        if stop_deadline.is_none() && stop.load(Ordering::Relaxed) {
+            stop_deadline = Some(Instant::now() + STOP_DRAIN);
+        }
+        let mut drained = 0;
+        while drained < DRAIN_BATCH
+            && let Some(item) = ring.next()
+        {
             match decode(&item) {
                 Ok(event) => sink.event(event),
                 Err(e) => sink.decode_error(e),
             }
+            drained += 1;
         }
         if last_tick.elapsed() >= tick_every {
             sink.tick();
             last_tick = Instant::now();
         }
-        if stopping {
+        if stop_deadline.is_some_and(|deadline| drained < DRAIN_BATCH || Instant::now() >= deadline) {
             return;
+        }
+        if drained == DRAIN_BATCH {
+            // More is waiting: no sleep.
+            continue;
         }
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, for the duration of the call. EINTR and timeouts just loop.

@@ -79,6 +79,9 @@ pub struct ProbeOptions {
     pub programs: Programs,
 }
 
+/// The kernel's per-(tgid, fd) connection state (`CONNS`).
+pub type KernelConns = BpfHashMap<MapData, u64, sonde_common::ConnState>;
+
 pub struct Probes {
     ebpf: Ebpf,
     pub hooks: HookSet,
@@ -147,6 +150,12 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.ebpf.take_map(maps::EVENTS).ok_or(ProbeError::MissingMap(maps::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
+    }
+
+    /// The kernel's connection table, for the intake thread to forget entries (can be taken once).
+    pub fn take_conns(&mut self) -> Result<KernelConns, ProbeError> {
+        let map = self.ebpf.take_map(maps::CONNS).ok_or(ProbeError::MissingMap(maps::CONNS))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::CONNS, source })
     }
 
     /// Hits counted by the null probe, summed over CPUs.

@@ -1,0 +1,113 @@
+use sonde_common::{EventKind, Role};
+
+use super::*;
+
+const SOCK: u64 = 0xffff_8880_1234_0000;
+
+fn open_event(fd: i32, sock: u64) -> ConnEvent {
+    let mut local = [0u8; 16];
+    local[..4].copy_from_slice(&[127, 0, 0, 1]);
+    ConnEvent {
+        header: EventHeader { ts_ns: 1, tgid: 100, tid: 100, fd, kind: EventKind::Open as u32 },
+        sock,
+        family: 2,
+        local_port: 8080,
+        remote_port: 50000,
+        role: Role::Server as u8,
+        _pad: 0,
+        local_addr: local,
+        remote_addr: local,
+    }
+}
+
+fn data(
+    table: &mut ConnTable,
+    fd: i32,
+    seq: u32,
+    direction: Direction,
+    bytes: &[u8],
+    out: &mut Vec<Finished>,
+) {
+    let event = DataEvent {
+        header: EventHeader { ts_ns: 10 + seq as u64, tgid: 100, tid: 100, fd, kind: EventKind::Data as u32 },
+        len: bytes.len() as u32,
+        captured: bytes.len() as u32,
+        direction: direction as u8,
+        _pad: [0; 3],
+        seq,
+    };
+    table.data(&event, direction, bytes, out);
+}
+
+const REQUEST: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[test]
+fn one_exchange_per_request_and_response() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    data(&mut table, 5, 2, Direction::Egress, RESPONSE, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].exchange.request.head.target, "/a");
+    assert_eq!(out[0].conn.local_port(), Some(8080));
+}
+
+#[test]
+fn a_sequence_gap_drops_what_the_parser_held() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    // Event 2 (this request's response) and 3 (the next request) were dropped in the kernel:
+    // the response below belongs to a request we never saw, so it must not pair with /a.
+    data(&mut table, 5, 4, Direction::Egress, RESPONSE, &mut out);
+    assert!(out.is_empty(), "{:?}", out.iter().map(|f| &f.exchange).collect::<Vec<_>>());
+    assert_eq!(table.stats().sequence_gaps, 1);
+    // Back in sync at the next request.
+    data(&mut table, 5, 5, Direction::Ingress, REQUEST, &mut out);
+    data(&mut table, 5, 6, Direction::Egress, RESPONSE, &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn a_repeated_open_of_the_same_socket_keeps_the_parser() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Egress, RESPONSE, &mut out);
+    assert_eq!(out.len(), 1, "the pending request survived the second Open");
+
+    // A different socket on the same fd is a new connection: the old one is finished first.
+    data(&mut table, 5, 2, Direction::Ingress, REQUEST, &mut out);
+    table.open(&open_event(5, SOCK + 64), true, &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(out[1].exchange.response.is_none());
+}
+
+#[test]
+fn data_without_open_asks_the_kernel_once_per_sweep() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    data(&mut table, 9, 7, Direction::Ingress, REQUEST, &mut out);
+    data(&mut table, 9, 8, Direction::Ingress, REQUEST, &mut out);
+    assert_eq!(table.drain_kernel_forgets().collect::<Vec<_>>(), [conn_key(100, 9)]);
+    assert_eq!(table.stats().data_without_open, 2);
+    table.sweep(0, |_| true, &mut out);
+    data(&mut table, 9, 9, Direction::Ingress, REQUEST, &mut out);
+    assert_eq!(table.drain_kernel_forgets().count(), 1);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn connections_of_dead_processes_are_forgotten_here_and_in_the_kernel() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    table.sweep(5, |_| false, &mut out);
+    assert!(table.is_empty());
+    assert_eq!(table.drain_kernel_forgets().collect::<Vec<_>>(), [conn_key(100, 5)]);
+}
