@@ -124,7 +124,7 @@ impl intake::Sink for Pipeline {
                 let direction = intake::direction_of(&event);
                 self.conns.data(&event, direction, payload, &mut self.finished);
             }
-            Event::Close(header) => self.conns.close(&header, &mut self.finished),
+            Event::Close(close) => self.conns.close(&close, &mut self.finished),
         }
         self.forget_in_kernel();
         if !self.finished.is_empty() {

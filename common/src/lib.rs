@@ -53,7 +53,7 @@ pub enum EventKind {
     Data = 1,
     /// [`ConnEvent`]: the first time a TCP socket is seen on (tgid, fd).
     Open = 2,
-    /// [`EventHeader`] only: a tracked (tgid, fd) was closed.
+    /// [`CloseEvent`]: a tracked (tgid, fd) was closed.
     Close = 3,
 }
 
@@ -161,6 +161,16 @@ pub struct ConnEvent {
     pub remote_addr: [u8; 16],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    /// Sequence number of the connection's last data event: if it never arrived, what the parser
+    /// holds (a request "without response") is an artefact of the loss, not of the peer.
+    pub last_seq: u32,
+    pub _pad: u32,
+}
+
 /// Syscall arguments kept from entry to exit, per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -235,6 +245,7 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<DataEvent>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 72);
+        assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
         assert_eq!(size_of::<ConnState>(), 16);
     }

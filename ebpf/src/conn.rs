@@ -2,7 +2,7 @@
 //! TCP socket carries data on an fd, a `Close` event when a tracked fd is closed.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use sonde_common::{ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
+use sonde_common::{CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
 
 use crate::{
     emit,
@@ -52,17 +52,21 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     let Some(state) = (unsafe { CONNS.get(&key) }) else {
         return;
     };
-    let tracked = state.sock != 0;
+    let (tracked, last_seq) = (state.sock != 0, state.seq);
     let _ = CONNS.remove(&key);
     if tracked {
-        let header = EventHeader {
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            tgid,
-            tid,
-            fd: fd as i32,
-            kind: EventKind::Close as u32,
+        let event = CloseEvent {
+            header: EventHeader {
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                tgid,
+                tid,
+                fd: fd as i32,
+                kind: EventKind::Close as u32,
+            },
+            last_seq,
+            _pad: 0,
         };
-        emit::output(&header);
+        emit::output(&event);
     }
 }
 

@@ -7,6 +7,10 @@ use aya_ebpf::{
 };
 use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE};
 
+/// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
+/// live entries long before the map is full — an in-flight syscall would vanish without a trace.
+const NO_COMMON_LRU: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
+
 /// Every event for user space. Power-of-two multiple of the page size.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -21,16 +25,16 @@ pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// (tgid << 32 | fd) → connection state. LRU: a close we never saw must not leak an entry forever.
 #[map]
-pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
 
 /// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit. LRU: a
 /// thread killed inside a syscall never reaches its exit, and its entry must not stay forever.
 #[map]
-pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, 0);
+pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// pid_tgid → fd of an in-flight `connect` to an AF_INET/AF_INET6 address.
 #[map]
-pub static ACTIVE_CONNECT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static ACTIVE_CONNECT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
 
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value

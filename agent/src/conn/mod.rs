@@ -11,7 +11,7 @@ pub use info::ConnInfo;
 
 use std::collections::{HashMap, HashSet};
 
-use sonde_common::{ConnEvent, DataEvent, Direction, EventHeader, Role, conn_key};
+use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, conn_key};
 
 use crate::http::{Chunk, Exchange, HttpConnection, Limits};
 
@@ -137,7 +137,8 @@ impl ConnTable {
             // Events of this connection were dropped (ring buffer full): whatever the parser holds
             // may pair the wrong request and response. Start over; it resyncs at the next message.
             self.stats.sequence_gaps += 1;
-            conn.http = HttpConnection::new(requests_from(conn.info.role), Limits::default());
+            // Learning mode, not a fresh connection: the next chunk may well be mid-message.
+            conn.http = HttpConnection::new(None, Limits::default());
         }
         conn.next_seq = event.seq.wrapping_add(1);
         if conn.ignored {
@@ -151,11 +152,16 @@ impl ConnTable {
         }
     }
 
-    pub fn close(&mut self, header: &EventHeader, out: &mut Vec<Finished>) {
-        let key = conn_key(header.tgid, header.fd as u32);
+    pub fn close(&mut self, event: &CloseEvent, out: &mut Vec<Finished>) {
+        let key = conn_key(event.header.tgid, event.header.fd as u32);
         if let Some(mut conn) = self.conns.remove(&key) {
             self.stats.closed += 1;
-            finish(&mut conn, header.ts_ns, out);
+            if event.last_seq.wrapping_add(1) != conn.next_seq {
+                // The last events were dropped: unanswered requests may well have been answered.
+                self.stats.sequence_gaps += 1;
+                return;
+            }
+            finish(&mut conn, event.header.ts_ns, out);
         }
     }
 

@@ -1,4 +1,4 @@
-use sonde_common::{EventKind, Role};
+use sonde_common::{CloseEvent, EventHeader, EventKind, Role};
 
 use super::*;
 
@@ -110,4 +110,28 @@ fn connections_of_dead_processes_are_forgotten_here_and_in_the_kernel() {
     table.sweep(5, |_| false, &mut out);
     assert!(table.is_empty());
     assert_eq!(table.drain_kernel_forgets().collect::<Vec<_>>(), [conn_key(100, 5)]);
+}
+
+fn close(table: &mut ConnTable, fd: i32, last_seq: u32, out: &mut Vec<Finished>) {
+    let header = EventHeader { ts_ns: 99, tgid: 100, tid: 100, fd, kind: EventKind::Close as u32 };
+    table.close(&CloseEvent { header, last_seq, _pad: 0 }, out);
+}
+
+#[test]
+fn close_reports_unanswered_requests_unless_events_were_lost() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    close(&mut table, 5, 1, &mut out);
+    assert_eq!(out.len(), 1, "the peer really closed before a response");
+    assert!(out[0].exchange.response.is_none());
+
+    out.clear();
+    table.open(&open_event(6, SOCK + 64), true, &mut out);
+    data(&mut table, 6, 1, Direction::Ingress, REQUEST, &mut out);
+    // Event 2, the response, was dropped: no false "closed before a response".
+    close(&mut table, 6, 2, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(table.stats().sequence_gaps, 1);
 }

@@ -1,12 +1,12 @@
 //! Ring-buffer records → typed events. Total: a short or unknown record is an error, never a panic.
 
-use sonde_common::{ConnEvent, DataEvent, Direction, EventHeader, EventKind};
+use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind};
 
 #[derive(Debug)]
 pub enum Event<'a> {
     Data { event: DataEvent, payload: &'a [u8] },
     Open(ConnEvent),
-    Close(EventHeader),
+    Close(CloseEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::Data { event, payload: &payload[..claimed] })
         }
         Some(EventKind::Open) => Ok(Event::Open(read(bytes, "open event")?)),
-        Some(EventKind::Close) => Ok(Event::Close(header)),
+        Some(EventKind::Close) => Ok(Event::Close(read(bytes, "close event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
@@ -92,7 +92,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(decode(&bytes_of(&header(3))).unwrap(), Event::Close(h) if h.fd == 3));
+        let close = CloseEvent { header: header(3), last_seq: 9, _pad: 0 };
+        assert!(
+            matches!(decode(&bytes_of(&close)).unwrap(), Event::Close(c) if c.header.fd == 3 && c.last_seq == 9)
+        );
+        assert!(matches!(decode(&bytes_of(&header(3))), Err(DecodeError::Short { .. })));
     }
 
     #[test]
