@@ -256,6 +256,19 @@ pub fn raw_exchange(port: u16, parts: &[&[u8]], read_timeout: Duration) -> Vec<u
     out
 }
 
+/// Reads one whole `200 ok` reply of `tests/servers/app.py` (it writes the head and the body
+/// separately, so one read may not hold both).
+pub fn read_ok_reply(conn: &mut TcpStream) {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(b"\r\n\r\nok\n") {
+        let n = conn.read(&mut buf).expect("reading the reply");
+        assert!(n > 0, "server closed early: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+}
+
 /// A directory removed when dropped.
 pub struct TempDir {
     pub path: PathBuf,

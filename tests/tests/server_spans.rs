@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sonde_tests::{
-    harness::{self, Sonde, curl, raw_exchange},
+    harness::{self, Sonde, curl, raw_exchange, read_ok_reply},
     receiver::{ReceivedSpan, Receiver, Transport},
 };
 
@@ -248,27 +248,16 @@ async fn garbage_and_tls_bytes_make_no_span_and_no_crash() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_opened_before_sonde_started() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let receiver = Receiver::start().await.unwrap();
     let server = harness::python_app(&[]);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    // app.py writes the head and the body separately: read until the whole "ok" reply is in.
-    let read_reply = |conn: &mut std::net::TcpStream| {
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !reply.ends_with(b"\r\n\r\nok\n") {
-            let n = conn.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed early: {}", String::from_utf8_lossy(&reply));
-            reply.extend_from_slice(&buf[..n]);
-        }
-        assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
-    };
     conn.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    read_reply(&mut conn);
+    read_ok_reply(&mut conn);
 
     let sonde = sonde_grpc(&receiver, server.port, &[]);
     conn.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    read_reply(&mut conn);
+    read_ok_reply(&mut conn);
     let spans = expect_spans(&receiver, server.port, 1).await;
     assert_eq!(spans[0].attr("url.path").as_deref(), Some("/after"));
     assert_eq!(spans[0].attr("http.response.status_code").as_deref(), Some("200"));
@@ -278,21 +267,12 @@ async fn connection_opened_before_sonde_started() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn classic_syscall_tracepoints_work_as_the_fallback() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let receiver = Receiver::start().await.unwrap();
     let server = harness::python_app(&[]);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let read_reply = |conn: &mut std::net::TcpStream| {
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !reply.ends_with(b"\r\n\r\nok\n") {
-            let n = conn.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed early");
-            reply.extend_from_slice(&buf[..n]);
-        }
-    };
     conn.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    read_reply(&mut conn);
+    read_ok_reply(&mut conn);
 
     let sonde = sonde_grpc(&receiver, server.port, &["--hooks", "tracepoints"]);
     assert!(sonde.stderr().contains("hooks=syscall tracepoints"), "{}", sonde.stderr());
@@ -300,7 +280,7 @@ async fn classic_syscall_tracepoints_work_as_the_fallback() {
     // tracepoints that read's arguments are unknown, so /lost cannot be seen; /seen can.
     for path in ["/lost", "/seen"] {
         conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
-        read_reply(&mut conn);
+        read_ok_reply(&mut conn);
     }
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{}/fresh", server.port)]);
     let spans = expect_spans(&receiver, server.port, 2).await;
