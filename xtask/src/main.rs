@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: sonde's developer tasks. Each task sets up what it needs first, so that a
 //! fresh machine goes from clone to tracing (or to a full test run) with one command.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -34,6 +35,8 @@ enum Task {
         #[arg(long, default_value_t = 15)]
         fuzz_seconds: u32,
     },
+    /// Set up, build, and measure sonde's overhead on nginx (root needed); see docs/performance.md.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run::run(&args),
         Task::Test { fuzz_seconds } => test::all(fuzz_seconds),
+        Task::Bench(opts) => bench::main(&opts),
     }
 }

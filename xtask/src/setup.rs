@@ -12,6 +12,13 @@ const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "l
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// What `cargo xtask bench` drives and reads: wrk for saturation, bpftool for BPF run-time stats.
+const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool"];
+/// The fixed-rate load generator (Debian's `hey` reports latency to 0.1 ms only and tops out below
+/// 20k req/s here). It does not build without its TLS feature, so the default features stay.
+const OHA_VERSION: &str = "1.16.0";
+/// The OTel collector the bench exports to (a Rust binary in a PyPI wheel).
+const ROTEL_VERSION: &str = "0.0.1a15";
 
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
@@ -24,10 +31,22 @@ pub fn toolchain() -> anyhow::Result<()> {
     bpf_linker()
 }
 
-/// What the tests need beyond the build.
+/// What the tests need beyond the build (the bench's smoke run included).
 pub fn test_tools() -> anyhow::Result<()> {
-    apt_packages()?;
-    cargo_fuzz()
+    apt_packages(&[APT_PACKAGES, BENCH_APT_PACKAGES].concat())?;
+    cargo_fuzz()?;
+    bench_extras()
+}
+
+/// What `cargo xtask bench` needs beyond the build.
+pub fn bench_tools() -> anyhow::Result<()> {
+    apt_packages(BENCH_APT_PACKAGES)?;
+    bench_extras()
+}
+
+fn bench_extras() -> anyhow::Result<()> {
+    oha()?;
+    rotel()
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
@@ -48,7 +67,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_home_bin(tool: &str) -> PathBuf {
+pub fn cargo_home_bin(tool: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
@@ -104,8 +123,27 @@ fn cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
-fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn oha() -> anyhow::Result<()> {
+    let version = sh::output(Command::new(cargo_home_bin("oha")).arg("--version")).unwrap_or_default();
+    if version.contains(OHA_VERSION) {
+        return Ok(());
+    }
+    sh::run(Command::new("cargo").args(["install", "oha", "--version", OHA_VERSION, "--locked"]))
+}
+
+fn rotel() -> anyhow::Result<()> {
+    let installed = sh::output(
+        Command::new("python3").args(["-c", "import importlib.metadata as m; print(m.version('rotel'))"]),
+    )
+    .unwrap_or_default();
+    if installed.trim() == ROTEL_VERSION {
+        return Ok(());
+    }
+    sh::run(Command::new("python3").args(["-m", "pip", "install", &format!("rotel=={ROTEL_VERSION}")]))
+}
+
+fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -113,6 +151,8 @@ fn apt_packages() -> anyhow::Result<()> {
                 .is_ok_and(|s| s.contains("install ok installed"))
         })
         .collect();
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

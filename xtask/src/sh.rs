@@ -52,3 +52,9 @@ pub fn cargo() -> Command {
     c.current_dir(root());
     c
 }
+
+pub fn git() -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(root());
+    c
+}

@@ -1,9 +1,10 @@
 //! `cargo xtask test`: every check CI makes, in order of cost — formatting, lints, unit tests, the
-//! privileged integration tests against the real binary, then a short fuzzing run.
+//! privileged integration tests against the real binary, a few seconds of the bench harness (it
+//! must still produce numbers; what they are is not tested), then a short fuzzing run.
 
 use std::process::Command;
 
-use crate::{build, setup, sh};
+use crate::{bench, build, setup, sh};
 
 const FUZZ_TARGETS: &[&str] = &["http_connection", "traceparent"];
 
@@ -28,7 +29,9 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
         "--exclude",
         "sonde-tests",
     ]))?;
-    privileged(&build::release()?)?;
+    let sonde = build::release()?;
+    privileged(&sonde)?;
+    bench::smoke(&sonde)?;
     fuzz(fuzz_seconds)
 }
 

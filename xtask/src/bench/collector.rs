@@ -1,0 +1,138 @@
+//! The collector sonde exports to: rotel (the OTel collector from PyPI) on loopback, forwarding
+//! everything it receives over OTLP/gRPC to a counting receiver in this process. rotel cannot
+//! report what it received, so completeness is counted at the end of the chain: a span counts
+//! once it went sonde → rotel → here.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+
+use super::procs::{self, ChildGuard};
+
+/// rotel's batch timeout is 200 ms; the count is settled once it has not moved for this long.
+const SETTLE_QUIET: Duration = Duration::from_millis(800);
+
+pub struct Collector {
+    /// Where sonde exports (rotel's OTLP/gRPC receiver).
+    pub endpoint: String,
+    count: Arc<AtomicU64>,
+    // Fields drop in order: rotel stops before the receiver it forwards to.
+    _rotel: ChildGuard,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Collector {
+    pub fn start(log_dir: &std::path::Path) -> anyhow::Result<Collector> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("bench-receiver")
+            .build()
+            .context("starting the receiver's runtime")?;
+        let count = Arc::new(AtomicU64::new(0));
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let receiver_addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let service = TraceServiceServer::new(Counter(count.clone()))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            if let Err(e) =
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
+            {
+                eprintln!("bench: counting receiver stopped: {e}");
+            }
+        });
+
+        let grpc = free_addr()?;
+        let http = free_addr()?;
+        let log = std::fs::File::create(log_dir.join("rotel.log"))?;
+        let mut cmd = Command::new(rotel_bin()?);
+        cmd.args(["start", "--exporter", "otlp"])
+            .args(["--otlp-grpc-endpoint", &grpc.to_string(), "--otlp-http-endpoint", &http.to_string()])
+            .args(["--otlp-exporter-endpoint", &format!("http://{receiver_addr}")])
+            // 0.0.1a15 gzips whatever these say; the receiver accepts both.
+            .args(["--otlp-exporter-protocol", "grpc", "--otlp-exporter-compression", "none"])
+            .args(["--pid-file", &log_dir.join("rotel.pid").to_string_lossy()])
+            .args(["--log-file", &log_dir.join("rotel-agent.log").to_string_lossy()])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        let rotel = ChildGuard::spawn("rotel", &mut cmd)?;
+        procs::wait_listening(grpc, Duration::from_secs(20)).context("rotel did not start listening")?;
+        Ok(Collector { endpoint: format!("http://{grpc}"), count, _rotel: rotel, _runtime: runtime })
+    }
+
+    /// Spans that reached the end of the chain so far.
+    pub fn received(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the count stops moving (rotel flushed its batch), at most `limit`.
+    pub fn settle(&self, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        let mut last = self.received();
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.received();
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= SETTLE_QUIET {
+                break;
+            }
+        }
+        last
+    }
+}
+
+struct Counter(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Counter {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?)
+}
+
+/// The `rotel-agent` binary the PyPI wheel ships inside the `rotel` package.
+fn rotel_bin() -> anyhow::Result<PathBuf> {
+    let dir = crate::sh::output(
+        Command::new("python3").args(["-c", "import os, rotel; print(os.path.dirname(rotel.__file__))"]),
+    )
+    .context("rotel is not installed (`cargo xtask setup` installs it: pip install rotel)")?;
+    let bin = PathBuf::from(dir.trim()).join("rotel-agent");
+    anyhow::ensure!(bin.exists(), "{} is missing", bin.display());
+    Ok(bin)
+}

@@ -1,0 +1,265 @@
+//! `cargo xtask bench`: nginx on loopback under wrk and oha, untraced, under the null probe and
+//! under sonde exporting to rotel, interleaved in rounds because the machines are shared and noisy.
+//! Prints a Markdown table and writes the full report as JSON. It measures; it asserts nothing
+//! about the numbers (docs/performance.md says what they are and how to read them).
+
+mod collector;
+mod kstats;
+mod load;
+mod machine;
+mod nginx;
+mod procs;
+mod report;
+mod scenario;
+mod tracer;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use self::{
+    collector::Collector,
+    nginx::Nginx,
+    report::{Report, Run},
+    scenario::{Profile, Scenario},
+    tracer::{Tracer, TracerOptions, Variant},
+};
+use crate::{build, setup, sh};
+
+/// Spans sonde may queue for export: a full second of saturation, so a slow batch is not a drop.
+const MAX_QUEUE_SPANS: u32 = 65_536;
+/// On 2 cores: nginx's worker on CPU 0, the load generator on CPU 1; sonde, rotel and the
+/// receiver float (they are what is measured, and would be on a real host too).
+const NGINX_CPUS: &str = "0";
+const LOAD_CPUS: &str = "1";
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Two rounds of 3 s per scenario: a first look in under 3 minutes.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// One round of 1 s on two scenarios: checks that the harness works, numbers mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Which kernel hooks sonde and the null probe attach (`auto`, `tp-btf`, `tracepoints`).
+    #[arg(long, default_value = "auto")]
+    hooks: String,
+    /// Let processes float over all CPUs instead of pinning nginx and the load generator.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the JSON report (default: target/bench/bench-<profile>-<date>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Sets up, builds, runs, prints the table and writes the JSON.
+pub fn main(opts: &Options) -> anyhow::Result<()> {
+    setup::toolchain()?;
+    setup::bench_tools()?;
+    let sonde = build::release()?;
+    let profile = if opts.smoke {
+        Profile::smoke()
+    } else if opts.quick {
+        Profile::quick()
+    } else {
+        Profile::full()
+    };
+    let report = run(&sonde, profile, opts)?;
+    println!("\n{}", report::table(&report.summaries));
+    let path = match &opts.json {
+        Some(p) => p.clone(),
+        None => {
+            let stamp = report.machine.date.replace([':', '-'], "");
+            sh::root().join("target/bench").join(format!("bench-{}-{stamp}.json", report.profile.name))
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("JSON report: {}", path.display());
+    for s in &report.summaries {
+        for e in &s.errors {
+            eprintln!("bench: {}: {e}", s.scenario.name);
+        }
+    }
+    Ok(())
+}
+
+/// The smoke run `cargo xtask test` makes: the harness must produce numbers, whatever they are.
+pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
+    let opts = Options { quick: false, smoke: true, hooks: "auto".into(), no_pin: false, json: None };
+    let report = run(sonde, Profile::smoke(), &opts)?;
+    println!("{}", report::table(&report.summaries));
+    for s in &report.summaries {
+        let name = s.scenario.name;
+        anyhow::ensure!(s.errors.is_empty(), "bench smoke {name}: {:?}", s.errors);
+        let numbers = [
+            s.rps.off.map(|x| x.median),
+            s.rps.null.map(|x| x.median),
+            s.rps.sonde.map(|x| x.median),
+            s.throughput_ratio.map(|x| x.median),
+            s.cpu_us_per_span.map(|x| x.median),
+            s.peak_rss_mib,
+            s.completeness_pct,
+        ];
+        anyhow::ensure!(numbers.iter().all(|n| n.is_some_and(f64::is_finite)), "bench smoke {name}: {s:#?}");
+    }
+    Ok(())
+}
+
+fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report> {
+    procs::raise_nofile();
+    let mut machine = machine::Machine::probe();
+    let work = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let (nginx_cpus, load_cpus) =
+        if opts.no_pin { (None, None) } else { (Some(NGINX_CPUS), Some(LOAD_CPUS)) };
+    let collector = Collector::start(&work)?;
+    let mut nginx = Nginx::start(nginx_cpus)?;
+    machine.foreign_bpf_programs = kstats::foreign_programs();
+    let ctx = Ctx {
+        tracer: TracerOptions {
+            sonde,
+            hooks: &opts.hooks,
+            nginx_port: nginx.port,
+            otlp_endpoint: &collector.endpoint,
+            max_queue_spans: MAX_QUEUE_SPANS,
+        },
+        collector: &collector,
+        url: nginx.url(),
+        load_cpus,
+        work: &work,
+    };
+    eprintln!(
+        "bench: {} profile, {} scenarios × {} rounds × 3 variants × {:?}",
+        profile.name,
+        profile.scenarios.len(),
+        profile.rounds,
+        profile.run
+    );
+    let mut runs = Vec::new();
+    let mut kernel_runs = Vec::new();
+    for scenario in &profile.scenarios {
+        if !profile.warmup.is_zero() {
+            let _ = load::run(&scenario.load, &ctx.url, profile.warmup, load_cpus, &work);
+        }
+        for round in 0..profile.rounds {
+            // A B C, then C B A: a drift over the round weighs on every variant alike.
+            let mut order = [Variant::Off, Variant::Null, Variant::Sonde];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for variant in order {
+                let spec = RunSpec { round, variant, duration: profile.run, kernel_stats: false };
+                let run = ctx.run_one(scenario, spec);
+                eprintln!("bench: {}", describe(&run));
+                runs.push(run);
+                nginx.check_alive()?;
+            }
+        }
+        // Run-time statistics cost a few % of throughput, so they get their own pass.
+        for variant in [Variant::Null, Variant::Sonde] {
+            let spec = RunSpec { round: 0, variant, duration: profile.kernel_run, kernel_stats: true };
+            let run = ctx.run_one(scenario, spec);
+            eprintln!("bench: {} (BPF stats)", describe(&run));
+            kernel_runs.push(run);
+            nginx.check_alive()?;
+        }
+    }
+    machine.loadavg_after = machine::loadavg();
+    let summaries =
+        profile.scenarios.iter().map(|s| report::summarize(s, profile.rounds, &runs, &kernel_runs)).collect();
+    let _ = std::fs::remove_dir_all(&work);
+    let pinning = match nginx_cpus {
+        Some(_) => format!("nginx on CPU {NGINX_CPUS}, load generator on CPU {LOAD_CPUS}, the rest floating"),
+        None => "none".to_owned(),
+    };
+    Ok(Report { machine, profile, pinning, summaries, runs, kernel_runs })
+}
+
+/// What every run shares.
+struct Ctx<'a> {
+    tracer: TracerOptions<'a>,
+    collector: &'a Collector,
+    url: String,
+    load_cpus: Option<&'static str>,
+    work: &'a Path,
+}
+
+/// How one run is made.
+#[derive(Clone, Copy)]
+struct RunSpec {
+    round: u32,
+    variant: Variant,
+    duration: Duration,
+    /// BPF run-time statistics on (the kernel pass; never during the A/B rounds).
+    kernel_stats: bool,
+}
+
+impl Ctx<'_> {
+    /// One variant under one load; a failure is recorded in the run, and the bench goes on.
+    fn run_one(&self, scenario: &Scenario, spec: RunSpec) -> Run {
+        let mut run = Run {
+            scenario: scenario.name,
+            round: spec.round,
+            variant: spec.variant,
+            load: None,
+            tracer: None,
+            kernel: None,
+            spans_received: None,
+            error: None,
+        };
+        if let Err(e) = self.measure(scenario, spec, &mut run) {
+            run.error = Some(format!("{e:#}"));
+        }
+        run
+    }
+
+    fn measure(&self, scenario: &Scenario, spec: RunSpec, run: &mut Run) -> anyhow::Result<()> {
+        let stats = spec.kernel_stats.then(kstats::StatsOn::enable).transpose()?;
+        let mut tracer = Tracer::start(spec.variant, &self.tracer)?;
+        let before = self.collector.received();
+        let load = load::run(&scenario.load, &self.url, spec.duration, self.load_cpus, self.work);
+        if let Some(t) = tracer.as_mut() {
+            t.check_alive()?;
+        }
+        run.load = Some(load?);
+        if let Some(t) = tracer {
+            if stats.is_some() {
+                run.kernel = Some(kstats::of_pid(t.pid())?);
+            }
+            run.tracer = Some(t.stop()?);
+        }
+        drop(stats);
+        if spec.variant == Variant::Sonde {
+            run.spans_received = Some(self.collector.settle(Duration::from_secs(10)) - before);
+        }
+        Ok(())
+    }
+}
+
+fn describe(run: &Run) -> String {
+    let mut s = format!("{:<18} round {} {:<5}", run.scenario, run.round + 1, run.variant.label());
+    if let Some(l) = &run.load {
+        s.push_str(&format!(" {:>9.0} req/s p50 {:>7.0} µs p99 {:>7.0} µs", l.rps, l.p50_us, l.p99_us));
+    }
+    if let Some(t) = &run.tracer {
+        s.push_str(&format!(
+            " cpu {:.2} s rss {:.1} MiB",
+            t.cpu_traced_us as f64 / 1e6,
+            t.peak_rss_kib as f64 / 1024.0
+        ));
+    }
+    if let Some(n) = run.spans_received {
+        s.push_str(&format!(" spans {n}"));
+    }
+    if let Some(e) = &run.error {
+        s.push_str(&format!(" ERROR {}", e.lines().next().unwrap_or("")));
+    }
+    s
+}

@@ -1,0 +1,83 @@
+//! What the bench runs: scenarios (one way of loading nginx each) and profiles (how many rounds of
+//! how long). Rates are fixed numbers, not fractions of a measured maximum, so runs on different
+//! days and machines measure the same thing. The high rates sit at about half of what untraced
+//! nginx serves on the 2-core machines this project runs on (~20k req/s keep-alive, ~9k new
+//! connections/s with wrk), so latency is measured below saturation, where it means something.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::load::Load;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub load: Load,
+}
+
+const fn scenario(name: &'static str, rate: Option<u32>, connections: u32, keepalive: bool) -> Scenario {
+    Scenario { name, load: Load { rate, connections, keepalive } }
+}
+
+/// Saturation (wrk) and fixed rates (oha), keep-alive and a new connection per request, and 1,000
+/// idle-ish keep-alive connections for memory.
+const ALL: &[Scenario] = &[
+    scenario("max keep-alive", None, 50, true),
+    scenario("max new-conn", None, 50, false),
+    scenario("2k/s keep-alive", Some(2_000), 50, true),
+    scenario("10k/s keep-alive", Some(10_000), 50, true),
+    scenario("2k/s new-conn", Some(2_000), 50, false),
+    scenario("5k/s new-conn", Some(5_000), 50, false),
+    scenario("max 1000 conns", None, 1_000, true),
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    pub name: &'static str,
+    /// A/B rounds: each round runs every variant once, alternating the order.
+    pub rounds: u32,
+    pub run: Duration,
+    /// Length of the extra null-probe and sonde runs with BPF run-time statistics on.
+    pub kernel_run: Duration,
+    /// Untimed load before the first round of a scenario (connections, caches, CPU frequency).
+    pub warmup: Duration,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Profile {
+    pub fn full() -> Profile {
+        Profile {
+            name: "full",
+            rounds: 5,
+            run: Duration::from_secs(10),
+            kernel_run: Duration::from_secs(5),
+            warmup: Duration::from_secs(2),
+            scenarios: ALL.to_vec(),
+        }
+    }
+
+    /// A first look in under 3 minutes.
+    pub fn quick() -> Profile {
+        Profile {
+            name: "quick",
+            rounds: 2,
+            run: Duration::from_secs(2),
+            kernel_run: Duration::from_secs(1),
+            warmup: Duration::from_secs(1),
+            scenarios: ALL.to_vec(),
+        }
+    }
+
+    /// Keeps the harness working (`cargo xtask test`): seconds, numbers without meaning.
+    pub fn smoke() -> Profile {
+        Profile {
+            name: "smoke",
+            rounds: 1,
+            run: Duration::from_secs(1),
+            kernel_run: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            scenarios: vec![ALL[0].clone(), ALL[2].clone()],
+        }
+    }
+}
