@@ -132,6 +132,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         },
         collector: &collector,
         url: nginx.url(),
+        nginx_status: nginx.status(),
         load_cpus,
         work: &work,
     };
@@ -187,6 +188,7 @@ struct Ctx<'a> {
     tracer: TracerOptions<'a>,
     collector: &'a Collector,
     url: String,
+    nginx_status: nginx::Status,
     load_cpus: Option<&'static str>,
     work: &'a Path,
 }
@@ -212,6 +214,7 @@ impl Ctx<'_> {
             tracer: None,
             kernel: None,
             spans_received: None,
+            nginx_requests: None,
             error: None,
         };
         if let Err(e) = self.measure(scenario, spec, &mut run) {
@@ -224,7 +227,10 @@ impl Ctx<'_> {
         let stats = spec.kernel_stats.then(kstats::StatsOn::enable).transpose()?;
         let mut tracer = Tracer::start(spec.variant, &self.tracer)?;
         let before = self.collector.received();
+        let served_before = self.nginx_status.requests()?;
         let load = load::run(&scenario.load, &self.url, spec.duration, self.load_cpus, self.work);
+        // Less the status query itself.
+        run.nginx_requests = Some(self.nginx_status.requests()?.saturating_sub(served_before + 1));
         if let Some(t) = tracer.as_mut() {
             t.check_alive()?;
         }

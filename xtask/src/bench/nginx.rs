@@ -1,8 +1,10 @@
 //! The workload: Debian's nginx, one worker in the foreground with its own config, serving a
-//! 17-byte static file on loopback (sendfile on, as in Debian's default config).
+//! 17-byte static file on loopback (sendfile on, as in Debian's default config). A second port,
+//! which sonde does not trace, serves `stub_status`: how many requests nginx itself answered.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -10,8 +12,11 @@ use std::{
 
 use super::procs::{self, ChildGuard};
 
+use anyhow::Context as _;
+
 pub struct Nginx {
     pub port: u16,
+    status_port: u16,
     guard: ChildGuard,
     dir: PathBuf,
 }
@@ -19,7 +24,8 @@ pub struct Nginx {
 impl Nginx {
     /// `cpus`: pin the worker there (taskset), so it does not trade cores with the load generator.
     pub fn start(cpus: Option<&str>) -> anyhow::Result<Nginx> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let free = || anyhow::Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port());
+        let (port, status_port) = (free()?, free()?);
         let dir = std::env::temp_dir().join(format!("sonde-bench-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("index.html"), "hello from nginx\n")?;
@@ -39,6 +45,10 @@ http {{
     listen 127.0.0.1:{port} backlog=4096;
     root {d};
   }}
+  server {{
+    listen 127.0.0.1:{status_port};
+    location = /status {{ stub_status; }}
+  }}
 }}
 "
         );
@@ -51,7 +61,7 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let guard = ChildGuard::spawn("nginx", &mut cmd)?;
-        let nginx = Nginx { port, guard, dir };
+        let nginx = Nginx { port, status_port, guard, dir };
         procs::wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20))?;
         Ok(nginx)
     }
@@ -60,8 +70,30 @@ http {{
         format!("http://127.0.0.1:{}/index.html", self.port)
     }
 
+    pub fn status(&self) -> Status {
+        Status { port: self.status_port }
+    }
+
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.guard.check_alive()
+    }
+}
+
+/// nginx's `stub_status` port.
+#[derive(Clone, Copy)]
+pub struct Status {
+    port: u16,
+}
+
+impl Status {
+    /// Requests nginx has answered so far (this query included).
+    pub fn requests(self) -> anyhow::Result<u64> {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /status HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        parse_requests(&body).with_context(|| format!("unexpected stub_status:\n{body}"))
     }
 }
 
@@ -70,5 +102,21 @@ impl Drop for Nginx {
         // The guard is dropped after this body: kill nginx first, then its files.
         let _ = self.guard.terminate(Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `…server accepts handled requests\n 5 5 42 \n…` → 42.
+fn parse_requests(status: &str) -> Option<u64> {
+    let mut lines = status.lines().skip_while(|l| !l.contains("accepts handled requests"));
+    lines.nth(1)?.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stub_status() {
+        let body = "HTTP/1.1 200 OK\r\n\r\nActive connections: 1 \nserver accepts handled requests\n \
+                    5 5 42 \nReading: 0 Writing: 1 Waiting: 0 \n";
+        assert_eq!(super::parse_requests(body), Some(42));
     }
 }

@@ -23,6 +23,9 @@ pub struct Run {
     pub kernel: Option<KernelStats>,
     /// Spans that arrived at the counting receiver behind rotel during this run.
     pub spans_received: Option<u64>,
+    /// Requests nginx answered during the run (its `stub_status`), the load generator's own count
+    /// leaves out those in flight when it stopped.
+    pub nginx_requests: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -77,6 +80,8 @@ pub struct Summary {
     /// Σ spans received by the collector ÷ Σ responses the load generator got, %.
     pub completeness_pct: Option<f64>,
     pub completeness_per_round_pct: Option<Stat>,
+    /// Σ spans received ÷ Σ requests nginx answered, %.
+    pub completeness_vs_nginx_pct: Option<f64>,
     /// Σ ring-buffer-full + in-flight-map-full drops in the kernel.
     pub kernel_dropped: u64,
     pub kernel_copy_failed: u64,
@@ -137,6 +142,14 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
     };
     let with_counts: Vec<(f64, f64)> =
         sonde_runs.iter().filter_map(|r| Some((r.spans_received? as f64, requests(r)?))).collect();
+    let served: Vec<(f64, f64)> = sonde_runs
+        .iter()
+        .filter_map(|r| Some((r.spans_received? as f64, r.nginx_requests? as f64)))
+        .collect();
+    let pct = |v: &[(f64, f64)]| {
+        let (got, asked) = v.iter().fold((0.0, 0.0), |(g, a), (x, y)| (g + x, a + y));
+        (asked > 0.0).then(|| got / asked * 100.0)
+    };
     let mib = |f: fn(&TracerResult) -> u64| {
         sonde_runs.iter().filter_map(|r| r.tracer.as_ref()).map(|t| f(t) as f64 / 1024.0).reduce(f64::max)
     };
@@ -152,10 +165,8 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
         cpu_us_per_span: Stat::of(sonde_runs.iter().filter_map(|r| cpu_per_span(r))),
         peak_rss_mib: mib(|t| t.peak_rss_kib),
         rss_end_mib: mib(|t| t.rss_end_kib),
-        completeness_pct: {
-            let (got, asked) = with_counts.iter().fold((0.0, 0.0), |(g, a), (x, y)| (g + x, a + y));
-            (asked > 0.0).then(|| got / asked * 100.0)
-        },
+        completeness_pct: pct(&with_counts),
+        completeness_vs_nginx_pct: pct(&served),
         completeness_per_round_pct: Stat::of(with_counts.iter().map(|(g, a)| g / a.max(1.0) * 100.0)),
         kernel_dropped: sonde_runs
             .iter()
@@ -200,7 +211,7 @@ pub fn table(summaries: &[Summary]) -> String {
     let mut out = String::new();
     out.push_str(
         "| scenario | req/s off | ×sonde | ×null | p50 µs off / null / sonde | p99 µs off / null / sonde \
-         | CPU µs/span | RSS MiB peak (end) | complete | k-drops | kernel ns/req null / sonde |\n",
+         | CPU µs/span | RSS MiB peak (end) | complete ÷gen / ÷nginx | k-drops | kernel ns/req null / sonde |\n",
     );
     out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for s in summaries {
@@ -232,7 +243,10 @@ pub fn table(summaries: &[Summary]) -> String {
                 (Some(p), Some(e)) => format!("{p:.1} ({e:.1})"),
                 _ => "–".into(),
             },
-            s.completeness_pct.map_or("–".into(), |c| format!("{c:.1} %")),
+            match (s.completeness_pct, s.completeness_vs_nginx_pct) {
+                (Some(g), Some(n)) => format!("{g:.1} / {n:.1} %"),
+                _ => "–".into(),
+            },
             s.kernel_dropped,
             kernel,
         ));
