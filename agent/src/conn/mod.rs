@@ -37,6 +37,8 @@ pub struct ConnStats {
     pub evicted: u64,
     /// Data events that showed earlier ones of their connection were dropped.
     pub sequence_gaps: u64,
+    /// Connections replaced by a new `Open` on their fd without a `Close` seen.
+    pub closes_missed: u64,
 }
 
 struct Connection {
@@ -92,15 +94,29 @@ impl ConnTable {
         self.forget_requested.remove(&key);
         if let Some(conn) = self.conns.get_mut(&key)
             && conn.sock == event.sock
+            && Role::from_u8(event.role) == Role::Unknown
         {
             // The kernel lost its entry (LRU eviction, or we asked it to forget) and announced the
-            // same socket again: same connection, parser state intact, numbering restarts.
+            // same socket again: same connection, parser state intact, numbering restarts. With a
+            // role, accept/connect just happened: a new socket that got the freed one's address.
             conn.next_seq = 1;
             return;
         }
         if let Some(mut old) = self.conns.remove(&key) {
-            // The fd was reused without a close we saw: the old connection ended before this.
+            // The fd was reused without a close we saw: its Close was dropped (or the fd was
+            // replaced with dup2). Requests it left unanswered may have been answered in what was
+            // lost, so only exchanges that did complete are kept.
+            self.stats.closes_missed += 1;
+            let first = out.len();
             finish(&mut old, event.header.ts_ns, out);
+            let mut i = first;
+            while i < out.len() {
+                if out[i].exchange.response.is_none() {
+                    out.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
         }
         if self.conns.len() >= MAX_CONNECTIONS {
             self.evict_oldest();
