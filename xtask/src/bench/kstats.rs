@@ -44,31 +44,54 @@ pub struct KernelStats {
 
 /// Sums the run-time statistics of the BPF programs `pid` holds.
 pub fn of_pid(pid: u32) -> anyhow::Result<KernelStats> {
-    let names = program_names();
+    let names = programs();
     let mut stats = KernelStats::default();
-    let dir = format!("/proc/{pid}/fd");
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
-        let fd = entry?.file_name();
-        let is_prog = std::fs::read_link(format!("{dir}/{}", fd.to_string_lossy()))
-            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog");
-        if !is_prog {
-            continue;
-        }
-        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())) else {
-            continue;
-        };
-        let field = |key: &str| {
-            info.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse::<u64>().ok())
-        };
-        let id = field("prog_id").unwrap_or(0);
-        stats
-            .programs
-            .push(names.iter().find(|(i, _)| *i == id).map_or(format!("#{id}"), |(_, n)| n.clone()));
-        stats.run_cnt += field("run_cnt").unwrap_or(0);
-        stats.run_time_ns += field("run_time_ns").unwrap_or(0);
+    for p in held_programs(pid)? {
+        let name = names.iter().find(|(id, _, _)| *id == p.id).map(|(_, n, _)| n.clone());
+        stats.programs.push(name.unwrap_or_else(|| format!("#{}", p.id)));
+        stats.run_cnt += p.run_cnt;
+        stats.run_time_ns += p.run_time_ns;
     }
     stats.programs.sort();
     Ok(stats)
+}
+
+fn held_program_ids(pid: u32) -> Vec<u64> {
+    held_programs(pid).unwrap_or_default().into_iter().map(|p| p.id).collect()
+}
+
+struct Held {
+    id: u64,
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+/// The program fds in /proc/PID/fd, with what their fdinfo says.
+fn held_programs(pid: u32) -> anyhow::Result<Vec<Held>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let fd = entry?.file_name();
+        let fd = fd.to_string_lossy();
+        let is_prog = std::fs::read_link(format!("{dir}/{fd}"))
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog");
+        let Some(info) =
+            is_prog.then(|| std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()).flatten()
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        held.push(Held {
+            id: field("prog_id"),
+            run_cnt: field("run_cnt"),
+            run_time_ns: field("run_time_ns"),
+        });
+    }
+    Ok(held)
 }
 
 /// (id, name, type) of every loaded BPF program, from bpftool.
@@ -86,16 +109,14 @@ fn programs() -> Vec<(u64, String, String)> {
         .collect()
 }
 
-fn program_names() -> Vec<(u64, String)> {
-    programs().into_iter().map(|(id, name, _)| (id, name)).collect()
-}
-
-/// Programs attached to tracing hooks before the bench started anything (another sonde on a
-/// shared machine): they slow every variant alike, but the reader should know.
-pub fn foreign_programs() -> Vec<String> {
+/// Programs on tracing hooks that none of `own` holds (another sonde on a shared machine): they
+/// slow every variant alike, but the reader should know.
+pub fn foreign_programs(own: &[u32]) -> Vec<String> {
+    let ours: Vec<u64> = own.iter().flat_map(|pid| held_program_ids(*pid)).collect();
     programs()
         .into_iter()
         .filter(|(_, _, ty)| matches!(ty.as_str(), "tracing" | "tracepoint" | "raw_tracepoint" | "kprobe"))
+        .filter(|(id, _, _)| !ours.contains(id))
         .map(|(id, name, ty)| format!("{name} ({ty}, id {id})"))
         .collect()
 }

@@ -52,3 +52,35 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// Machine-wide CPU time from the first line of /proc/stat, in ticks.
+pub struct CpuTimes {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let total: u64 = (0..8).map(at).sum();
+        CpuTimes { busy: total - at(3) - at(4) - at(7), steal: at(7), total }
+    }
+
+    /// (busy %, steal %) of the machine since `before`.
+    pub fn busy_and_steal_since(&self, before: &CpuTimes) -> (f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let pct = |now: u64, then: u64| now.saturating_sub(then) as f64 / total * 100.0;
+        (pct(self.busy, before.busy), pct(self.steal, before.steal))
+    }
+}

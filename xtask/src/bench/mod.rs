@@ -69,6 +69,8 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     };
     let report = run(&sonde, profile, opts)?;
     println!("\n{}", report::table(&report.summaries));
+    let all: Vec<Run> = report.runs.iter().chain(&report.kernel_runs).cloned().collect();
+    println!("{}", report::noise_note(&all));
     let path = match &opts.json {
         Some(p) => p.clone(),
         None => {
@@ -121,12 +123,13 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         if opts.no_pin { (None, None) } else { (Some(NGINX_CPUS), Some(LOAD_CPUS)) };
     let collector = Collector::start(&work)?;
     let mut nginx = Nginx::start(nginx_cpus)?;
-    machine.foreign_bpf_programs = kstats::foreign_programs();
+    machine.foreign_bpf_programs = kstats::foreign_programs(&[]);
     let ctx = Ctx {
         tracer: TracerOptions {
             sonde,
             hooks: &opts.hooks,
             nginx_port: nginx.port,
+            nginx_pid: nginx.pid(),
             otlp_endpoint: &collector.endpoint,
             max_queue_spans: MAX_QUEUE_SPANS,
         },
@@ -163,13 +166,15 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
                 nginx.check_alive()?;
             }
         }
-        // Run-time statistics cost a few % of throughput, so they get their own pass.
-        for variant in [Variant::Null, Variant::Sonde] {
-            let spec = RunSpec { round: 0, variant, duration: profile.kernel_run, kernel_stats: true };
-            let run = ctx.run_one(scenario, spec);
-            eprintln!("bench: {} (BPF stats)", describe(&run));
-            kernel_runs.push(run);
-            nginx.check_alive()?;
+        // Run-time statistics cost a few % of throughput, so they get their own rounds.
+        for round in 0..profile.kernel_rounds {
+            for variant in [Variant::Null, Variant::Sonde] {
+                let spec = RunSpec { round, variant, duration: profile.kernel_run, kernel_stats: true };
+                let run = ctx.run_one(scenario, spec);
+                eprintln!("bench: {} (BPF stats)", describe(&run));
+                kernel_runs.push(run);
+                nginx.check_alive()?;
+            }
         }
     }
     machine.loadavg_after = machine::loadavg();
@@ -215,6 +220,7 @@ impl Ctx<'_> {
             kernel: None,
             spans_received: None,
             nginx_requests: None,
+            noise: report::Noise::default(),
             error: None,
         };
         if let Err(e) = self.measure(scenario, spec, &mut run) {
@@ -223,12 +229,20 @@ impl Ctx<'_> {
         run
     }
 
+    fn own_pids(&self, tracer: &Option<Tracer>) -> Vec<u32> {
+        tracer.iter().map(Tracer::pid).collect()
+    }
+
     fn measure(&self, scenario: &Scenario, spec: RunSpec, run: &mut Run) -> anyhow::Result<()> {
         let stats = spec.kernel_stats.then(kstats::StatsOn::enable).transpose()?;
         let mut tracer = Tracer::start(spec.variant, &self.tracer)?;
         let before = self.collector.received();
         let served_before = self.nginx_status.requests()?;
+        run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();
+        let cpu_before = machine::CpuTimes::now();
         let load = load::run(&scenario.load, &self.url, spec.duration, self.load_cpus, self.work);
+        (run.noise.cpu_busy_pct, run.noise.cpu_steal_pct) =
+            machine::CpuTimes::now().busy_and_steal_since(&cpu_before);
         // Less the status query itself.
         run.nginx_requests = Some(self.nginx_status.requests()?.saturating_sub(served_before + 1));
         if let Some(t) = tracer.as_mut() {
@@ -260,6 +274,10 @@ fn describe(run: &Run) -> String {
             t.cpu_traced_us as f64 / 1e6,
             t.peak_rss_kib as f64 / 1024.0
         ));
+    }
+    s.push_str(&format!(" busy {:.0} %", run.noise.cpu_busy_pct));
+    if run.noise.foreign_bpf_programs > 0 {
+        s.push_str(&format!(" foreign-bpf {}", run.noise.foreign_bpf_programs));
     }
     if let Some(n) = run.spans_received {
         s.push_str(&format!(" spans {n}"));

@@ -70,6 +70,10 @@ http {{
         format!("http://127.0.0.1:{}/index.html", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     pub fn status(&self) -> Status {
         Status { port: self.status_port }
     }

@@ -26,7 +26,19 @@ pub struct Run {
     /// Requests nginx answered during the run (its `stub_status`), the load generator's own count
     /// leaves out those in flight when it stopped.
     pub nginx_requests: Option<u64>,
+    pub noise: Noise,
     pub error: Option<String>,
+}
+
+/// What else the machine was doing during a run's load (these machines are shared).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Noise {
+    /// All CPUs, all processes (ours included), % of the machine.
+    pub cpu_busy_pct: f64,
+    /// Time the hypervisor ran someone else, % of the machine.
+    pub cpu_steal_pct: f64,
+    /// BPF programs on tracing hooks that are not the tracer's (another sonde, another session).
+    pub foreign_bpf_programs: usize,
 }
 
 /// Median and spread of one quantity over the rounds.
@@ -94,6 +106,12 @@ pub struct Summary {
     pub kernel_ns_per_run: PerVariant,
     /// sonde's kernel ns per request ÷ the null probe's.
     pub kernel_cost_vs_null: Option<f64>,
+    /// Kernel events sonde read per span it made (median over rounds).
+    pub events_per_span: Option<Stat>,
+    /// Runs of this scenario during which someone else's BPF programs were attached.
+    pub runs_with_foreign_bpf: usize,
+    /// Median machine-wide steal time over this scenario's runs, %.
+    pub steal_pct: Option<Stat>,
     pub errors: Vec<String>,
 }
 
@@ -133,6 +151,7 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
         null: kernel_of(Variant::Null, f),
         sonde: kernel_of(Variant::Sonde, f),
     };
+    let all: Vec<&Run> = runs.iter().chain(kernel_runs).filter(|r| r.scenario == scenario.name).collect();
     let sonde_runs: Vec<&Run> = (0..rounds).filter_map(|r| of(r, Variant::Sonde)).collect();
     let counter = |r: &Run, k: &str| r.tracer.as_ref().and_then(|t| t.counters.get(k).copied()).unwrap_or(0);
     let cpu_per_span = |r: &Run| {
@@ -182,9 +201,14 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
         kernel_cost_vs_null: kernel_of(Variant::Sonde, &kernel_ns)
             .zip(kernel_of(Variant::Null, &kernel_ns))
             .map(|(k, n)| k.median / n.median),
-        errors: runs
+        events_per_span: Stat::of(sonde_runs.iter().filter_map(|r| {
+            let spans = counter(r, "spans");
+            (spans > 0).then(|| counter(r, "events") as f64 / spans as f64)
+        })),
+        runs_with_foreign_bpf: all.iter().filter(|r| r.noise.foreign_bpf_programs > 0).count(),
+        steal_pct: Stat::of(all.iter().map(|r| r.noise.cpu_steal_pct)),
+        errors: all
             .iter()
-            .chain(kernel_runs)
             .filter(|r| r.scenario == scenario.name)
             .filter_map(|r| {
                 Some(format!("round {} {}: {}", r.round + 1, r.variant.label(), r.error.as_ref()?))
@@ -252,6 +276,16 @@ pub fn table(summaries: &[Summary]) -> String {
         ));
     }
     out
+}
+
+/// One line on how noisy the machine was.
+pub fn noise_note(runs: &[Run]) -> String {
+    let foreign = runs.iter().filter(|r| r.noise.foreign_bpf_programs > 0).count();
+    let steal = Stat::of(runs.iter().map(|r| r.noise.cpu_steal_pct)).map_or(0.0, |s| s.max);
+    format!(
+        "noise: {foreign} of {} runs had someone else's BPF programs attached; highest CPU steal {steal:.1} %",
+        runs.len()
+    )
 }
 
 fn med(s: Option<Stat>, decimals: usize) -> String {

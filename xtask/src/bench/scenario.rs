@@ -38,7 +38,8 @@ pub struct Profile {
     /// A/B rounds: each round runs every variant once, alternating the order.
     pub rounds: u32,
     pub run: Duration,
-    /// Length of the extra null-probe and sonde runs with BPF run-time statistics on.
+    /// Extra rounds of null probe and sonde with BPF run-time statistics on, and their length.
+    pub kernel_rounds: u32,
     pub kernel_run: Duration,
     /// Untimed load before the first round of a scenario (connections, caches, CPU frequency).
     pub warmup: Duration,
@@ -51,7 +52,8 @@ impl Profile {
             name: "full",
             rounds: 5,
             run: Duration::from_secs(10),
-            kernel_run: Duration::from_secs(5),
+            kernel_rounds: 3,
+            kernel_run: Duration::from_secs(4),
             warmup: Duration::from_secs(2),
             scenarios: ALL.to_vec(),
         }
@@ -63,6 +65,7 @@ impl Profile {
             name: "quick",
             rounds: 2,
             run: Duration::from_secs(2),
+            kernel_rounds: 1,
             kernel_run: Duration::from_secs(1),
             warmup: Duration::from_secs(1),
             scenarios: ALL.to_vec(),
@@ -75,6 +78,7 @@ impl Profile {
             name: "smoke",
             rounds: 1,
             run: Duration::from_secs(1),
+            kernel_rounds: 1,
             kernel_run: Duration::from_secs(1),
             warmup: Duration::ZERO,
             scenarios: vec![ALL[0].clone(), ALL[2].clone()],
