@@ -30,7 +30,7 @@ pub struct Collector {
     pub endpoint: String,
     count: Arc<AtomicU64>,
     // Fields drop in order: rotel stops before the receiver it forwards to.
-    _rotel: ChildGuard,
+    rotel: ChildGuard,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -75,7 +75,14 @@ impl Collector {
             .stderr(Stdio::from(log));
         let rotel = ChildGuard::spawn("rotel", &mut cmd)?;
         procs::wait_listening(grpc, Duration::from_secs(20)).context("rotel did not start listening")?;
-        Ok(Collector { endpoint: format!("http://{grpc}"), count, _rotel: rotel, _runtime: runtime })
+        Ok(Collector { endpoint: format!("http://{grpc}"), count, rotel, _runtime: runtime })
+    }
+
+    /// CPU time rotel and this process (the receiver; the bench's own loop mostly sleeps) used so
+    /// far: on a 2-core machine the collector competes with nginx and sonde too.
+    pub fn cpu_time(&self) -> Duration {
+        let cpu = |pid| procs::cpu_time(pid).unwrap_or_default();
+        cpu(self.rotel.pid()) + cpu(std::process::id())
     }
 
     /// Spans that reached the end of the chain so far.

@@ -240,9 +240,15 @@ impl Ctx<'_> {
         let served_before = self.nginx_status.requests()?;
         run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();
         let cpu_before = machine::CpuTimes::now();
+        let collector_before = self.collector.cpu_time();
         let load = load::run(&scenario.load, &self.url, spec.duration, self.load_cpus, self.work);
         (run.noise.cpu_busy_pct, run.noise.cpu_steal_pct) =
             machine::CpuTimes::now().busy_and_steal_since(&cpu_before);
+        run.noise.collector_cpu_pct =
+            (self.collector.cpu_time().saturating_sub(collector_before).as_secs_f64()
+                / spec.duration.as_secs_f64()
+                * 100.0)
+                .round();
         // Less the status query itself.
         run.nginx_requests = Some(self.nginx_status.requests()?.saturating_sub(served_before + 1));
         if let Some(t) = tracer.as_mut() {

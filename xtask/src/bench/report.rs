@@ -37,6 +37,8 @@ pub struct Noise {
     pub cpu_busy_pct: f64,
     /// Time the hypervisor ran someone else, % of the machine.
     pub cpu_steal_pct: f64,
+    /// rotel + the counting receiver during the load, % of one CPU.
+    pub collector_cpu_pct: f64,
     /// BPF programs on tracing hooks that are not the tracer's (another sonde, another session).
     pub foreign_bpf_programs: usize,
 }
@@ -110,6 +112,8 @@ pub struct Summary {
     pub events_per_span: Option<Stat>,
     /// Runs of this scenario during which someone else's BPF programs were attached.
     pub runs_with_foreign_bpf: usize,
+    /// rotel + counting receiver CPU during sonde's A/B runs, % of one CPU.
+    pub collector_cpu_pct: Option<Stat>,
     /// Median machine-wide steal time over this scenario's runs, %.
     pub steal_pct: Option<Stat>,
     pub errors: Vec<String>,
@@ -205,6 +209,7 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
             let spans = counter(r, "spans");
             (spans > 0).then(|| counter(r, "events") as f64 / spans as f64)
         })),
+        collector_cpu_pct: Stat::of(sonde_runs.iter().map(|r| r.noise.collector_cpu_pct)),
         runs_with_foreign_bpf: all.iter().filter(|r| r.noise.foreign_bpf_programs > 0).count(),
         steal_pct: Stat::of(all.iter().map(|r| r.noise.cpu_steal_pct)),
         errors: all
