@@ -117,11 +117,11 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
 fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report> {
     procs::raise_nofile();
     let mut machine = machine::Machine::probe();
-    let work = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let (nginx_cpus, load_cpus) =
-        if opts.no_pin { (None, None) } else { (Some(NGINX_CPUS), Some(LOAD_CPUS)) };
-    let collector = Collector::start(&work)?;
+    let work = WorkDir::new()?;
+    let work = &work.0;
+    let pin = !opts.no_pin && machine.cpus >= 2;
+    let (nginx_cpus, load_cpus) = if pin { (Some(NGINX_CPUS), Some(LOAD_CPUS)) } else { (None, None) };
+    let collector = Collector::start(work)?;
     let mut nginx = Nginx::start(nginx_cpus)?;
     machine.foreign_bpf_programs = kstats::foreign_programs(&[]);
     let ctx = Ctx {
@@ -137,7 +137,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         url: nginx.url(),
         nginx_status: nginx.status(),
         load_cpus,
-        work: &work,
+        work,
     };
     eprintln!(
         "bench: {} profile, {} scenarios × {} rounds × 3 variants × {:?}",
@@ -150,7 +150,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     let mut kernel_runs = Vec::new();
     for scenario in &profile.scenarios {
         if !profile.warmup.is_zero() {
-            let _ = load::run(&scenario.load, &ctx.url, profile.warmup, load_cpus, &work);
+            let _ = load::run(&scenario.load, &ctx.url, profile.warmup, load_cpus, work);
         }
         for round in 0..profile.rounds {
             // A B C, then C B A: a drift over the round weighs on every variant alike.
@@ -180,12 +180,28 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     machine.loadavg_after = machine::loadavg();
     let summaries =
         profile.scenarios.iter().map(|s| report::summarize(s, profile.rounds, &runs, &kernel_runs)).collect();
-    let _ = std::fs::remove_dir_all(&work);
     let pinning = match nginx_cpus {
         Some(_) => format!("nginx on CPU {NGINX_CPUS}, load generator on CPU {LOAD_CPUS}, the rest floating"),
         None => "none".to_owned(),
     };
     Ok(Report { machine, profile, pinning, summaries, runs, kernel_runs })
+}
+
+/// Scratch files (wrk's script, rotel's log), removed however the bench ends.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<WorkDir> {
+        let dir = std::env::temp_dir().join(format!("sonde-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What every run shares.

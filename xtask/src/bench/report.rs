@@ -112,6 +112,8 @@ pub struct Summary {
     pub events_per_span: Option<Stat>,
     /// Runs of this scenario during which someone else's BPF programs were attached.
     pub runs_with_foreign_bpf: usize,
+    /// Machine-wide CPU busy during the load, % (ours included: a quiet machine shows the cost).
+    pub busy_pct: PerVariant,
     /// rotel + counting receiver CPU during sonde's A/B runs, % of one CPU.
     pub collector_cpu_pct: Option<Stat>,
     /// Median machine-wide steal time over this scenario's runs, %.
@@ -209,6 +211,7 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
             let spans = counter(r, "spans");
             (spans > 0).then(|| counter(r, "events") as f64 / spans as f64)
         })),
+        busy_pct: per_variant(&|r: &Run| Some(r.noise.cpu_busy_pct)),
         collector_cpu_pct: Stat::of(sonde_runs.iter().map(|r| r.noise.collector_cpu_pct)),
         runs_with_foreign_bpf: all.iter().filter(|r| r.noise.foreign_bpf_programs > 0).count(),
         steal_pct: Stat::of(all.iter().map(|r| r.noise.cpu_steal_pct)),
