@@ -19,6 +19,7 @@ use crate::{
     span::{
         Assembler,
         clock::{WallClock, monotonic_ns},
+        model::Span,
     },
 };
 
@@ -43,6 +44,8 @@ pub struct Pipeline {
     sink: SpanSink,
     stats: Arc<PipelineStats>,
     finished: Vec<Finished>,
+    /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
+    outbox: Vec<Span>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
     kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
@@ -70,6 +73,7 @@ impl Pipeline {
             sink,
             stats,
             finished: Vec::new(),
+            outbox: Vec::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
             last_conn_sweep: Instant::now(),
@@ -80,8 +84,14 @@ impl Pipeline {
         for Finished { conn, exchange } in self.finished.drain(..) {
             let resource = self.processes.resource(conn.pid);
             if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock) {
-                self.sink.send(span);
+                self.outbox.push(span);
             }
+        }
+    }
+
+    fn hand_off(&mut self) {
+        if !self.outbox.is_empty() {
+            self.sink.send_all(std::mem::take(&mut self.outbox));
         }
     }
 
@@ -139,11 +149,16 @@ impl intake::Sink for Pipeline {
         }
     }
 
+    fn drained(&mut self) {
+        self.hand_off();
+    }
+
     fn tick(&mut self) {
         self.clock = WallClock::sample();
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
             self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
             self.emit();
+            self.hand_off();
             self.forget_in_kernel();
             self.last_conn_sweep = Instant::now();
         }

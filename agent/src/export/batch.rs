@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ExportStats;
 use super::otlp::OtlpSender;
-use crate::span::model::Span;
+use super::queue::QueueRx;
 
 pub(crate) struct BatchSettings {
     pub max_batch: usize,
@@ -22,7 +22,7 @@ pub(crate) struct BatchSettings {
 /// Runs until shutdown is announced on `shutdown` (with its deadline), then flushes what is
 /// queued until that deadline and returns.
 pub(crate) async fn run(
-    mut queue: mpsc::Receiver<Span>,
+    mut queue: QueueRx,
     mut sender: OtlpSender,
     settings: BatchSettings,
     stats: Arc<ExportStats>,
@@ -38,7 +38,7 @@ pub(crate) async fn run(
                 // The exporter is gone without a shutdown: nothing to flush for.
                 Err(_) => return,
             },
-            n = queue.recv_many(&mut batch, max_batch) => if n == 0 {
+            n = queue.recv(&mut batch, max_batch) => if n == 0 {
                 // Every sink is gone and the queue is empty.
                 return;
             },
@@ -50,7 +50,7 @@ pub(crate) async fn run(
                 biased;
                 _ = shutdown.changed() => break,
                 () = tokio::time::sleep_until(flush_at) => break,
-                n = queue.recv_many(&mut batch, room) => if n == 0 { break },
+                n = queue.recv(&mut batch, room) => if n == 0 { break },
             }
         }
         sender.send(&batch, Instant::now() + settings.retry_budget, &mut shutdown).await;
@@ -61,7 +61,7 @@ pub(crate) async fn run(
     let deadline = shutdown.borrow().unwrap_or_else(Instant::now);
     queue.close();
     let mut late = 0;
-    while queue.recv_many(&mut batch, max_batch).await > 0 {
+    while queue.recv(&mut batch, max_batch).await > 0 {
         if Instant::now() < deadline {
             sender.send(&batch, deadline, &mut shutdown).await;
         } else {

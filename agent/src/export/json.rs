@@ -84,7 +84,7 @@ fn attributes(attrs: &[KeyValue]) -> Map<String, Value> {
         .iter()
         .map(|kv| {
             let value = match &kv.value {
-                AttrValue::Str(s) => Value::from(s.as_str()),
+                AttrValue::Str(s) => Value::from(&**s),
                 AttrValue::Int(i) => Value::from(*i),
                 AttrValue::Bool(b) => Value::from(*b),
             };

@@ -2,8 +2,8 @@
 //! and/or printed to stdout (a waterfall per trace, or JSON lines).
 //!
 //! ```text
-//! SpanSink::send ──try_send──▶ OTLP queue ──▶ batch task ──▶ otlp::OtlpSender (retry, back-off)
-//!   (any thread,   └─try_send─▶ print queue ─▶ print thread ─▶ terminal (tree) | json
+//! SpanSink::send_all ──push──▶ OTLP queue ──▶ batch task ──▶ otlp::OtlpSender (retry, back-off)
+//!   (any thread,       └─try_send─▶ print queue ─▶ print thread ─▶ terminal (tree) | json
 //!    never blocks)
 //! ```
 //!
@@ -15,6 +15,7 @@ pub mod config;
 mod json;
 pub mod otlp;
 mod printer;
+mod queue;
 mod stats;
 mod terminal;
 #[cfg(test)]
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -103,10 +104,10 @@ pub enum ExportError {
     PrintThread { source: std::io::Error },
 }
 
-/// Hands finished spans to the exporter. Cheap to clone; `send` never blocks.
+/// Hands finished spans to the exporter. Cheap to clone; sending never blocks.
 #[derive(Clone)]
 pub struct SpanSink {
-    otlp: Option<mpsc::Sender<Span>>,
+    otlp: Option<queue::QueueTx>,
     print: Option<SyncSender<Span>>,
     stats: Arc<ExportStats>,
 }
@@ -114,24 +115,28 @@ pub struct SpanSink {
 impl SpanSink {
     /// Queues `span` for every active output; drops and counts it where a queue is full.
     pub fn send(&self, span: Span) {
-        match (&self.print, &self.otlp) {
-            (Some(print), Some(otlp)) => {
-                self.to_print(print, span.clone());
-                self.to_otlp(otlp, span);
-            }
-            (Some(print), None) => self.to_print(print, span),
-            (None, Some(otlp)) => self.to_otlp(otlp, span),
-            (None, None) => {}
-        }
+        self.send_all(vec![span]);
     }
 
-    fn to_otlp(&self, queue: &mpsc::Sender<Span>, span: Span) {
-        let counter = match queue.try_send(span) {
-            Ok(()) => &self.stats.spans_queued,
-            Err(mpsc::error::TrySendError::Full(_)) => &self.stats.spans_dropped_queue_full,
-            Err(mpsc::error::TrySendError::Closed(_)) => &self.stats.spans_dropped_after_shutdown,
-        };
-        ExportStats::add(counter, 1);
+    /// Queues `spans` for every active output, in one hand-off to the OTLP queue (producers
+    /// that finish spans in bursts should collect them and call this once per burst); drops and
+    /// counts what does not fit.
+    pub fn send_all(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        if let Some(print) = &self.print {
+            match &self.otlp {
+                Some(_) => spans.iter().for_each(|span| self.to_print(print, span.clone())),
+                None => return spans.into_iter().for_each(|span| self.to_print(print, span)),
+            }
+        }
+        if let Some(otlp) = &self.otlp {
+            let pushed = otlp.push(spans);
+            ExportStats::add(&self.stats.spans_queued, pushed.queued);
+            ExportStats::add(&self.stats.spans_dropped_queue_full, pushed.dropped_full);
+            ExportStats::add(&self.stats.spans_dropped_after_shutdown, pushed.dropped_closed);
+        }
     }
 
     fn to_print(&self, queue: &SyncSender<Span>, span: Span) {
@@ -164,7 +169,7 @@ impl Exporter {
         let (otlp_tx, batcher) = match &options.otlp {
             Some(config) => {
                 let sender = otlp::OtlpSender::new(config, Arc::clone(&stats))?;
-                let (tx, rx) = mpsc::channel(options.max_queue_spans.max(1));
+                let (tx, rx) = queue::channel(options.max_queue_spans);
                 let settings = batch::BatchSettings {
                     max_batch: options.max_batch,
                     batch_delay: options.batch_delay,

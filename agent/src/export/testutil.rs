@@ -13,7 +13,10 @@ pub fn resource(id: u64, service: &str) -> Arc<Resource> {
     Arc::new(Resource {
         id,
         service_name: service.to_owned(),
-        attributes: vec![KeyValue::str("service.name", service), KeyValue::int("process.pid", id as i64)],
+        attributes: vec![
+            KeyValue::str("service.name", service.to_owned()),
+            KeyValue::int("process.pid", id as i64),
+        ],
     })
 }
 

@@ -21,10 +21,13 @@ const DRAIN_BATCH: usize = 4096;
 /// At shutdown, what is in the ring is drained for at most this long (traffic goes on meanwhile).
 const STOP_DRAIN: Duration = Duration::from_secs(1);
 
-/// What the reader calls: `event` per record, `tick` about every `tick_every` (timeouts, stats).
+/// What the reader calls: `event` per record, `drained` after each run of records (up to
+/// `DRAIN_BATCH`: a natural point to hand on what they produced, in one go), `tick` about every
+/// `tick_every` (timeouts, stats).
 pub trait Sink {
     fn event(&mut self, event: Event<'_>);
     fn decode_error(&mut self, error: DecodeError);
+    fn drained(&mut self);
     fn tick(&mut self);
 }
 
@@ -46,6 +49,9 @@ pub fn run(mut ring: RingBuf<MapData>, sink: &mut impl Sink, stop: &AtomicBool, 
                 Err(e) => sink.decode_error(e),
             }
             drained += 1;
+        }
+        if drained > 0 {
+            sink.drained();
         }
         if last_tick.elapsed() >= tick_every {
             sink.tick();

@@ -1,13 +1,17 @@
 //! One SERVER span per HTTP exchange the process answered, per the OTel HTTP semantic conventions
 //! (https://opentelemetry.io/docs/specs/semconv/http/http-spans/).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use sonde_common::Direction;
 
 use super::{
     clock::WallClock,
-    model::{KeyValue, Resource, Span, SpanKind, Status},
+    model::{KeyValue, Resource, Span, SpanKind, Status, Text},
 };
 use crate::{
     conn::ConnInfo,
@@ -18,7 +22,7 @@ use crate::{
 pub const MAX_ATTRIBUTE_BYTES: usize = 2048;
 
 /// Methods the conventions name; any other is reported as `_OTHER` with the original kept.
-const KNOWN_METHODS: &[&str] =
+const KNOWN_METHODS: &[&'static str] =
     &["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"];
 
 #[derive(Clone, Debug, Default)]
@@ -41,11 +45,12 @@ pub struct AssembleStats {
 pub struct Assembler {
     options: AssembleOptions,
     stats: AssembleStats,
+    addresses: AddressTexts,
 }
 
 impl Assembler {
     pub fn new(options: AssembleOptions) -> Self {
-        Self { options, stats: AssembleStats::default() }
+        Self { options, stats: AssembleStats::default(), addresses: AddressTexts::default() }
     }
 
     pub fn stats(&self) -> AssembleStats {
@@ -94,13 +99,14 @@ impl Assembler {
         }
         attributes.push(KeyValue::str("url.scheme", "http"));
         attributes.push(KeyValue::str("network.protocol.name", "http"));
-        attributes.push(KeyValue::str("network.protocol.version", format!("1.{}", request.minor_version)));
+        attributes.push(KeyValue::str("network.protocol.version", protocol_version(request.minor_version)));
         attributes.push(KeyValue::str("network.transport", "tcp"));
-        server_attributes(request, conn.local, &mut attributes);
+        server_attributes(request, conn.local, &mut self.addresses, &mut attributes);
         if let Some(peer) = conn.remote {
-            attributes.push(KeyValue::str("client.address", peer.ip().to_string()));
+            let address = self.addresses.text(peer.ip());
+            attributes.push(KeyValue::str("client.address", address.clone()));
             attributes.push(KeyValue::int("client.port", peer.port() as i64));
-            attributes.push(KeyValue::str("network.peer.address", peer.ip().to_string()));
+            attributes.push(KeyValue::str("network.peer.address", address));
             attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
             attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
         }
@@ -170,15 +176,53 @@ fn parent(request: &RequestHead) -> Parent {
 
 /// Span name per the conventions: `{method}` (no route is known yet), `HTTP` for unknown methods.
 fn method_name(method: &str) -> String {
-    if KNOWN_METHODS.contains(&method) { method.to_owned() } else { "HTTP".to_owned() }
+    known_method(method).unwrap_or("HTTP").to_owned()
 }
 
-fn normalize_method(method: &str) -> (&str, Option<&str>) {
-    if KNOWN_METHODS.contains(&method) { (method, None) } else { ("_OTHER", Some(method)) }
+fn normalize_method(method: &str) -> (&'static str, Option<&str>) {
+    match known_method(method) {
+        Some(known) => (known, None),
+        None => ("_OTHER", Some(method)),
+    }
+}
+
+fn known_method(method: &str) -> Option<&'static str> {
+    KNOWN_METHODS.iter().find(|&&known| known == method).copied()
+}
+
+fn protocol_version(minor: u8) -> Text {
+    match minor {
+        0 => Text::Static("1.0"),
+        1 => Text::Static("1.1"),
+        _ => Text::Owned(format!("1.{minor}")),
+    }
+}
+
+/// Addresses as attribute text, formatted once and shared by the spans of every connection
+/// with the same peer. Bounded: when full it starts over.
+#[derive(Default)]
+struct AddressTexts {
+    texts: HashMap<IpAddr, Arc<str>>,
+}
+
+impl AddressTexts {
+    const MAX: usize = 4096;
+
+    fn text(&mut self, ip: IpAddr) -> Text {
+        if self.texts.len() >= Self::MAX && !self.texts.contains_key(&ip) {
+            self.texts.clear();
+        }
+        Text::Shared(Arc::clone(self.texts.entry(ip).or_insert_with(|| ip.to_string().into())))
+    }
 }
 
 /// `server.address`/`server.port` from the Host header (what the client asked for), else the socket.
-fn server_attributes(request: &RequestHead, local: Option<SocketAddr>, out: &mut Vec<KeyValue>) {
+fn server_attributes(
+    request: &RequestHead,
+    local: Option<SocketAddr>,
+    addresses: &mut AddressTexts,
+    out: &mut Vec<KeyValue>,
+) {
     let from_host = request.host.as_deref().and_then(split_host);
     match from_host {
         Some((host, port)) => {
@@ -189,7 +233,7 @@ fn server_attributes(request: &RequestHead, local: Option<SocketAddr>, out: &mut
         }
         None => {
             if let Some(local) = local {
-                out.push(KeyValue::str("server.address", local.ip().to_string()));
+                out.push(KeyValue::str("server.address", addresses.text(local.ip())));
                 out.push(KeyValue::int("server.port", local.port() as i64));
             }
         }

@@ -9,9 +9,61 @@ pub type SpanId = [u8; 8];
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
+}
+
+/// A string attribute value. Most values on a span are literals (`"http"`, `"tcp"`) or the same
+/// for every span of a connection (addresses): those are shared rather than copied per span.
+/// Compared by content, whichever way it is held.
+#[derive(Clone, Debug, Eq)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Self {
+        Text::Shared(s)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -21,7 +73,7 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    pub fn str(key: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
+    pub fn str(key: impl Into<Cow<'static, str>>, value: impl Into<Text>) -> Self {
         Self { key: key.into(), value: AttrValue::Str(value.into()) }
     }
     pub fn int(key: impl Into<Cow<'static, str>>, value: i64) -> Self {

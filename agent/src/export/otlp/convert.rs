@@ -1,4 +1,6 @@
-//! sonde spans → `ExportTraceServiceRequest`, one `ResourceSpans` per traced process.
+//! sonde spans → opentelemetry-proto's `ExportTraceServiceRequest` structs, one `ResourceSpans`
+//! per traced process: the plain conversion, kept as the reference that `encode.rs`, which
+//! writes the same request's bytes directly, is tested against.
 
 use std::collections::HashMap;
 
@@ -7,11 +9,8 @@ use opentelemetry_proto::tonic::common::v1 as common;
 use opentelemetry_proto::tonic::resource::v1 as resource;
 use opentelemetry_proto::tonic::trace::v1 as trace;
 
+use super::encode::{SCOPE_NAME, SCOPE_VERSION};
 use crate::span::model::{AttrValue, KeyValue, Span, SpanKind, Status};
-
-/// The instrumentation scope of every span sonde makes.
-pub const SCOPE_NAME: &str = "sonde";
-pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `SpanFlags`: bits 0–7 carry the W3C trace flags; bit 8 says whether bit 9 ("the parent is
 /// remote") is known. sonde knows: a server span's parent came in a `traceparent` header from
@@ -90,7 +89,7 @@ fn attributes(attrs: &[KeyValue]) -> Vec<common::KeyValue> {
 fn any_value(value: &AttrValue) -> common::any_value::Value {
     use common::any_value::Value;
     match value {
-        AttrValue::Str(s) => Value::StringValue(s.clone()),
+        AttrValue::Str(s) => Value::StringValue(s.to_string()),
         AttrValue::Int(i) => Value::IntValue(*i),
         AttrValue::Bool(b) => Value::BoolValue(*b),
     }

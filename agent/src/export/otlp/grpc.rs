@@ -3,17 +3,24 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use bytes::{Buf as _, BufMut as _, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message as _;
 use tonic::Code;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{Accepted, Failure, USER_AGENT};
 use crate::export::{ExportError, OtlpConfig};
 
+/// The OTLP trace service's one method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 pub(crate) struct GrpcClient {
-    client: TraceServiceClient<Channel>,
+    client: Grpc<Channel>,
     metadata: MetadataMap,
     timeout: Duration,
 }
@@ -41,15 +48,23 @@ impl GrpcClient {
             metadata.append(key, value);
         }
 
-        Ok(Self { client: TraceServiceClient::new(ep.connect_lazy()), metadata, timeout: config.timeout })
+        Ok(Self { client: Grpc::new(ep.connect_lazy()), metadata, timeout: config.timeout })
     }
 
-    pub(crate) async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, Failure> {
+    /// Calls `TraceService/Export` with one encoded `ExportTraceServiceRequest`.
+    pub(crate) async fn export(&mut self, request: Bytes) -> Result<Accepted, Failure> {
         let mut request = tonic::Request::new(request);
         *request.metadata_mut() = self.metadata.clone();
         // Also tells the server, through `grpc-timeout`, when to give up.
         request.set_timeout(self.timeout);
-        match self.client.export(request).await {
+        if let Err(e) = self.client.ready().await {
+            return Err(Failure::Retryable {
+                reason: format!("gRPC channel not ready: {e}"),
+                retry_after: None,
+            });
+        }
+        let path = PathAndQuery::from_static(EXPORT_PATH);
+        match self.client.unary(request, path, EncodedRequest).await {
             Ok(response) => Ok(response
                 .into_inner()
                 .partial_success
@@ -57,6 +72,46 @@ impl GrpcClient {
                 .unwrap_or_default()),
             Err(status) => Err(classify(&status)),
         }
+    }
+}
+
+/// Sends a request already encoded by `encode.rs` as it is, and decodes the response with
+/// opentelemetry-proto's type (the same as the generated client's prost codec does).
+struct EncodedRequest;
+
+impl Codec for EncodedRequest {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for EncodedRequest {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedRequest {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        let response = ExportTraceServiceResponse::decode(src.copy_to_bytes(src.remaining()))
+            .map_err(|e| tonic::Status::internal(format!("undecodable ExportTraceServiceResponse: {e}")))?;
+        Ok(Some(response))
     }
 }
 

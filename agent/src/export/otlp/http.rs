@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -39,11 +38,12 @@ impl HttpClient {
         Ok(Self { client, url: config.endpoint.clone() })
     }
 
-    pub(crate) async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, Failure> {
+    /// Posts one encoded `ExportTraceServiceRequest`.
+    pub(crate) async fn export(&mut self, request: Bytes) -> Result<Accepted, Failure> {
         let response = self
             .client
             .post(&self.url)
-            .body(request.encode_to_vec())
+            .body(request)
             .send()
             .await
             // Connection refused or reset, timeouts, TLS: the collector may come back.

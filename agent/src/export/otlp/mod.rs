@@ -1,14 +1,16 @@
-//! OTLP export of one batch: convert, send over gRPC or HTTP, retry transient failures with
+//! OTLP export of one batch: encode, send over gRPC or HTTP, retry transient failures with
 //! jittered exponential back-off within a time budget, and count the outcome.
 
-pub mod convert;
+#[cfg(test)]
+mod convert;
+mod encode;
 mod grpc;
 mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -41,7 +43,8 @@ enum Client {
 }
 
 impl Client {
-    async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, Failure> {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn export(&mut self, request: Bytes) -> Result<Accepted, Failure> {
         match self {
             Client::Grpc(c) => c.export(request).await,
             Client::Http(c) => c.export(request).await,
@@ -112,7 +115,7 @@ impl OtlpSender {
         if spans.is_empty() {
             return;
         }
-        let request = convert::to_request(spans);
+        let request = encode::request(spans);
         let mut backoff = Backoff::new();
         loop {
             let deadline = match *shutdown.borrow_and_update() {

@@ -56,7 +56,7 @@ fn attr(span: &Span, key: &str) -> Option<AttrValue> {
 }
 
 fn s(v: &str) -> Option<AttrValue> {
-    Some(AttrValue::Str(v.into()))
+    Some(AttrValue::Str(v.to_owned().into()))
 }
 
 fn i(v: i64) -> Option<AttrValue> {
