@@ -22,7 +22,7 @@ use crate::{
 pub const MAX_ATTRIBUTE_BYTES: usize = 2048;
 
 /// Methods the conventions name; any other is reported as `_OTHER` with the original kept.
-const KNOWN_METHODS: &[&'static str] =
+const KNOWN_METHODS: &[&str] =
     &["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"];
 
 #[derive(Clone, Debug, Default)]
