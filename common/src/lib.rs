@@ -37,9 +37,6 @@ pub mod globals {
     /// Ring-buffer fill level (bytes) at which the producer wakes the reader; below it the reader
     /// polls on a short timer, so wake-ups are batched instead of paid once per event.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    /// Non-zero: the syscall exit can read the entry arguments back (tp_btf), so a syscall that
-    /// began before sonde attached is worth noting when its socket tracepoint fires.
-    pub const LATE_CAPTURE: &str = "LATE_CAPTURE";
     /// Offsets inside `struct sock` of the IPv6 addresses, resolved from the kernel's BTF at load time.
     pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
     pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
@@ -189,12 +186,9 @@ pub struct ActiveIo {
     /// 1 when the socket tracepoint saw a TCP socket (and not a MSG_PEEK).
     pub is_tcp: u8,
     pub family: u8,
-    /// 1 when the syscall entered before sonde attached: only the socket tracepoint saw it, and
-    /// the arguments must be recovered at exit (possible with `tp_btf`, from the saved registers).
-    pub late: u8,
     /// 1 for a MSG_TRUNC read: TCP discarded the bytes, the buffer holds none of them.
     pub length_only: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 /// What `ActiveIo::buf` points at.

@@ -1,9 +1,16 @@
-//! The read/write family: arguments are kept at syscall entry, the socket tracepoint that fires
-//! inside the syscall says whether the fd is a TCP socket, and at exit the bytes really moved are
-//! copied (a bounded prefix) into a data event.
+//! The read/write family on TCP sockets, two ways:
+//! - socket hook set (`on_sock_io`): everything happens in the `sock:sock_{send,recv}_length`
+//!   tracepoint, which fires inside the syscall once the bytes have moved: it knows the socket and
+//!   the byte count, and reads the syscall's arguments from the task's saved registers. One
+//!   program run per socket read or write, no state between hooks, nothing for other fds.
+//! - syscall tracepoint hook set (`enter`, `on_sock_length`, `exit`): arguments are kept at
+//!   syscall entry, the socket tracepoint says whether the fd is a TCP socket, and at exit the
+//!   bytes really moved are copied.
+//! Either way a bounded prefix of the bytes goes into a data event.
 
 use aya_ebpf::helpers::{
-    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+    bpf_probe_read_user_buf,
 };
 use sonde_common::{
     ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf, MAX_CAPTURE, MAX_IOVECS,
@@ -11,7 +18,8 @@ use sonde_common::{
 
 use crate::{
     conn, emit, filter,
-    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, LATE_CAPTURE, SCRATCH, count_drop, global_u32},
+    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
+    syscalls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -49,9 +57,8 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction
         buf_kind: kind as u8,
         is_tcp: 0,
         family: 0,
-        late: 0,
         length_only: 0,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
@@ -68,29 +75,8 @@ pub fn on_sock_length(
     protocol: u16,
     flags: i32,
 ) {
-    // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
-    let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
-    let tcp = protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek;
-    let length_only = (direction == Direction::Ingress && flags & MSG_TRUNC != 0) as u8;
+    let (tcp, length_only) = classify(direction, family, protocol, flags);
     let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
-        // No entry: the syscall began before sonde attached (a reader blocked on an idle
-        // keep-alive connection, typically). Note the socket; the exit may recover the arguments.
-        if tcp && global_u32(&LATE_CAPTURE) != 0 && filter::traced((pid_tgid >> 32) as u32) {
-            let late = ActiveIo {
-                buf: 0,
-                sock,
-                fd: -1,
-                iovcnt: 0,
-                direction: direction as u8,
-                buf_kind: IoBuf::Plain as u8,
-                is_tcp: 1,
-                family: family as u8,
-                late: 1,
-                length_only,
-                _pad: [0; 2],
-            };
-            let _ = ACTIVE_IO.insert(&pid_tgid, &late, 0);
-        }
         return;
     };
     let active = unsafe { &mut *active };
@@ -105,36 +91,69 @@ pub fn on_sock_length(
     }
 }
 
-/// Syscall arguments read back at exit (from the registers saved at entry), for syscalls that
-/// entered before sonde attached.
-pub struct LateArgs {
-    pub fd: u64,
-    pub buf: u64,
-    pub count: u64,
-    pub direction: Direction,
-    pub kind: IoBuf,
+/// Whether a socket tracepoint hit is TCP data worth capturing, and whether only its length is
+/// known (a MSG_TRUNC read: TCP discarded the bytes, the buffer holds none of them).
+#[inline(always)]
+fn classify(direction: Direction, family: u16, protocol: u16, flags: i32) -> (bool, u8) {
+    // A MSG_PEEK read leaves the bytes in the socket: the real read that follows reports them.
+    let peek = direction == Direction::Ingress && flags & MSG_PEEK != 0;
+    let tcp = protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6) && !peek;
+    let length_only = (direction == Direction::Ingress && flags & MSG_TRUNC != 0) as u8;
+    (tcp, length_only)
+}
+
+/// Socket hook set: a TCP socket read or write that just moved `ret` bytes, inside the syscall.
+#[inline(always)]
+pub fn on_sock_io(direction: Direction, sock: u64, family: u16, protocol: u16, ret: i64, flags: i32) {
+    if ret <= 0 {
+        return;
+    }
+    let (true, length_only) = classify(direction, family, protocol, flags) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !filter::traced(tgid) {
+        return;
+    }
+    let Some(call) = syscalls::current_io_syscall() else {
+        return;
+    };
+    if call.direction != direction {
+        return;
+    }
+    let fd = call.fd as i64 as i32;
+    if fd < 0 {
+        return;
+    }
+    let active = ActiveIo {
+        buf: call.buf,
+        sock,
+        fd,
+        iovcnt: call.count as u32,
+        direction: direction as u8,
+        buf_kind: call.kind as u8,
+        is_tcp: 1,
+        family: family as u8,
+        length_only,
+        _pad: [0; 3],
+    };
+    let tid = pid_tgid as u32;
+    let Some(seq) = conn::on_data(tgid, tid, fd, sock, family) else {
+        return;
+    };
+    emit_data(tgid, tid, &active, ret as u64, seq);
 }
 
 /// Exit of the read/write family with the syscall's return value.
 #[inline(always)]
-pub fn exit(pid_tgid: u64, ret: i64, late_args: Option<LateArgs>) {
-    let Some(mut active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
+pub fn exit(pid_tgid: u64, ret: i64) {
+    let Some(active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
         return;
     };
     let _ = ACTIVE_IO.remove(&pid_tgid);
     if active.is_tcp == 0 || ret <= 0 {
         return;
-    }
-    if active.late != 0 {
-        match late_args {
-            Some(args) if args.direction as u8 == active.direction => {
-                active.fd = args.fd as i64 as i32;
-                active.buf = args.buf;
-                active.iovcnt = args.count as u32;
-                active.buf_kind = args.kind as u8;
-            }
-            _ => return,
-        }
     }
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;

@@ -1,23 +1,27 @@
 //! sonde's kernel programs. Entry points are thin: they read the hook's arguments and call the
 //! shared bodies in `io` (read/write family) and `conn` (accept/connect/close).
 //!
-//! Two hook sets carry the same bodies; the agent attaches one of them:
-//! - `syscalls/sys_{enter,exit}_*` tracepoints, one program per syscall (any kernel ≥ 5.8);
-//! - `tp_btf/sys_{enter,exit}`, one program for all syscalls dispatching on the number (x86_64;
-//!   cheaper per hit, chosen when the kernel has BTF-enabled raw tracepoints).
-//! Both need `sock:sock_{send,recv}_length` (kernel ≥ 6.3) to tell TCP sockets from other fds.
+//! Two hook sets carry the same bodies; the agent attaches one of them. Both use
+//! `sock:sock_{send,recv}_length` (kernel ≥ 6.3), which fire only for socket reads and writes, and
+//! the `syscalls/` tracepoints of accept, accept4, connect and close.
+//! - socket hook set (x86_64): the socket tracepoints capture the data themselves, reading the
+//!   syscall's arguments from the task's saved registers (`syscalls.rs`). No hook on the read and
+//!   write syscalls at all, so file, pipe and other fd I/O costs nothing.
+//! - syscall tracepoint hook set (any architecture): entry and exit tracepoints of each
+//!   read/write-family syscall, with the socket tracepoints in between saying which fds are TCP.
 #![no_std]
 #![no_main]
 
-mod btf;
 mod conn;
 mod emit;
 mod filter;
 mod io;
 mod maps;
 mod null;
+mod syscalls;
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
@@ -29,14 +33,22 @@ use crate::maps::ACTIVE_CONNECT;
 /// Syscall tracepoints put the arguments after the 8-byte common header and the syscall number.
 const ARG0: usize = 16;
 
+/// A field of the tracepoint record at `offset` (aligned to its size). A direct load: the verifier
+/// allows reads of a tracepoint's context, and `read_at` would cost a `bpf_probe_read_kernel`
+/// call per field, which showed in profiles of the hottest programs.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+    field(ctx, ARG0 + 8 * n)
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(ARG0) }.unwrap_or(-1)
+    field(ctx, ARG0)
 }
 
 /// One entry and one exit tracepoint per read/write-family syscall. `$count` is the argument that
@@ -51,7 +63,7 @@ macro_rules! io_tracepoints {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            io::exit(bpf_get_current_pid_tgid(), ret(&ctx), None);
+            io::exit(bpf_get_current_pid_tgid(), ret(&ctx));
             0
         }
     };
@@ -143,6 +155,43 @@ fn on_close_enter(fd: u64) {
 }
 
 // `sock:sock_{send,recv}_length`: sk at 8, family at 16, protocol at 18, ret at 20, flags at 24.
+struct SockLength {
+    sock: u64,
+    family: u16,
+    protocol: u16,
+    ret: i32,
+    flags: i32,
+}
+
+#[inline(always)]
+fn sock_length(ctx: &TracePointContext) -> SockLength {
+    let sock = field::<u64>(ctx, 8);
+    let family_protocol_ret = field::<u64>(ctx, 16);
+    SockLength {
+        sock,
+        family: family_protocol_ret as u16,
+        protocol: (family_protocol_ret >> 16) as u16,
+        ret: (family_protocol_ret >> 32) as i32,
+        flags: field::<i32>(ctx, 24),
+    }
+}
+
+/// Socket hook set: capture at the socket tracepoint.
+#[tracepoint]
+pub fn sock_send_capture(ctx: TracePointContext) -> u32 {
+    let s = sock_length(&ctx);
+    io::on_sock_io(Direction::Egress, s.sock, s.family, s.protocol, s.ret as i64, s.flags);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_capture(ctx: TracePointContext) -> u32 {
+    let s = sock_length(&ctx);
+    io::on_sock_io(Direction::Ingress, s.sock, s.family, s.protocol, s.ret as i64, s.flags);
+    0
+}
+
+/// Syscall tracepoint hook set: note the TCP socket for the syscall's exit.
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     on_sock_length(&ctx, Direction::Egress);
@@ -157,18 +206,8 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_sock_length(ctx: &TracePointContext, direction: Direction) {
-    let read = |off: usize| unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0);
-    let sock = read(8);
-    let family_protocol = read(16);
-    let flags = unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0);
-    io::on_sock_length(
-        bpf_get_current_pid_tgid(),
-        direction,
-        sock,
-        family_protocol as u16,
-        (family_protocol >> 16) as u16,
-        flags,
-    );
+    let s = sock_length(ctx);
+    io::on_sock_length(bpf_get_current_pid_tgid(), direction, s.sock, s.family, s.protocol, s.flags);
 }
 
 #[cfg(not(test))]

@@ -27,7 +27,8 @@ pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
 
-/// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit. LRU: a
+/// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit (syscall
+/// tracepoint hook set only; the socket hook set needs no state between hooks). LRU: a
 /// thread killed inside a syscall never reaches its exit, and its entry must not stay forever.
 #[map]
 pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
@@ -59,8 +60,6 @@ pub static CAPTURE_BYTES: u32 = sonde_common::DEFAULT_CAPTURE;
 pub static FILTER_PIDS: u32 = 0;
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 256 * 1024;
-#[unsafe(no_mangle)]
-pub static LATE_CAPTURE: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]

@@ -3,9 +3,9 @@
 //! sonde's own kernel-side cost; the difference to an untraced run is the floor of hooking at all.
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{map, tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 
 #[map]
@@ -18,21 +18,9 @@ fn hit() {
     }
 }
 
-/// Attached to every syscall and socket tracepoint of the classic hook set.
+/// Attached to every tracepoint of the hook set in use.
 #[tracepoint]
 pub fn null_tracepoint(_ctx: TracePointContext) -> u32 {
-    hit();
-    0
-}
-
-#[btf_tracepoint(function = "sys_enter")]
-pub fn null_sys_enter(_ctx: BtfTracePointContext) -> u32 {
-    hit();
-    0
-}
-
-#[btf_tracepoint(function = "sys_exit")]
-pub fn null_sys_exit(_ctx: BtfTracePointContext) -> u32 {
     hit();
     0
 }

@@ -2,8 +2,8 @@
 //! the null probe that puts counting-only programs on the very same hooks.
 
 use aya::{
-    Btf, Ebpf,
-    programs::{BtfTracePoint, TracePoint},
+    Ebpf,
+    programs::{TracePoint, trace_point::TracePointLinkId},
 };
 
 use super::{HookChoice, HookSet, ProbeError};
@@ -17,68 +17,104 @@ pub enum Programs {
     NullProbe,
 }
 
-impl Programs {
-    fn tracepoint(self, tracepoint: &'static str) -> &'static str {
-        match self {
-            Programs::Sonde => tracepoint,
-            Programs::NullProbe => "null_tracepoint",
-        }
-    }
-
-    fn tp_btf(self, target: &'static str) -> &'static str {
-        match (self, target) {
-            (Programs::Sonde, "sys_enter") => "tp_btf_sys_enter",
-            (Programs::Sonde, _) => "tp_btf_sys_exit",
-            (Programs::NullProbe, "sys_enter") => "null_sys_enter",
-            (Programs::NullProbe, _) => "null_sys_exit",
-        }
-    }
+/// One hook: a tracepoint and the sonde program that serves it.
+struct Hook {
+    category: &'static str,
+    name: &'static str,
+    program: &'static str,
 }
 
-/// The syscall tracepoints of the classic hook set; each has a program of the same name.
-const SYSCALL_TRACEPOINTS: &[&str] = &[
-    "sys_enter_read",
-    "sys_exit_read",
-    "sys_enter_recvfrom",
-    "sys_exit_recvfrom",
-    "sys_enter_readv",
-    "sys_exit_readv",
-    "sys_enter_recvmsg",
-    "sys_exit_recvmsg",
-    "sys_enter_write",
-    "sys_exit_write",
-    "sys_enter_sendto",
-    "sys_exit_sendto",
-    "sys_enter_writev",
-    "sys_exit_writev",
-    "sys_enter_sendmsg",
-    "sys_exit_sendmsg",
-    "sys_enter_sendfile64",
-    "sys_exit_sendfile64",
-    "sys_exit_accept",
-    "sys_exit_accept4",
-    "sys_enter_connect",
-    "sys_exit_connect",
-    "sys_enter_close",
+const fn hook(category: &'static str, name: &'static str, program: &'static str) -> Hook {
+    Hook { category, name, program }
+}
+
+/// Connection life cycle, in both hook sets.
+const CONN_HOOKS: &[Hook] = &[
+    hook("syscalls", "sys_exit_accept", "sys_exit_accept"),
+    hook("syscalls", "sys_exit_accept4", "sys_exit_accept4"),
+    hook("syscalls", "sys_enter_connect", "sys_enter_connect"),
+    hook("syscalls", "sys_exit_connect", "sys_exit_connect"),
+    hook("syscalls", "sys_enter_close", "sys_enter_close"),
 ];
+
+/// Socket hook set: data is captured where the socket layer reports it.
+const SOCK_CAPTURE_HOOKS: &[Hook] = &[
+    hook("sock", "sock_send_length", "sock_send_capture"),
+    hook("sock", "sock_recv_length", "sock_recv_capture"),
+];
+
+/// Syscall tracepoint hook set: entry and exit of every read/write-family syscall, the socket
+/// tracepoints in between.
+const SYSCALL_IO_HOOKS: &[Hook] = &[
+    hook("sock", "sock_send_length", "sock_send_length"),
+    hook("sock", "sock_recv_length", "sock_recv_length"),
+    hook("syscalls", "sys_enter_read", "sys_enter_read"),
+    hook("syscalls", "sys_exit_read", "sys_exit_read"),
+    hook("syscalls", "sys_enter_recvfrom", "sys_enter_recvfrom"),
+    hook("syscalls", "sys_exit_recvfrom", "sys_exit_recvfrom"),
+    hook("syscalls", "sys_enter_readv", "sys_enter_readv"),
+    hook("syscalls", "sys_exit_readv", "sys_exit_readv"),
+    hook("syscalls", "sys_enter_recvmsg", "sys_enter_recvmsg"),
+    hook("syscalls", "sys_exit_recvmsg", "sys_exit_recvmsg"),
+    hook("syscalls", "sys_enter_write", "sys_enter_write"),
+    hook("syscalls", "sys_exit_write", "sys_exit_write"),
+    hook("syscalls", "sys_enter_sendto", "sys_enter_sendto"),
+    hook("syscalls", "sys_exit_sendto", "sys_exit_sendto"),
+    hook("syscalls", "sys_enter_writev", "sys_enter_writev"),
+    hook("syscalls", "sys_exit_writev", "sys_exit_writev"),
+    hook("syscalls", "sys_enter_sendmsg", "sys_enter_sendmsg"),
+    hook("syscalls", "sys_exit_sendmsg", "sys_exit_sendmsg"),
+    hook("syscalls", "sys_enter_sendfile64", "sys_enter_sendfile64"),
+    hook("syscalls", "sys_exit_sendfile64", "sys_exit_sendfile64"),
+];
+
+/// The tracepoints both hook sets need that older kernels lack (added in 6.3).
 pub const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
 
-const BTF_TARGETS: &[&str] = &["sys_enter", "sys_exit"];
-
-/// Attaches the socket tracepoints and the chosen syscall hook set; returns the set in use.
+/// Attaches the chosen hook set; returns the set in use.
 pub fn attach(ebpf: &mut Ebpf, choice: HookChoice, programs: Programs) -> Result<HookSet, ProbeError> {
-    for tp in SOCK_TRACEPOINTS {
-        attach_tracepoint(ebpf, programs.tracepoint(tp), "sock", tp)?;
+    let set = match choice {
+        HookChoice::Tracepoints => HookSet::Tracepoints,
+        HookChoice::Sock => HookSet::Sock,
+        // The socket set reads x86_64's saved registers.
+        HookChoice::Auto if std::env::consts::ARCH != "x86_64" => HookSet::Tracepoints,
+        HookChoice::Auto => match attach_set(ebpf, HookSet::Sock, programs) {
+            Ok(()) => return Ok(HookSet::Sock),
+            Err(e) => {
+                tracing::info!(error = %e, "socket hook set unavailable; using syscall tracepoints");
+                HookSet::Tracepoints
+            }
+        },
+    };
+    attach_set(ebpf, set, programs)?;
+    Ok(set)
+}
+
+/// Attaches every hook of `set`, or none: on an error the ones already attached are detached.
+fn attach_set(ebpf: &mut Ebpf, set: HookSet, programs: Programs) -> Result<(), ProbeError> {
+    let io_hooks = match set {
+        HookSet::Sock => SOCK_CAPTURE_HOOKS,
+        HookSet::Tracepoints => SYSCALL_IO_HOOKS,
+    };
+    let mut attached: Vec<(&'static str, TracePointLinkId)> = Vec::new();
+    for hook in io_hooks.iter().chain(CONN_HOOKS) {
+        let program = match programs {
+            Programs::Sonde => hook.program,
+            Programs::NullProbe => "null_tracepoint",
+        };
+        match attach_tracepoint(ebpf, program, hook.category, hook.name) {
+            Ok(link) => attached.push((program, link)),
+            Err(e) => {
+                for (program, link) in attached {
+                    if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut TracePoint>::try_from) {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(e);
+            }
+        }
     }
-    match choice {
-        HookChoice::Tracepoints => attach_syscall_tracepoints(ebpf, programs),
-        HookChoice::TpBtf => attach_tp_btf(ebpf, programs),
-        HookChoice::Auto if std::env::consts::ARCH != "x86_64" => attach_syscall_tracepoints(ebpf, programs),
-        HookChoice::Auto => attach_tp_btf(ebpf, programs).or_else(|e| {
-            tracing::info!(error = %e, "tp_btf unavailable; using syscall tracepoints");
-            attach_syscall_tracepoints(ebpf, programs)
-        }),
-    }
+    Ok(())
 }
 
 /// Loads `program` on first use (one tracepoint program may serve many tracepoints) and attaches it.
@@ -87,7 +123,7 @@ fn attach_tracepoint(
     program: &'static str,
     category: &str,
     name: &str,
-) -> Result<(), ProbeError> {
+) -> Result<TracePointLinkId, ProbeError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::MissingProgram { program })?
@@ -100,47 +136,5 @@ fn attach_tracepoint(
         program,
         target: format!("{category}/{name}"),
         source,
-    })?;
-    Ok(())
-}
-
-fn attach_syscall_tracepoints(ebpf: &mut Ebpf, programs: Programs) -> Result<HookSet, ProbeError> {
-    for tp in SYSCALL_TRACEPOINTS {
-        attach_tracepoint(ebpf, programs.tracepoint(tp), "syscalls", tp)?;
-    }
-    Ok(HookSet::Tracepoints)
-}
-
-fn attach_tp_btf(ebpf: &mut Ebpf, programs: Programs) -> Result<HookSet, ProbeError> {
-    let btf = Btf::from_sys_fs()?;
-    let mut attached = Vec::new();
-    for &target in BTF_TARGETS {
-        let program = programs.tp_btf(target);
-        let result = (|| {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::MissingProgram { program })?
-                .try_into()
-                .map_err(|source| ProbeError::LoadProgram { program, source })?;
-            prog.load(target, &btf).map_err(|source| ProbeError::LoadProgram { program, source })?;
-            prog.attach().map_err(|source| ProbeError::Attach {
-                program,
-                target: format!("tp_btf/{target}"),
-                source,
-            })
-        })();
-        match result {
-            Ok(link) => attached.push((program, link)),
-            Err(e) => {
-                // Undo a half attach so the fallback does not see syscalls twice.
-                for (program, link) in attached {
-                    if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut BtfTracePoint>::try_from) {
-                        let _ = p.detach(link);
-                    }
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(HookSet::TpBtf)
+    })
 }

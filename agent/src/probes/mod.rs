@@ -17,27 +17,29 @@ use sonde_common::{DROP_REASONS, MAX_CAPTURE, globals, maps};
 /// The kernel object built by `build.rs` (empty when the build was skipped with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
 
-/// Which hooks see the syscalls.
+/// Which hooks see socket reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookChoice {
-    /// `tp_btf` where the kernel allows it (x86_64 with BTF), else syscall tracepoints.
+    /// The socket hook set where the kernel allows it (x86_64), else syscall tracepoints.
     Auto,
-    /// BTF-enabled raw tracepoints on sys_enter/sys_exit: one cheap program for all syscalls.
-    TpBtf,
-    /// Classic per-syscall tracepoints (`syscalls/sys_{enter,exit}_*`): works on every kernel.
+    /// Capture in the socket tracepoints, with the syscall's arguments read from the task's saved
+    /// registers: one program run per socket read or write, nothing for any other syscall.
+    Sock,
+    /// Entry and exit tracepoints of each read/write syscall (`syscalls/sys_{enter,exit}_*`):
+    /// works on every architecture, costs a map update per read or write of any fd.
     Tracepoints,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookSet {
-    TpBtf,
+    Sock,
     Tracepoints,
 }
 
 impl std::fmt::Display for HookSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            HookSet::TpBtf => "tp_btf sys_enter/sys_exit",
+            HookSet::Sock => "socket tracepoints",
             HookSet::Tracepoints => "syscall tracepoints",
         })
     }
@@ -113,16 +115,12 @@ impl Probes {
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
-        // Only tp_btf can read a syscall's arguments back at exit (x86_64 register layout).
-        let late_capture: u32 =
-            (options.hooks != HookChoice::Tracepoints && std::env::consts::ARCH == "x86_64").into();
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture, true)
             .override_global(globals::FILTER_PIDS, &filter_pids, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-            .override_global(globals::LATE_CAPTURE, &late_capture, true)
             .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))

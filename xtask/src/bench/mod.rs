@@ -44,7 +44,7 @@ pub struct Options {
     /// One round of 1 s on two scenarios: checks that the harness works, numbers mean nothing.
     #[arg(long)]
     smoke: bool,
-    /// Which kernel hooks sonde and the null probe attach (`auto`, `tp-btf`, `tracepoints`).
+    /// Which kernel hooks sonde and the null probe attach (`auto`, `sock`, `tracepoints`).
     #[arg(long, default_value = "auto")]
     hooks: String,
     /// Let processes float over all CPUs instead of pinning nginx and the load generator.

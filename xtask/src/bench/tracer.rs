@@ -70,7 +70,7 @@ pub struct TracerResult {
     pub counters: BTreeMap<String, u64>,
     /// `null probe hits=N` (null probe only).
     pub null_hits: Option<u64>,
-    /// Which hook set was attached (`tp_btf …` or `tracepoints`).
+    /// Which hook set was attached (`socket tracepoints` or `syscall tracepoints`).
     pub hooks: String,
 }
 
