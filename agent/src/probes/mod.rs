@@ -140,6 +140,7 @@ impl Probes {
         }
 
         let hooks = attach::attach(&mut ebpf, options.hooks, options.programs)?;
+        release_freed_memory();
         tracing::info!(hooks = %hooks, programs = ?options.programs, capture_bytes = capture, "kernel programs attached");
         Ok(Self { ebpf, hooks })
     }
@@ -183,4 +184,14 @@ impl Probes {
 
 fn ring_size(requested: u32) -> u32 {
     requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
+}
+
+/// Loading parsed the kernel's BTF (megabytes, freed once the programs are loaded), but glibc
+/// keeps freed heap pages mapped, and they would count in sonde's RSS for its whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments beyond the pad size; only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
