@@ -2,9 +2,13 @@
 //!
 //! `service.name` comes from the process's own `OTEL_SERVICE_NAME` (what its SDK would use), else
 //! its executable name. Entries are keyed by pid and checked against the process start time, so a
-//! reused pid never inherits another program's resource.
+//! reused pid does not inherit another program's resource.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::span::model::{KeyValue, Resource};
 
@@ -14,6 +18,13 @@ pub use procfs::{ProcInfo, read as read_info};
 
 /// Upper bound on cached processes; beyond it the least recently used half is dropped.
 const MAX_CACHED: usize = 16_384;
+
+/// How often a cached process's start time is read again to catch a reused pid. Reading
+/// `/proc/PID/stat` on every new connection cost more than everything else sonde does for a
+/// request on a server that opens a connection per request. A pid is reused only after the pid
+/// space wraps around, so an exit, a wrap and a new connection all within this window are rare;
+/// the periodic sweep drops exited processes as well.
+const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct ProcessCache {
     host_name: String,
@@ -25,6 +36,7 @@ struct Entry {
     start_time: u64,
     resource: Arc<Resource>,
     last_used: u64,
+    checked_at: Instant,
 }
 
 impl Default for ProcessCache {
@@ -41,23 +53,32 @@ impl ProcessCache {
         Self { host_name, entries: HashMap::new(), clock: 0 }
     }
 
-    /// The resource of `pid` for a new connection: the start time is checked against the cache,
-    /// so a reused pid is read afresh. Called once per connection, not per span.
+    /// The resource of `pid` for a new connection: the start time is checked against the cache
+    /// (at most every `REVALIDATE_EVERY`), so a reused pid is read afresh. Called once per
+    /// connection, not per span.
     pub fn observe(&mut self, pid: u32) -> Arc<Resource> {
         self.clock += 1;
-        let start_time = procfs::start_time(pid).unwrap_or(0);
-        if let Some(e) = self.entries.get_mut(&pid)
-            && (e.start_time == start_time || start_time == 0)
-        {
-            e.last_used = self.clock;
-            return e.resource.clone();
+        let now = Instant::now();
+        if let Some(e) = self.entries.get_mut(&pid) {
+            if now.duration_since(e.checked_at) < REVALIDATE_EVERY {
+                e.last_used = self.clock;
+                return e.resource.clone();
+            }
+            let start_time = procfs::start_time(pid).unwrap_or(0);
+            if e.start_time == start_time || start_time == 0 {
+                e.last_used = self.clock;
+                e.checked_at = now;
+                return e.resource.clone();
+            }
         }
         if self.entries.len() >= MAX_CACHED {
             self.evict_half();
         }
+        let start_time = procfs::start_time(pid).unwrap_or(0);
         let info = procfs::read(pid);
         let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
-        self.entries.insert(pid, Entry { start_time, resource: resource.clone(), last_used: self.clock });
+        let entry = Entry { start_time, resource: resource.clone(), last_used: self.clock, checked_at: now };
+        self.entries.insert(pid, entry);
         resource
     }
 
@@ -147,5 +168,23 @@ mod tests {
         assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
         assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id())), "same start time, same entry");
+    }
+
+    #[test]
+    fn a_reused_pid_is_read_afresh_once_revalidation_is_due() {
+        let pid = std::process::id();
+        let mut cache = ProcessCache::new();
+        let real = cache.observe(pid);
+        // Pretend the cached entry belonged to an earlier process with this pid.
+        let stale = Arc::new(build_resource(pid, 1, &ProcInfo::default(), "host-a"));
+        let entry = cache.entries.get_mut(&pid).unwrap();
+        entry.start_time = 1;
+        entry.resource = stale.clone();
+        assert!(Arc::ptr_eq(&stale, &cache.observe(pid)), "checked just now: not read again");
+
+        cache.entries.get_mut(&pid).unwrap().checked_at = Instant::now() - REVALIDATE_EVERY;
+        let fresh = cache.observe(pid);
+        assert!(!Arc::ptr_eq(&stale, &fresh), "start time differs: read afresh");
+        assert_eq!(fresh.service_name, real.service_name);
     }
 }
