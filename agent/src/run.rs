@@ -30,6 +30,7 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
+    yield_to_traced_processes();
     let protocol: Option<Protocol> = args.otlp_protocol.as_deref().map(str::parse).transpose()?;
     let otlp = OtlpConfig::from_env(args.otlp_endpoint.as_deref(), protocol)?;
     let print = match args.print.as_deref() {
@@ -173,4 +174,17 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Puts sonde's threads (this one, and those it starts, which inherit the policy) in
+/// `SCHED_BATCH`: they keep their fair share of CPU, but waking up never preempts the process
+/// that is running — on a busy host that is the traced service, whose latency sonde must not add
+/// to. sonde's work is batched anyway (ring-buffer drains, export batches); a few milliseconds
+/// of delay cost it nothing.
+fn yield_to_traced_processes() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` lives for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not switch to SCHED_BATCH");
+    }
 }
