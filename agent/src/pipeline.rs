@@ -50,9 +50,15 @@ pub struct Pipeline {
     kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
     last_conn_sweep: Instant,
+    last_hand_off: Instant,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Spans go to the exporter in chunks of at least this many, or after `HAND_OFF_EVERY`: each
+/// hand-off wakes the export thread, and at low rates a wake-up per ring drain cost more than
+/// the spans it carried. The exporter batches for up to a second anyway.
+const HAND_OFF_SPANS: usize = 512;
+const HAND_OFF_EVERY: Duration = Duration::from_millis(100);
 /// Idle responses are finished and dead connections dropped at this pace.
 const CONN_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -77,6 +83,7 @@ impl Pipeline {
             kernel_conns,
             last_process_sweep: Instant::now(),
             last_conn_sweep: Instant::now(),
+            last_hand_off: Instant::now(),
         }
     }
 
@@ -92,6 +99,13 @@ impl Pipeline {
     fn hand_off(&mut self) {
         if !self.outbox.is_empty() {
             self.sink.send_all(std::mem::take(&mut self.outbox));
+        }
+        self.last_hand_off = Instant::now();
+    }
+
+    fn hand_off_if_due(&mut self) {
+        if self.outbox.len() >= HAND_OFF_SPANS || self.last_hand_off.elapsed() >= HAND_OFF_EVERY {
+            self.hand_off();
         }
     }
 
@@ -150,7 +164,7 @@ impl intake::Sink for Pipeline {
     }
 
     fn drained(&mut self) {
-        self.hand_off();
+        self.hand_off_if_due();
     }
 
     fn tick(&mut self) {
@@ -166,6 +180,12 @@ impl intake::Sink for Pipeline {
             self.processes.sweep();
             self.last_process_sweep = Instant::now();
         }
+        self.hand_off_if_due();
+        self.publish_stats();
+    }
+
+    fn stopped(&mut self) {
+        self.hand_off();
         self.publish_stats();
     }
 }

@@ -13,8 +13,10 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 
-/// Longest a finished event waits in the ring buffer when the kernel did not wake us.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest a finished event waits in the ring buffer when the kernel did not wake us. Events
+/// carry kernel timestamps, so waiting changes no span; each poll is a wake-up of sonde, though,
+/// and at low rates those were a good part of its CPU.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Records handled between two looks at the clock and at `stop`: under sustained overload the ring
 /// never empties, and timeouts, counters and shutdown must still get their turn.
 const DRAIN_BATCH: usize = 4096;
@@ -22,13 +24,14 @@ const DRAIN_BATCH: usize = 4096;
 const STOP_DRAIN: Duration = Duration::from_secs(1);
 
 /// What the reader calls: `event` per record, `drained` after each run of records (up to
-/// `DRAIN_BATCH`: a natural point to hand on what they produced, in one go), `tick` about every
-/// `tick_every` (timeouts, stats).
+/// `DRAIN_BATCH`: a natural point to hand on what they produced), `tick` about every
+/// `tick_every` (timeouts, stats), and `stopped` once, after the last record.
 pub trait Sink {
     fn event(&mut self, event: Event<'_>);
     fn decode_error(&mut self, error: DecodeError);
     fn drained(&mut self);
     fn tick(&mut self);
+    fn stopped(&mut self);
 }
 
 /// Drains `ring` into `sink` until `stop` is set; then drains what is left (bounded) and returns.
@@ -58,6 +61,7 @@ pub fn run(mut ring: RingBuf<MapData>, sink: &mut impl Sink, stop: &AtomicBool, 
             last_tick = Instant::now();
         }
         if stop_deadline.is_some_and(|deadline| drained < DRAIN_BATCH || Instant::now() >= deadline) {
+            sink.stopped();
             return;
         }
         if drained == DRAIN_BATCH {
