@@ -66,7 +66,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
-    let assembler = Assembler::new(AssembleOptions { capture_query: args.capture_query });
+    let assembler = Assembler::new(AssembleOptions {
+        capture_query: args.capture_query,
+        opt_in_attributes: args.opt_in_attributes,
+    });
     let intake_thread = {
         let stop = stop.clone();
         let stats = stats.clone();

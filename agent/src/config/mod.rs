@@ -79,6 +79,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub capture_query: bool,
 
+    /// Also export the HTTP conventions' Opt-In span attributes: `client.port`,
+    /// `network.transport`, `network.type`, `http.request.body.size`, `http.response.body.size`.
+    #[arg(long)]
+    pub opt_in_attributes: bool,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,

@@ -29,6 +29,11 @@ const KNOWN_METHODS: &[&str] =
 pub struct AssembleOptions {
     /// Export `url.query` (off by default: query strings often carry personal data or secrets).
     pub capture_query: bool,
+    /// Also export the attributes the conventions make Opt-In for server spans (`client.port`,
+    /// `network.transport`, `http.request.body.size`, `http.response.body.size`) and
+    /// `network.type`, which they do not list for server spans at all. Each is bytes on every
+    /// span, for sonde, the collector and the backend alike.
+    pub opt_in_attributes: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,22 +103,27 @@ impl Assembler {
             attributes.push(KeyValue::str("url.query", capped(q)));
         }
         attributes.push(KeyValue::str("url.scheme", "http"));
-        attributes.push(KeyValue::str("network.protocol.name", "http"));
+        // `network.protocol.name` is only due when the protocol is not `http`.
         attributes.push(KeyValue::str("network.protocol.version", protocol_version(request.minor_version)));
-        attributes.push(KeyValue::str("network.transport", "tcp"));
         server_attributes(request, conn.local, &mut self.addresses, &mut attributes);
+        let opt_in = self.options.opt_in_attributes;
         if let Some(peer) = conn.remote {
             let address = self.addresses.text(peer.ip());
             attributes.push(KeyValue::str("client.address", address.clone()));
-            attributes.push(KeyValue::int("client.port", peer.port() as i64));
             attributes.push(KeyValue::str("network.peer.address", address));
             attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
-            attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+            if opt_in {
+                attributes.push(KeyValue::int("client.port", peer.port() as i64));
+                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+            }
+        }
+        if opt_in {
+            attributes.push(KeyValue::str("network.transport", "tcp"));
         }
         if let Some(ua) = &request.user_agent {
             attributes.push(KeyValue::str("user_agent.original", capped(ua)));
         }
-        if exchange.request.body_bytes > 0 {
+        if opt_in && exchange.request.body_bytes > 0 {
             attributes.push(KeyValue::int("http.request.body.size", exchange.request.body_bytes as i64));
         }
 
@@ -122,7 +132,7 @@ impl Assembler {
             Some(response) => {
                 let code = response.head.status;
                 attributes.push(KeyValue::int("http.response.status_code", code as i64));
-                if response.body_bytes > 0 {
+                if opt_in && response.body_bytes > 0 {
                     attributes.push(KeyValue::int("http.response.body.size", response.body_bytes as i64));
                 }
                 // Server spans: only 5xx is an error; 4xx is the client's doing.

@@ -83,10 +83,20 @@ fn server_span_follows_the_conventions() {
     assert_eq!(attr(&span, "network.peer.port"), i(51000));
     assert_eq!(attr(&span, "network.protocol.version"), s("1.1"));
     assert_eq!(attr(&span, "user_agent.original"), s("curl/7.88.1"));
+    for opt_in in ["client.port", "network.transport", "network.type", "http.response.body.size"] {
+        assert_eq!(attr(&span, opt_in), None, "{opt_in} is Opt-In");
+    }
+    assert_eq!(attr(&span, "network.protocol.name"), None, "only due when not http");
 
-    let with_query =
-        build(&exchange(head("GET", "/a?b=1"), Some(200)), AssembleOptions { capture_query: true }).unwrap();
+    let options = AssembleOptions { capture_query: true, ..AssembleOptions::default() };
+    let with_query = build(&exchange(head("GET", "/a?b=1"), Some(200)), options).unwrap();
     assert_eq!(attr(&with_query, "url.query"), s("b=1"));
+
+    let options = AssembleOptions { opt_in_attributes: true, ..AssembleOptions::default() };
+    let opted = build(&exchange(head("GET", "/a"), Some(200)), options).unwrap();
+    assert_eq!(attr(&opted, "client.port"), i(51000));
+    assert_eq!(attr(&opted, "network.transport"), s("tcp"));
+    assert_eq!(attr(&opted, "network.type"), s("ipv4"));
 }
 
 #[test]
