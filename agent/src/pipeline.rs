@@ -15,7 +15,7 @@ use crate::{
     export::SpanSink,
     intake::{self, DecodeError, Event},
     probes::KernelConns,
-    process::{self, ProcessCache},
+    process::ProcessCache,
     span::{
         Assembler,
         clock::{WallClock, monotonic_ns},
@@ -137,7 +137,8 @@ impl intake::Sink for Pipeline {
         match event {
             Event::Open(open) => {
                 let info = crate::conn::ConnInfo::from_event(&open);
-                let selected = self.selector.accepts(&info, || process::read_info(info.pid));
+                let processes = &mut self.processes;
+                let selected = self.selector.accepts(&info, || processes.info(info.pid));
                 if selected {
                     // Read /proc now, while the process surely exists (it may be short-lived).
                     self.processes.observe(info.pid);

@@ -34,6 +34,7 @@ pub struct ProcessCache {
 
 struct Entry {
     start_time: u64,
+    info: ProcInfo,
     resource: Arc<Resource>,
     last_used: u64,
     checked_at: Instant,
@@ -57,29 +58,44 @@ impl ProcessCache {
     /// (at most every `REVALIDATE_EVERY`), so a reused pid is read afresh. Called once per
     /// connection, not per span.
     pub fn observe(&mut self, pid: u32) -> Arc<Resource> {
+        self.entry(pid).resource.clone()
+    }
+
+    /// What `/proc` says about `pid` (executable, command line, …), cached like `observe`: for
+    /// `--exe`, which is decided once per new connection.
+    pub fn info(&mut self, pid: u32) -> ProcInfo {
+        self.entry(pid).info.clone()
+    }
+
+    fn entry(&mut self, pid: u32) -> &Entry {
         self.clock += 1;
         let now = Instant::now();
-        if let Some(e) = self.entries.get_mut(&pid) {
-            if now.duration_since(e.checked_at) < REVALIDATE_EVERY {
-                e.last_used = self.clock;
-                return e.resource.clone();
+        let fresh = match self.entries.get_mut(&pid) {
+            Some(e) if now.duration_since(e.checked_at) < REVALIDATE_EVERY => true,
+            Some(e) => {
+                let start_time = procfs::start_time(pid).unwrap_or(0);
+                let same = e.start_time == start_time || start_time == 0;
+                if same {
+                    e.checked_at = now;
+                }
+                same
+            }
+            None => false,
+        };
+        if !fresh {
+            if self.entries.len() >= MAX_CACHED {
+                self.evict_half();
             }
             let start_time = procfs::start_time(pid).unwrap_or(0);
-            if e.start_time == start_time || start_time == 0 {
-                e.last_used = self.clock;
-                e.checked_at = now;
-                return e.resource.clone();
-            }
+            let info = procfs::read(pid);
+            let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
+            let entry = Entry { start_time, info, resource, last_used: self.clock, checked_at: now };
+            self.entries.insert(pid, entry);
         }
-        if self.entries.len() >= MAX_CACHED {
-            self.evict_half();
-        }
-        let start_time = procfs::start_time(pid).unwrap_or(0);
-        let info = procfs::read(pid);
-        let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
-        let entry = Entry { start_time, resource: resource.clone(), last_used: self.clock, checked_at: now };
-        self.entries.insert(pid, entry);
-        resource
+        let clock = self.clock;
+        let entry = self.entries.get_mut(&pid).expect("present: found fresh or just inserted");
+        entry.last_used = clock;
+        entry
     }
 
     /// The cached resource of `pid` (per span: no /proc access unless the pid is new).
