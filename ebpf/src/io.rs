@@ -138,11 +138,7 @@ pub fn on_sock_io(direction: Direction, sock: u64, family: u16, protocol: u16, r
         length_only,
         _pad: [0; 3],
     };
-    let tid = pid_tgid as u32;
-    let Some(seq) = conn::on_data(tgid, tid, fd, sock, family) else {
-        return;
-    };
-    emit_data(tgid, tid, &active, ret as u64, seq);
+    capture(pid_tgid, &active, ret as u64);
 }
 
 /// Exit of the read/write family with the syscall's return value.
@@ -155,12 +151,19 @@ pub fn exit(pid_tgid: u64, ret: i64) {
     if active.is_tcp == 0 || ret <= 0 {
         return;
     }
+    capture(pid_tgid, &active, ret as u64);
+}
+
+/// `len` bytes moved on a TCP socket, as `active` describes: the connection's sequence number
+/// (and its `Open`, the first time), then the data event. Both hook sets end here.
+#[inline(always)]
+fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     let Some(seq) = conn::on_data(tgid, tid, active.fd, active.sock, active.family as u16) else {
         return;
     };
-    emit_data(tgid, tid, &active, ret as u64, seq);
+    emit_data(tgid, tid, active, len, seq);
 }
 
 #[inline(always)]

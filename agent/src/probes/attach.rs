@@ -28,13 +28,18 @@ const fn hook(category: &'static str, name: &'static str, program: &'static str)
     Hook { category, name, program }
 }
 
+/// A syscall tracepoint served by the program of the same name.
+const fn syscall(name: &'static str) -> Hook {
+    hook("syscalls", name, name)
+}
+
 /// Connection life cycle, in both hook sets.
 const CONN_HOOKS: &[Hook] = &[
-    hook("syscalls", "sys_exit_accept", "sys_exit_accept"),
-    hook("syscalls", "sys_exit_accept4", "sys_exit_accept4"),
-    hook("syscalls", "sys_enter_connect", "sys_enter_connect"),
-    hook("syscalls", "sys_exit_connect", "sys_exit_connect"),
-    hook("syscalls", "sys_enter_close", "sys_enter_close"),
+    syscall("sys_exit_accept"),
+    syscall("sys_exit_accept4"),
+    syscall("sys_enter_connect"),
+    syscall("sys_exit_connect"),
+    syscall("sys_enter_close"),
 ];
 
 /// Socket hook set: data is captured where the socket layer reports it.
@@ -48,24 +53,24 @@ const SOCK_CAPTURE_HOOKS: &[Hook] = &[
 const SYSCALL_IO_HOOKS: &[Hook] = &[
     hook("sock", "sock_send_length", "sock_send_length"),
     hook("sock", "sock_recv_length", "sock_recv_length"),
-    hook("syscalls", "sys_enter_read", "sys_enter_read"),
-    hook("syscalls", "sys_exit_read", "sys_exit_read"),
-    hook("syscalls", "sys_enter_recvfrom", "sys_enter_recvfrom"),
-    hook("syscalls", "sys_exit_recvfrom", "sys_exit_recvfrom"),
-    hook("syscalls", "sys_enter_readv", "sys_enter_readv"),
-    hook("syscalls", "sys_exit_readv", "sys_exit_readv"),
-    hook("syscalls", "sys_enter_recvmsg", "sys_enter_recvmsg"),
-    hook("syscalls", "sys_exit_recvmsg", "sys_exit_recvmsg"),
-    hook("syscalls", "sys_enter_write", "sys_enter_write"),
-    hook("syscalls", "sys_exit_write", "sys_exit_write"),
-    hook("syscalls", "sys_enter_sendto", "sys_enter_sendto"),
-    hook("syscalls", "sys_exit_sendto", "sys_exit_sendto"),
-    hook("syscalls", "sys_enter_writev", "sys_enter_writev"),
-    hook("syscalls", "sys_exit_writev", "sys_exit_writev"),
-    hook("syscalls", "sys_enter_sendmsg", "sys_enter_sendmsg"),
-    hook("syscalls", "sys_exit_sendmsg", "sys_exit_sendmsg"),
-    hook("syscalls", "sys_enter_sendfile64", "sys_enter_sendfile64"),
-    hook("syscalls", "sys_exit_sendfile64", "sys_exit_sendfile64"),
+    syscall("sys_enter_read"),
+    syscall("sys_exit_read"),
+    syscall("sys_enter_recvfrom"),
+    syscall("sys_exit_recvfrom"),
+    syscall("sys_enter_readv"),
+    syscall("sys_exit_readv"),
+    syscall("sys_enter_recvmsg"),
+    syscall("sys_exit_recvmsg"),
+    syscall("sys_enter_write"),
+    syscall("sys_exit_write"),
+    syscall("sys_enter_sendto"),
+    syscall("sys_exit_sendto"),
+    syscall("sys_enter_writev"),
+    syscall("sys_exit_writev"),
+    syscall("sys_enter_sendmsg"),
+    syscall("sys_exit_sendmsg"),
+    syscall("sys_enter_sendfile64"),
+    syscall("sys_exit_sendfile64"),
 ];
 
 /// The tracepoints both hook sets need that older kernels lack (added in 6.3).

@@ -70,23 +70,24 @@ impl ProcessCache {
     fn entry(&mut self, pid: u32) -> &Entry {
         self.clock += 1;
         let now = Instant::now();
-        let fresh = match self.entries.get_mut(&pid) {
-            Some(e) if now.duration_since(e.checked_at) < REVALIDATE_EVERY => true,
+        // Some(start time) when the entry must be (re)built from /proc.
+        let rebuild = match self.entries.get_mut(&pid) {
+            Some(e) if now.duration_since(e.checked_at) < REVALIDATE_EVERY => None,
             Some(e) => {
                 let start_time = procfs::start_time(pid).unwrap_or(0);
-                let same = e.start_time == start_time || start_time == 0;
-                if same {
+                if e.start_time == start_time || start_time == 0 {
                     e.checked_at = now;
+                    None
+                } else {
+                    Some(start_time)
                 }
-                same
             }
-            None => false,
+            None => Some(procfs::start_time(pid).unwrap_or(0)),
         };
-        if !fresh {
+        if let Some(start_time) = rebuild {
             if self.entries.len() >= MAX_CACHED {
                 self.evict_half();
             }
-            let start_time = procfs::start_time(pid).unwrap_or(0);
             let info = procfs::read(pid);
             let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
             let entry = Entry { start_time, info, resource, last_used: self.clock, checked_at: now };
