@@ -11,6 +11,10 @@ pub const MAX_CAPTURE: usize = 16 * 1024;
 /// Payload bytes copied per syscall unless the user asks for another figure: enough for request and
 /// response headers of a few KiB to arrive whole.
 pub const DEFAULT_CAPTURE: u32 = 8 * 1024;
+/// Highest pid + 1 on 64-bit Linux (`PID_MAX_LIMIT`): the `--pid` selection is a bitmap this long.
+pub const PID_LIMIT: u32 = 4 * 1024 * 1024;
+/// u64 words of that bitmap.
+pub const PID_BITMAP_WORDS: u32 = PID_LIMIT / 64;
 /// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied (bounded loop).
 pub const MAX_IOVECS: u32 = 8;
 
@@ -32,7 +36,7 @@ pub mod globals {
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// Payload bytes to copy per syscall (clamped to `MAX_CAPTURE`).
     pub const CAPTURE_BYTES: &str = "CAPTURE_BYTES";
-    /// Non-zero: only processes in `SELECTED_PIDS` are traced.
+    /// Non-zero: only processes whose bit is set in `SELECTED_PIDS` are traced.
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     /// Ring-buffer fill level (bytes) at which the producer wakes the reader; below it the reader
     /// polls on a short timer, so wake-ups are batched instead of paid once per event.

@@ -8,7 +8,7 @@ pub fn traced(tgid: u32) -> bool {
         return false;
     }
     if global_u32(&FILTER_PIDS) != 0 {
-        return unsafe { SELECTED_PIDS.get(&tgid) }.is_some();
+        return SELECTED_PIDS.get(tgid / 64).is_some_and(|word| word & (1u64 << (tgid % 64)) != 0);
     }
     true
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE};
 
@@ -19,9 +19,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
-/// tgids to trace when `FILTER_PIDS` is set (value unused).
+/// tgids to trace when `FILTER_PIDS` is set: a bitmap, word `tgid / 64`, bit `tgid % 64`. An array
+/// lookup is inlined by the verifier — a hash lookup here cost ~120 ns on every socket read and
+/// write of every process. The agent sizes it to `PID_BITMAP_WORDS` (512 KiB) only when a filter
+/// is set.
 #[map]
-pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static SELECTED_PIDS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// (tgid << 32 | fd) → connection state. LRU: a close we never saw must not leak an entry forever.
 #[map]

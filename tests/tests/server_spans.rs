@@ -304,3 +304,26 @@ async fn ipv6_peers_have_their_addresses() {
     assert_eq!(spans[0].attr("server.address").as_deref(), Some("::1"), "from the Host header [::1]:port");
     stop_cleanly(sonde);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pid_selection_traces_only_the_chosen_process() {
+    let receiver = Receiver::start().await.unwrap();
+    let chosen = harness::python_http_server(&[("OTEL_SERVICE_NAME", "chosen")]);
+    let other = harness::python_http_server(&[("OTEL_SERVICE_NAME", "other")]);
+    let endpoint = receiver.grpc_endpoint();
+    let pid = chosen.pid().to_string();
+    // No --port: the kernel's pid bitmap alone decides.
+    let sonde = Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &pid]);
+    for _ in 0..3 {
+        curl(&[&format!("http://127.0.0.1:{}/index.html", other.port)]);
+        curl(&[&format!("http://127.0.0.1:{}/index.html", chosen.port)]);
+    }
+    let spans = expect_spans(&receiver, chosen.port, 3).await;
+    assert!(spans.iter().all(|s| s.resource.get("service.name").map(String::as_str) == Some("chosen")));
+    let all = receiver.spans();
+    assert!(
+        all.iter().all(|s| s.resource.get("process.pid") == Some(&pid)),
+        "only the selected process is traced: {all:#?}"
+    );
+    stop_cleanly(sonde);
+}

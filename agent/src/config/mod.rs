@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub print: Option<String>,
 
     /// Trace only these process ids (repeatable). Enforced in the kernel.
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..sonde_common::PID_LIMIT as i64))]
     pub pids: Vec<u32>,
 
     /// Trace only connections with this port at either end (repeatable), e.g. a server's listening port.

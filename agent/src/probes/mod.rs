@@ -9,10 +9,10 @@ pub use attach::Programs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use sonde_common::{DROP_REASONS, MAX_CAPTURE, globals, maps};
+use sonde_common::{DROP_REASONS, MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globals, maps};
 
 /// The kernel object built by `build.rs` (empty when the build was skipped with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
@@ -67,6 +67,15 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] aya::BtfError),
+}
+
+/// The words of the kernel's pid bitmap that have a bit set (pids ≥ `PID_LIMIT` cannot exist).
+fn pid_bitmap(pids: &[u32]) -> std::collections::BTreeMap<u32, u64> {
+    let mut words = std::collections::BTreeMap::new();
+    for &pid in pids.iter().filter(|&&pid| pid < PID_LIMIT) {
+        *words.entry(pid / 64).or_insert(0u64) |= 1 << (pid % 64);
+    }
+    words
 }
 
 pub struct ProbeOptions {
@@ -125,16 +134,17 @@ impl Probes {
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
+            .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
             .load(EBPF_OBJECT)?;
 
         if !options.pids.is_empty() {
-            let mut selected: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+            let mut selected: BpfArray<_, u64> = BpfArray::try_from(
                 ebpf.map_mut(maps::SELECTED_PIDS).ok_or(ProbeError::MissingMap(maps::SELECTED_PIDS))?,
             )
             .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
-            for pid in &options.pids {
+            for (word, bits) in pid_bitmap(&options.pids) {
                 selected
-                    .insert(pid, 1, 0)
+                    .set(word, bits, 0)
                     .map_err(|source| ProbeError::Map { name: maps::SELECTED_PIDS, source })?;
             }
         }
@@ -193,5 +203,17 @@ fn release_freed_memory() {
     // SAFETY: no arguments beyond the pad size; only returns free pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_bitmap_sets_one_bit_per_pid() {
+        let words = pid_bitmap(&[1, 63, 64, 130, PID_LIMIT - 1, PID_LIMIT]);
+        let expected = [(0, 1 << 1 | 1 << 63), (1, 1), (2, 1 << 2), (PID_BITMAP_WORDS - 1, 1 << 63)];
+        assert_eq!(words.into_iter().collect::<Vec<_>>(), expected);
     }
 }
