@@ -1,8 +1,9 @@
 //! sonde's agent, one module per stage of the data flow:
 //!
 //! `probes` (load and attach the kernel programs) → `intake` (ring buffer → events) → `conn`
-//! (connection table) → `http` (HTTP/1.x parsing per direction) → `span` (span assembly) →
-//! `export` (OTLP, terminal, JSON). `process` supplies the resource of each traced process;
+//! (connection table) → `http` (HTTP/1.x parsing per direction) → `link` (trace context: ids and
+//! parents, in-process and across processes on this host) → `span` (span assembly) → `export`
+//! (OTLP, terminal, JSON). `process` supplies the resource of each traced process;
 //! `config` holds the command line and environment.
 
 pub mod config;
@@ -10,6 +11,7 @@ pub mod conn;
 pub mod export;
 pub mod http;
 pub mod intake;
+pub mod link;
 pub mod pipeline;
 pub mod probes;
 pub mod process;

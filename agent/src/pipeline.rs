@@ -1,5 +1,5 @@
 //! The user-space data flow on the intake thread: kernel events → connection table → HTTP
-//! exchanges → spans → export queue. Single-threaded on purpose: per-connection state needs no
+//! exchanges → trace context → spans → export queue. Single-threaded on purpose: per-connection state needs no
 //! locks, and the export queue is the only hand-off (non-blocking, drops counted).
 
 use std::{
@@ -11,9 +11,12 @@ use std::{
 };
 
 use crate::{
+    config::SdkProcesses,
     conn::{ConnTable, Finished, select::Selector},
     export::SpanSink,
+    http::Exchange,
     intake::{self, DecodeError, Event},
+    link::{self, Linker, SpanContext},
     probes::KernelConns,
     process::ProcessCache,
     span::{
@@ -29,21 +32,31 @@ pub struct PipelineStats {
     pub events: AtomicU64,
     pub decode_errors: AtomicU64,
     pub connections: AtomicU64,
-    pub spans: AtomicU64,
+    pub server_spans: AtomicU64,
+    pub client_spans: AtomicU64,
     pub unsampled: AtomicU64,
+    pub stitched: AtomicU64,
+    pub in_process_parents: AtomicU64,
+    /// Exchanges of processes with their own SDK, left to it (`--sdk-processes skip`).
+    pub sdk_skipped: AtomicU64,
     pub data_without_open: AtomicU64,
     pub sequence_gaps: AtomicU64,
 }
 
 pub struct Pipeline {
     conns: ConnTable,
+    linker: Linker,
     processes: ProcessCache,
     assembler: Assembler,
     selector: Selector,
     clock: WallClock,
     sink: SpanSink,
     stats: Arc<PipelineStats>,
+    sdk_processes: SdkProcesses,
+    sdk_skipped: u64,
     finished: Vec<Finished>,
+    /// Reused between events: the requests started by one.
+    started: Vec<(crate::conn::ConnInfo, crate::http::Started)>,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
     outbox: Vec<Span>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
@@ -69,16 +82,21 @@ impl Pipeline {
         sink: SpanSink,
         stats: Arc<PipelineStats>,
         kernel_conns: Option<KernelConns>,
+        sdk_processes: SdkProcesses,
     ) -> Self {
         Self {
             conns: ConnTable::default(),
+            linker: Linker::default(),
             processes: ProcessCache::new(),
             assembler,
             selector,
             clock: WallClock::sample(),
             sink,
             stats,
+            sdk_processes,
+            sdk_skipped: 0,
             finished: Vec::new(),
+            started: Vec::new(),
             outbox: Vec::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
@@ -87,13 +105,44 @@ impl Pipeline {
         }
     }
 
+    /// Whether sonde leaves `pid`'s spans to the SDK it runs.
+    fn left_to_sdk(&mut self, pid: u32) -> bool {
+        self.sdk_processes == SdkProcesses::Skip && self.processes.has_own_sdk(pid)
+    }
+
+    /// Requests whose head was just seen get their trace context before any exchange ends. A
+    /// process left to its SDK gets none: no span of sonde's may name one of its spans as parent
+    /// (its own `traceparent` headers link what it calls).
+    fn link_started(&mut self) {
+        let mut started = std::mem::take(&mut self.started);
+        started.extend(self.conns.take_started());
+        for (conn, request) in started.drain(..) {
+            if !self.left_to_sdk(conn.pid) {
+                self.linker.started(&conn, &request);
+            }
+        }
+        self.started = started;
+    }
+
     fn emit(&mut self) {
-        for Finished { conn, exchange } in self.finished.drain(..) {
+        let mut finished = std::mem::take(&mut self.finished);
+        for Finished { conn, exchange } in finished.drain(..) {
+            if exports_traces(&exchange) {
+                self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
+            }
+            if self.left_to_sdk(conn.pid) {
+                // Marked mid-request: what the linker holds for it goes too.
+                let _ = self.linker.finished(&conn, &exchange);
+                self.sdk_skipped += 1;
+                continue;
+            }
+            let context = self.linker.finished(&conn, &exchange).unwrap_or_else(root_context);
             let resource = self.processes.resource(conn.pid);
-            if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock) {
+            if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
                 self.outbox.push(span);
             }
         }
+        self.finished = finished;
     }
 
     fn hand_off(&mut self) {
@@ -123,8 +172,13 @@ impl Pipeline {
     fn publish_stats(&self) {
         let a = self.assembler.stats();
         let c = self.conns.stats();
-        self.stats.spans.store(a.spans, Ordering::Relaxed);
+        let l = self.linker.stats();
+        self.stats.server_spans.store(a.server_spans, Ordering::Relaxed);
+        self.stats.client_spans.store(a.client_spans, Ordering::Relaxed);
         self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
+        self.stats.stitched.store(l.stitched, Ordering::Relaxed);
+        self.stats.in_process_parents.store(l.in_process, Ordering::Relaxed);
+        self.stats.sdk_skipped.store(self.sdk_skipped, Ordering::Relaxed);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
         self.stats.sequence_gaps.store(c.sequence_gaps, Ordering::Relaxed);
@@ -137,17 +191,19 @@ impl intake::Sink for Pipeline {
         match event {
             Event::Open(open) => {
                 let info = crate::conn::ConnInfo::from_event(&open);
+                let comm = comm_text(&open.comm);
                 let processes = &mut self.processes;
-                let selected = self.selector.accepts(&info, || processes.info(info.pid));
+                let selected = self.selector.accepts(&info, || processes.info(info.pid, comm));
                 if selected {
-                    // Read /proc now, while the process surely exists (it may be short-lived).
-                    self.processes.observe(info.pid);
+                    // Read /proc now, while the process most likely exists (it may be short-lived).
+                    self.processes.observe(info.pid, comm);
                 }
                 self.conns.open(&open, selected, &mut self.finished);
             }
             Event::Data { event, payload } => {
                 let direction = intake::direction_of(&event);
                 self.conns.data(&event, direction, payload, &mut self.finished);
+                self.link_started();
             }
             Event::Close(close) => self.conns.close(&close, &mut self.finished),
         }
@@ -171,7 +227,9 @@ impl intake::Sink for Pipeline {
     fn tick(&mut self) {
         self.clock = WallClock::sample();
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
-            self.conns.sweep(monotonic_ns(), crate::process::alive, &mut self.finished);
+            let now = monotonic_ns();
+            self.conns.sweep(now, crate::process::alive, &mut self.finished);
+            self.linker.sweep(now);
             self.emit();
             self.hand_off();
             self.forget_in_kernel();
@@ -189,4 +247,29 @@ impl intake::Sink for Pipeline {
         self.hand_off();
         self.publish_stats();
     }
+}
+
+/// The context of an exchange whose request the linker no longer knew: a trace of its own.
+fn root_context() -> SpanContext {
+    SpanContext {
+        trace_id: link::new_trace_id(),
+        span_id: link::new_span_id(),
+        parent_span_id: None,
+        flags: 0x01,
+        trace_state: String::new(),
+    }
+}
+
+/// An OTLP/HTTP trace export (`POST …/v1/traces`): the process sending it has an SDK of its own.
+fn exports_traces(exchange: &Exchange) -> bool {
+    let request = &exchange.request.head;
+    exchange.request_direction == sonde_common::Direction::Egress
+        && request.method == "POST"
+        && request.target.split('?').next().is_some_and(|path| path.ends_with("/v1/traces"))
+}
+
+/// The NUL-padded `comm` of a kernel event as text (None when empty or not UTF-8).
+fn comm_text(comm: &[u8; 16]) -> Option<&str> {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    std::str::from_utf8(&comm[..len]).ok().filter(|c| !c.is_empty())
 }

@@ -76,7 +76,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("sonde-intake".into())
             .spawn(move || {
-                let mut pipeline = Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns));
+                let mut pipeline =
+                    Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes);
                 intake::run(ring, &mut pipeline, &stop, TICK);
             })
             .context("starting the intake thread")?
@@ -151,7 +152,11 @@ fn report_counters(
     tracing::info!(
         state,
         events = load(&stats.events),
-        spans = load(&stats.spans),
+        server_spans = load(&stats.server_spans),
+        client_spans = load(&stats.client_spans),
+        stitched = load(&stats.stitched),
+        in_process_parents = load(&stats.in_process_parents),
+        sdk_skipped = load(&stats.sdk_skipped),
         spans_exported = load(&export.spans_exported),
         spans_dropped = export.spans_dropped(),
         kernel_dropped_ring_full = ring_full,

@@ -160,6 +160,9 @@ pub struct ConnEvent {
     /// IPv4 addresses use the first 4 bytes; network byte order.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+    /// The thread's command name (`comm`, NUL-padded): names a process that exits before user
+    /// space reads its /proc entry (a curl call is over in milliseconds).
+    pub comm: [u8; 16],
 }
 
 #[repr(C)]

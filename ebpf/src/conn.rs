@@ -1,7 +1,9 @@
 //! Connection tracking per (tgid, fd): roles from accept/connect, an `Open` event the first time a
 //! TCP socket carries data on an fd, a `Close` event when a tracked fd is closed.
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
 use sonde_common::{CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
 
 use crate::{
@@ -107,6 +109,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) -> Option<u
         _pad: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     read_addresses(sock, family, &mut event);
     if !emit::output(&event) {

@@ -137,6 +137,11 @@ impl Guard {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
 }
 
 /// Waits until something accepts connections on 127.0.0.1:port.
@@ -186,6 +191,93 @@ pub fn python_app(env: &[(&str, &str)]) -> Guard {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting tests/servers/app.py");
+    wait_listening(port);
+    Guard { child, port, _dir: None }
+}
+
+/// `tests/servers/chain.py`: one service of a call chain (see the script), named `name`
+/// (`OTEL_SERVICE_NAME`), calling each of `downstreams` (base URLs) per request.
+pub fn chain_service(name: &str, extra: &[&str], downstreams: &[String]) -> Guard {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(servers_dir().join("chain.py"))
+        .arg(port.to_string())
+        .args(extra)
+        .args(downstreams)
+        .env("OTEL_SERVICE_NAME", name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tests/servers/chain.py");
+    wait_listening(port);
+    Guard { child, port, _dir: None }
+}
+
+/// `tests/servers/sdk_app.py` under `opentelemetry-instrument`: a Flask service with
+/// OpenTelemetry's Python SDK, exporting its spans over OTLP/HTTP to `traces_url`.
+pub fn sdk_python_service(name: &str, traces_url: &str, downstreams: &[String]) -> Guard {
+    let port = free_port();
+    // `opentelemetry-instrument` itself, run through the module so that no PATH shim is needed.
+    let launcher = "import sys; from opentelemetry.instrumentation.auto_instrumentation import run; \
+                    sys.argv[0] = 'opentelemetry-instrument'; run()";
+    let child = Command::new("python3")
+        .args(["-c", launcher, "python3"])
+        .arg(servers_dir().join("sdk_app.py"))
+        .arg(port.to_string())
+        .args(downstreams)
+        .env("OTEL_SERVICE_NAME", name)
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tests/servers/sdk_app.py under opentelemetry-instrument");
+    wait_listening(port);
+    Guard { child, port, _dir: None }
+}
+
+/// `tests/servers/node/sdk_app.js` with OpenTelemetry's zero-code instrumentation for Node
+/// (`--require @opentelemetry/auto-instrumentations-node/register`), exporting its spans over
+/// OTLP/HTTP to `traces_url`.
+pub fn sdk_node_service(name: &str, traces_url: &str, downstreams: &[String]) -> Guard {
+    let port = free_port();
+    let dir = servers_dir().join("node");
+    let child = Command::new("node")
+        .args(["--require", "@opentelemetry/auto-instrumentations-node/register", "sdk_app.js"])
+        .arg(port.to_string())
+        .args(downstreams)
+        .current_dir(&dir)
+        .env("OTEL_SERVICE_NAME", name)
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        // Only HTTP: the other instrumentations (fs, dns, net) would add spans no test asks for.
+        .env("OTEL_NODE_ENABLED_INSTRUMENTATIONS", "http")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tests/servers/node/sdk_app.js");
+    wait_listening(port);
+    Guard { child, port, _dir: None }
+}
+
+/// `tests/servers/reset.py`: reads a request, then resets the connection.
+pub fn resetting_server() -> Guard {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(servers_dir().join("reset.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tests/servers/reset.py");
     wait_listening(port);
     Guard { child, port, _dir: None }
 }

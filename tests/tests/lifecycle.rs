@@ -30,18 +30,24 @@ fn print_json_writes_one_span_per_line() {
     curl(&[&format!("http://127.0.0.1:{port}/one")]);
     curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/status/503")]);
     assert!(
-        eventually(Duration::from_secs(20), || sonde.stdout().lines().count() >= 2),
+        eventually(Duration::from_secs(20), || sonde.stdout().lines().count() >= 4),
         "{}",
         sonde.stderr()
     );
     assert!(sonde.stop().success());
 
-    let lines: Vec<serde_json::Value> = sonde
+    let all: Vec<serde_json::Value> = sonde
         .stdout()
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is one JSON span"))
         .collect();
+    // curl's side of the same two requests (selected by --port too) are CLIENT spans.
+    let (lines, clients): (Vec<_>, Vec<_>) = all.into_iter().partition(|span| span["kind"] == "SERVER");
     assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    assert!(
+        clients.iter().all(|c| c["kind"] == "CLIENT" && c["resource"]["process.executable.name"] == "curl")
+    );
     let one = &lines[0];
     assert_eq!(one["name"], "GET");
     assert_eq!(one["kind"], "SERVER");
@@ -50,7 +56,10 @@ fn print_json_writes_one_span_per_line() {
     assert_eq!(one["resource"]["service.name"], "json-demo");
     assert_eq!(one["trace_id"].as_str().map(str::len), Some(32));
     assert_eq!(one["span_id"].as_str().map(str::len), Some(16));
-    assert!(one["parent_span_id"].is_null());
+    // curl is traced too: its CLIENT span is the parent (same-host stitching).
+    let caller = clients.iter().find(|c| c["trace_id"] == one["trace_id"]).expect("curl's span in the trace");
+    assert_eq!(one["parent_span_id"], caller["span_id"]);
+    assert!(caller["parent_span_id"].is_null());
     assert!(one["end_unix_nano"].as_u64() >= one["start_unix_nano"].as_u64());
     assert_eq!(lines[1]["status"], "ERROR");
     assert_eq!(lines[1]["attributes"]["http.response.status_code"], 503);

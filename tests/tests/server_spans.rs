@@ -45,7 +45,9 @@ fn stop_cleanly(mut sonde: Sonde) {
 async fn python_http_server_gets_one_span_per_request() {
     let receiver = Receiver::start().await.unwrap();
     let server = harness::python_http_server(&[("OTEL_SERVICE_NAME", "static-files")]);
-    let sonde = sonde_grpc(&receiver, server.port, &[]);
+    // Only the server: curl's CLIENT span would otherwise be the parent (see tests/traces.rs).
+    let pid = server.pid().to_string();
+    let sonde = sonde_grpc(&receiver, server.port, &["--pid", &pid]);
     let base = format!("http://127.0.0.1:{}", server.port);
     curl(&[&format!("{base}/index.html?user=secret")]);
     curl(&["-o", "/dev/null", &format!("{base}/missing")]);
@@ -108,7 +110,9 @@ async fn nginx_over_http_protobuf_and_5xx_is_an_error() {
 async fn traceparent_parents_the_span_and_invalid_ones_start_new_traces() {
     let receiver = Receiver::start().await.unwrap();
     let server = harness::python_app(&[]);
-    let sonde = sonde_grpc(&receiver, server.port, &[]);
+    // Only the server: curl's CLIENT span would otherwise parent the headerless and invalid ones.
+    let pid = server.pid().to_string();
+    let sonde = sonde_grpc(&receiver, server.port, &["--pid", &pid]);
     let url = format!("http://127.0.0.1:{}/", server.port);
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     curl(&["-H", &format!("traceparent: {valid}"), "-H", "tracestate: vendor=abc", &format!("{url}valid")]);

@@ -19,6 +19,18 @@ const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool"];
 const OHA_VERSION: &str = "1.16.0";
 /// The OTel collector the bench exports to (a Rust binary in a PyPI wheel).
 const ROTEL_VERSION: &str = "0.0.1a15";
+/// An OpenTelemetry-instrumented Python service for the interop tests (Flask + requests under
+/// `opentelemetry-instrument`, exporting OTLP/HTTP): (package, version) as pip names them.
+const PYTHON_SDK_PACKAGES: &[(&str, &str)] = &[
+    ("flask", "3.1.3"),
+    ("requests", "2.34.2"),
+    ("opentelemetry-distro", "0.66b1"),
+    ("opentelemetry-exporter-otlp-proto-http", "1.45.1"),
+    ("opentelemetry-instrumentation-flask", "0.66b1"),
+    ("opentelemetry-instrumentation-requests", "0.66b1"),
+];
+/// `@opentelemetry/auto-instrumentations-node`, as in tests/servers/node/package.json.
+const NODE_SDK_VERSION: &str = "0.82.0";
 
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
@@ -35,6 +47,8 @@ pub fn toolchain() -> anyhow::Result<()> {
 pub fn test_tools() -> anyhow::Result<()> {
     apt_packages(&[APT_PACKAGES, BENCH_APT_PACKAGES].concat())?;
     cargo_fuzz()?;
+    python_sdk()?;
+    node_sdk()?;
     bench_extras()
 }
 
@@ -140,6 +154,37 @@ fn rotel() -> anyhow::Result<()> {
         return Ok(());
     }
     sh::run(Command::new("python3").args(["-m", "pip", "install", &format!("rotel=={ROTEL_VERSION}")]))
+}
+
+fn python_sdk() -> anyhow::Result<()> {
+    let query = format!(
+        "import importlib.metadata as m; print(' '.join(m.version(p) for p in {:?}))",
+        PYTHON_SDK_PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+    );
+    let installed = sh::output(Command::new("python3").args(["-c", &query])).unwrap_or_default();
+    let wanted = PYTHON_SDK_PACKAGES.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(" ");
+    if installed.trim() == wanted {
+        return Ok(());
+    }
+    let pins = PYTHON_SDK_PACKAGES.iter().map(|(p, v)| format!("{p}=={v}"));
+    sh::run(Command::new("python3").args(["-m", "pip", "install"]).args(pins))
+}
+
+/// OpenTelemetry's zero-code instrumentation for Node, for the interop tests, as
+/// `tests/servers/node/package-lock.json` pins it. Node and npm come from Debian unless present.
+fn node_sdk() -> anyhow::Result<()> {
+    if sh::output(Command::new("npm").arg("--version")).is_err() {
+        apt_packages(&["nodejs", "npm"])?;
+    }
+    let dir = sh::root().join("tests/servers/node");
+    let installed = std::fs::read_to_string(
+        dir.join("node_modules/@opentelemetry/auto-instrumentations-node/package.json"),
+    )
+    .unwrap_or_default();
+    if installed.contains(&format!("\"version\": \"{NODE_SDK_VERSION}\"")) {
+        return Ok(());
+    }
+    sh::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
 fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {

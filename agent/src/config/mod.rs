@@ -84,6 +84,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub opt_in_attributes: bool,
 
+    /// Processes that run an OpenTelemetry SDK of their own (started through
+    /// `opentelemetry-instrument`, Node's or Java's OTel agent, or seen exporting OTLP/HTTP traces):
+    /// `skip` leaves their spans to their SDK — sonde's would repeat each of their requests — while
+    /// the `traceparent` headers they send still parent sonde's spans downstream; `trace` makes
+    /// sonde's spans for them as well.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SdkProcesses::Skip)]
+    pub sdk_processes: SdkProcesses,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
@@ -91,4 +99,14 @@ pub struct RunArgs {
     /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log: String,
+}
+
+/// What sonde does for processes that export their own traces (`--sdk-processes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SdkProcesses {
+    /// No sonde spans for them: their SDK's spans stand for their requests.
+    #[default]
+    Skip,
+    /// sonde's spans too (each of their requests then appears twice).
+    Trace,
 }

@@ -9,6 +9,9 @@ const AF_INET6: u16 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
+    /// Unique per connection for the life of the agent (the connection table numbers them; 0
+    /// until it did), unlike (pid, fd), which the process reuses.
+    pub id: u64,
     pub pid: u32,
     pub fd: i32,
     pub role: Role,
@@ -32,6 +35,7 @@ impl ConnInfo {
             Some(SocketAddr::new(ip, port))
         };
         Self {
+            id: 0,
             pid: e.header.tgid,
             fd: e.header.fd,
             role: Role::from_u8(e.role),
@@ -65,6 +69,7 @@ mod tests {
             _pad: 0,
             local_addr: local,
             remote_addr: remote,
+            comm: [0; 16],
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, conn_key};
 
-use crate::http::{Chunk, Exchange, HttpConnection, Limits};
+use crate::http::{Chunk, Exchange, HttpConnection, Limits, Started};
 
 /// Beyond this many tracked connections the least recently active are dropped.
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -65,6 +65,10 @@ pub struct ConnTable {
     forget_in_kernel: Vec<u64>,
     /// Keys already asked about since the last sweep: one request per key and second is enough.
     forget_requested: HashSet<u64>,
+    /// Requests whose head was seen since the caller last took them, with their connection.
+    started: Vec<(ConnInfo, Started)>,
+    /// The id the next connection gets (see `ConnInfo::id`).
+    next_id: u64,
 }
 
 fn requests_from(role: Role) -> Option<Direction> {
@@ -122,7 +126,8 @@ impl ConnTable {
             self.evict_oldest();
         }
         self.stats.opened += 1;
-        let info = ConnInfo::from_event(event);
+        self.next_id += 1;
+        let info = ConnInfo { id: self.next_id, ..ConnInfo::from_event(event) };
         self.conns.insert(
             key,
             Connection {
@@ -160,8 +165,10 @@ impl ConnTable {
         if conn.ignored {
             return;
         }
-        let chunk = Chunk { ts_ns: event.header.ts_ns, data: payload, len: event.len };
+        let chunk = Chunk { ts_ns: event.header.ts_ns, tid: event.header.tid, data: payload, len: event.len };
         conn.http.feed(direction, chunk, &mut self.scratch);
+        let info = conn.info;
+        self.started.extend(conn.http.take_started().map(|started| (info, started)));
         out.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));
         if !conn.http.is_http() {
             conn.ignored = true;
@@ -224,6 +231,12 @@ impl ConnTable {
             keep
         });
         self.stats.evicted += (before - self.conns.len()) as u64;
+    }
+
+    /// Hands over the requests whose head was seen since the last call, in order. Take them before
+    /// the exchanges finished by the same event: an exchange may start and end in one chunk.
+    pub fn take_started(&mut self) -> std::vec::Drain<'_, (ConnInfo, Started)> {
+        self.started.drain(..)
     }
 
     /// Hands over the (tgid, fd) keys the kernel should forget (see `forget_in_kernel`).

@@ -57,6 +57,7 @@ mod tests {
 
     fn conn(pid: u32, local: u16, remote: u16) -> ConnInfo {
         ConnInfo {
+            id: 1,
             pid,
             fd: 3,
             role: Role::Server,

@@ -21,6 +21,7 @@ fn open_event_as(fd: i32, sock: u64, role: Role) -> ConnEvent {
         _pad: 0,
         local_addr: local,
         remote_addr: local,
+        comm: [0; 16],
     }
 }
 

@@ -4,7 +4,7 @@
 use super::head::{self, StartCheck};
 use super::pairing::{Pairing, Sink};
 use super::stream::Stream;
-use super::{Chunk, Direction, Exchange, Limits, MessageKind, ParseStats};
+use super::{Chunk, Direction, Exchange, Limits, MessageKind, ParseStats, Started};
 
 /// With the role unknown, the direction changes this often without a message start at any chunk
 /// start before the connection is taken for another protocol. HTTP/1 lines up with syscalls: the
@@ -90,7 +90,7 @@ impl HttpConnection {
             Life::NotHttp | Life::Upgraded | Life::Closed => return,
         }
         let stream = if direction == self.requests_from { &mut self.requests } else { &mut self.responses };
-        stream.feed(chunk.ts_ns, chunk.data, gap, &mut Sink::new(&mut self.pairing, out));
+        stream.feed(chunk.ts_ns, chunk.data, gap, &mut Sink::new(&mut self.pairing, out, chunk.tid));
         if self.pairing.upgraded() {
             self.stop(Life::Upgraded);
         } else if self.pairing.not_http() {
@@ -117,6 +117,11 @@ impl HttpConnection {
     /// overtook (an early 413). The caller calls this for connections idle longer than a timeout.
     pub fn flush_idle(&mut self, out: &mut Vec<Exchange>) {
         self.pairing.flush_idle(out);
+    }
+
+    /// Requests whose head completed since the last call, in order.
+    pub fn take_started(&mut self) -> std::vec::Drain<'_, Started> {
+        self.pairing.take_started()
     }
 
     /// Counters for self-observability: parse errors, resyncs, dropped requests, …

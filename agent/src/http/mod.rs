@@ -32,6 +32,8 @@ pub use sonde_common::Direction;
 pub struct Chunk<'a> {
     /// Monotonic time the syscall returned.
     pub ts_ns: u64,
+    /// The thread that made the syscall.
+    pub tid: u32,
     /// The captured prefix of the bytes moved.
     pub data: &'a [u8],
     /// How many bytes the syscall moved: bytes `data.len()..len` went over the wire but were not
@@ -80,6 +82,10 @@ pub struct Request {
     /// Payload bytes: the Content-Length body, the chunk data of a chunked body (not its framing),
     /// or, once framing was lost, every byte seen after the head (then it is an estimate).
     pub body_bytes: u64,
+    /// Which request of its connection this is, counting heads from 0.
+    pub ordinal: u32,
+    /// The thread that read (server) or wrote (client) the request's head.
+    pub tid: u32,
 }
 
 /// A response seen on the wire; timestamps and `body_bytes` as in [`Request`].
@@ -89,6 +95,31 @@ pub struct Response {
     pub start_ns: u64,
     pub end_ns: u64,
     pub body_bytes: u64,
+}
+
+/// A request head just completed: what the trace-context stage needs before its exchange ends
+/// (a server request's id must be known while the process makes the calls it causes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    /// Direction the request travelled (see [`Exchange::request_direction`]).
+    pub direction: Direction,
+    pub ordinal: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    /// Method and target, hashed: the same request seen from its client and its server side
+    /// has the same fingerprint.
+    pub fingerprint: u64,
+    pub traceparent: Option<String>,
+}
+
+impl Started {
+    pub fn fingerprint_of(head: &RequestHead) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        head.method.hash(&mut h);
+        head.target.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// One request and the final response it got.

@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 
 use super::head::{BodyHeaders, Head, TransferEncoding};
-use super::{Direction, Exchange, MessageKind, ParseError, ParseStats, Request, RequestHead, Response};
+use super::{
+    Direction, Exchange, MessageKind, ParseError, ParseStats, Request, RequestHead, Response, Started,
+};
 
 /// How the body after a head is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +33,8 @@ struct Pending {
     start_ns: u64,
     end_ns: u64,
     body_bytes: u64,
+    ordinal: u32,
+    tid: u32,
     done: bool,
     /// Its body's end cannot be known: the response starting ends it.
     unknown_end: bool,
@@ -71,6 +75,10 @@ pub(super) struct Pairing {
     strict_first_start: bool,
     not_http: bool,
     upgraded: bool,
+    /// Request heads seen so far: the next one's ordinal.
+    heads: u32,
+    /// Requests whose head completed since the caller last took them.
+    started: Vec<Started>,
 }
 
 impl Pairing {
@@ -85,6 +93,8 @@ impl Pairing {
             strict_first_start,
             not_http: false,
             upgraded: false,
+            heads: 0,
+            started: Vec::new(),
         }
     }
 
@@ -102,6 +112,10 @@ impl Pairing {
 
     pub(super) fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    pub(super) fn take_started(&mut self) -> std::vec::Drain<'_, Started> {
+        self.started.drain(..)
     }
 
     pub(super) fn seen_start(&self) -> bool {
@@ -160,7 +174,14 @@ impl Pairing {
             };
             out.push(Exchange {
                 request_direction: self.request_direction,
-                request: Request { head, start_ns: p.start_ns, end_ns: p.end_ns, body_bytes: p.body_bytes },
+                request: Request {
+                    head,
+                    start_ns: p.start_ns,
+                    end_ns: p.end_ns,
+                    body_bytes: p.body_bytes,
+                    ordinal: p.ordinal,
+                    tid: p.tid,
+                },
                 response,
             });
         }
@@ -200,11 +221,13 @@ fn finish_response(p: &mut Pending) {
 pub(super) struct Sink<'a> {
     pairing: &'a mut Pairing,
     out: &'a mut Vec<Exchange>,
+    /// The thread whose syscall moved the bytes being fed.
+    tid: u32,
 }
 
 impl<'a> Sink<'a> {
-    pub(super) fn new(pairing: &'a mut Pairing, out: &'a mut Vec<Exchange>) -> Self {
-        Self { pairing, out }
+    pub(super) fn new(pairing: &'a mut Pairing, out: &'a mut Vec<Exchange>, tid: u32) -> Self {
+        Self { pairing, out, tid }
     }
 
     pub(super) fn stats(&mut self) -> &mut ParseStats {
@@ -252,11 +275,23 @@ impl<'a> Sink<'a> {
         match head {
             Head::Request(head, body) => {
                 let plan = request_plan(&body, head.truncated);
+                let ordinal = p.heads;
+                p.heads = p.heads.wrapping_add(1);
+                p.started.push(Started {
+                    direction: p.request_direction,
+                    ordinal,
+                    tid: self.tid,
+                    start_ns,
+                    fingerprint: Started::fingerprint_of(&head),
+                    traceparent: head.traceparent.clone(),
+                });
                 p.push_request(Pending {
                     head: Some(head),
                     start_ns,
                     end_ns: ts,
                     body_bytes: 0,
+                    ordinal,
+                    tid: self.tid,
                     done: false,
                     unknown_end: false,
                     response: ResponseSlot::Waiting,
@@ -368,6 +403,8 @@ impl<'a> Sink<'a> {
                 start_ns: 0,
                 end_ns: 0,
                 body_bytes: 0,
+                ordinal: 0,
+                tid: self.tid,
                 done: true,
                 unknown_end: false,
                 response: ResponseSlot::Waiting,

@@ -85,6 +85,7 @@ mod tests {
             _pad: 0,
             local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             remote_addr: [0; 16],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         };
         match decode(&bytes_of(&open)).unwrap() {
             Event::Open(e) => {

@@ -57,17 +57,18 @@ impl ProcessCache {
     /// The resource of `pid` for a new connection: the start time is checked against the cache
     /// (at most every `REVALIDATE_EVERY`), so a reused pid is read afresh. Called once per
     /// connection, not per span.
-    pub fn observe(&mut self, pid: u32) -> Arc<Resource> {
-        self.entry(pid).resource.clone()
+    /// `comm`: the command name the kernel saw, for a process gone before /proc could be read.
+    pub fn observe(&mut self, pid: u32, comm: Option<&str>) -> Arc<Resource> {
+        self.entry(pid, comm).resource.clone()
     }
 
     /// What `/proc` says about `pid` (executable, command line, …), cached like `observe`: for
     /// `--exe`, which is decided once per new connection.
-    pub fn info(&mut self, pid: u32) -> ProcInfo {
-        self.entry(pid).info.clone()
+    pub fn info(&mut self, pid: u32, comm: Option<&str>) -> ProcInfo {
+        self.entry(pid, comm).info.clone()
     }
 
-    fn entry(&mut self, pid: u32) -> &Entry {
+    fn entry(&mut self, pid: u32, comm: Option<&str>) -> &Entry {
         self.clock += 1;
         let now = Instant::now();
         // Some(start time) when the entry must be (re)built from /proc.
@@ -88,7 +89,15 @@ impl ProcessCache {
             if self.entries.len() >= MAX_CACHED {
                 self.evict_half();
             }
-            let info = procfs::read(pid);
+            let info = procfs::read(pid, comm);
+            if let Some(why) = &info.own_sdk {
+                tracing::info!(
+                    pid,
+                    exe = info.exe_name.as_deref().unwrap_or("?"),
+                    why,
+                    "process has an OpenTelemetry SDK of its own"
+                );
+            }
             let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
             let entry = Entry { start_time, info, resource, last_used: self.clock, checked_at: now };
             self.entries.insert(pid, entry);
@@ -107,7 +116,32 @@ impl ProcessCache {
                 e.last_used = self.clock;
                 e.resource.clone()
             }
-            None => self.observe(pid),
+            None => self.observe(pid, None),
+        }
+    }
+
+    /// Whether `pid` looks like it runs an OpenTelemetry SDK of its own (per span: cached).
+    pub fn has_own_sdk(&mut self, pid: u32) -> bool {
+        match self.entries.get(&pid) {
+            Some(e) => e.info.own_sdk.is_some(),
+            None => self.entry(pid, None).info.own_sdk.is_some(),
+        }
+    }
+
+    /// `pid` was seen exporting traces itself (an SDK set up in code, which nothing in how the
+    /// process started reveals).
+    pub fn mark_own_sdk(&mut self, pid: u32, why: &'static str) {
+        let entry = self.entry(pid, None);
+        if entry.info.own_sdk.is_none() {
+            tracing::info!(
+                pid,
+                exe = entry.info.exe_name.as_deref().unwrap_or("?"),
+                why,
+                "process has an OpenTelemetry SDK of its own"
+            );
+            if let Some(e) = self.entries.get_mut(&pid) {
+                e.info.own_sdk = Some(why.to_owned());
+            }
         }
     }
 
@@ -167,6 +201,7 @@ mod tests {
             exe_path: Some("/usr/bin/python3.11".into()),
             command_line: Some("python3 -m http.server".into()),
             env_service_name: Some("checkout".into()),
+            own_sdk: None,
         };
         let r = build_resource(42, 1, &info, "host-a");
         assert_eq!(r.service_name, "checkout");
@@ -184,23 +219,23 @@ mod tests {
         let r = cache.resource(std::process::id());
         assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
-        assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id())), "same start time, same entry");
+        assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id(), None)), "same start time, same entry");
     }
 
     #[test]
     fn a_reused_pid_is_read_afresh_once_revalidation_is_due() {
         let pid = std::process::id();
         let mut cache = ProcessCache::new();
-        let real = cache.observe(pid);
+        let real = cache.observe(pid, None);
         // Pretend the cached entry belonged to an earlier process with this pid.
         let stale = Arc::new(build_resource(pid, 1, &ProcInfo::default(), "host-a"));
         let entry = cache.entries.get_mut(&pid).unwrap();
         entry.start_time = 1;
         entry.resource = stale.clone();
-        assert!(Arc::ptr_eq(&stale, &cache.observe(pid)), "checked just now: not read again");
+        assert!(Arc::ptr_eq(&stale, &cache.observe(pid, None)), "checked just now: not read again");
 
         cache.entries.get_mut(&pid).unwrap().checked_at = Instant::now() - REVALIDATE_EVERY;
-        let fresh = cache.observe(pid);
+        let fresh = cache.observe(pid, None);
         assert!(!Arc::ptr_eq(&stale, &fresh), "start time differs: read afresh");
         assert_eq!(fresh.service_name, real.service_name);
     }

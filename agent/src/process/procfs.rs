@@ -7,19 +7,24 @@ pub struct ProcInfo {
     pub exe_path: Option<String>,
     pub command_line: Option<String>,
     pub env_service_name: Option<String>,
+    /// Why the process looks like it runs an OpenTelemetry SDK of its own (see [`own_sdk`]).
+    pub own_sdk: Option<String>,
 }
 
 /// Longest command line kept (attribute values must stay bounded).
 const MAX_COMMAND_LINE: usize = 1024;
 
-pub fn read(pid: u32) -> ProcInfo {
+/// `comm`: the command name from the kernel event, used when the process is already gone.
+pub fn read(pid: u32, comm: Option<&str>) -> ProcInfo {
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
-    let exe_name =
-        exe_path.as_deref().and_then(|p| p.rsplit('/').next()).map(str::to_owned).or_else(|| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_owned())
-        });
+    let exe_name = exe_path.as_deref().and_then(|p| p.rsplit('/').next()).map(str::to_owned).or_else(|| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|c| c.trim().to_owned())
+            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned))
+    });
     let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
         let mut s: String = raw
             .split(|&b| b == 0)
@@ -30,10 +35,37 @@ pub fn read(pid: u32) -> ProcInfo {
         truncate(&mut s, MAX_COMMAND_LINE);
         s
     });
-    let env_service_name = std::fs::read(format!("/proc/{pid}/environ"))
-        .ok()
-        .and_then(|raw| env_var(&raw, b"OTEL_SERVICE_NAME"));
-    ProcInfo { exe_name, exe_path, command_line: command_line.filter(|c| !c.is_empty()), env_service_name }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let env_service_name = env_var(&environ, b"OTEL_SERVICE_NAME");
+    let own_sdk = own_sdk(command_line.as_deref(), &environ);
+    ProcInfo {
+        exe_name,
+        exe_path,
+        command_line: command_line.filter(|c| !c.is_empty()),
+        env_service_name,
+        own_sdk,
+    }
+}
+
+/// Variables through which OpenTelemetry's zero-code instrumentations load into a process.
+const AGENT_VARIABLES: &[&str] =
+    &["PYTHONPATH", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "RUBYOPT"];
+
+/// Whether a process loads an OpenTelemetry SDK, from how it was started: `opentelemetry-instrument`
+/// puts its `auto_instrumentation` directory on `PYTHONPATH`, Node's and Java's agents come in
+/// through `--require`/`-javaagent` on the command line or the runtime's options variable, .NET's
+/// through `OTEL_DOTNET_AUTO_HOME`. Deliberately not `OTEL_EXPORTER_OTLP_*`: platforms set those
+/// for every workload, SDK or not, and a process wrongly taken for instrumented would lose its spans.
+pub fn own_sdk(command_line: Option<&str>, environ: &[u8]) -> Option<String> {
+    if command_line.is_some_and(|c| c.contains("opentelemetry")) {
+        return Some("its command line loads OpenTelemetry".into());
+    }
+    for name in AGENT_VARIABLES {
+        if env_var(environ, name.as_bytes()).is_some_and(|v| v.contains("opentelemetry")) {
+            return Some(format!("{name} loads OpenTelemetry"));
+        }
+    }
+    env_var(environ, b"OTEL_DOTNET_AUTO_HOME").map(|_| "OTEL_DOTNET_AUTO_HOME is set".into())
 }
 
 /// The value of `name` in a NUL-separated environ block.
@@ -75,6 +107,20 @@ mod tests {
         let env = b"OTEL_SERVICE_NAME_X=no\0PATH=/bin\0OTEL_SERVICE_NAME=cart\0";
         assert_eq!(env_var(env, b"OTEL_SERVICE_NAME").as_deref(), Some("cart"));
         assert_eq!(env_var(b"", b"OTEL_SERVICE_NAME"), None);
+    }
+
+    #[test]
+    fn own_sdk_from_how_the_process_started() {
+        let python = b"PYTHONPATH=/venv/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation:/app\0";
+        assert_eq!(
+            own_sdk(Some("python3 app.py"), python).as_deref(),
+            Some("PYTHONPATH loads OpenTelemetry")
+        );
+        let node = "node --require @opentelemetry/auto-instrumentations-node/register app.js";
+        assert!(own_sdk(Some(node), b"").is_some());
+        // A platform's exporter settings alone say nothing about the process.
+        let platform = b"OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318\0OTEL_SERVICE_NAME=cart\0";
+        assert_eq!(own_sdk(Some("python3 app.py"), platform), None);
     }
 
     #[test]

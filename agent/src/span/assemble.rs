@@ -1,4 +1,5 @@
-//! One SERVER span per HTTP exchange the process answered, per the OTel HTTP semantic conventions
+//! One span per HTTP exchange: SERVER for the requests a process answered, CLIENT for the ones it
+//! sent, per the OTel HTTP semantic conventions
 //! (https://opentelemetry.io/docs/specs/semconv/http/http-spans/).
 
 use std::{
@@ -15,7 +16,8 @@ use super::{
 };
 use crate::{
     conn::ConnInfo,
-    http::{Exchange, RequestHead, traceparent},
+    http::{Exchange, RequestHead},
+    link::SpanContext,
 };
 
 /// Attribute values longer than this are cut (a 1 MiB URL must not become a 1 MiB attribute).
@@ -38,12 +40,10 @@ pub struct AssembleOptions {
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AssembleStats {
-    pub spans: u64,
-    /// The caller's traceparent said "not sampled": the span is not exported (parent-based sampling).
+    pub server_spans: u64,
+    pub client_spans: u64,
+    /// The trace is not sampled (the caller's traceparent said so): the span is not exported.
     pub unsampled: u64,
-    pub invalid_traceparent: u64,
-    /// Exchanges where this process was the client (CLIENT spans are not produced yet).
-    pub client_exchanges: u64,
 }
 
 #[derive(Default)]
@@ -62,66 +62,41 @@ impl Assembler {
         self.stats
     }
 
-    /// The span for `exchange`, or None when none is due (not a server exchange, or unsampled).
+    /// The span for `exchange` with the identity `context` (see `link`), or None when its trace
+    /// is not sampled. A SERVER span when the process read the request, a CLIENT span when it wrote it.
     pub fn span(
         &mut self,
         exchange: &Exchange,
         conn: &ConnInfo,
         resource: Arc<Resource>,
         clock: &WallClock,
+        context: SpanContext,
     ) -> Option<Span> {
-        if exchange.request_direction != Direction::Ingress {
-            self.stats.client_exchanges += 1;
+        if !context.sampled() {
+            self.stats.unsampled += 1;
             return None;
         }
-        let request = &exchange.request.head;
-        let (trace_id, parent_span_id, trace_flags, trace_state) = match parent(request) {
-            Parent::Valid(tp) if !tp.sampled() => {
-                self.stats.unsampled += 1;
-                return None;
-            }
-            Parent::Valid(tp) => {
-                (tp.trace_id, Some(tp.parent_id), tp.flags, request.tracestate.clone().unwrap_or_default())
-            }
-            Parent::Invalid => {
-                self.stats.invalid_traceparent += 1;
-                (new_trace_id(), None, 1, String::new())
-            }
-            Parent::None => (new_trace_id(), None, 1, String::new()),
+        let kind = if exchange.request_direction == Direction::Ingress {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
         };
+        let request = &exchange.request.head;
         let (method, method_original) = normalize_method(&request.method);
         let mut attributes = Vec::with_capacity(16);
         attributes.push(KeyValue::str("http.request.method", method));
         if let Some(original) = method_original {
             attributes.push(KeyValue::str("http.request.method_original", capped(original)));
         }
-        let (path, query) = split_target(&request.target);
-        attributes.push(KeyValue::str("url.path", capped(path)));
-        if self.options.capture_query
-            && let Some(q) = query
-        {
-            attributes.push(KeyValue::str("url.query", capped(q)));
-        }
-        attributes.push(KeyValue::str("url.scheme", "http"));
         // `network.protocol.name` is only due when the protocol is not `http`.
         attributes.push(KeyValue::str("network.protocol.version", protocol_version(request.minor_version)));
-        server_attributes(request, conn.local, &mut self.addresses, &mut attributes);
-        let opt_in = self.options.opt_in_attributes;
-        if let Some(peer) = conn.remote {
-            let address = self.addresses.text(peer.ip());
-            attributes.push(KeyValue::str("client.address", address.clone()));
-            attributes.push(KeyValue::str("network.peer.address", address));
-            attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
-            if opt_in {
-                attributes.push(KeyValue::int("client.port", peer.port() as i64));
-                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
-            }
+        match kind {
+            SpanKind::Server => self.server_attributes(exchange, conn, &mut attributes),
+            _ => self.client_attributes(exchange, conn, &mut attributes),
         }
+        let opt_in = self.options.opt_in_attributes;
         if opt_in {
             attributes.push(KeyValue::str("network.transport", "tcp"));
-        }
-        if let Some(ua) = &request.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", capped(ua)));
         }
         if opt_in && exchange.request.body_bytes > 0 {
             attributes.push(KeyValue::int("http.request.body.size", exchange.request.body_bytes as i64));
@@ -135,8 +110,9 @@ impl Assembler {
                 if opt_in && response.body_bytes > 0 {
                     attributes.push(KeyValue::int("http.response.body.size", response.body_bytes as i64));
                 }
-                // Server spans: only 5xx is an error; 4xx is the client's doing.
-                let status = if code >= 500 {
+                // Server spans: only 5xx is an error, 4xx is the client's doing; client spans: both.
+                let error_from = if kind == SpanKind::Server { 500 } else { 400 };
+                let status = if code >= error_from {
                     attributes.push(KeyValue::str("error.type", code.to_string()));
                     Status::Error { message: String::new() }
                 } else {
@@ -146,21 +122,25 @@ impl Assembler {
             }
             None => {
                 attributes.push(KeyValue::str("error.type", "connection_closed"));
-                (
-                    exchange.request.end_ns,
-                    Status::Error { message: "connection closed before a response was sent".into() },
-                )
+                let message = match kind {
+                    SpanKind::Server => "connection closed before a response was sent",
+                    _ => "connection closed or reset before a response arrived",
+                };
+                (exchange.request.end_ns, Status::Error { message: message.into() })
             }
         };
-        self.stats.spans += 1;
+        match kind {
+            SpanKind::Server => self.stats.server_spans += 1,
+            _ => self.stats.client_spans += 1,
+        }
         Some(Span {
-            trace_id,
-            span_id: new_span_id(),
-            parent_span_id,
-            trace_flags,
-            trace_state,
+            trace_id: context.trace_id,
+            span_id: context.span_id,
+            parent_span_id: context.parent_span_id,
+            trace_flags: context.flags,
+            trace_state: context.trace_state,
             name: method_name(&request.method),
-            kind: SpanKind::Server,
+            kind,
             start_unix_ns: clock.unix_ns(start),
             end_unix_ns: clock.unix_ns(end.max(start)),
             attributes,
@@ -168,19 +148,54 @@ impl Assembler {
             resource,
         })
     }
-}
 
-enum Parent {
-    Valid(traceparent::TraceParent),
-    Invalid,
-    None,
-}
+    /// What a server knows: the path it served, who asked, and under which name it was reached.
+    fn server_attributes(&mut self, exchange: &Exchange, conn: &ConnInfo, attributes: &mut Vec<KeyValue>) {
+        let request = &exchange.request.head;
+        let (path, query) = split_target(&request.target);
+        attributes.push(KeyValue::str("url.path", capped(path)));
+        if self.options.capture_query
+            && let Some(q) = query
+        {
+            attributes.push(KeyValue::str("url.query", capped(q)));
+        }
+        attributes.push(KeyValue::str("url.scheme", "http"));
+        server_address(request, conn.local, &mut self.addresses, attributes);
+        let opt_in = self.options.opt_in_attributes;
+        if let Some(peer) = conn.remote {
+            let address = self.addresses.text(peer.ip());
+            attributes.push(KeyValue::str("client.address", address.clone()));
+            attributes.push(KeyValue::str("network.peer.address", address));
+            attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
+            if opt_in {
+                attributes.push(KeyValue::int("client.port", peer.port() as i64));
+                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+            }
+        }
+        if let Some(ua) = &request.user_agent {
+            attributes.push(KeyValue::str("user_agent.original", capped(ua)));
+        }
+    }
 
-fn parent(request: &RequestHead) -> Parent {
-    match request.traceparent.as_deref().map(traceparent::parse) {
-        Some(Ok(tp)) => Parent::Valid(tp),
-        Some(Err(_)) => Parent::Invalid,
-        None => Parent::None,
+    /// What a client knows: the URL it asked for and the peer it reached.
+    fn client_attributes(&mut self, exchange: &Exchange, conn: &ConnInfo, attributes: &mut Vec<KeyValue>) {
+        let request = &exchange.request.head;
+        server_address(request, conn.remote, &mut self.addresses, attributes);
+        attributes.push(KeyValue::str(
+            "url.full",
+            capped(&full_url(request, conn.remote, self.options.capture_query)),
+        ));
+        let opt_in = self.options.opt_in_attributes;
+        if let Some(peer) = conn.remote {
+            attributes.push(KeyValue::str("network.peer.address", self.addresses.text(peer.ip())));
+            attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
+            if opt_in {
+                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+            }
+        }
+        if opt_in && let Some(ua) = &request.user_agent {
+            attributes.push(KeyValue::str("user_agent.original", capped(ua)));
+        }
     }
 }
 
@@ -226,10 +241,11 @@ impl AddressTexts {
     }
 }
 
-/// `server.address`/`server.port` from the Host header (what the client asked for), else the socket.
-fn server_attributes(
+/// `server.address`/`server.port` from the Host header (what the client asked for), else the
+/// server's socket address (`server_socket`: the local end on a server, the peer on a client).
+fn server_address(
     request: &RequestHead,
-    local: Option<SocketAddr>,
+    server_socket: Option<SocketAddr>,
     addresses: &mut AddressTexts,
     out: &mut Vec<KeyValue>,
 ) {
@@ -237,14 +253,14 @@ fn server_attributes(
     match from_host {
         Some((host, port)) => {
             out.push(KeyValue::str("server.address", capped(host)));
-            if let Some(port) = port.or(local.map(|l| l.port())) {
+            if let Some(port) = port.or(server_socket.map(|l| l.port())) {
                 out.push(KeyValue::int("server.port", port as i64));
             }
         }
         None => {
-            if let Some(local) = local {
-                out.push(KeyValue::str("server.address", addresses.text(local.ip())));
-                out.push(KeyValue::int("server.port", local.port() as i64));
+            if let Some(socket) = server_socket {
+                out.push(KeyValue::str("server.address", addresses.text(socket.ip())));
+                out.push(KeyValue::int("server.port", socket.port() as i64));
             }
         }
     }
@@ -294,17 +310,22 @@ fn capped(value: &str) -> String {
     value[..cut].to_owned()
 }
 
-fn new_trace_id() -> [u8; 16] {
-    loop {
-        let id = fastrand::u128(..).to_be_bytes();
-        if id != [0; 16] {
-            return id;
-        }
+/// `url.full` of a client request: `http://` + the Host header (else the peer) + the path, and the
+/// query only when asked for. An absolute-form target (a request to a proxy) is the URL itself.
+fn full_url(request: &RequestHead, peer: Option<SocketAddr>, with_query: bool) -> String {
+    let target = request.target.split('#').next().unwrap_or("");
+    let target = if with_query { target } else { target.split('?').next().unwrap_or("") };
+    if target.contains("://") {
+        return target.to_owned();
     }
-}
-
-fn new_span_id() -> [u8; 8] {
-    fastrand::u64(1..).to_be_bytes()
+    let authority = match (request.host.as_deref().map(str::trim).filter(|h| !h.is_empty()), peer) {
+        (Some(host), _) => host.to_owned(),
+        (None, Some(SocketAddr::V6(v6))) => format!("[{}]:{}", v6.ip(), v6.port()),
+        (None, Some(peer)) => peer.to_string(),
+        (None, None) => String::new(),
+    };
+    let path = if target.starts_with('/') { target } else { "/" };
+    format!("http://{authority}{path}")
 }
 
 #[cfg(test)]

@@ -237,6 +237,8 @@ fn exact_exchange() {
             start_ns: 1000,
             end_ns: 1000,
             body_bytes: 0,
+            ordinal: 0,
+            tid: 1,
         },
         response: Some(Response {
             head: ResponseHead { status: 200, minor_version: 1, content_length: Some(57), truncated: false },

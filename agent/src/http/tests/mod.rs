@@ -121,7 +121,7 @@ impl Run {
 
     pub(super) fn feed(&mut self, view: View, feeds: &[Feed]) -> &mut Self {
         for f in feeds {
-            let chunk = Chunk { ts_ns: f.ts, data: &f.data, len: f.len };
+            let chunk = Chunk { ts_ns: f.ts, tid: 1, data: &f.data, len: f.len };
             self.conn.feed(view.direction(f.peer), chunk, &mut self.exchanges);
             // The memory bound holds after every chunk, whatever came in: a head buffer per
             // direction, whose capacity Vec may have doubled past the limit.

@@ -23,7 +23,7 @@ fn head(method: &str, target: &str) -> RequestHead {
 fn exchange(request: RequestHead, status: Option<u16>) -> Exchange {
     Exchange {
         request_direction: Direction::Ingress,
-        request: Request { head: request, start_ns: 1_000, end_ns: 1_500, body_bytes: 0 },
+        request: Request { head: request, start_ns: 1_000, end_ns: 1_500, body_bytes: 0, ordinal: 0, tid: 1 },
         response: status.map(|status| Response {
             head: ResponseHead { status, minor_version: 1, content_length: Some(5), truncated: false },
             start_ns: 2_000,
@@ -35,6 +35,7 @@ fn exchange(request: RequestHead, status: Option<u16>) -> Exchange {
 
 fn conn() -> ConnInfo {
     ConnInfo {
+        id: 1,
         pid: 7,
         fd: 4,
         role: Role::Server,
@@ -47,8 +48,18 @@ fn resource() -> Arc<Resource> {
     Arc::new(Resource { id: 1, service_name: "shop".into(), attributes: vec![] })
 }
 
+fn root() -> SpanContext {
+    SpanContext {
+        trace_id: [7; 16],
+        span_id: [8; 8],
+        parent_span_id: None,
+        flags: 1,
+        trace_state: String::new(),
+    }
+}
+
 fn build(ex: &Exchange, options: AssembleOptions) -> Option<Span> {
-    Assembler::new(options).span(ex, &conn(), resource(), &WallClock::sample())
+    Assembler::new(options).span(ex, &conn(), resource(), &WallClock::sample(), root())
 }
 
 fn attr(span: &Span, key: &str) -> Option<AttrValue> {
@@ -111,38 +122,67 @@ fn five_hundreds_are_errors_four_hundreds_are_not() {
 }
 
 #[test]
-fn traceparent_parents_the_span_or_is_ignored() {
-    let mut h = head("GET", "/");
-    h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-    h.tracestate = Some("vendor=1".into());
-    let span = build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).unwrap();
-    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(span.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+fn the_context_is_the_span_identity_and_unsampled_traces_are_not_exported() {
+    let context = SpanContext { parent_span_id: Some([9; 8]), trace_state: "vendor=1".into(), ..root() };
+    let ex = exchange(head("GET", "/"), Some(200));
+    let span =
+        Assembler::default().span(&ex, &conn(), resource(), &WallClock::sample(), context.clone()).unwrap();
+    assert_eq!((span.trace_id, span.span_id, span.parent_span_id), ([7; 16], [8; 8], Some([9; 8])));
     assert_eq!(span.trace_state, "vendor=1");
-    assert_ne!(span.span_id, [0; 8]);
-
-    h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into());
-    assert!(build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).is_none(), "unsampled parent");
-
-    for bad in [
-        "",
-        "garbage",
-        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-    ] {
-        h.traceparent = Some(bad.into());
-        let span = build(&exchange(h.clone(), Some(200)), AssembleOptions::default()).unwrap();
-        assert_eq!(span.parent_span_id, None, "{bad}");
-        assert_ne!(span.trace_id, [0; 16]);
-    }
+    let mut assembler = Assembler::default();
+    assert!(
+        assembler
+            .span(&ex, &conn(), resource(), &WallClock::sample(), SpanContext { flags: 0, ..context })
+            .is_none()
+    );
+    assert_eq!(assembler.stats().unsampled, 1);
 }
 
 #[test]
-fn client_exchanges_and_odd_methods() {
-    let mut ex = exchange(head("GET", "/"), Some(200));
+fn client_span_follows_the_conventions() {
+    let mut ex = exchange(head("GET", "/cart/42?token=secret"), Some(200));
     ex.request_direction = Direction::Egress;
-    assert!(build(&ex, AssembleOptions::default()).is_none());
+    // Seen from the client: the peer is the server.
+    let client = ConnInfo {
+        role: Role::Client,
+        local: Some("127.0.0.1:51000".parse().unwrap()),
+        remote: Some("127.0.0.1:8080".parse().unwrap()),
+        ..conn()
+    };
+    let mut assembler = Assembler::default();
+    let span = assembler.span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(span.kind, SpanKind::Client);
+    assert_eq!(span.name, "GET");
+    assert_eq!(span.duration_ns(), 2_000, "first byte of the request to last byte of the response");
+    assert_eq!(attr(&span, "url.full"), s("http://shop.local:8080/cart/42"), "no query by default");
+    assert_eq!(attr(&span, "server.address"), s("shop.local"));
+    assert_eq!(attr(&span, "server.port"), i(8080));
+    assert_eq!(attr(&span, "network.peer.address"), s("127.0.0.1"));
+    assert_eq!(attr(&span, "network.peer.port"), i(8080));
+    assert_eq!(attr(&span, "http.response.status_code"), i(200));
+    for absent in ["url.path", "client.address", "user_agent.original", "url.scheme"] {
+        assert_eq!(attr(&span, absent), None, "{absent}");
+    }
+    let with_query = AssembleOptions { capture_query: true, ..Default::default() };
+    let span =
+        Assembler::new(with_query).span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "url.full"), s("http://shop.local:8080/cart/42?token=secret"));
 
+    // Without a Host header the URL names the peer; 4xx is a client error; no response is one too.
+    ex.request.head.host = None;
+    ex.response.as_mut().unwrap().head.status = 404;
+    let span = assembler.span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "url.full"), s("http://127.0.0.1:8080/cart/42"));
+    assert!(matches!(span.status, Status::Error { .. }));
+    assert_eq!(attr(&span, "error.type"), s("404"));
+    ex.response = None;
+    let span = assembler.span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "error.type"), s("connection_closed"));
+    assert_eq!(assembler.stats().client_spans, 3);
+}
+
+#[test]
+fn odd_methods() {
     let span =
         build(&exchange(head("PURGE", "http://cache/x?y"), Some(200)), AssembleOptions::default()).unwrap();
     assert_eq!(span.name, "HTTP");
@@ -160,10 +200,11 @@ fn host_and_target_forms() {
     assert_eq!(split_target("*"), ("*", None));
     assert_eq!(split_target("http://h"), ("/", None));
     assert_eq!(split_target("/p?q#f"), ("/p", Some("q")));
+    let mut h = head("GET", "http://proxy.example/x?y");
+    assert_eq!(full_url(&h, None, false), "http://proxy.example/x");
+    h.target = "/v?q".into();
+    h.host = None;
+    assert_eq!(full_url(&h, Some("[::1]:81".parse().unwrap()), true), "http://[::1]:81/v?q");
     let long = "é".repeat(MAX_ATTRIBUTE_BYTES);
     assert!(capped(&long).len() <= MAX_ATTRIBUTE_BYTES);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

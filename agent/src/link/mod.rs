@@ -1,0 +1,330 @@
+//! Trace context: which trace each span belongs to and which span is its parent. Decided when a
+//! request's head is seen, not when its exchange ends, because a server request's children — the
+//! calls it makes — start and end while it is still in progress.
+//!
+//! A SERVER span's parent, in this order:
+//! 1. the `traceparent` its caller sent (W3C Trace Context: the header always wins);
+//! 2. the CLIENT span of the same request in another traced process on this host, found by the
+//!    connection's 4-tuple and the request's method and target ("same-host stitching", see
+//!    [`stitch`]);
+//! 3. none: it starts a trace.
+//!
+//! A CLIENT span's parent, in this order:
+//! 1. the server request that the same thread most recently read and has not answered yet — right
+//!    for thread-per-request servers, a best guess for event loops and pools (see
+//!    docs/how-it-works.md);
+//! 2. the `traceparent` the process wrote into the request itself: the header names the caller's
+//!    span, so that id becomes this span's own id and the receiving server's parent matches it;
+//! 3. none: it starts a trace.
+
+mod stitch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use sonde_common::Direction;
+
+use crate::{
+    conn::ConnInfo,
+    http::{Exchange, Started, traceparent},
+    span::model::{SpanId, TraceId},
+};
+use stitch::{ClientRecord, Stitcher};
+
+/// The identity a span is exported with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// W3C trace flags; bit 0 (sampled) clear → the span is not exported.
+    pub flags: u8,
+    pub trace_state: String,
+}
+
+impl SpanContext {
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+}
+
+/// Where a span's parent came from, counted for self-observability.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkStats {
+    /// Server spans parented by the caller's `traceparent`.
+    pub from_header: u64,
+    /// Server spans parented by a same-host client span.
+    pub stitched: u64,
+    /// Client spans parented by the server request their thread was handling.
+    pub in_process: u64,
+    /// Spans that started a trace.
+    pub roots: u64,
+    /// `traceparent` values that did not parse (the span starts a trace, as the spec says).
+    pub invalid_traceparent: u64,
+    /// Requests forgotten before their exchange ended (bounds, or never answered).
+    pub expired: u64,
+}
+
+/// A request, by connection and position on it.
+type RequestKey = (u64, u32);
+
+/// Requests older than this whose exchange never ended are forgotten.
+const REQUEST_TTL_NS: u64 = 15 * 60 * 1_000_000_000;
+/// At most this many requests in progress are held; beyond it the oldest are forgotten.
+const MAX_REQUESTS: usize = 65_536;
+
+/// The trace a request belongs to, without its own span id.
+#[derive(Clone, Debug)]
+struct Lineage {
+    trace_id: TraceId,
+    parent_span_id: Option<SpanId>,
+    flags: u8,
+    trace_state: String,
+}
+
+struct InProgress {
+    direction: Direction,
+    pid: u32,
+    tid: u32,
+    span_id: SpanId,
+    start_ns: u64,
+    /// None: a server request whose lineage is still to be found (see `resolve`).
+    lineage: Option<Lineage>,
+    /// What stitching needs to find this (server) request's client: the client's 4-tuple key.
+    upstream: Option<stitch::TupleKey>,
+    fingerprint: u64,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    requests: HashMap<RequestKey, InProgress>,
+    /// (pid, tid) → the server request that thread most recently read and has not answered.
+    handling: HashMap<(u32, u32), RequestKey>,
+    stitcher: Stitcher,
+    stats: LinkStats,
+}
+
+impl Linker {
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// A request head was just seen on `conn`.
+    pub fn started(&mut self, conn: &ConnInfo, started: &Started) {
+        if self.requests.len() >= MAX_REQUESTS {
+            self.forget_oldest();
+        }
+        let key = (conn.id, started.ordinal);
+        let span_id = new_span_id();
+        match started.direction {
+            Direction::Ingress => {
+                let mut request = InProgress {
+                    direction: Direction::Ingress,
+                    pid: conn.pid,
+                    tid: started.tid,
+                    span_id,
+                    start_ns: started.start_ns,
+                    lineage: None,
+                    upstream: stitch::server_side_key(conn),
+                    fingerprint: started.fingerprint,
+                };
+                match started.traceparent.as_deref().map(traceparent::parse) {
+                    Some(Ok(tp)) => {
+                        self.stats.from_header += 1;
+                        request.lineage = Some(Lineage {
+                            trace_id: tp.trace_id,
+                            parent_span_id: Some(tp.parent_id),
+                            flags: tp.flags,
+                            // The exchange's own tracestate is used at the end; children inherit it.
+                            trace_state: String::new(),
+                        });
+                    }
+                    Some(Err(_)) => self.stats.invalid_traceparent += 1,
+                    None => {}
+                }
+                // The client's write usually precedes this read in the ring buffer; when it does
+                // not (the two CPUs raced), the lineage is looked up again when first needed.
+                self.try_stitch(&mut request);
+                self.requests.insert(key, request);
+                self.handling.insert((conn.pid, started.tid), key);
+            }
+            Direction::Egress => {
+                let lineage = self.client_lineage(conn.pid, started);
+                let (span_id, lineage) = match lineage {
+                    ClientParent::Handling(lineage) => (span_id, lineage),
+                    ClientParent::Header(tp) => (
+                        tp.parent_id,
+                        Lineage {
+                            trace_id: tp.trace_id,
+                            parent_span_id: None,
+                            flags: tp.flags,
+                            trace_state: String::new(),
+                        },
+                    ),
+                    ClientParent::None => {
+                        self.stats.roots += 1;
+                        (span_id, Lineage::root())
+                    }
+                };
+                if let Some(tuple) = stitch::client_side_key(conn) {
+                    self.stitcher.record(
+                        tuple,
+                        ClientRecord {
+                            fingerprint: started.fingerprint,
+                            start_ns: started.start_ns,
+                            trace_id: lineage.trace_id,
+                            span_id,
+                            flags: lineage.flags,
+                        },
+                    );
+                }
+                self.requests.insert(
+                    key,
+                    InProgress {
+                        direction: Direction::Egress,
+                        pid: conn.pid,
+                        tid: started.tid,
+                        span_id,
+                        start_ns: started.start_ns,
+                        lineage: Some(lineage),
+                        upstream: None,
+                        fingerprint: started.fingerprint,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The exchange ended: the context its span is exported with. None when its request is not
+    /// known here (forgotten under the bounds); the caller then starts a trace for it.
+    pub fn finished(&mut self, conn: &ConnInfo, exchange: &Exchange) -> Option<SpanContext> {
+        let key = (conn.id, exchange.request.ordinal);
+        let mut request = self.requests.remove(&key)?;
+        if request.direction != exchange.request_direction {
+            return None;
+        }
+        if request.direction == Direction::Ingress {
+            if self.handling.get(&(request.pid, request.tid)) == Some(&key) {
+                self.handling.remove(&(request.pid, request.tid));
+            }
+            self.resolve(&mut request);
+        }
+        let lineage = request.lineage?;
+        let trace_state = match (&exchange.request.head.tracestate, lineage.parent_span_id) {
+            // A server span continues its caller's tracestate.
+            (Some(state), Some(_)) if request.direction == Direction::Ingress => state.clone(),
+            _ => lineage.trace_state,
+        };
+        Some(SpanContext {
+            trace_id: lineage.trace_id,
+            span_id: request.span_id,
+            parent_span_id: lineage.parent_span_id,
+            flags: lineage.flags,
+            trace_state,
+        })
+    }
+
+    /// Periodic upkeep at monotonic time `now_ns`: requests that never ended, stale client records.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let before = self.requests.len();
+        self.requests.retain(|_, r| now_ns.saturating_sub(r.start_ns) < REQUEST_TTL_NS);
+        self.stats.expired += (before - self.requests.len()) as u64;
+        let requests = &self.requests;
+        self.handling.retain(|_, key| requests.contains_key(key));
+        self.stitcher.sweep(now_ns);
+    }
+
+    fn forget_oldest(&mut self) {
+        let mut ages: Vec<u64> = self.requests.values().map(|r| r.start_ns).collect();
+        ages.sort_unstable();
+        let cutoff = ages[ages.len() / 8];
+        let before = self.requests.len();
+        self.requests.retain(|_, r| r.start_ns > cutoff);
+        self.stats.expired += (before - self.requests.len()) as u64;
+        let requests = &self.requests;
+        self.handling.retain(|_, key| requests.contains_key(key));
+    }
+
+    fn client_lineage(&mut self, pid: u32, started: &Started) -> ClientParent {
+        if let Some(key) = self.handling.get(&(pid, started.tid)).copied()
+            && let Some(mut server) = self.requests.remove(&key)
+        {
+            self.resolve(&mut server);
+            let parent = server.lineage.as_ref().map(|l| Lineage {
+                trace_id: l.trace_id,
+                parent_span_id: Some(server.span_id),
+                flags: l.flags,
+                trace_state: l.trace_state.clone(),
+            });
+            self.requests.insert(key, server);
+            if let Some(parent) = parent {
+                self.stats.in_process += 1;
+                return ClientParent::Handling(parent);
+            }
+        }
+        match started.traceparent.as_deref().map(traceparent::parse) {
+            Some(Ok(tp)) => ClientParent::Header(tp),
+            Some(Err(_)) => {
+                self.stats.invalid_traceparent += 1;
+                ClientParent::None
+            }
+            None => ClientParent::None,
+        }
+    }
+
+    /// Fixes a server request's lineage if it is still open: stitched, or else a new trace.
+    fn resolve(&mut self, request: &mut InProgress) {
+        if request.lineage.is_some() {
+            return;
+        }
+        self.try_stitch(request);
+        if request.lineage.is_none() {
+            self.stats.roots += 1;
+            request.lineage = Some(Lineage::root());
+        }
+    }
+
+    fn try_stitch(&mut self, request: &mut InProgress) {
+        if request.lineage.is_some() {
+            return;
+        }
+        let Some(tuple) = request.upstream else {
+            return;
+        };
+        if let Some(client) = self.stitcher.take(&tuple, request.fingerprint) {
+            self.stats.stitched += 1;
+            request.lineage = Some(Lineage {
+                trace_id: client.trace_id,
+                parent_span_id: Some(client.span_id),
+                flags: client.flags,
+                trace_state: String::new(),
+            });
+        }
+    }
+}
+
+enum ClientParent {
+    Handling(Lineage),
+    Header(traceparent::TraceParent),
+    None,
+}
+
+impl Lineage {
+    fn root() -> Self {
+        Self { trace_id: new_trace_id(), parent_span_id: None, flags: 0x01, trace_state: String::new() }
+    }
+}
+
+pub fn new_trace_id() -> TraceId {
+    loop {
+        let id = fastrand::u128(..).to_be_bytes();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+pub fn new_span_id() -> SpanId {
+    fastrand::u64(1..).to_be_bytes()
+}

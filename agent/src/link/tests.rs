@@ -1,0 +1,214 @@
+use sonde_common::{Direction, Role};
+
+use super::*;
+use crate::http::{Request, RequestHead, Response, ResponseHead};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str) -> ConnInfo {
+    ConnInfo { id, pid, fd: 5, role, local: local.parse().ok(), remote: remote.parse().ok() }
+}
+
+fn head(target: &str, traceparent: Option<&str>) -> RequestHead {
+    RequestHead {
+        method: "GET".into(),
+        target: target.into(),
+        minor_version: 1,
+        host: None,
+        user_agent: None,
+        traceparent: traceparent.map(Into::into),
+        tracestate: None,
+        content_length: None,
+        truncated: false,
+    }
+}
+
+fn started(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Started {
+    Started {
+        direction,
+        ordinal,
+        tid,
+        start_ns: 1_000,
+        fingerprint: Started::fingerprint_of(h),
+        traceparent: h.traceparent.clone(),
+    }
+}
+
+fn exchange(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Exchange {
+    Exchange {
+        request_direction: direction,
+        request: Request { head: h.clone(), start_ns: 1_000, end_ns: 1_000, body_bytes: 0, ordinal, tid },
+        response: Some(Response {
+            head: ResponseHead { status: 200, minor_version: 1, content_length: Some(0), truncated: false },
+            start_ns: 2_000,
+            end_ns: 2_000,
+            body_bytes: 0,
+        }),
+    }
+}
+
+/// A service: server connection `front` (request read by `tid`), client connection `back`.
+struct Hop {
+    front: ConnInfo,
+    back: ConnInfo,
+    tid: u32,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_chain_on_one_host_is_one_trace() {
+    // curl → A (pid 10) → B (pid 20); loopback 4-tuples mirror each other.
+    let a = Hop {
+        front: conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+        back: conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001"),
+        tid: 11,
+    };
+    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
+    let (ha, hb) = (head("/a", None), head("/b", None));
+    let mut linker = Linker::default();
+
+    linker.started(&a.front, &started(Direction::Ingress, 0, a.tid, &ha));
+    linker.started(&a.back, &started(Direction::Egress, 0, a.tid, &hb));
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &hb));
+
+    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &hb)).unwrap();
+    let a_client = linker.finished(&a.back, &exchange(Direction::Egress, 0, a.tid, &hb)).unwrap();
+    let a_server = linker.finished(&a.front, &exchange(Direction::Ingress, 0, a.tid, &ha)).unwrap();
+
+    assert_eq!(a_server.parent_span_id, None, "A's server span is the root");
+    assert_eq!(a_client.parent_span_id, Some(a_server.span_id), "in-process parent");
+    assert_eq!(b_server.parent_span_id, Some(a_client.span_id), "stitched to A's client span");
+    assert!([&a_client, &b_server].iter().all(|c| c.trace_id == a_server.trace_id));
+    let stats = linker.stats();
+    assert_eq!((stats.stitched, stats.in_process, stats.roots), (1, 1, 1));
+    assert_eq!(linker.requests.len(), 0);
+    assert!(linker.handling.is_empty());
+}
+
+#[test]
+fn the_server_side_may_arrive_before_its_client() {
+    // The two CPUs raced: B's read is in the ring buffer before A's write.
+    let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    let a_client = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
+    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)).unwrap();
+    assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
+    assert_eq!(b_server.trace_id, a_client.trace_id);
+}
+
+#[test]
+fn a_traceparent_wins_over_stitching() {
+    let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
+    let h = head("/b", Some(TRACEPARENT));
+    let mut linker = Linker::default();
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    let a_client = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
+    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)).unwrap();
+    assert_eq!(hex(&b_server.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(b_server.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+    // The client wrote that header itself: the header names its span.
+    assert_eq!(hex(&a_client.span_id), "00f067aa0ba902b7");
+    assert_eq!(a_client.trace_id, b_server.trace_id);
+}
+
+#[test]
+fn keep_alive_requests_pair_in_order_and_by_method_and_target() {
+    let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
+    let (h1, h2) = (head("/one", None), head("/two", None));
+    let mut linker = Linker::default();
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h1));
+    linker.started(&a_back, &started(Direction::Egress, 1, 11, &h2));
+    // B joined late (sonde started mid-connection): its ordinals are not A's.
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h2));
+    let one = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h1)).unwrap();
+    let two = linker.finished(&a_back, &exchange(Direction::Egress, 1, 11, &h2)).unwrap();
+    let b = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h2)).unwrap();
+    assert_eq!(b.parent_span_id, Some(two.span_id));
+    assert_ne!(one.trace_id, two.trace_id, "two client calls without a server request are two traces");
+    assert_eq!(linker.stitcher.len(), 0, "the skipped record went with the match");
+}
+
+#[test]
+fn threads_keep_their_own_server_requests() {
+    let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let front2 = conn(4, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
+    let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let back2 = conn(5, 10, Role::Client, "127.0.0.1:40003", "127.0.0.1:8001");
+    let h = head("/", None);
+    let mut linker = Linker::default();
+    linker.started(&front, &started(Direction::Ingress, 0, 11, &h));
+    linker.started(&front2, &started(Direction::Ingress, 0, 12, &h));
+    linker.started(&back2, &started(Direction::Egress, 0, 12, &h));
+    linker.started(&back, &started(Direction::Egress, 0, 11, &h));
+    let c1 = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
+    let c2 = linker.finished(&back2, &exchange(Direction::Egress, 0, 12, &h)).unwrap();
+    let s1 = linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).unwrap();
+    let s2 = linker.finished(&front2, &exchange(Direction::Ingress, 0, 12, &h)).unwrap();
+    assert_eq!(c1.parent_span_id, Some(s1.span_id));
+    assert_eq!(c2.parent_span_id, Some(s2.span_id));
+    assert_ne!(s1.trace_id, s2.trace_id);
+
+    // Answered: the thread's next call has no parent.
+    linker.started(&back, &started(Direction::Egress, 1, 11, &h));
+    let later = linker.finished(&back, &exchange(Direction::Egress, 1, 11, &h)).unwrap();
+    assert_eq!(later.parent_span_id, None);
+}
+
+#[test]
+fn unsampled_callers_keep_their_children_unsampled() {
+    let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let (hs, hc) = (head("/", Some(unsampled)), head("/down", None));
+    let mut linker = Linker::default();
+    linker.started(&front, &started(Direction::Ingress, 0, 11, &hs));
+    linker.started(&back, &started(Direction::Egress, 0, 11, &hc));
+    assert!(!linker.finished(&back, &exchange(Direction::Egress, 0, 11, &hc)).unwrap().sampled());
+    assert!(!linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &hs)).unwrap().sampled());
+}
+
+#[test]
+fn invalid_traceparents_start_new_traces_and_tracestate_follows_the_header() {
+    let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let mut linker = Linker::default();
+    for (i, bad) in ["garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"].iter().enumerate()
+    {
+        let h = head("/", Some(bad));
+        linker.started(&front, &started(Direction::Ingress, i as u32, 11, &h));
+        let ctx = linker.finished(&front, &exchange(Direction::Ingress, i as u32, 11, &h)).unwrap();
+        assert_eq!(ctx.parent_span_id, None, "{bad}");
+        assert_ne!(ctx.trace_id, [0; 16]);
+    }
+    assert_eq!(linker.stats().invalid_traceparent, 2);
+
+    let mut h = head("/", Some(TRACEPARENT));
+    h.tracestate = Some("vendor=1".into());
+    linker.started(&front, &started(Direction::Ingress, 2, 11, &h));
+    let ctx = linker.finished(&front, &exchange(Direction::Ingress, 2, 11, &h)).unwrap();
+    assert_eq!(ctx.trace_state, "vendor=1");
+}
+
+#[test]
+fn unfinished_requests_expire() {
+    let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let h = head("/", None);
+    let mut linker = Linker::default();
+    linker.started(&front, &started(Direction::Ingress, 0, 11, &h));
+    linker.started(&back, &started(Direction::Egress, 0, 11, &h));
+    linker.sweep(1_000 + REQUEST_TTL_NS);
+    assert!(linker.requests.is_empty() && linker.handling.is_empty());
+    assert_eq!(linker.stitcher.len(), 0);
+    assert_eq!(linker.stats().expired, 2);
+    assert!(linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).is_none());
+}

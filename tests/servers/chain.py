@@ -1,0 +1,52 @@
+"""One service of a call chain, with no tracing code, for sonde's integration tests.
+
+Usage: python3 chain.py PORT [--delay SECONDS] [DOWNSTREAM_BASE_URL ...]
+
+GET /<anything>/<n> calls GET <downstream>/<n> on every downstream in turn (a new connection
+each, as urllib does), then answers 200 — or 502 when a downstream failed. <n> travels down the
+chain so a test can tell which request each span belongs to. Thread per request
+(ThreadingHTTPServer): the thread that reads a request makes its calls.
+"""
+import sys
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+args = sys.argv[1:]
+port = int(args.pop(0))
+delay = 0.0
+if args[:1] == ["--delay"]:
+    delay = float(args[1])
+    args = args[2:]
+downstreams = args
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        suffix = self.path.rstrip("/").rsplit("/", 1)[-1]
+        status = 200
+        for base in downstreams:
+            try:
+                with urllib.request.urlopen(f"{base}/{suffix}", timeout=10) as reply:
+                    reply.read()
+            except (urllib.error.URLError, ConnectionError, OSError):
+                status = 502
+        if delay:
+            time.sleep(delay)
+        body = f"{self.path} -> {status}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 128
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
