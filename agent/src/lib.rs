@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod export;
 pub mod http;
 pub mod intake;

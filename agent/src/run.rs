@@ -28,7 +28,22 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Longest the exporters may take to flush at shutdown.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Ends a run as SIGTERM would (for `sonde demo`).
+#[derive(Clone)]
+pub struct StopHandle(Arc<tokio::sync::Notify>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    run_with(args, |_| {})
+}
+
+/// `run`, calling `started` once tracing is on, with a handle that ends the run.
+pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Result<()> {
     init_logging(&args.log);
     yield_to_traced_processes();
     let protocol: Option<Protocol> = args.otlp_protocol.as_deref().map(str::parse).transpose()?;
@@ -93,8 +108,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         report.tick().await;
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        let stop_requested = Arc::new(tokio::sync::Notify::new());
+        started(StopHandle(stop_requested.clone()));
         loop {
             tokio::select! {
+                _ = stop_requested.notified() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
                 _ = report.tick() => report_counters(&probes, &stats, &export_stats, "running"),

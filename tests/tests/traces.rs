@@ -245,3 +245,43 @@ async fn an_instrumented_node_service_and_sonde_make_one_tree() {
     assert_child(d_server, c_client);
     drop(sonde);
 }
+
+#[test]
+fn sonde_demo_shows_the_slow_hop() {
+    let out = std::process::Command::new(harness::sonde_bin())
+        .args(["demo", "--requests", "2", "--slow-ms", "200", "--print", "json"])
+        .output()
+        .expect("running sonde demo");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spans: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON span per line"))
+        .collect();
+    assert_eq!(spans.len(), 14, "7 spans for each of 2 requests: {spans:#?}");
+    let mut traces: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for span in spans {
+        traces.entry(span["trace_id"].as_str().unwrap().to_owned()).or_default().push(span);
+    }
+    assert_eq!(traces.len(), 2);
+    for spans in traces.values() {
+        let find = |service: &str, kind: &str| -> Vec<&serde_json::Value> {
+            spans.iter().filter(|s| s["resource"]["service.name"] == service && s["kind"] == kind).collect()
+        };
+        let duration_ms = |s: &serde_json::Value| {
+            (s["end_unix_nano"].as_u64().unwrap() - s["start_unix_nano"].as_u64().unwrap()) / 1_000_000
+        };
+        let gateway = find("gateway", "SERVER");
+        let payments = find("payments", "SERVER");
+        let auth = find("auth", "SERVER");
+        let calls = find("gateway", "CLIENT");
+        assert_eq!((gateway.len(), payments.len(), auth.len(), calls.len()), (1, 1, 1, 2));
+        assert!(gateway[0]["parent_span_id"].is_null());
+        assert!(calls.iter().all(|c| c["parent_span_id"] == gateway[0]["span_id"]));
+        let cart = find("cart", "SERVER");
+        let cart_call = find("cart", "CLIENT");
+        assert_eq!(payments[0]["parent_span_id"], cart_call[0]["span_id"]);
+        assert_eq!(cart_call[0]["parent_span_id"], cart[0]["span_id"]);
+        assert!(duration_ms(payments[0]) >= 200, "the slow hop");
+        assert!(duration_ms(auth[0]) < 150, "the fast one");
+    }
+}

@@ -29,6 +29,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run `sonde demo <ARGS>`: four local services, one slow, traced (root needed).
+    Demo {
+        /// Arguments for `sonde demo`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up and run every check: fmt, clippy, unit tests, privileged integration tests, fuzzing.
     Test {
         /// Seconds each fuzz target runs.
@@ -46,7 +52,8 @@ fn main() -> anyhow::Result<()> {
             setup::toolchain()?;
             build::release().map(|_| ())
         }
-        Task::Run { args } => run::run(&args),
+        Task::Run { args } => run::run("run", &args),
+        Task::Demo { args } => run::run("demo", &args),
         Task::Test { fuzz_seconds } => test::all(fuzz_seconds),
         Task::Bench(opts) => bench::main(&opts),
     }

@@ -1,13 +1,14 @@
-//! `cargo xtask run -- <args>`: set up, build, and start tracing in the foreground.
+//! `cargo xtask run|demo -- <args>`: set up, build, and start tracing in the foreground.
 
 use std::process::Command;
 
 use crate::{build, setup, sh};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// `sonde <command> <args>` with a freshly built binary.
+pub fn run(command: &str, args: &[String]) -> anyhow::Result<()> {
     setup::toolchain()?;
     let sonde = build::release()?;
     let mut cmd = Command::new(sonde);
-    cmd.arg("run").args(args);
+    cmd.arg(command).args(args);
     sh::run(&mut cmd)
 }

@@ -22,6 +22,36 @@ pub enum Command {
     /// For benchmarks (`cargo xtask bench`): attach programs that only count to the very hooks
     /// `run` uses, until SIGINT/SIGTERM; then print the hit count. Measures the floor of hooking.
     NullProbe(NullProbeArgs),
+    /// Start a chain of four plain local services (gateway → auth, gateway → cart → payments, the
+    /// last one slow), send a few requests through it and show their traces.
+    Demo(DemoArgs),
+    /// One service of the demo chain (started by `sonde demo`).
+    #[command(hide = true)]
+    DemoService(DemoServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Requests sent through the chain before the demo ends.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub requests: u32,
+    /// Milliseconds the payments service takes per request: the slow hop.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub slow_ms: u64,
+    /// The flags of `sonde run` (e.g. `--otlp-endpoint` to see the traces in a backend too);
+    /// `--pid` is set to the demo's services.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoServiceArgs {
+    /// Milliseconds to wait before answering.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// A service to call (address) for each request, in order (repeatable).
+    #[arg(long = "call", value_name = "ADDR")]
+    pub calls: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -89,14 +89,18 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
     writeln!(out)
 }
 
-/// The span name, plus the path when the name does not carry a route (`GET` → `GET /cart/42`): a
-/// person reading the waterfall wants to know which request each line is.
+/// The span name, plus what was asked for when the name does not carry a route — the path on a
+/// server (`GET` → `GET /cart/42`), the URL without its scheme on a client (`GET cart:8080/42`):
+/// a person reading the waterfall wants to know which request each line is.
 fn display_name(span: &Span) -> String {
-    let path = span.attributes.iter().find(|kv| kv.key == "url.path").map(|kv| &kv.value);
-    match path {
-        Some(crate::span::model::AttrValue::Str(p)) if !span.name.contains(' ') => {
-            format!("{} {p}", span.name)
-        }
+    let text = |key: &str| match span.attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value) {
+        Some(crate::span::model::AttrValue::Str(t)) => Some(t.to_string()),
+        _ => None,
+    };
+    let what =
+        text("url.path").or_else(|| text("url.full").map(|u| u.trim_start_matches("http://").to_owned()));
+    match what {
+        Some(what) if !span.name.contains(' ') => format!("{} {what}", span.name),
         _ => span.name.clone(),
     }
 }
