@@ -206,6 +206,7 @@ impl intake::Sink for Pipeline {
                 self.link_started();
             }
             Event::Close(close) => self.conns.close(&close, &mut self.finished),
+            Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
         }
         self.forget_in_kernel();
         if !self.finished.is_empty() {

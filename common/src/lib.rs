@@ -44,6 +44,9 @@ pub mod globals {
     /// Offsets inside `struct sock` of the IPv6 addresses, resolved from the kernel's BTF at load time.
     pub const OFF_V6_DADDR: &str = "OFF_V6_DADDR";
     pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record (it moved between kernel
+    /// versions), read from the tracepoint's format file at load time.
+    pub const OFF_FORK_CHILD_PID: &str = "OFF_FORK_CHILD_PID";
 }
 
 /// Which kind of event follows the header.
@@ -56,6 +59,8 @@ pub enum EventKind {
     Open = 2,
     /// [`CloseEvent`]: a tracked (tgid, fd) was closed.
     Close = 3,
+    /// [`SpawnEvent`]: a thread of a traced process started a thread or process.
+    Spawn = 4,
 }
 
 impl EventKind {
@@ -64,6 +69,7 @@ impl EventKind {
             1 => Some(Self::Data),
             2 => Some(Self::Open),
             3 => Some(Self::Close),
+            4 => Some(Self::Spawn),
             _ => None,
         }
     }
@@ -172,6 +178,17 @@ pub struct CloseEvent {
     /// Sequence number of the connection's last data event: if it never arrived, what the parser
     /// holds (a request "without response") is an artefact of the loss, not of the peer.
     pub last_seq: u32,
+    pub _pad: u32,
+}
+
+/// `sched:sched_process_fork` in a traced process: the header's `tid` started `child_tid` (a thread
+/// of the same process, or a new process). A thread started while its parent handles a request
+/// makes that request's calls (worker threads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpawnEvent {
+    pub header: EventHeader,
+    pub child_tid: u32,
     pub _pad: u32,
 }
 

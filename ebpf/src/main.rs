@@ -22,11 +22,11 @@ mod syscalls;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sonde_common::{Direction, IoBuf};
+use sonde_common::{Direction, EventHeader, EventKind, IoBuf, SpawnEvent};
 
 use crate::maps::ACTIVE_CONNECT;
 
@@ -152,6 +152,35 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 fn on_close_enter(fd: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     conn::on_close((pid_tgid >> 32) as u32, pid_tgid as u32, fd as i64 as i32 as i64);
+}
+
+/// `sched:sched_process_fork`, in the parent's context: tell user space which thread started
+/// which (the child's id is read at the offset the format file gave; it moved between kernels).
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let offset = maps::global_u32(&maps::OFF_FORK_CHILD_PID) as usize;
+    if offset == 0 || offset > 64 || !filter::traced(tgid) {
+        return 0;
+    }
+    let Ok(child) = (unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset) as *const i32) })
+    else {
+        return 0;
+    };
+    let event = SpawnEvent {
+        header: EventHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid: pid_tgid as u32,
+            fd: -1,
+            kind: EventKind::Spawn as u32,
+        },
+        child_tid: child as u32,
+        _pad: 0,
+    };
+    emit::output(&event);
+    0
 }
 
 // `sock:sock_{send,recv}_length`: sk at 8, family at 16, protocol at 18, ret at 20, flags at 24.

@@ -1,13 +1,15 @@
 """One service of a call chain, with no tracing code, for sonde's integration tests.
 
-Usage: python3 chain.py PORT [--delay SECONDS] [DOWNSTREAM_BASE_URL ...]
+Usage: python3 chain.py PORT [--delay SECONDS] [--spawn] [DOWNSTREAM_BASE_URL ...]
 
 GET /<anything>/<n> calls GET <downstream>/<n> on every downstream in turn (a new connection
 each, as urllib does), then answers 200 — or 502 when a downstream failed. <n> travels down the
 chain so a test can tell which request each span belongs to. Thread per request
-(ThreadingHTTPServer): the thread that reads a request makes its calls.
+(ThreadingHTTPServer): the thread that reads a request makes its calls — or, with --spawn, a
+worker thread it starts for each call.
 """
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,18 @@ delay = 0.0
 if args[:1] == ["--delay"]:
     delay = float(args[1])
     args = args[2:]
+spawn = args[:1] == ["--spawn"]
+if spawn:
+    args = args[1:]
 downstreams = args
+
+
+def fetch(url, failures):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            reply.read()
+    except (urllib.error.URLError, ConnectionError, OSError):
+        failures.append(url)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,13 +43,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         suffix = self.path.rstrip("/").rsplit("/", 1)[-1]
-        status = 200
+        failures = []
         for base in downstreams:
-            try:
-                with urllib.request.urlopen(f"{base}/{suffix}", timeout=10) as reply:
-                    reply.read()
-            except (urllib.error.URLError, ConnectionError, OSError):
-                status = 502
+            if spawn:
+                worker = threading.Thread(target=fetch, args=(f"{base}/{suffix}", failures))
+                worker.start()
+                worker.join()
+            else:
+                fetch(f"{base}/{suffix}", failures)
+        status = 502 if failures else 200
         if delay:
             time.sleep(delay)
         body = f"{self.path} -> {status}\n".encode()

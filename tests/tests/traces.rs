@@ -122,6 +122,20 @@ async fn a_chain_of_plain_services_is_one_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn calls_from_a_worker_thread_belong_to_the_request_that_started_it() {
+    let receiver = Receiver::start().await.unwrap();
+    let c = harness::chain_service("svc-c", &[], &[]);
+    let b = harness::chain_service("svc-b", &["--spawn"], &[c.url("")]);
+    let a = harness::chain_service("svc-a", &["--spawn"], &[b.url("")]);
+    let sonde = sonde_for_python(&receiver);
+    curl(&[&a.url("/start/1")]);
+
+    let spans = expect_chain_spans(&receiver, 5).await;
+    assert_whole_chain(&spans);
+    drop(sonde);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_traceparent_from_the_caller_holds_the_whole_chain() {
     let receiver = Receiver::start().await.unwrap();
     let (a, _b, _c) = chain();

@@ -1,12 +1,13 @@
 //! Ring-buffer records → typed events. Total: a short or unknown record is an error, never a panic.
 
-use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind};
+use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind, SpawnEvent};
 
 #[derive(Debug)]
 pub enum Event<'a> {
     Data { event: DataEvent, payload: &'a [u8] },
     Open(ConnEvent),
     Close(CloseEvent),
+    Spawn(SpawnEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         Some(EventKind::Open) => Ok(Event::Open(read(bytes, "open event")?)),
         Some(EventKind::Close) => Ok(Event::Close(read(bytes, "close event")?)),
+        Some(EventKind::Spawn) => Ok(Event::Spawn(read(bytes, "spawn event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

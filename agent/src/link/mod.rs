@@ -10,9 +10,10 @@
 //! 3. none: it starts a trace.
 //!
 //! A CLIENT span's parent, in this order:
-//! 1. the server request that the same thread most recently read and has not answered yet — right
-//!    for thread-per-request servers, a best guess for event loops and pools (see
-//!    docs/how-it-works.md);
+//! 1. the server request that the same thread most recently read and has not answered yet — or,
+//!    for a thread started while another handled a request, that request — right for
+//!    thread-per-request servers and workers spawned per request, a best guess for event loops and
+//!    pools (see docs/how-it-works.md);
 //! 2. the `traceparent` the process wrote into the request itself: the header names the caller's
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
 //! 3. none: it starts a trace.
@@ -64,6 +65,8 @@ pub struct LinkStats {
     pub invalid_traceparent: u64,
     /// Requests forgotten before their exchange ended (bounds, or never answered).
     pub expired: u64,
+    /// Threads started while their parent handled a request, and so working for it.
+    pub spawned_workers: u64,
 }
 
 /// A request, by connection and position on it.
@@ -193,6 +196,16 @@ impl Linker {
                     },
                 );
             }
+        }
+    }
+
+    /// Thread `parent_tid` of `pid` started thread `child_tid`. Started while the parent handles a
+    /// server request, the new thread works for that request (until it reads one of its own): the
+    /// calls it makes are that request's children.
+    pub fn spawned(&mut self, pid: u32, parent_tid: u32, child_tid: u32) {
+        if let Some(&key) = self.handling.get(&(pid, parent_tid)) {
+            self.stats.spawned_workers += 1;
+            self.handling.entry((pid, child_tid)).or_insert(key);
         }
     }
 

@@ -212,3 +212,26 @@ fn unfinished_requests_expire() {
     assert_eq!(linker.stats().expired, 2);
     assert!(linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).is_none());
 }
+
+#[test]
+fn a_thread_started_while_handling_a_request_works_for_it() {
+    let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let h = head("/", None);
+    let mut linker = Linker::default();
+    linker.spawned(10, 11, 99); // before any request: nothing to inherit
+    linker.started(&front, &started(Direction::Ingress, 0, 11, &h));
+    linker.spawned(10, 11, 12);
+    linker.started(&back, &started(Direction::Egress, 0, 12, &h));
+    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 12, &h)).unwrap();
+    let server = linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).unwrap();
+    assert_eq!(call.parent_span_id, Some(server.span_id));
+    assert_eq!(linker.stats().spawned_workers, 1);
+
+    // The request is answered: the worker's later calls are its own.
+    linker.started(&back, &started(Direction::Egress, 1, 12, &h));
+    let later = linker.finished(&back, &exchange(Direction::Egress, 1, 12, &h)).unwrap();
+    assert_eq!(later.parent_span_id, None);
+    linker.started(&back, &started(Direction::Egress, 2, 99, &h));
+    assert_eq!(linker.finished(&back, &exchange(Direction::Egress, 2, 99, &h)).unwrap().parent_span_id, None);
+}

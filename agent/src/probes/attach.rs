@@ -95,6 +95,22 @@ pub fn attach(ebpf: &mut Ebpf, choice: HookChoice, programs: Programs) -> Result
     Ok(set)
 }
 
+/// Thread starts (`sched:sched_process_fork`), for calls made by worker threads: optional — without
+/// it, only the thread that read a request parents its calls. False (and logged) when unavailable.
+pub fn attach_thread_starts(ebpf: &mut Ebpf, programs: Programs) -> bool {
+    let program = match programs {
+        Programs::Sonde => "sched_process_fork",
+        Programs::NullProbe => "null_tracepoint",
+    };
+    match attach_tracepoint(ebpf, program, "sched", "sched_process_fork") {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "thread starts are not seen: calls made by worker threads start their own traces");
+            false
+        }
+    }
+}
+
 /// Attaches every hook of `set`, or none: on an error the ones already attached are detached.
 fn attach_set(ebpf: &mut Ebpf, set: HookSet, programs: Programs) -> Result<(), ProbeError> {
     let io_hooks = match set {

@@ -121,6 +121,8 @@ impl Probes {
             }
         };
         let agent_tgid = std::process::id();
+        let fork_child_offset =
+            prereq::tracepoint_field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
@@ -132,6 +134,7 @@ impl Probes {
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
+            .override_global(globals::OFF_FORK_CHILD_PID, &fork_child_offset, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
             .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
@@ -150,6 +153,13 @@ impl Probes {
         }
 
         let hooks = attach::attach(&mut ebpf, options.hooks, options.programs)?;
+        if fork_child_offset != 0 {
+            attach::attach_thread_starts(&mut ebpf, options.programs);
+        } else {
+            tracing::warn!(
+                "sched:sched_process_fork has no child_pid field here: calls made by worker threads start their own traces"
+            );
+        }
         release_freed_memory();
         tracing::info!(hooks = %hooks, programs = ?options.programs, capture_bytes = capture, "kernel programs attached");
         Ok(Self { ebpf, hooks })

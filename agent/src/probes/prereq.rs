@@ -101,11 +101,47 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
     Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
 }
 
+/// Offset of `field` in a tracepoint's record, from its tracefs `format` file (lines like
+/// `\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;`). None if absent or unreadable.
+pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Option<u32> {
+    let path = Path::new(TRACEFS).join("events").join(category).join(name).join("format");
+    let format = std::fs::read_to_string(path).ok()?;
+    format_field_offset(&format, field)
+}
+
+fn format_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let declared = declaration.rsplit([' ', '*']).next()?;
+        if declared != field {
+            return None;
+        }
+        parts.find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
+    })
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is harmless elsewhere.
 pub fn raise_memlock() {
     let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels ≥ 5.11)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_offsets_from_format_files() {
+        // 6.x, then 5.x: `child_pid` moved when the comm fields became __data_loc.
+        let new = "name: sched_process_fork\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(format_field_offset(new, "child_pid"), Some(20));
+        assert_eq!(format_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(format_field_offset(old, "parent_pid"), Some(24));
+        assert_eq!(format_field_offset(new, "nope"), None);
     }
 }
