@@ -52,11 +52,15 @@ pub fn run_http_connection(input: &[u8]) {
                 direction,
                 Chunk {
                     ts_ns: ts,
+                    tid: 1,
                     data,
                     len,
                 },
                 &mut out,
             );
+            // Every request head completed by this chunk, each at most once.
+            let started = conn.take_started().count();
+            assert!(started <= data.len().max(1), "{started} heads from {} bytes", data.len());
             rest = after;
         }
         check(&conn, &limits, &out, ts);
