@@ -262,15 +262,16 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<DataEvent>(), 40);
-        assert_eq!(size_of::<ConnEvent>(), 72);
+        assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(size_of::<CloseEvent>(), 32);
+        assert_eq!(size_of::<SpawnEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
         assert_eq!(size_of::<ConnState>(), 16);
     }
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EventKind::Data, EventKind::Open, EventKind::Close] {
+        for k in [EventKind::Data, EventKind::Open, EventKind::Close, EventKind::Spawn] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
