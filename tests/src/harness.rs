@@ -213,6 +213,20 @@ pub fn chain_service(name: &str, extra: &[&str], downstreams: &[String]) -> Guar
     Guard { child, port, _dir: None }
 }
 
+/// The standard variables an OpenTelemetry SDK reads: traces only, over OTLP/HTTP to
+/// `traces_url`, exported every 200 ms.
+fn sdk_env<'a>(name: &'a str, traces_url: &'a str) -> [(&'static str, &'a str); 7] {
+    [
+        ("OTEL_SERVICE_NAME", name),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+        ("OTEL_LOGS_EXPORTER", "none"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]
+}
+
 /// `tests/servers/sdk_app.py` under `opentelemetry-instrument`: a Flask service with
 /// OpenTelemetry's Python SDK, exporting its spans over OTLP/HTTP to `traces_url`.
 pub fn sdk_python_service(name: &str, traces_url: &str, downstreams: &[String]) -> Guard {
@@ -225,13 +239,7 @@ pub fn sdk_python_service(name: &str, traces_url: &str, downstreams: &[String]) 
         .arg(servers_dir().join("sdk_app.py"))
         .arg(port.to_string())
         .args(downstreams)
-        .env("OTEL_SERVICE_NAME", name)
-        .env("OTEL_TRACES_EXPORTER", "otlp")
-        .env("OTEL_METRICS_EXPORTER", "none")
-        .env("OTEL_LOGS_EXPORTER", "none")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .envs(sdk_env(name, traces_url))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -251,13 +259,7 @@ pub fn sdk_node_service(name: &str, traces_url: &str, downstreams: &[String]) ->
         .arg(port.to_string())
         .args(downstreams)
         .current_dir(&dir)
-        .env("OTEL_SERVICE_NAME", name)
-        .env("OTEL_TRACES_EXPORTER", "otlp")
-        .env("OTEL_METRICS_EXPORTER", "none")
-        .env("OTEL_LOGS_EXPORTER", "none")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .envs(sdk_env(name, traces_url))
         // Only HTTP: the other instrumentations (fs, dns, net) would add spans no test asks for.
         .env("OTEL_NODE_ENABLED_INSTRUMENTATIONS", "http")
         .stdout(Stdio::null())

@@ -209,16 +209,17 @@ fn from_sdk(span: &ReceivedSpan) -> bool {
     span.scope.0 != "sonde"
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_instrumented_python_service_and_sonde_make_one_tree() {
+/// curl → an SDK-instrumented service → C → D (plain): the SDK's SERVER and CLIENT spans, then
+/// sonde's for C (parented by the SDK's `traceparent`) and D (stitched) — one tree, edge by edge,
+/// as SDKs everywhere would have made it, and no sonde span for the instrumented process.
+async fn instrumented_service_and_sonde_make_one_tree(start: fn(&str, &str, &[String]) -> Guard) {
     let receiver = Receiver::start().await.unwrap();
     let d = harness::chain_service("svc-d", &[], &[]);
     let c = harness::chain_service("svc-c", &[], &[d.url("")]);
-    let sdk = harness::sdk_python_service("svc-sdk", &receiver.http_traces_url(), &[c.url("")]);
+    let sdk = start("svc-sdk", &receiver.http_traces_url(), &[c.url("")]);
     let sonde = sonde_for_python(&receiver);
     curl(&[&sdk.url("/start/1")]);
 
-    // The SDK's SERVER (Flask) and CLIENT (requests) spans, then sonde's for C and D.
     let spans = expect_chain_spans(&receiver, 5).await;
     let sdk_server = one(&spans, "svc-sdk", "SERVER");
     let sdk_client = one(&spans, "svc-sdk", "CLIENT");
@@ -237,27 +238,13 @@ async fn an_instrumented_python_service_and_sonde_make_one_tree() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_instrumented_node_service_and_sonde_make_one_tree() {
-    let receiver = Receiver::start().await.unwrap();
-    let d = harness::chain_service("svc-d", &[], &[]);
-    let c = harness::chain_service("svc-c", &[], &[d.url("")]);
-    let sdk = harness::sdk_node_service("svc-sdk", &receiver.http_traces_url(), &[c.url("")]);
-    let sonde = sonde_for_python(&receiver);
-    curl(&[&sdk.url("/start/1")]);
+async fn an_instrumented_python_service_and_sonde_make_one_tree() {
+    instrumented_service_and_sonde_make_one_tree(harness::sdk_python_service).await;
+}
 
-    let spans = expect_chain_spans(&receiver, 5).await;
-    let sdk_server = one(&spans, "svc-sdk", "SERVER");
-    let sdk_client = one(&spans, "svc-sdk", "CLIENT");
-    assert!(from_sdk(sdk_server) && from_sdk(sdk_client), "no sonde span repeats the SDK's: {spans:#?}");
-    let c_server = one(&spans, "svc-c", "SERVER");
-    let c_client = one(&spans, "svc-c", "CLIENT");
-    let d_server = one(&spans, "svc-d", "SERVER");
-    assert_eq!(sdk_server.parent_span_id_hex(), None);
-    assert_child(sdk_client, sdk_server);
-    assert_child(c_server, sdk_client);
-    assert_child(c_client, c_server);
-    assert_child(d_server, c_client);
-    drop(sonde);
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instrumented_node_service_and_sonde_make_one_tree() {
+    instrumented_service_and_sonde_make_one_tree(harness::sdk_node_service).await;
 }
 
 #[test]
