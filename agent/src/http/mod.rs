@@ -110,6 +110,8 @@ pub struct Started {
     /// has the same fingerprint.
     pub fingerprint: u64,
     pub traceparent: Option<String>,
+    /// Only meaningful with a valid `traceparent` (W3C: otherwise it is ignored too).
+    pub tracestate: Option<String>,
 }
 
 impl Started {

@@ -284,6 +284,7 @@ impl<'a> Sink<'a> {
                     start_ns,
                     fingerprint: Started::fingerprint_of(&head),
                     traceparent: head.traceparent.clone(),
+                    tracestate: head.traceparent.as_ref().and(head.tracestate.clone()),
                 });
                 p.push_request(Pending {
                     head: Some(head),

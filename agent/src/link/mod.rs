@@ -139,8 +139,8 @@ impl Linker {
                             trace_id: tp.trace_id,
                             parent_span_id: Some(tp.parent_id),
                             flags: tp.flags,
-                            // The exchange's own tracestate is used at the end; children inherit it.
-                            trace_state: String::new(),
+                            // The caller's vendor state goes on with the trace, to children too.
+                            trace_state: started.tracestate.clone().unwrap_or_default(),
                         });
                     }
                     Some(Err(_)) => self.stats.invalid_traceparent += 1,
@@ -162,7 +162,7 @@ impl Linker {
                             trace_id: tp.trace_id,
                             parent_span_id: None,
                             flags: tp.flags,
-                            trace_state: String::new(),
+                            trace_state: started.tracestate.clone().unwrap_or_default(),
                         },
                     ),
                     ClientParent::None => {
@@ -224,17 +224,12 @@ impl Linker {
             self.resolve(&mut request);
         }
         let lineage = request.lineage?;
-        let trace_state = match (&exchange.request.head.tracestate, lineage.parent_span_id) {
-            // A server span continues its caller's tracestate.
-            (Some(state), Some(_)) if request.direction == Direction::Ingress => state.clone(),
-            _ => lineage.trace_state,
-        };
         Some(SpanContext {
             trace_id: lineage.trace_id,
             span_id: request.span_id,
             parent_span_id: lineage.parent_span_id,
             flags: lineage.flags,
-            trace_state,
+            trace_state: lineage.trace_state,
         })
     }
 

@@ -31,6 +31,7 @@ fn started(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Sta
         start_ns: 1_000,
         fingerprint: Started::fingerprint_of(h),
         traceparent: h.traceparent.clone(),
+        tracestate: h.traceparent.as_ref().and(h.tracestate.clone()),
     }
 }
 
@@ -193,9 +194,19 @@ fn invalid_traceparents_start_new_traces_and_tracestate_follows_the_header() {
 
     let mut h = head("/", Some(TRACEPARENT));
     h.tracestate = Some("vendor=1".into());
+    let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let call = head("/down", None);
     linker.started(&front, &started(Direction::Ingress, 2, 11, &h));
+    linker.started(&back, &started(Direction::Egress, 0, 11, &call));
+    let child = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &call)).unwrap();
     let ctx = linker.finished(&front, &exchange(Direction::Ingress, 2, 11, &h)).unwrap();
     assert_eq!(ctx.trace_state, "vendor=1");
+    assert_eq!(child.trace_state, "vendor=1", "children carry the trace's vendor state on");
+
+    // tracestate without a valid traceparent is ignored, as the spec says.
+    h.traceparent = Some("garbage".into());
+    linker.started(&front, &started(Direction::Ingress, 3, 11, &h));
+    assert_eq!(linker.finished(&front, &exchange(Direction::Ingress, 3, 11, &h)).unwrap().trace_state, "");
 }
 
 #[test]
