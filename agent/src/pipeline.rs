@@ -16,7 +16,7 @@ use crate::{
     export::SpanSink,
     http::Exchange,
     intake::{self, DecodeError, Event},
-    link::{self, Linker, SpanContext},
+    link::{Linker, SpanContext},
     probes::KernelConns,
     process::ProcessCache,
     span::{
@@ -55,8 +55,6 @@ pub struct Pipeline {
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
     finished: Vec<Finished>,
-    /// Reused between events: the requests started by one.
-    started: Vec<(crate::conn::ConnInfo, crate::http::Started)>,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
     outbox: Vec<Span>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
@@ -96,7 +94,6 @@ impl Pipeline {
             sdk_processes,
             sdk_skipped: 0,
             finished: Vec::new(),
-            started: Vec::new(),
             outbox: Vec::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
@@ -105,44 +102,35 @@ impl Pipeline {
         }
     }
 
-    /// Whether sonde leaves `pid`'s spans to the SDK it runs.
-    fn left_to_sdk(&mut self, pid: u32) -> bool {
-        self.sdk_processes == SdkProcesses::Skip && self.processes.has_own_sdk(pid)
-    }
-
     /// Requests whose head was just seen get their trace context before any exchange ends. A
     /// process left to its SDK gets none: no span of sonde's may name one of its spans as parent
     /// (its own `traceparent` headers link what it calls).
     fn link_started(&mut self) {
-        let mut started = std::mem::take(&mut self.started);
-        started.extend(self.conns.take_started());
-        for (conn, request) in started.drain(..) {
-            if !self.left_to_sdk(conn.pid) {
+        for (conn, request) in self.conns.take_started() {
+            if !left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 self.linker.started(&conn, &request);
             }
         }
-        self.started = started;
     }
 
     fn emit(&mut self) {
-        let mut finished = std::mem::take(&mut self.finished);
-        for Finished { conn, exchange } in finished.drain(..) {
+        for Finished { conn, exchange } in self.finished.drain(..) {
             if exports_traces(&exchange) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
             }
-            if self.left_to_sdk(conn.pid) {
-                // Marked mid-request: what the linker holds for it goes too.
-                let _ = self.linker.finished(&conn, &exchange);
+            // Taken in any case: a process marked mid-request leaves nothing behind in the linker.
+            let context = self.linker.finished(&conn, &exchange);
+            if left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 self.sdk_skipped += 1;
                 continue;
             }
-            let context = self.linker.finished(&conn, &exchange).unwrap_or_else(root_context);
+            // Unknown to the linker (forgotten under its bounds): a trace of its own.
+            let context = context.unwrap_or_else(SpanContext::root);
             let resource = self.processes.resource(conn.pid);
             if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
                 self.outbox.push(span);
             }
         }
-        self.finished = finished;
     }
 
     fn hand_off(&mut self) {
@@ -250,15 +238,9 @@ impl intake::Sink for Pipeline {
     }
 }
 
-/// The context of an exchange whose request the linker no longer knew: a trace of its own.
-fn root_context() -> SpanContext {
-    SpanContext {
-        trace_id: link::new_trace_id(),
-        span_id: link::new_span_id(),
-        parent_span_id: None,
-        flags: 0x01,
-        trace_state: String::new(),
-    }
+/// Whether sonde leaves `pid`'s spans to the SDK it runs.
+fn left_to_sdk(mode: SdkProcesses, processes: &mut ProcessCache, pid: u32) -> bool {
+    mode == SdkProcesses::Skip && processes.has_own_sdk(pid)
 }
 
 /// An OTLP/HTTP trace export (`POST …/v1/traces`): the process sending it has an SDK of its own.

@@ -48,6 +48,18 @@ impl SpanContext {
     pub fn sampled(&self) -> bool {
         self.flags & 0x01 != 0
     }
+
+    /// A span that starts a trace of its own.
+    pub fn root() -> Self {
+        let lineage = Lineage::root();
+        Self {
+            trace_id: lineage.trace_id,
+            span_id: new_span_id(),
+            parent_span_id: None,
+            flags: lineage.flags,
+            trace_state: lineage.trace_state,
+        }
+    }
 }
 
 /// Where a span's parent came from, counted for self-observability.
@@ -132,19 +144,15 @@ impl Linker {
                     upstream: stitch::server_side_key(conn),
                     fingerprint: started.fingerprint,
                 };
-                match started.traceparent.as_deref().map(traceparent::parse) {
-                    Some(Ok(tp)) => {
-                        self.stats.from_header += 1;
-                        request.lineage = Some(Lineage {
-                            trace_id: tp.trace_id,
-                            parent_span_id: Some(tp.parent_id),
-                            flags: tp.flags,
-                            // The caller's vendor state goes on with the trace, to children too.
-                            trace_state: started.tracestate.clone().unwrap_or_default(),
-                        });
-                    }
-                    Some(Err(_)) => self.stats.invalid_traceparent += 1,
-                    None => {}
+                if let Some(tp) = self.header(started) {
+                    self.stats.from_header += 1;
+                    request.lineage = Some(Lineage {
+                        trace_id: tp.trace_id,
+                        parent_span_id: Some(tp.parent_id),
+                        flags: tp.flags,
+                        // The caller's vendor state goes on with the trace, to children too.
+                        trace_state: started.tracestate.clone().unwrap_or_default(),
+                    });
                 }
                 // The client's write usually precedes this read in the ring buffer; when it does
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
@@ -271,13 +279,17 @@ impl Linker {
                 return ClientParent::Handling(parent);
             }
         }
-        match started.traceparent.as_deref().map(traceparent::parse) {
-            Some(Ok(tp)) => ClientParent::Header(tp),
-            Some(Err(_)) => {
+        self.header(started).map_or(ClientParent::None, ClientParent::Header)
+    }
+
+    /// The request's valid `traceparent`; an invalid one is counted and, as the spec says, ignored.
+    fn header(&mut self, started: &Started) -> Option<traceparent::TraceParent> {
+        match traceparent::parse(started.traceparent.as_deref()?) {
+            Ok(tp) => Some(tp),
+            Err(_) => {
                 self.stats.invalid_traceparent += 1;
-                ClientParent::None
+                None
             }
-            None => ClientParent::None,
         }
     }
 
@@ -324,7 +336,7 @@ impl Lineage {
     }
 }
 
-pub fn new_trace_id() -> TraceId {
+fn new_trace_id() -> TraceId {
     loop {
         let id = fastrand::u128(..).to_be_bytes();
         if id != [0; 16] {
@@ -333,6 +345,6 @@ pub fn new_trace_id() -> TraceId {
     }
 }
 
-pub fn new_span_id() -> SpanId {
+fn new_span_id() -> SpanId {
     fastrand::u64(1..).to_be_bytes()
 }

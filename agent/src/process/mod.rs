@@ -91,12 +91,7 @@ impl ProcessCache {
             }
             let info = procfs::read(pid, comm);
             if let Some(why) = &info.own_sdk {
-                tracing::info!(
-                    pid,
-                    exe = info.exe_name.as_deref().unwrap_or("?"),
-                    why,
-                    "process has an OpenTelemetry SDK of its own"
-                );
+                log_own_sdk(pid, &info, why);
             }
             let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
             let entry = Entry { start_time, info, resource, last_used: self.clock, checked_at: now };
@@ -133,12 +128,7 @@ impl ProcessCache {
     pub fn mark_own_sdk(&mut self, pid: u32, why: &'static str) {
         let entry = self.entry(pid, None);
         if entry.info.own_sdk.is_none() {
-            tracing::info!(
-                pid,
-                exe = entry.info.exe_name.as_deref().unwrap_or("?"),
-                why,
-                "process has an OpenTelemetry SDK of its own"
-            );
+            log_own_sdk(pid, &entry.info, why);
             if let Some(e) = self.entries.get_mut(&pid) {
                 e.info.own_sdk = Some(why.to_owned());
             }
@@ -156,6 +146,12 @@ impl ProcessCache {
         let cutoff = ages[ages.len() / 2];
         self.entries.retain(|_, e| e.last_used > cutoff);
     }
+}
+
+/// Once per process: the tests and users look for this line.
+fn log_own_sdk(pid: u32, info: &ProcInfo, why: &str) {
+    let exe = info.exe_name.as_deref().unwrap_or("?");
+    tracing::info!(pid, exe, why, "process has an OpenTelemetry SDK of its own");
 }
 
 pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &str) -> Resource {
