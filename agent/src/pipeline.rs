@@ -3,6 +3,7 @@
 //! locks, and the export queue is the only hand-off (non-blocking, drops counted).
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -17,7 +18,7 @@ use crate::{
     http::Exchange,
     intake::{self, DecodeError, Event},
     link::{Linker, SpanContext},
-    probes::KernelConns,
+    probes::{KernelConns, TlsNotice},
     process::ProcessCache,
     span::{
         Assembler,
@@ -62,6 +63,10 @@ pub struct Pipeline {
     last_process_sweep: Instant,
     last_conn_sweep: Instant,
     last_hand_off: Instant,
+    /// Where TLS notices go (the thread that holds the probes), and those not yet sent: a
+    /// process loading its libraries maps a dozen files in a row, one notice is enough.
+    tls_notices: Option<tokio::sync::mpsc::Sender<TlsNotice>>,
+    pending_notices: HashSet<TlsNotice>,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -99,6 +104,27 @@ impl Pipeline {
             last_process_sweep: Instant::now(),
             last_conn_sweep: Instant::now(),
             last_hand_off: Instant::now(),
+            tls_notices: None,
+            pending_notices: HashSet::new(),
+        }
+    }
+
+    /// Library loads and undecrypted TLS go to `notices` (see `probes::TlsNotice`).
+    pub fn with_tls_notices(mut self, notices: tokio::sync::mpsc::Sender<TlsNotice>) -> Self {
+        self.tls_notices = Some(notices);
+        self
+    }
+
+    fn send_notices(&mut self) {
+        let Some(sender) = &self.tls_notices else {
+            self.pending_notices.clear();
+            return;
+        };
+        for notice in self.pending_notices.drain() {
+            // Full: the holder of the probes is behind; a process mapping more files asks again.
+            if sender.try_send(notice).is_err() {
+                tracing::debug!(?notice, "TLS notice dropped");
+            }
         }
     }
 
@@ -192,9 +218,13 @@ impl intake::Sink for Pipeline {
                 let direction = intake::direction_of(&event);
                 self.conns.data(&event, direction, payload, &mut self.finished);
                 self.link_started();
+                self.pending_notices.extend(self.conns.take_ciphertext_pids().map(TlsNotice::Ciphertext));
             }
             Event::Close(close) => self.conns.close(&close, &mut self.finished),
             Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
+            Event::Mapped(header) => {
+                self.pending_notices.insert(TlsNotice::Mapped(header.tgid));
+            }
         }
         self.forget_in_kernel();
         if !self.finished.is_empty() {
@@ -211,6 +241,7 @@ impl intake::Sink for Pipeline {
 
     fn drained(&mut self) {
         self.hand_off_if_due();
+        self.send_notices();
     }
 
     fn tick(&mut self) {

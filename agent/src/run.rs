@@ -12,12 +12,12 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{NullProbeArgs, RunArgs},
+    config::{NullProbeArgs, RunArgs, TlsMode},
     conn::select::Selector,
     export::{ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol},
     intake,
     pipeline::{Pipeline, PipelineStats},
-    probes::{ProbeOptions, Probes, Programs},
+    probes::{ProbeOptions, Probes, Programs, TlsOptions},
     span::{AssembleOptions, Assembler},
 };
 
@@ -25,6 +25,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(250);
 /// How often counters are logged while running.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
+/// TLS notices (library loads, undecrypted TLS) waiting for the main thread; beyond, dropped.
+const TLS_NOTICES: usize = 4096;
 /// Longest the exporters may take to flush at shutdown.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -60,6 +62,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         ring_bytes: args.ring_buffer_bytes,
         pids: args.pids.clone(),
         programs: Programs::Sonde,
+        tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: args.tls_exclude.clone() }),
     })?;
     let ring = probes.take_events()?;
     let kernel_conns = probes.take_conns()?;
@@ -85,6 +88,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         capture_query: args.capture_query,
         opt_in_attributes: args.opt_in_attributes,
     });
+    let (tls_notices, mut tls_notices_rx) = tokio::sync::mpsc::channel(TLS_NOTICES);
     let intake_thread = {
         let stop = stop.clone();
         let stats = stats.clone();
@@ -92,7 +96,8 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             .name("sonde-intake".into())
             .spawn(move || {
                 let mut pipeline =
-                    Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes);
+                    Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes)
+                        .with_tls_notices(tls_notices);
                 intake::run(ring, &mut pipeline, &stop, TICK);
             })
             .context("starting the intake thread")?
@@ -116,6 +121,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
                 _ = report.tick() => report_counters(&probes, &stats, &export_stats, "running"),
+                Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
             }
         }
         anyhow::Ok(())
@@ -141,6 +147,7 @@ pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
         ring_bytes: 4096,
         pids: Vec::new(),
         programs: Programs::NullProbe,
+        tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new() }),
     })?;
     tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -165,7 +172,7 @@ fn report_counters(
     export: &crate::export::ExportStats,
     state: &'static str,
 ) {
-    let [ring_full, active_full, copy_failed] = probes.drops();
+    let [ring_full, active_full, copy_failed, tls_no_socket] = probes.drops();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     tracing::info!(
         state,
@@ -180,6 +187,7 @@ fn report_counters(
         kernel_dropped_ring_full = ring_full,
         kernel_dropped_active_full = active_full,
         kernel_copy_failed = copy_failed,
+        tls_without_socket = tls_no_socket,
         decode_errors = load(&stats.decode_errors),
         sequence_gaps = load(&stats.sequence_gaps),
         data_without_open = load(&stats.data_without_open),

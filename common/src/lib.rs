@@ -28,6 +28,10 @@ pub mod maps {
     pub const ACTIVE_IO: &str = "ACTIVE_IO";
     pub const ACTIVE_CONNECT: &str = "ACTIVE_CONNECT";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const TLS_CALLS: &str = "TLS_CALLS";
+    pub const TLS_SOCKETS: &str = "TLS_SOCKETS";
+    pub const TLS_PIDS: &str = "TLS_PIDS";
+    pub const TLS_EXCLUDED: &str = "TLS_EXCLUDED";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.
@@ -61,6 +65,9 @@ pub enum EventKind {
     Close = 3,
     /// [`SpawnEvent`]: a thread of a traced process started a thread or process.
     Spawn = 4,
+    /// A bare [`EventHeader`]: a traced process is mapping a file executable (loading a shared
+    /// library), so the agent looks for a TLS library to hook in it.
+    Mapped = 5,
 }
 
 impl EventKind {
@@ -70,6 +77,7 @@ impl EventKind {
             2 => Some(Self::Open),
             3 => Some(Self::Close),
             4 => Some(Self::Spawn),
+            5 => Some(Self::Mapped),
             _ => None,
         }
     }
@@ -117,8 +125,11 @@ pub enum DropReason {
     ActiveMapFull = 1,
     /// A copy from user memory failed (payload lost, length still reported).
     CopyFailed = 2,
+    /// TLS plaintext whose socket was never seen (no `SSL_set_fd`, no socket I/O inside a TLS
+    /// call of that `SSL`, e.g. memory BIOs): it cannot be tied to a connection.
+    TlsNoSocket = 3,
 }
-pub const DROP_REASONS: u32 = 3;
+pub const DROP_REASONS: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -142,7 +153,10 @@ pub struct DataEvent {
     pub captured: u32,
     /// A [`Direction`].
     pub direction: u8,
-    pub _pad: [u8; 3],
+    /// 1: plaintext of a TLS connection, captured where the process handed it to (or got it from)
+    /// its TLS library; `len` is then the TLS call's byte count, not a syscall's.
+    pub tls: u8,
+    pub _pad: [u8; 2],
     /// Per-connection sequence number (1 for the first data after `Open`): a gap tells user space
     /// that events of this connection were dropped, so its parser state cannot be trusted.
     pub seq: u32,
@@ -237,7 +251,52 @@ pub struct ConnState {
     pub seq: u32,
     /// A [`Role`].
     pub role: u8,
-    pub _pad: [u8; 3],
+    /// 1 once TLS calls were seen on this connection: its ciphertext is no longer sent (the
+    /// plaintext comes from the TLS library's hooks).
+    pub tls: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A TLS library call in progress on one thread (`TLS_CALLS`, keyed by pid_tgid), from its entry
+/// to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsCall {
+    /// The library's connection object (OpenSSL's `SSL *`).
+    pub ssl: u64,
+    /// The plaintext buffer (data calls).
+    pub buf: u64,
+    /// `size_t *` where the `_ex` variants store the byte count; 0 when the return value is it.
+    pub len_out: u64,
+    /// The TCP socket the thread read or wrote inside the call (0 until it did).
+    pub sock: u64,
+    /// Its fd (-1 until seen).
+    pub fd: i32,
+    /// A [`Direction`].
+    pub direction: u8,
+    /// A [`TlsCallKind`].
+    pub kind: u8,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// What a TLS call moves.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsCallKind {
+    /// `SSL_read`/`SSL_write` and their `_ex` variants: plaintext in `buf`.
+    Data = 0,
+    /// Handshake or shutdown: ciphertext only, but it tells which socket the `SSL` uses.
+    Control = 1,
+}
+
+/// Key of `TLS_SOCKETS`: one library connection object of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Key of the `CONNS` map.
@@ -251,6 +310,8 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for ActiveIo {}
     unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for TlsCall {}
+    unsafe impl aya::Pod for TlsKey {}
 }
 
 #[cfg(test)]
@@ -267,11 +328,13 @@ mod tests {
         assert_eq!(size_of::<SpawnEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
         assert_eq!(size_of::<ConnState>(), 16);
+        assert_eq!(size_of::<TlsCall>(), 40);
+        assert_eq!(size_of::<TlsKey>(), 16);
     }
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EventKind::Data, EventKind::Open, EventKind::Close, EventKind::Spawn] {
+        for k in [EventKind::Data, EventKind::Open, EventKind::Close, EventKind::Spawn, EventKind::Mapped] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

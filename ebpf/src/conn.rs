@@ -39,7 +39,7 @@ fn remember_role(tgid: u32, fd: i64, role: Role) {
     if fd < 0 {
         return;
     }
-    let state = ConnState { sock: 0, seq: 0, role: role as u8, _pad: [0; 3] };
+    let state = ConnState { sock: 0, seq: 0, role: role as u8, tls: 0, _pad: [0; 2] };
     // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
     let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
 }
@@ -72,16 +72,34 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     }
 }
 
+/// What moved on a socket, as the socket hooks see it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Bytes {
+    /// Bytes to send to user space (plaintext HTTP, or whatever the process speaks).
+    Plain,
+    /// Ciphertext moved inside a TLS library call: the connection is TLS, its plaintext comes
+    /// from the library hooks, and these bytes are not sent.
+    TlsCiphertext,
+}
+
 /// Data moved on a TCP socket `sock` through (tgid, fd): returns the sequence number for its data
-/// event. Emits `Open` first the time this socket is seen on this fd — including connections that
-/// existed before sonde started. None when that `Open` could not be emitted (ring full): then the
-/// socket stays unrecorded, so the next data tries again, and this data is not worth sending.
+/// event, or None when none should be sent. Emits `Open` first the time this socket is seen on
+/// this fd — including connections that existed before sonde started. None also when that `Open`
+/// could not be emitted (ring full): then the socket stays unrecorded, so the next data tries
+/// again, and this data is not worth sending; and for the ciphertext of a TLS connection.
 #[inline(always)]
-pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) -> Option<u32> {
+pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Bytes) -> Option<u32> {
     let key = conn_key(tgid, fd as u32);
+    let tls = bytes == Bytes::TlsCiphertext;
     let role = match CONNS.get_ptr_mut(&key) {
         Some(state) => unsafe {
             if (*state).sock == sock {
+                if tls {
+                    (*state).tls = 1;
+                }
+                if (*state).tls != 0 {
+                    return None;
+                }
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
@@ -115,9 +133,27 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16) -> Option<u
     if !emit::output(&event) {
         return None;
     }
-    let state = ConnState { sock, seq: 1, role: role as u8, _pad: [0; 3] };
+    // A TLS connection's first plaintext event gets number 1.
+    let seq = if tls { 0 } else { 1 };
+    let state = ConnState { sock, seq, role: role as u8, tls: tls as u8, _pad: [0; 2] };
     let _ = CONNS.insert(&key, &state, 0);
-    Some(1)
+    if tls { None } else { Some(seq) }
+}
+
+/// TLS plaintext for (tgid, fd): the sequence number for its data event, and the connection is
+/// marked TLS from now on. None when the connection was never announced (its socket is known only
+/// through its ciphertext, and none was seen).
+#[inline(always)]
+pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
+    let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
+    unsafe {
+        if (*state).sock == 0 {
+            return None;
+        }
+        (*state).tls = 1;
+        (*state).seq = (*state).seq.wrapping_add(1);
+        Some((*state).seq)
+    }
 }
 
 #[inline(always)]

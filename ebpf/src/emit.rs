@@ -30,6 +30,16 @@ pub fn output<T>(event: &T) -> bool {
     true
 }
 
+/// Copy a rare event into the ring buffer and wake the reader now.
+#[inline(always)]
+pub fn output_now<T>(event: &T) -> bool {
+    if EVENTS.output::<T>(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+        count_drop(DropReason::RingFull);
+        return false;
+    }
+    true
+}
+
 /// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer.
 #[inline(always)]
 pub fn output_bytes(bytes: &[u8]) {

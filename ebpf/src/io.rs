@@ -17,9 +17,10 @@ use sonde_common::{
 };
 
 use crate::{
-    conn, emit, filter,
+    conn::{self, Bytes},
+    emit, filter,
     maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
-    syscalls,
+    syscalls, tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -155,19 +156,27 @@ pub fn exit(pid_tgid: u64, ret: i64) {
 }
 
 /// `len` bytes moved on a TCP socket, as `active` describes: the connection's sequence number
-/// (and its `Open`, the first time), then the data event. Both hook sets end here.
+/// (and its `Open`, the first time), then the data event. Both hook sets end here. Inside a TLS
+/// library call the bytes are ciphertext: they only tell the call which socket it uses.
 #[inline(always)]
 fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    let Some(seq) = conn::on_data(tgid, tid, active.fd, active.sock, active.family as u16) else {
+    let family = active.family as u16;
+    let bytes = if tls::in_call(pid_tgid, active.fd, active.sock, family) {
+        Bytes::TlsCiphertext
+    } else {
+        Bytes::Plain
+    };
+    let Some(seq) = conn::on_data(tgid, tid, active.fd, active.sock, family, bytes) else {
         return;
     };
-    emit_data(tgid, tid, active, len, seq);
+    emit_data(tgid, tid, active, len, seq, false);
 }
 
+/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied.
 #[inline(always)]
-fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32) {
+pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls: bool) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return;
@@ -193,7 +202,8 @@ fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32) {
         len: core::cmp::min(len, u32::MAX as u64) as u32,
         captured: captured as u32,
         direction: active.direction,
-        _pad: [0; 3],
+        tls: tls as u8,
+        _pad: [0; 2],
         seq,
     };
     unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DataEvent, event) };

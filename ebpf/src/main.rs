@@ -19,6 +19,7 @@ mod io;
 mod maps;
 mod null;
 mod syscalls;
+mod tls;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -180,6 +181,31 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         _pad: 0,
     };
     emit::output(&event);
+    0
+}
+
+const PROT_EXEC: u64 = 4;
+
+/// `mmap(addr, len, prot, flags, fd, off)` of a file, executable: a traced process is loading a
+/// shared library (a program's own libraries at start, or a `dlopen` later — Python imports `ssl`
+/// long after exec). The agent looks for a TLS library to hook in its maps. Rare enough to wake
+/// the reader at once: a server's first TLS connection may follow within milliseconds.
+#[tracepoint]
+pub fn mmap_exec(ctx: TracePointContext) -> u32 {
+    let (prot, fd) = (arg(&ctx, 2), arg(&ctx, 4) as i64 as i32);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if prot & PROT_EXEC == 0 || fd < 0 || !filter::traced(tgid) {
+        return 0;
+    }
+    let event = EventHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        tid: pid_tgid as u32,
+        fd,
+        kind: EventKind::Mapped as u32,
+    };
+    emit::output_now(&event);
     0
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE};
+use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE, TlsCall, TlsKey};
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
 /// live entries long before the map is full — an in-flight syscall would vanish without a trace.
@@ -39,6 +39,28 @@ pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(1
 /// pid_tgid → fd of an in-flight `connect` to an AF_INET/AF_INET6 address.
 #[map]
 pub static ACTIVE_CONNECT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
+
+/// pid_tgid → the TLS library call the thread is in (entry to return). LRU for the same reason as
+/// `ACTIVE_IO`.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// (tgid, `SSL *`) → the fd of its socket, from `SSL_set_fd` or from socket I/O inside one of its
+/// calls: a read served from the library's buffer makes no syscall that would tell. Removed by
+/// `SSL_free`; LRU for objects whose free was missed.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
+
+/// tgids that made a TLS library call, a bitmap like `SELECTED_PIDS`: socket I/O of every other
+/// process skips the `TLS_CALLS` lookup (an inlined array load instead of a hash lookup). Sized to
+/// `PID_BITMAP_WORDS` by the agent when TLS is hooked. A stale bit (pid reused) costs a lookup.
+#[map]
+pub static TLS_PIDS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// tgids whose TLS calls are ignored (`--tls-exclude` on their executable), a bitmap like
+/// `SELECTED_PIDS`, kept by the agent; one empty word when nothing is excluded.
+#[map]
+pub static TLS_EXCLUDED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value

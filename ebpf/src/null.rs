@@ -3,9 +3,9 @@
 //! sonde's own kernel-side cost; the difference to an untraced run is the floor of hooking at all.
 
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 
 #[map]
@@ -21,6 +21,19 @@ fn hit() {
 /// Attached to every tracepoint of the hook set in use.
 #[tracepoint]
 pub fn null_tracepoint(_ctx: TracePointContext) -> u32 {
+    hit();
+    0
+}
+
+/// Attached where sonde attaches its TLS library entry and return probes.
+#[uprobe]
+pub fn null_uprobe(_ctx: ProbeContext) -> u32 {
+    hit();
+    0
+}
+
+#[uretprobe]
+pub fn null_uretprobe(_ctx: RetProbeContext) -> u32 {
     hit();
     0
 }

@@ -59,6 +59,10 @@ pub struct NullProbeArgs {
     /// The hook set to attach, as for `run`.
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hooks: HookChoice,
+
+    /// Also hook the TLS libraries, as `run` does.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = TlsMode::On)]
+    pub tls: TlsMode,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +126,19 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SdkProcesses::Skip)]
     pub sdk_processes: SdkProcesses,
 
+    /// HTTPS: `on` hooks OpenSSL (`libssl.so.3`, `libssl.so.1.1`) wherever processes load it and
+    /// reads the plaintext there; `off` leaves TLS alone (its connections give no spans). Each
+    /// hooked call costs the calling thread about 1–5 µs (uprobes trap into the kernel).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = TlsMode::On)]
+    pub tls: TlsMode,
+
+    /// Opt out of TLS hooking (repeatable): a glob on a library's path or file name leaves that
+    /// library unhooked (no cost to the processes using it); a glob on an executable's name or path
+    /// makes the kernel ignore that process's TLS calls (they still trap, ~1 µs each, but nothing
+    /// is copied). E.g. `--tls-exclude '/opt/vendor/*'` or `--tls-exclude haproxy`.
+    #[arg(long = "tls-exclude", value_name = "GLOB")]
+    pub tls_exclude: Vec<String>,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
@@ -129,6 +146,14 @@ pub struct RunArgs {
     /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log: String,
+}
+
+/// Whether TLS libraries are hooked (`--tls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    #[default]
+    On,
+    Off,
 }
 
 /// What sonde does for processes that export their own traces (`--sdk-processes`).

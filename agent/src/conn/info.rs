@@ -18,6 +18,8 @@ pub struct ConnInfo {
     /// None when the kernel could not read the addresses (e.g. IPv6 offsets missing from BTF).
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    /// Its plaintext comes from TLS library hooks (HTTPS).
+    pub tls: bool,
 }
 
 impl ConnInfo {
@@ -41,6 +43,7 @@ impl ConnInfo {
             role: Role::from_u8(e.role),
             local: addr(&e.local_addr, e.local_port),
             remote: addr(&e.remote_addr, e.remote_port),
+            tls: false,
         }
     }
 

@@ -49,7 +49,9 @@ struct Connection {
     /// The kernel's sequence number expected on the next data event.
     next_seq: u32,
     last_seen_ns: u64,
-    /// Not selected (port/process filter) or not HTTP: data is ignored.
+    /// Passed the port/process filter.
+    selected: bool,
+    /// Not selected, not HTTP, or TLS that no hook decrypts: data is ignored.
     ignored: bool,
     flushed_idle: bool,
 }
@@ -69,6 +71,9 @@ pub struct ConnTable {
     started: Vec<(ConnInfo, Started)>,
     /// The id the next connection gets (see `ConnInfo::id`).
     next_id: u64,
+    /// Processes whose connections began with TLS ciphertext that no hook decrypted, since the
+    /// caller last took them.
+    ciphertext_pids: Vec<u32>,
 }
 
 fn requests_from(role: Role) -> Option<Direction> {
@@ -136,6 +141,7 @@ impl ConnTable {
                 sock: event.sock,
                 next_seq: 1,
                 last_seen_ns: event.header.ts_ns,
+                selected,
                 ignored: !selected,
                 flushed_idle: false,
             },
@@ -162,6 +168,26 @@ impl ConnTable {
             conn.http = HttpConnection::new(None, Limits::default());
         }
         conn.next_seq = event.seq.wrapping_add(1);
+        match (event.tls != 0, conn.info.tls) {
+            (true, false) => {
+                // The TLS library hooks speak for this connection from now on: whatever the parser
+                // made of ciphertext that reached us first (a handshake made before the library
+                // was hooked) is void.
+                conn.info.tls = true;
+                conn.http = HttpConnection::new(requests_from(conn.info.role), Limits::default());
+                conn.ignored = !conn.selected;
+            }
+            // Ciphertext of a TLS connection, sent before the kernel knew: parsed once, as plaintext.
+            (false, true) => return,
+            (false, false) if event.seq == 1 && looks_like_tls(payload) => {
+                conn.ignored = true;
+                if conn.selected {
+                    self.ciphertext_pids.push(conn.info.pid);
+                }
+                return;
+            }
+            _ => {}
+        }
         if conn.ignored {
             return;
         }
@@ -239,10 +265,21 @@ impl ConnTable {
         self.started.drain(..)
     }
 
+    /// Hands over the processes seen sending TLS that no hook decrypted (see `ciphertext_pids`).
+    pub fn take_ciphertext_pids(&mut self) -> std::vec::Drain<'_, u32> {
+        self.ciphertext_pids.drain(..)
+    }
+
     /// Hands over the (tgid, fd) keys the kernel should forget (see `forget_in_kernel`).
     pub fn drain_kernel_forgets(&mut self) -> std::vec::Drain<'_, u64> {
         self.forget_in_kernel.drain(..)
     }
+}
+
+/// A TLS record header (RFC 8446 §5.1): content type change_cipher_spec, alert, handshake or
+/// application_data, protocol version 3.x, a length. No HTTP message starts with these bytes.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x14..=0x17, 0x03, 0x00..=0x04, _, _, ..])
 }
 
 fn finish(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {

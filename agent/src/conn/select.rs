@@ -63,6 +63,7 @@ mod tests {
             role: Role::Server,
             local: Some(([127, 0, 0, 1], local).into()),
             remote: Some(([127, 0, 0, 1], remote).into()),
+            tls: false,
         }
     }
 

@@ -33,12 +33,26 @@ fn data(
     bytes: &[u8],
     out: &mut Vec<Finished>,
 ) {
+    data_from(table, fd, seq, direction, bytes, false, out);
+}
+
+/// `tls`: plaintext from the TLS library hooks.
+fn data_from(
+    table: &mut ConnTable,
+    fd: i32,
+    seq: u32,
+    direction: Direction,
+    bytes: &[u8],
+    tls: bool,
+    out: &mut Vec<Finished>,
+) {
     let event = DataEvent {
         header: EventHeader { ts_ns: 10 + seq as u64, tgid: 100, tid: 100, fd, kind: EventKind::Data as u32 },
         len: bytes.len() as u32,
         captured: bytes.len() as u32,
         direction: direction as u8,
-        _pad: [0; 3],
+        tls: tls as u8,
+        _pad: [0; 2],
         seq,
     };
     table.data(&event, direction, bytes, out);
@@ -153,4 +167,38 @@ fn a_new_accept_that_reuses_a_freed_socket_address_is_a_new_connection() {
     table.open(&open_event(5, SOCK), true, &mut out);
     data(&mut table, 5, 1, Direction::Egress, RESPONSE, &mut out);
     assert!(out.is_empty(), "the old request must not take this response, nor be reported unanswered");
+}
+
+/// A ClientHello's first bytes: handshake record, TLS 1.0 record version, length.
+const CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+
+#[test]
+fn tls_plaintext_replaces_the_ciphertext_of_its_connection() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    // A handshake that reached user space (made before the library was hooked) is not parsed,
+    // and its process is reported as speaking TLS.
+    data(&mut table, 5, 1, Direction::Ingress, CLIENT_HELLO, &mut out);
+    assert_eq!(table.take_ciphertext_pids().collect::<Vec<_>>(), [100]);
+    data_from(&mut table, 5, 2, Direction::Ingress, REQUEST, true, &mut out);
+    // Ciphertext that slipped through after the switch is not parsed a second time.
+    data(&mut table, 5, 3, Direction::Egress, &[0x17, 0x03, 0x03, 0x00, 0x20, 1, 2, 3], &mut out);
+    data_from(&mut table, 5, 4, Direction::Egress, RESPONSE, true, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].conn.tls);
+    assert_eq!(out[0].exchange.response.as_ref().map(|r| r.head.status), Some(200));
+}
+
+#[test]
+fn ciphertext_without_hooks_makes_no_exchange() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, CLIENT_HELLO, &mut out);
+    data(&mut table, 5, 2, Direction::Egress, &[0x16, 0x03, 0x03, 0x00, 0x7a, 2], &mut out);
+    data(&mut table, 5, 3, Direction::Ingress, &[0x17, 0x03, 0x03, 0x00, 0x30, 7], &mut out);
+    close(&mut table, 5, 3, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(table.take_ciphertext_pids().count(), 1);
 }

@@ -4,10 +4,15 @@ use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, Eve
 
 #[derive(Debug)]
 pub enum Event<'a> {
-    Data { event: DataEvent, payload: &'a [u8] },
+    Data {
+        event: DataEvent,
+        payload: &'a [u8],
+    },
     Open(ConnEvent),
     Close(CloseEvent),
     Spawn(SpawnEvent),
+    /// The process of the header mapped an executable file.
+    Mapped(EventHeader),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,7 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let event: DataEvent = read(bytes, "data event")?;
             let payload = &bytes[size_of::<DataEvent>()..];
             let claimed = event.captured as usize;
-            if claimed > payload.len() || event.direction > Direction::Egress as u8 {
+            if claimed > payload.len() || event.direction > Direction::Egress as u8 || event.tls > 1 {
                 return Err(DecodeError::BadCapture { claimed: event.captured, carried: payload.len() });
             }
             Ok(Event::Data { event, payload: &payload[..claimed] })
@@ -43,6 +48,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::Open) => Ok(Event::Open(read(bytes, "open event")?)),
         Some(EventKind::Close) => Ok(Event::Close(read(bytes, "close event")?)),
         Some(EventKind::Spawn) => Ok(Event::Spawn(read(bytes, "spawn event")?)),
+        Some(EventKind::Mapped) => Ok(Event::Mapped(header)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
@@ -66,7 +72,8 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        let data = DataEvent { header: header(1), len: 10, captured: 3, direction: 1, _pad: [0; 3], seq: 1 };
+        let data =
+            DataEvent { header: header(1), len: 10, captured: 3, direction: 1, tls: 0, _pad: [0; 2], seq: 1 };
         let mut raw = bytes_of(&data);
         raw.extend_from_slice(b"abcdef");
         match decode(&raw).unwrap() {
@@ -106,7 +113,8 @@ mod tests {
     fn rejects_bad_records() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
         assert_eq!(decode(&bytes_of(&header(99))).unwrap_err(), DecodeError::UnknownKind(99));
-        let data = DataEvent { header: header(1), len: 10, captured: 9, direction: 0, _pad: [0; 3], seq: 1 };
+        let data =
+            DataEvent { header: header(1), len: 10, captured: 9, direction: 0, tls: 0, _pad: [0; 2], seq: 1 };
         assert!(matches!(decode(&bytes_of(&data)), Err(DecodeError::BadCapture { .. })));
         assert!(matches!(decode(&bytes_of(&header(2))), Err(DecodeError::Short { .. })));
     }

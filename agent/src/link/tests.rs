@@ -6,7 +6,7 @@ use crate::http::{Request, RequestHead, Response, ResponseHead};
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str) -> ConnInfo {
-    ConnInfo { id, pid, fd: 5, role, local: local.parse().ok(), remote: remote.parse().ok() }
+    ConnInfo { id, pid, fd: 5, role, local: local.parse().ok(), remote: remote.parse().ok(), tls: false }
 }
 
 fn head(target: &str, traceparent: Option<&str>) -> RequestHead {

@@ -111,6 +111,22 @@ pub fn attach_thread_starts(ebpf: &mut Ebpf, programs: Programs) -> bool {
     }
 }
 
+/// Executable file mappings (`syscalls:sys_enter_mmap`), for TLS libraries loaded after start-up.
+/// False (and logged) when unavailable: then only libraries present at start-up are hooked.
+pub fn attach_library_loads(ebpf: &mut Ebpf, programs: Programs) -> bool {
+    let program = match programs {
+        Programs::Sonde => "mmap_exec",
+        Programs::NullProbe => "null_tracepoint",
+    };
+    match attach_tracepoint(ebpf, program, "syscalls", "sys_enter_mmap") {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "library loads are not seen: TLS libraries loaded after start-up are not hooked");
+            false
+        }
+    }
+}
+
 /// Attaches every hook of `set`, or none: on an error the ones already attached are detached.
 fn attach_set(ebpf: &mut Ebpf, set: HookSet, programs: Programs) -> Result<(), ProbeError> {
     let io_hooks = match set {

@@ -4,8 +4,10 @@
 mod attach;
 pub mod btf_offsets;
 pub mod prereq;
+pub mod tls;
 
 pub use attach::Programs;
+pub use tls::TlsOptions;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -67,6 +69,8 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] aya::BtfError),
+    #[error(transparent)]
+    TlsExclude(#[from] tls::ExcludeError),
 }
 
 /// The words of the kernel's pid bitmap that have a bit set (pids ≥ `PID_LIMIT` cannot exist).
@@ -88,6 +92,8 @@ pub struct ProbeOptions {
     pub pids: Vec<u32>,
     /// sonde's programs, or the counting-only null probe (benchmarks).
     pub programs: Programs,
+    /// Hook TLS libraries (None: `--tls off`).
+    pub tls: Option<TlsOptions>,
 }
 
 /// The kernel's per-(tgid, fd) connection state (`CONNS`).
@@ -96,6 +102,7 @@ pub type KernelConns = BpfHashMap<MapData, u64, sonde_common::ConnState>;
 pub struct Probes {
     ebpf: Ebpf,
     pub hooks: HookSet,
+    tls: Option<tls::TlsHooks>,
 }
 
 impl Probes {
@@ -126,6 +133,7 @@ impl Probes {
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
+        let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
@@ -138,6 +146,8 @@ impl Probes {
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
             .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
+            .map_max_entries(maps::TLS_PIDS, if options.tls.is_some() { PID_BITMAP_WORDS } else { 1 })
+            .map_max_entries(maps::TLS_EXCLUDED, if tls_excludes { PID_BITMAP_WORDS } else { 1 })
             .load(EBPF_OBJECT)?;
 
         if !options.pids.is_empty() {
@@ -160,9 +170,45 @@ impl Probes {
                 "sched:sched_process_fork has no child_pid field here: calls made by worker threads start their own traces"
             );
         }
+        let tls = match &options.tls {
+            Some(tls_options) => {
+                let excluded = if tls_excludes {
+                    let map = ebpf
+                        .take_map(maps::TLS_EXCLUDED)
+                        .ok_or(ProbeError::MissingMap(maps::TLS_EXCLUDED))?;
+                    Some(
+                        BpfArray::try_from(map)
+                            .map_err(|source| ProbeError::Map { name: maps::TLS_EXCLUDED, source })?,
+                    )
+                } else {
+                    None
+                };
+                let mut hooks = tls::TlsHooks::new(options.programs, tls_options, excluded)?;
+                attach::attach_library_loads(&mut ebpf, options.programs);
+                hooks.scan_all(&mut ebpf);
+                Some(hooks)
+            }
+            None => None,
+        };
         release_freed_memory();
-        tracing::info!(hooks = %hooks, programs = ?options.programs, capture_bytes = capture, "kernel programs attached");
-        Ok(Self { ebpf, hooks })
+        tracing::info!(
+            hooks = %hooks,
+            programs = ?options.programs,
+            capture_bytes = capture,
+            tls_libraries = tls.as_ref().map_or(0, tls::TlsHooks::hooked_libraries),
+            "kernel programs attached"
+        );
+        Ok(Self { ebpf, hooks, tls })
+    }
+
+    /// What the data flow noticed about TLS: a process loaded a library, or sent ciphertext no
+    /// hook decrypted.
+    pub fn tls_notice(&mut self, notice: TlsNotice) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        match notice {
+            TlsNotice::Mapped(pid) => tls.scan_process(&mut self.ebpf, pid),
+            TlsNotice::Ciphertext(pid) => tls.ciphertext_seen(pid),
+        }
     }
 
     /// The ring buffer of events (can be taken once).
@@ -200,6 +246,15 @@ impl Probes {
         }
         out
     }
+}
+
+/// Sent by the intake thread to the thread that holds the probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsNotice {
+    /// The process mapped an executable file (maybe a TLS library).
+    Mapped(u32),
+    /// The process sent or received TLS ciphertext on a connection no TLS hook spoke for.
+    Ciphertext(u32),
 }
 
 fn ring_size(requested: u32) -> u32 {

@@ -159,7 +159,7 @@ impl Assembler {
         {
             attributes.push(KeyValue::str("url.query", capped(q)));
         }
-        attributes.push(KeyValue::str("url.scheme", "http"));
+        attributes.push(KeyValue::str("url.scheme", scheme(conn)));
         server_address(request, conn.local, &mut self.addresses, attributes);
         let opt_in = self.options.opt_in_attributes;
         if let Some(peer) = conn.remote {
@@ -183,7 +183,7 @@ impl Assembler {
         server_address(request, conn.remote, &mut self.addresses, attributes);
         attributes.push(KeyValue::str(
             "url.full",
-            capped(&full_url(request, conn.remote, self.options.capture_query)),
+            capped(&full_url(request, scheme(conn), conn.remote, self.options.capture_query)),
         ));
         let opt_in = self.options.opt_in_attributes;
         if let Some(peer) = conn.remote {
@@ -192,6 +192,10 @@ impl Assembler {
             if opt_in {
                 attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
             }
+        }
+        if opt_in {
+            // Opt-In on client spans: `url.full` starts with it anyway.
+            attributes.push(KeyValue::str("url.scheme", scheme(conn)));
         }
         if opt_in && let Some(ua) = &request.user_agent {
             attributes.push(KeyValue::str("user_agent.original", capped(ua)));
@@ -310,9 +314,14 @@ fn capped(value: &str) -> String {
     value[..cut].to_owned()
 }
 
-/// `url.full` of a client request: `http://` + the Host header (else the peer) + the path, and the
+/// `https` on connections whose plaintext came from TLS library hooks.
+fn scheme(conn: &ConnInfo) -> &'static str {
+    if conn.tls { "https" } else { "http" }
+}
+
+/// `url.full` of a client request: the scheme, the Host header (else the peer), the path, and the
 /// query only when asked for. An absolute-form target (a request to a proxy) is the URL itself.
-fn full_url(request: &RequestHead, peer: Option<SocketAddr>, with_query: bool) -> String {
+fn full_url(request: &RequestHead, scheme: &str, peer: Option<SocketAddr>, with_query: bool) -> String {
     let target = request.target.split('#').next().unwrap_or("");
     let target = if with_query { target } else { target.split('?').next().unwrap_or("") };
     if target.contains("://") {
@@ -325,7 +334,7 @@ fn full_url(request: &RequestHead, peer: Option<SocketAddr>, with_query: bool) -
         (None, None) => String::new(),
     };
     let path = if target.starts_with('/') { target } else { "/" };
-    format!("http://{authority}{path}")
+    format!("{scheme}://{authority}{path}")
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ fn conn() -> ConnInfo {
         role: Role::Server,
         local: Some("127.0.0.1:8080".parse().unwrap()),
         remote: Some("127.0.0.1:51000".parse().unwrap()),
+        tls: false,
     }
 }
 
@@ -201,10 +202,33 @@ fn host_and_target_forms() {
     assert_eq!(split_target("http://h"), ("/", None));
     assert_eq!(split_target("/p?q#f"), ("/p", Some("q")));
     let mut h = head("GET", "http://proxy.example/x?y");
-    assert_eq!(full_url(&h, None, false), "http://proxy.example/x");
+    assert_eq!(full_url(&h, "http", None, false), "http://proxy.example/x");
     h.target = "/v?q".into();
     h.host = None;
-    assert_eq!(full_url(&h, Some("[::1]:81".parse().unwrap()), true), "http://[::1]:81/v?q");
+    assert_eq!(full_url(&h, "http", Some("[::1]:81".parse().unwrap()), true), "http://[::1]:81/v?q");
+    assert_eq!(
+        full_url(&h, "https", Some("127.0.0.1:443".parse().unwrap()), false),
+        "https://127.0.0.1:443/v"
+    );
     let long = "é".repeat(MAX_ATTRIBUTE_BYTES);
     assert!(capped(&long).len() <= MAX_ATTRIBUTE_BYTES);
+}
+
+#[test]
+fn tls_connections_are_https() {
+    let ex = exchange(head("GET", "/a"), Some(200));
+    let tls = ConnInfo { tls: true, ..conn() };
+    let mut assembler = Assembler::default();
+    let span = assembler.span(&ex, &tls, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "url.scheme"), s("https"));
+
+    let mut ex = ex;
+    ex.request_direction = Direction::Egress;
+    let client = ConnInfo { role: Role::Client, ..tls };
+    let span = assembler.span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "url.full"), s("https://shop.local:8080/a"));
+    assert_eq!(attr(&span, "url.scheme"), None, "Opt-In on client spans");
+    let options = AssembleOptions { opt_in_attributes: true, ..AssembleOptions::default() };
+    let span = Assembler::new(options).span(&ex, &client, resource(), &WallClock::sample(), root()).unwrap();
+    assert_eq!(attr(&span, "url.scheme"), s("https"));
 }

@@ -1,0 +1,327 @@
+//! TLS libraries: finding the OpenSSL files processes map, hooking each file once (a uprobe on a
+//! file fires in every process that maps it, started before or after), and telling which
+//! processes speak TLS that sonde cannot see.
+//!
+//! Discovery: every process's `/proc/PID/maps` at start-up, then the process of each `Mapped`
+//! event (the kernel reports executable file mappings: a program's libraries at exec, a `dlopen`
+//! later). A file is known by (device, inode), so the same library seen through different paths —
+//! `/lib` and `/usr/lib`, or a container's root — is hooked once.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{UProbe, uprobe::UProbeScope},
+};
+use sonde_common::PID_LIMIT;
+
+use super::{ProbeError, Programs};
+
+/// One hooked library function: the program on its entry and, where the result matters, the one
+/// on its return.
+struct Hook {
+    symbol: &'static str,
+    entry: &'static str,
+    ret: Option<&'static str>,
+}
+
+const fn hook(symbol: &'static str, entry: &'static str, ret: Option<&'static str>) -> Hook {
+    Hook { symbol, entry, ret }
+}
+
+/// OpenSSL 1.1 and 3 export all of these; `SSL_read`/`SSL_write` are required, the rest are
+/// hooked where present.
+const OPENSSL_HOOKS: &[Hook] = &[
+    hook("SSL_read", "ssl_read_enter", Some("ssl_data_return")),
+    hook("SSL_write", "ssl_write_enter", Some("ssl_data_return")),
+    hook("SSL_read_ex", "ssl_read_ex_enter", Some("ssl_data_return")),
+    hook("SSL_write_ex", "ssl_write_ex_enter", Some("ssl_data_return")),
+    hook("SSL_do_handshake", "ssl_control_enter", Some("ssl_control_return")),
+    hook("SSL_shutdown", "ssl_control_enter", Some("ssl_control_return")),
+    hook("SSL_set_fd", "ssl_set_fd", None),
+    hook("SSL_free", "ssl_free", None),
+];
+const REQUIRED: usize = 2;
+
+/// OpenSSL's libssl (`libssl.so.3`, `libssl.so.1.1`, …); not NSS's `libssl3.so`.
+pub fn is_openssl(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|name| name.starts_with("libssl.so"))
+}
+
+/// The OpenSSL libraries in a `/proc/PID/maps` text, as paths in the process's mount namespace
+/// (each once; deleted files left out).
+pub fn openssl_in_maps(maps: &str) -> Vec<&str> {
+    let mut found: Vec<&str> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode pathname — the path may contain spaces.
+        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim_start) else {
+            continue;
+        };
+        if path.starts_with('/')
+            && !path.ends_with(" (deleted)")
+            && is_openssl(path)
+            && !found.contains(&path)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Where libraries of the host usually live: hooked at start-up even when no process maps them
+/// yet, so that a process started later is seen from its first call.
+const SYSTEM_LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("--tls-exclude {pattern:?} is not a valid glob: {source}")]
+pub struct ExcludeError {
+    pattern: String,
+    source: glob::PatternError,
+}
+
+pub struct TlsOptions {
+    /// Library paths or executables (name or path) whose TLS is not hooked.
+    pub exclude: Vec<String>,
+}
+
+pub struct TlsHooks {
+    programs: Programs,
+    exclude: Vec<glob::Pattern>,
+    /// (device, inode) of every library hooked, and those that could not be (not retried).
+    hooked: HashMap<(u64, u64), PathBuf>,
+    failed: HashSet<(u64, u64)>,
+    /// The kernel's bitmap of processes whose TLS calls are ignored (`--tls-exclude` on an
+    /// executable), with the words as last written.
+    excluded_pids: Option<(Array<MapData, u64>, HashMap<u32, u64>)>,
+    /// Processes already told about (TLS sonde cannot see).
+    warned: HashSet<u32>,
+}
+
+impl TlsHooks {
+    pub fn new(
+        programs: Programs,
+        options: &TlsOptions,
+        excluded_pids: Option<Array<MapData, u64>>,
+    ) -> Result<Self, ExcludeError> {
+        let exclude = options
+            .exclude
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|source| ExcludeError { pattern: p.clone(), source }))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            programs,
+            exclude,
+            hooked: HashMap::new(),
+            failed: HashSet::new(),
+            excluded_pids: excluded_pids.map(|map| (map, HashMap::new())),
+            warned: HashSet::new(),
+        })
+    }
+
+    fn excluded(&self, path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        self.exclude.iter().any(|p| p.matches(path) || p.matches(name))
+    }
+
+    /// Start-up: the host's system libraries, then what every running process maps.
+    pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
+        for dir in SYSTEM_LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.to_str().is_some_and(is_openssl) && !path.is_symlink() {
+                    self.hook_file(ebpf, &path.to_string_lossy(), &path);
+                }
+            }
+        }
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for entry in procs.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                self.scan_process(ebpf, pid);
+            }
+        }
+    }
+
+    /// A process mapped an executable file: hook the TLS libraries it maps that are new, and
+    /// apply `--tls-exclude` to its executable.
+    pub fn scan_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let libraries = openssl_in_maps(&maps);
+        if libraries.is_empty() {
+            return;
+        }
+        // Reached through the process's root: a container's files are not at the same path on
+        // the host (or in sonde's own container).
+        for path in libraries {
+            let on_host = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            self.hook_file(ebpf, path, &on_host);
+        }
+        self.update_exclusion(pid);
+    }
+
+    /// Sets or clears the process's bit in the kernel's exclusion bitmap (a pid reused by another
+    /// program is re-evaluated: exec maps its libraries anew, which brings it here).
+    fn update_exclusion(&mut self, pid: u32) {
+        if self.exclude.is_empty() || pid >= PID_LIMIT {
+            return;
+        }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let exe = exe.as_deref().and_then(Path::to_str).unwrap_or("");
+        let excluded = !exe.is_empty() && self.excluded(exe);
+        let Some((map, words)) = self.excluded_pids.as_mut() else { return };
+        let word = words.entry(pid / 64).or_insert(0);
+        let bit = 1u64 << (pid % 64);
+        let updated = if excluded { *word | bit } else { *word & !bit };
+        if updated != *word {
+            *word = updated;
+            if let Err(e) = map.set(pid / 64, updated, 0) {
+                tracing::warn!(pid, error = %e, "could not update the TLS exclusion of a process");
+            } else if excluded {
+                tracing::info!(pid, exe, "TLS of this process is not traced (--tls-exclude)");
+            }
+        }
+    }
+
+    /// `path` as the process sees it, `on_host` where sonde opens it.
+    fn hook_file(&mut self, ebpf: &mut Ebpf, path: &str, on_host: &Path) {
+        let Ok(meta) = std::fs::metadata(on_host) else { return };
+        let id = (meta.dev(), meta.ino());
+        if self.hooked.contains_key(&id) || self.failed.contains(&id) {
+            return;
+        }
+        if self.excluded(path) {
+            tracing::info!(library = path, "TLS library not hooked (--tls-exclude)");
+            self.failed.insert(id);
+            return;
+        }
+        match attach_file(ebpf, on_host, self.programs) {
+            Ok(functions) => {
+                tracing::info!(library = path, functions, "TLS library hooked");
+                self.hooked.insert(id, on_host.to_owned());
+            }
+            Err(e) => {
+                tracing::warn!(library = path, error = %e, "TLS library could not be hooked: its HTTPS traffic is not traced");
+                self.failed.insert(id);
+            }
+        }
+    }
+
+    /// A process sent TLS ciphertext that no hook decrypted. Said once per process when it maps no
+    /// hooked library: its TLS is statically linked (Go's crypto/tls, BoringSSL, rustls) or of a
+    /// library sonde does not hook.
+    pub fn ciphertext_seen(&mut self, pid: u32) {
+        if self.warned.contains(&pid) {
+            return;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let hooked_or_excluded = openssl_in_maps(&maps).iter().any(|path| {
+            std::fs::metadata(format!("/proc/{pid}/root{path}")).is_ok_and(|m| {
+                self.hooked.contains_key(&(m.dev(), m.ino())) || self.failed.contains(&(m.dev(), m.ino()))
+            })
+        });
+        if hooked_or_excluded {
+            return;
+        }
+        self.warned.insert(pid);
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            pid,
+            exe,
+            "this process speaks TLS through a library sonde cannot hook (statically linked: Go crypto/tls, \
+             BoringSSL, rustls…): its HTTPS requests are not traced"
+        );
+    }
+
+    /// Forget processes that exited.
+    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) {
+        self.warned.retain(|&pid| alive(pid));
+    }
+
+    pub fn hooked_libraries(&self) -> usize {
+        self.hooked.len()
+    }
+}
+
+/// Attaches every hook present in the file; the number of functions hooked.
+fn attach_file(ebpf: &mut Ebpf, path: &Path, programs: Programs) -> Result<usize, ProbeError> {
+    let mut functions = 0;
+    for (i, hook) in OPENSSL_HOOKS.iter().enumerate() {
+        // The return first: an entry whose return is not hooked yet would leave the call's record
+        // behind in the kernel.
+        let result = hook
+            .ret
+            .map_or(Ok(()), |ret| attach_uprobe(ebpf, program_for(ret, programs, true), hook.symbol, path))
+            .and_then(|()| attach_uprobe(ebpf, program_for(hook.entry, programs, false), hook.symbol, path));
+        match result {
+            Ok(()) => functions += 1,
+            Err(e) if i < REQUIRED => return Err(e),
+            Err(e) => tracing::debug!(symbol = hook.symbol, error = %e, "optional TLS function not hooked"),
+        }
+    }
+    Ok(functions)
+}
+
+fn program_for(program: &'static str, programs: Programs, ret: bool) -> &'static str {
+    match (programs, ret) {
+        (Programs::Sonde, _) => program,
+        (Programs::NullProbe, false) => "null_uprobe",
+        (Programs::NullProbe, true) => "null_uretprobe",
+    }
+}
+
+fn attach_uprobe(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    symbol: &str,
+    path: &Path,
+) -> Result<(), ProbeError> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram { program })?
+        .try_into()
+        .map_err(|source| ProbeError::LoadProgram { program, source })?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
+    }
+    prog.attach(symbol, path, UProbeScope::AllProcesses).map(drop).map_err(|source| ProbeError::Attach {
+        program,
+        target: format!("{}:{symbol}", path.display()),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_openssl_in_maps_once() {
+        let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 r-xp 00001000 fe:01 99 /usr/lib/x86_64-linux-gnu/libssl3.so
+7f0000005000-7f0000006000 r-xp 00001000 fe:01 77 /opt/my app/lib/libssl.so.1.1
+7f0000007000-7f0000008000 r-xp 00001000 fe:01 78 /tmp/libssl.so.3 (deleted)
+7f0000009000-7f000000a000 rw-p 00000000 00:00 0 
+7ffc00000000-7ffc00001000 r-xp 00000000 00:00 0                          [vdso]
+";
+        assert_eq!(
+            openssl_in_maps(maps),
+            ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/opt/my app/lib/libssl.so.1.1"]
+        );
+    }
+}

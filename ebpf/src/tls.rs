@@ -1,0 +1,263 @@
+//! TLS plaintext where the process hands it to its TLS library (OpenSSL's `SSL_read`/`SSL_write`
+//! and their `_ex` variants, uprobes on the shared library), tied to the TCP connection it travels
+//! on, so that it goes through the same HTTP pipeline as plaintext sockets.
+//!
+//! Which connection: the socket the same thread reads or writes inside the call (`in_call`, from
+//! the socket hooks), else the fd `SSL_set_fd` gave the object, else the one an earlier call of the
+//! same object used (`TLS_SOCKETS`). The ciphertext moved inside any TLS call (handshake and
+//! shutdown included) marks the connection TLS in `CONNS`: from then on its ciphertext is not sent.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    maps::Array,
+    programs::{ProbeContext, RetProbeContext},
+};
+use sonde_common::{ActiveIo, Direction, DropReason, IoBuf, TlsCall, TlsCallKind, TlsKey};
+
+use crate::{
+    conn, filter, io,
+    maps::{TLS_CALLS, TLS_EXCLUDED, TLS_PIDS, TLS_SOCKETS, count_drop},
+};
+
+/// Entry of a TLS call on `ssl`. `buf`: the plaintext buffer; `len_out`: where an `_ex` variant
+/// stores its byte count (0 when the return value is the count).
+#[inline(always)]
+pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCallKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if ssl == 0 || !filter::traced(tgid) || bit_set(&TLS_EXCLUDED, tgid) {
+        return;
+    }
+    if kind == TlsCallKind::Control
+        && let Some(outer) = unsafe { TLS_CALLS.get(&pid_tgid) }
+        && outer.kind == TlsCallKind::Data as u8
+    {
+        // A handshake run from inside a read or write: the outer call keeps its record.
+        return;
+    }
+    mark_process(tgid);
+    let call = TlsCall {
+        ssl,
+        buf,
+        len_out,
+        sock: 0,
+        fd: -1,
+        direction: direction as u8,
+        kind: kind as u8,
+        family: 0,
+        _pad: 0,
+    };
+    if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+        count_drop(DropReason::ActiveMapFull);
+    }
+}
+
+/// Sets the process's bit in `TLS_PIDS` (read first: the word is shared by 64 processes, and a
+/// store on every call would bounce its cache line between CPUs).
+#[inline(always)]
+fn mark_process(tgid: u32) {
+    if let Some(word) = TLS_PIDS.get_ptr_mut(tgid / 64) {
+        let bit = 1u64 << (tgid % 64);
+        unsafe {
+            if *word & bit == 0 {
+                *word |= bit;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn bit_set(bitmap: &Array<u64>, tgid: u32) -> bool {
+    bitmap.get(tgid / 64).is_some_and(|word| word & (1u64 << (tgid % 64)) != 0)
+}
+
+/// From the socket hooks: is this thread inside a TLS call? If so, the call learns its socket.
+#[inline(always)]
+pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !bit_set(&TLS_PIDS, tgid) {
+        return false;
+    }
+    let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    unsafe {
+        (*call).fd = fd;
+        (*call).sock = sock;
+        (*call).family = family as u8;
+    }
+    true
+}
+
+/// Return of a handshake or shutdown: forget the call, remember its socket.
+#[inline(always)]
+pub fn control_return() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    if call.kind != TlsCallKind::Control as u8 {
+        return;
+    }
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    if call.fd >= 0 {
+        remember_socket((pid_tgid >> 32) as u32, call.ssl, call.fd);
+    }
+}
+
+/// Return of a data call with its return value: the plaintext it moved becomes a data event of
+/// its connection.
+#[inline(always)]
+pub fn data_return(ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    if call.kind != TlsCallKind::Data as u8 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let len = if call.len_out != 0 {
+        // `_ex`: 1 on success, the count in *len_out.
+        if ret != 1 {
+            return;
+        }
+        unsafe { bpf_probe_read_user(call.len_out as *const u64) }.unwrap_or(0)
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    let fd = if call.fd >= 0 {
+        remember_socket(tgid, call.ssl, call.fd);
+        call.fd
+    } else {
+        let key = TlsKey { ssl: call.ssl, tgid, _pad: 0 };
+        match unsafe { TLS_SOCKETS.get(&key) } {
+            Some(&fd) => fd,
+            None => {
+                count_drop(DropReason::TlsNoSocket);
+                return;
+            }
+        }
+    };
+    let Some(seq) = conn::on_tls_data(tgid, fd) else {
+        count_drop(DropReason::TlsNoSocket);
+        return;
+    };
+    let plaintext = ActiveIo {
+        buf: call.buf,
+        sock: call.sock,
+        fd,
+        iovcnt: 0,
+        direction: call.direction,
+        buf_kind: IoBuf::Plain as u8,
+        is_tcp: 1,
+        family: call.family,
+        length_only: 0,
+        _pad: [0; 3],
+    };
+    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, seq, true);
+}
+
+/// `SSL_set_fd(ssl, fd)`.
+#[inline(always)]
+pub fn set_fd(ssl: u64, fd: i64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if ssl != 0 && fd >= 0 && filter::traced(tgid) {
+        remember_socket(tgid, ssl, fd as i32);
+    }
+}
+
+/// `SSL_free(ssl)`.
+#[inline(always)]
+pub fn free(ssl: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = TLS_SOCKETS.remove(&TlsKey { ssl, tgid, _pad: 0 });
+}
+
+/// Writes only when the fd changed: one lookup instead of an update on every call.
+#[inline(always)]
+fn remember_socket(tgid: u32, ssl: u64, fd: i32) {
+    let key = TlsKey { ssl, tgid, _pad: 0 };
+    if unsafe { TLS_SOCKETS.get(&key) }.is_some_and(|&known| known == fd) {
+        return;
+    }
+    let _ = TLS_SOCKETS.insert(&key, &fd, 0);
+}
+
+// Entry points. The agent attaches them to each OpenSSL library file (libssl.so.3, .so.1.1): the
+// same program serves a function in every file.
+
+/// `SSL_read(ssl, buf, num)`.
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    enter(arg(&ctx, 0), arg(&ctx, 1), 0, Direction::Ingress, TlsCallKind::Data);
+    0
+}
+
+/// `SSL_read_ex(ssl, buf, num, *readbytes)`.
+#[uprobe]
+pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+    enter(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 3), Direction::Ingress, TlsCallKind::Data);
+    0
+}
+
+/// `SSL_write(ssl, buf, num)`.
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    enter(arg(&ctx, 0), arg(&ctx, 1), 0, Direction::Egress, TlsCallKind::Data);
+    0
+}
+
+/// `SSL_write_ex(ssl, buf, num, *written)`.
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    enter(arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 3), Direction::Egress, TlsCallKind::Data);
+    0
+}
+
+/// Return of any of the four data calls. They return C `int`: the upper half of the register is
+/// not part of it (a -1 read as 64 bits is 4294967295).
+#[uretprobe]
+pub fn ssl_data_return(ctx: RetProbeContext) -> u32 {
+    data_return(ctx.ret::<u64>() as i32 as i64);
+    0
+}
+
+/// `SSL_do_handshake(ssl)`, `SSL_shutdown(ssl)`.
+#[uprobe]
+pub fn ssl_control_enter(ctx: ProbeContext) -> u32 {
+    enter(arg(&ctx, 0), 0, 0, Direction::Ingress, TlsCallKind::Control);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_control_return(_ctx: RetProbeContext) -> u32 {
+    control_return();
+    0
+}
+
+/// `SSL_set_fd(ssl, fd)`.
+#[uprobe]
+pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
+    set_fd(arg(&ctx, 0), arg(&ctx, 1) as i32 as i64);
+    0
+}
+
+/// `SSL_free(ssl)`.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    free(arg(&ctx, 0));
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg(n).unwrap_or(0)
+}
