@@ -3,7 +3,7 @@
 GET  /status/<code>  answers with that status and a short body
 POST /upload         reads the body (Content-Length or chunked) and answers with its size
 anything else        200 "ok"
-Usage: python3 app.py PORT
+Usage: python3 app.py PORT [--tls CERT KEY]   (--tls: HTTPS through Python's ssl module, i.e. OpenSSL)
 """
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,4 +47,11 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, b"received %d\n" % size)
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+if sys.argv[2:3] == ["--tls"]:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

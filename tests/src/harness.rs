@@ -123,7 +123,7 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 pub struct Guard {
     pub child: Child,
     pub port: u16,
-    _dir: Option<TempDir>,
+    pub(crate) _dir: Option<TempDir>,
 }
 
 impl Drop for Guard {

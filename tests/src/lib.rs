@@ -1,3 +1,4 @@
 //! Shared pieces of sonde's privileged integration tests.
 pub mod harness;
 pub mod receiver;
+pub mod tls;

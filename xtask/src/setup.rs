@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use crate::sh;
 
 /// Debian packages the tests drive: real servers and clients.
-const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin"];
+/// `openssl`: the TLS tests make their certificates with it (and it brings libssl, which they hook).
+const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl"];
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
