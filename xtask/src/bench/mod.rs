@@ -129,12 +129,14 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             sonde,
             hooks: &opts.hooks,
             nginx_port: nginx.port,
+            nginx_tls_port: nginx.tls_port,
             nginx_pid: nginx.pid(),
             otlp_endpoint: &collector.endpoint,
             max_queue_spans: MAX_QUEUE_SPANS,
         },
         collector: &collector,
         url: nginx.url(),
+        tls_url: nginx.tls_url(),
         nginx_status: nginx.status(),
         load_cpus,
         work,
@@ -150,7 +152,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     let mut kernel_runs = Vec::new();
     for scenario in &profile.scenarios {
         if !profile.warmup.is_zero() {
-            let _ = load::run(&scenario.load, &ctx.url, profile.warmup, load_cpus, work);
+            let _ = load::run(&scenario.load, ctx.url_of(scenario), profile.warmup, load_cpus, work);
         }
         for round in 0..profile.rounds {
             // A B C, then C B A: a drift over the round weighs on every variant alike.
@@ -209,6 +211,7 @@ struct Ctx<'a> {
     tracer: TracerOptions<'a>,
     collector: &'a Collector,
     url: String,
+    tls_url: String,
     nginx_status: nginx::Status,
     load_cpus: Option<&'static str>,
     work: &'a Path,
@@ -225,6 +228,10 @@ struct RunSpec {
 }
 
 impl Ctx<'_> {
+    fn url_of(&self, scenario: &Scenario) -> &str {
+        if scenario.tls { &self.tls_url } else { &self.url }
+    }
+
     /// One variant under one load; a failure is recorded in the run, and the bench goes on.
     fn run_one(&self, scenario: &Scenario, spec: RunSpec) -> Run {
         let mut run = Run {
@@ -257,7 +264,7 @@ impl Ctx<'_> {
         run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();
         let cpu_before = machine::CpuTimes::now();
         let collector_before = self.collector.cpu_time();
-        let load = load::run(&scenario.load, &self.url, spec.duration, self.load_cpus, self.work);
+        let load = load::run(&scenario.load, self.url_of(scenario), spec.duration, self.load_cpus, self.work);
         (run.noise.cpu_busy_pct, run.noise.cpu_steal_pct) =
             machine::CpuTimes::now().busy_and_steal_since(&cpu_before);
         run.noise.collector_cpu_pct =

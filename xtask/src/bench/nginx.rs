@@ -16,6 +16,8 @@ use anyhow::Context as _;
 
 pub struct Nginx {
     pub port: u16,
+    /// The same site over TLS (a self-signed certificate made at start).
+    pub tls_port: u16,
     status_port: u16,
     guard: ChildGuard,
     dir: PathBuf,
@@ -25,10 +27,11 @@ impl Nginx {
     /// `cpus`: pin the worker there (taskset), so it does not trade cores with the load generator.
     pub fn start(cpus: Option<&str>) -> anyhow::Result<Nginx> {
         let free = || anyhow::Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port());
-        let (port, status_port) = (free()?, free()?);
+        let (port, tls_port, status_port) = (free()?, free()?, free()?);
         let dir = std::env::temp_dir().join(format!("sonde-bench-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("index.html"), "hello from nginx\n")?;
+        self_signed_certificate(&dir)?;
         let d = dir.display();
         // 1,000 keep-alive connections need worker_connections (and descriptors) to spare.
         let conf = format!(
@@ -43,6 +46,12 @@ http {{
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
   server {{
     listen 127.0.0.1:{port} backlog=4096;
+    root {d};
+  }}
+  server {{
+    listen 127.0.0.1:{tls_port} ssl backlog=4096;
+    ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
     root {d};
   }}
   server {{
@@ -61,13 +70,17 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let guard = ChildGuard::spawn("nginx", &mut cmd)?;
-        let nginx = Nginx { port, status_port, guard, dir };
+        let nginx = Nginx { port, tls_port, status_port, guard, dir };
         procs::wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20))?;
         Ok(nginx)
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/index.html", self.port)
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}/index.html", self.tls_port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -107,6 +120,23 @@ impl Drop for Nginx {
         let _ = self.guard.terminate(Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// cert.pem and key.pem in `dir`, for 127.0.0.1.
+fn self_signed_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?;
+    anyhow::ensure!(status.success(), "openssl req failed");
+    Ok(())
 }
 
 /// `…server accepts handled requests\n 5 5 42 \n…` → 42.

@@ -14,14 +14,22 @@ use super::load::Load;
 pub struct Scenario {
     pub name: &'static str,
     pub load: Load,
+    /// HTTPS (nginx's TLS port): sonde reads the plaintext through its OpenSSL hooks.
+    pub tls: bool,
 }
 
 const fn scenario(name: &'static str, rate: Option<u32>, connections: u32, keepalive: bool) -> Scenario {
-    Scenario { name, load: Load { rate, connections, keepalive } }
+    Scenario { name, load: Load { rate, connections, keepalive }, tls: false }
 }
 
-/// Saturation (wrk) and fixed rates (oha), keep-alive and a new connection per request, and 1,000
-/// idle-ish keep-alive connections for memory.
+const fn https(name: &'static str, rate: Option<u32>, connections: u32) -> Scenario {
+    Scenario { name, load: Load { rate, connections, keepalive: true }, tls: true }
+}
+
+/// Saturation (wrk) and fixed rates (oha), keep-alive and a new connection per request, 1,000
+/// idle-ish keep-alive connections for memory, and HTTPS keep-alive (the uprobes' own cost: wrk
+/// uses OpenSSL too, so its calls trap into the hooks as well — as any OpenSSL client's on a
+/// traced host would; oha's TLS is rustls, compiled in).
 const ALL: &[Scenario] = &[
     scenario("max keep-alive", None, 50, true),
     scenario("max new-conn", None, 50, false),
@@ -30,6 +38,8 @@ const ALL: &[Scenario] = &[
     scenario("2k/s new-conn", Some(2_000), 50, false),
     scenario("5k/s new-conn", Some(5_000), 50, false),
     scenario("max 1000 conns", None, 1_000, true),
+    https("max https", None, 50),
+    https("2k/s https", Some(2_000), 50),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,7 +91,7 @@ impl Profile {
             kernel_rounds: 1,
             kernel_run: Duration::from_secs(1),
             warmup: Duration::ZERO,
-            scenarios: vec![ALL[0].clone(), ALL[2].clone()],
+            scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone()],
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct TracerOptions<'a> {
     pub sonde: &'a Path,
     pub hooks: &'a str,
     pub nginx_port: u16,
+    pub nginx_tls_port: u16,
     pub nginx_pid: u32,
     pub otlp_endpoint: &'a str,
     pub max_queue_spans: u32,
@@ -86,6 +87,7 @@ impl Tracer {
                 // whose clients are elsewhere), and other TCP traffic on a shared machine stays
                 // out. --port alone filters in user space, after every TCP byte was copied.
                 .args(["--pid", &opts.nginx_pid.to_string(), "--port", &opts.nginx_port.to_string()])
+                .args(["--port", &opts.nginx_tls_port.to_string()])
                 .args(["--otlp-endpoint", opts.otlp_endpoint, "--otlp-protocol", "grpc"])
                 .args(["--max-queue-spans", &opts.max_queue_spans.to_string()]),
         };
