@@ -216,3 +216,55 @@ async fn tls_compiled_into_a_program_is_reported_once_and_gives_no_span() {
         assert!(report.contains("rustls-get"), "{report}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_exclude_opts_out_a_process_or_a_library() {
+    // An executable: the kernel ignores the server's TLS calls; curl's are still traced.
+    let receiver = Receiver::start().await.unwrap();
+    let server = python_tls_app(&[]);
+    let sonde = sonde_for_port(&receiver, server.port, &["--tls-exclude", "python3*"]);
+    curl(&["-k", "-o", "/dev/null", &https_url(server.port, "/excluded-process")]);
+    let client = expect(&receiver, "CLIENT", 1).await.remove(0);
+    assert_eq!(client.attr("url.full"), Some(https_url(server.port, "/excluded-process")));
+    assert!(of_kind(&receiver.spans(), "SERVER").is_empty(), "{:#?}", receiver.spans());
+    let log = stop_cleanly(sonde);
+    assert!(log.contains("TLS of this process is not traced (--tls-exclude)"), "{log}");
+    assert!(log.contains(&format!("pid={}", server.pid())), "{log}");
+    drop(server);
+
+    // A library: a server loading its own copy from an excluded directory is not hooked at all.
+    let receiver = Receiver::start().await.unwrap();
+    let lib_dir = TempDir::new("excluded-libssl");
+    let library = private_libssl(&lib_dir.path);
+    let pattern = format!("{}/*", lib_dir.path.display());
+    let sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &receiver.grpc_endpoint(),
+        "--otlp-protocol",
+        "grpc",
+        "--tls-exclude",
+        &pattern,
+    ]);
+    let lib_dir_text = lib_dir.path.to_string_lossy().into_owned();
+    let server = python_tls_app(&[("LD_LIBRARY_PATH", &lib_dir_text)]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let refused = format!("TLS library not hooked (--tls-exclude) library=\"{}\"", library.display());
+    while !sonde.stderr().contains(&refused) {
+        assert!(std::time::Instant::now() < deadline, "no exclusion logged:\n{}", sonde.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = https_url(server.port, "/excluded-library");
+    curl(&["-k", "-o", "/dev/null", &url]);
+    // No selection in this run: other processes' spans may arrive too.
+    receiver.wait_for(|spans| spans.iter().any(|s| s.attr("url.full").as_ref() == Some(&url)), WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server_port = server.port.to_string();
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| s.kind_name() != "SERVER" || s.attr("server.port") != Some(server_port.clone()))
+    );
+    let log = stop_cleanly(sonde);
+    assert!(!log.contains("speaks TLS through a library sonde cannot hook"), "excluded on purpose:\n{log}");
+}
