@@ -53,6 +53,9 @@ pub struct Options {
     /// Where to write the JSON report (default: target/bench/bench-<profile>-<date>.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only the scenarios whose name contains this text (repeatable), e.g. `--only https`.
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
 }
 
 /// Sets up, builds, runs, prints the table and writes the JSON.
@@ -60,13 +63,17 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     setup::toolchain()?;
     setup::bench_tools()?;
     let sonde = build::release()?;
-    let profile = if opts.smoke {
+    let mut profile = if opts.smoke {
         Profile::smoke()
     } else if opts.quick {
         Profile::quick()
     } else {
         Profile::full()
     };
+    if !opts.only.is_empty() {
+        profile.scenarios.retain(|s| opts.only.iter().any(|text| s.name.contains(text.as_str())));
+        anyhow::ensure!(!profile.scenarios.is_empty(), "no scenario matches --only {:?}", opts.only);
+    }
     let report = run(&sonde, profile, opts)?;
     println!("\n{}", report::table(&report.summaries));
     let all: Vec<Run> = report.runs.iter().chain(&report.kernel_runs).cloned().collect();
@@ -94,7 +101,14 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
 
 /// The smoke run `cargo xtask test` makes: the harness must produce numbers, whatever they are.
 pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
-    let opts = Options { quick: false, smoke: true, hooks: "auto".into(), no_pin: false, json: None };
+    let opts = Options {
+        quick: false,
+        smoke: true,
+        hooks: "auto".into(),
+        no_pin: false,
+        json: None,
+        only: Vec::new(),
+    };
     let report = run(sonde, Profile::smoke(), &opts)?;
     println!("{}", report::table(&report.summaries));
     for s in &report.summaries {
