@@ -62,7 +62,10 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         ring_bytes: args.ring_buffer_bytes,
         pids: args.pids.clone(),
         programs: Programs::Sonde,
-        tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: args.tls_exclude.clone() }),
+        tls: (args.tls == TlsMode::On).then(|| TlsOptions {
+            exclude: args.tls_exclude.clone(),
+            exported_only: args.tls_exported_hooks,
+        }),
     })?;
     let ring = probes.take_events()?;
     let kernel_conns = probes.take_conns()?;
@@ -147,7 +150,7 @@ pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
         ring_bytes: 4096,
         pids: Vec::new(),
         programs: Programs::NullProbe,
-        tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new() }),
+        tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new(), exported_only: false }),
     })?;
     tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -45,9 +45,25 @@ fn stop_cleanly(mut sonde: Sonde) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_https_server_and_curl_get_server_and_client_spans() {
+    let log = server_and_client_spans(&[]).await;
+    // Where the machine code has the known shape (Debian's x86_64 build does), the cheaper
+    // internal functions serve; elsewhere the exported ones.
+    if cfg!(target_arch = "x86_64") && std::path::Path::new("/etc/debian_version").exists() {
+        assert!(log.contains("data_hooks=\"internal\""), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exported_functions_serve_where_the_internal_ones_are_not_found() {
+    let log = server_and_client_spans(&["--tls-exported-hooks"]).await;
+    assert!(log.contains("data_hooks=\"exported\""), "{log}");
+}
+
+/// curl → Python's `ssl` server: one SERVER and one CLIENT span, linked. Returns sonde's log.
+async fn server_and_client_spans(extra: &[&str]) -> String {
     let receiver = Receiver::start().await.unwrap();
     let server = python_tls_app(&[("OTEL_SERVICE_NAME", "secure-app")]);
-    let sonde = sonde_for_port(&receiver, server.port, &[]);
+    let sonde = sonde_for_port(&receiver, server.port, extra);
     let url = https_url(server.port, "/status/201?token=secret");
     assert_eq!(curl(&["-k", &url]), "status 201\n");
 
@@ -71,6 +87,7 @@ async fn python_https_server_and_curl_get_server_and_client_spans() {
     assert_eq!(server_span.parent_span_id_hex(), Some(client_span.span_id_hex()));
     let log = stop_cleanly(sonde);
     assert!(log.contains("TLS library hooked"), "{log}");
+    log
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -139,6 +139,11 @@ pub struct RunArgs {
     #[arg(long = "tls-exclude", value_name = "GLOB")]
     pub tls_exclude: Vec<String>,
 
+    /// Hook OpenSSL's exported `SSL_read`/`SSL_write` (and `_ex`) even where the cheaper internal
+    /// functions behind them are found (for tests of that fallback).
+    #[arg(long, hide = true)]
+    pub tls_exported_hooks: bool,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,

@@ -13,10 +13,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod entry;
+
 use aya::{
     Ebpf,
     maps::{Array, MapData},
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use sonde_common::PID_LIMIT;
 
@@ -34,19 +39,24 @@ const fn hook(symbol: &'static str, entry: &'static str, ret: Option<&'static st
     Hook { symbol, entry, ret }
 }
 
-/// OpenSSL 1.1 and 3 export all of these; `SSL_read`/`SSL_write` are required, the rest are
-/// hooked where present.
-const OPENSSL_HOOKS: &[Hook] = &[
+/// The plaintext calls, hooked where they are exported (OpenSSL 1.1 and 3 export all four;
+/// `SSL_read`/`SSL_write` are required) unless the internal functions behind them are found
+/// (`entry.rs`): then those two hooks replace these four.
+const EXPORTED_DATA_HOOKS: &[Hook] = &[
     hook("SSL_read", "ssl_read_enter", Some("ssl_data_return")),
     hook("SSL_write", "ssl_write_enter", Some("ssl_data_return")),
     hook("SSL_read_ex", "ssl_read_ex_enter", Some("ssl_data_return")),
     hook("SSL_write_ex", "ssl_write_ex_enter", Some("ssl_data_return")),
+];
+const REQUIRED: usize = 2;
+
+/// Which socket an `SSL` object uses, and when it goes away; hooked where present.
+const CONTROL_HOOKS: &[Hook] = &[
     hook("SSL_do_handshake", "ssl_control_enter", Some("ssl_control_return")),
     hook("SSL_shutdown", "ssl_control_enter", Some("ssl_control_return")),
     hook("SSL_set_fd", "ssl_set_fd", None),
     hook("SSL_free", "ssl_free", None),
 ];
-const REQUIRED: usize = 2;
 
 /// OpenSSL's libssl (`libssl.so.3`, `libssl.so.1.1`, …); not NSS's `libssl3.so`.
 pub fn is_openssl(path: &str) -> bool {
@@ -94,10 +104,14 @@ pub struct ExcludeError {
 pub struct TlsOptions {
     /// Library paths or executables (name or path) whose TLS is not hooked.
     pub exclude: Vec<String>,
+    /// Hook the exported read/write functions even where the cheaper internal ones are found
+    /// (tests keep the fallback working with it).
+    pub exported_only: bool,
 }
 
 pub struct TlsHooks {
     programs: Programs,
+    exported_only: bool,
     exclude: Vec<glob::Pattern>,
     /// (device, inode) of every library hooked, and those that could not be (not retried).
     hooked: HashMap<(u64, u64), PathBuf>,
@@ -122,6 +136,7 @@ impl TlsHooks {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             programs,
+            exported_only: options.exported_only,
             exclude,
             hooked: HashMap::new(),
             failed: HashSet::new(),
@@ -206,9 +221,9 @@ impl TlsHooks {
             self.failed.insert(id);
             return;
         }
-        match attach_file(ebpf, on_host, self.programs) {
-            Ok(functions) => {
-                tracing::info!(library = path, functions, "TLS library hooked");
+        match attach_file(ebpf, on_host, self.programs, self.exported_only) {
+            Ok((functions, data_hooks)) => {
+                tracing::info!(library = path, functions, data_hooks, "TLS library hooked");
                 self.hooked.insert(id, on_host.to_owned());
             }
             Err(e) => {
@@ -256,23 +271,71 @@ impl TlsHooks {
     }
 }
 
-/// Attaches every hook present in the file; the number of functions hooked.
-fn attach_file(ebpf: &mut Ebpf, path: &Path, programs: Programs) -> Result<usize, ProbeError> {
+/// Attaches every hook present in the file: the number of functions hooked, and where the data
+/// hooks went (`internal` or `exported`).
+fn attach_file(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    programs: Programs,
+    exported_only: bool,
+) -> Result<(usize, &'static str), ProbeError> {
     let mut functions = 0;
-    for (i, hook) in OPENSSL_HOOKS.iter().enumerate() {
-        // The return first: an entry whose return is not hooked yet would leave the call's record
-        // behind in the kernel.
-        let result = hook
-            .ret
-            .map_or(Ok(()), |ret| attach_uprobe(ebpf, program_for(ret, programs, true), hook.symbol, path))
-            .and_then(|()| attach_uprobe(ebpf, program_for(hook.entry, programs, false), hook.symbol, path));
-        match result {
+    let internal = if exported_only { None } else { entry::internal_functions(path) };
+    let data_hooks = match internal {
+        Some(internal) => {
+            // The internal functions take the `_ex` arguments (a count pointer) and return 1.
+            for (offset, entry) in
+                [(internal.read, "ssl_read_ex_enter"), (internal.write, "ssl_write_ex_enter")]
+            {
+                let at = Location::Offset(offset);
+                attach_hook(ebpf, path, at, entry, Some("ssl_data_return"), programs)?;
+                functions += 1;
+            }
+            "internal"
+        }
+        None => {
+            for (i, hook) in EXPORTED_DATA_HOOKS.iter().enumerate() {
+                match attach_hook(ebpf, path, Location::Symbol(hook.symbol), hook.entry, hook.ret, programs) {
+                    Ok(()) => functions += 1,
+                    Err(e) if i < REQUIRED => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(symbol = hook.symbol, error = %e, "optional TLS function not hooked")
+                    }
+                }
+            }
+            "exported"
+        }
+    };
+    for hook in CONTROL_HOOKS {
+        match attach_hook(ebpf, path, Location::Symbol(hook.symbol), hook.entry, hook.ret, programs) {
             Ok(()) => functions += 1,
-            Err(e) if i < REQUIRED => return Err(e),
             Err(e) => tracing::debug!(symbol = hook.symbol, error = %e, "optional TLS function not hooked"),
         }
     }
-    Ok(functions)
+    Ok((functions, data_hooks))
+}
+
+#[derive(Clone, Copy)]
+enum Location {
+    Symbol(&'static str),
+    /// A file offset.
+    Offset(u64),
+}
+
+/// One function's entry program, and its return program first: an entry whose return is not
+/// hooked yet would leave the call's record behind in the kernel.
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    at: Location,
+    entry: &'static str,
+    ret: Option<&'static str>,
+    programs: Programs,
+) -> Result<(), ProbeError> {
+    if let Some(ret) = ret {
+        attach_uprobe(ebpf, program_for(ret, programs, true), at, path)?;
+    }
+    attach_uprobe(ebpf, program_for(entry, programs, false), at, path)
 }
 
 fn program_for(program: &'static str, programs: Programs, ret: bool) -> &'static str {
@@ -286,7 +349,7 @@ fn program_for(program: &'static str, programs: Programs, ret: bool) -> &'static
 fn attach_uprobe(
     ebpf: &mut Ebpf,
     program: &'static str,
-    symbol: &str,
+    at: Location,
     path: &Path,
 ) -> Result<(), ProbeError> {
     let prog: &mut UProbe = ebpf
@@ -297,9 +360,13 @@ fn attach_uprobe(
     if prog.fd().is_err() {
         prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
     }
-    prog.attach(symbol, path, UProbeScope::AllProcesses).map(drop).map_err(|source| ProbeError::Attach {
+    let (location, name) = match at {
+        Location::Symbol(symbol) => (UProbeAttachLocation::Symbol(symbol), symbol.to_owned()),
+        Location::Offset(offset) => (UProbeAttachLocation::AbsoluteOffset(offset), format!("{offset:#x}")),
+    };
+    prog.attach(location, path, UProbeScope::AllProcesses).map(drop).map_err(|source| ProbeError::Attach {
         program,
-        target: format!("{}:{symbol}", path.display()),
+        target: format!("{}:{name}", path.display()),
         source,
     })
 }
