@@ -140,19 +140,20 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     if tls { None } else { Some(seq) }
 }
 
-/// TLS plaintext for (tgid, fd): the sequence number for its data event, and the connection is
-/// marked TLS from now on. None when the connection was never announced (its socket is known only
-/// through its ciphertext, and none was seen).
+/// TLS plaintext for (tgid, fd): the sequence number for its data event, and whether it is the
+/// connection's first; the connection is marked TLS from now on. None when the connection was
+/// never announced (its socket is known only through its ciphertext, and none was seen).
 #[inline(always)]
-pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
+pub fn on_tls_data(tgid: u32, fd: i32) -> Option<(u32, bool)> {
     let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
     unsafe {
         if (*state).sock == 0 {
             return None;
         }
+        let first = (*state).seq == 0 || (*state).tls == 0;
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Some((*state).seq)
+        Some(((*state).seq, first))
     }
 }
 

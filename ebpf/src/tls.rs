@@ -134,7 +134,6 @@ pub fn data_return(ret: i64) {
         return;
     }
     let fd = if call.fd >= 0 {
-        remember_socket(tgid, call.ssl, call.fd);
         call.fd
     } else {
         let key = TlsKey { ssl: call.ssl, tgid, _pad: 0 };
@@ -146,10 +145,15 @@ pub fn data_return(ret: i64) {
             }
         }
     };
-    let Some(seq) = conn::on_tls_data(tgid, fd) else {
+    let Some((seq, first)) = conn::on_tls_data(tgid, fd) else {
         count_drop(DropReason::TlsNoSocket);
         return;
     };
+    if first && call.fd >= 0 {
+        // SSL_set_fd and the handshake normally tell which socket an object uses; for one set up
+        // before sonde started, its first plaintext does, once (not a map lookup on every call).
+        remember_socket(tgid, call.ssl, fd);
+    }
     let plaintext = ActiveIo {
         buf: call.buf,
         sock: call.sock,
