@@ -123,7 +123,10 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 _ = stop_requested.notified() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
-                _ = report.tick() => report_counters(&probes, &stats, &export_stats, "running"),
+                _ = report.tick() => {
+                    report_counters(&probes, &stats, &export_stats, "running");
+                    probes.sweep();
+                }
                 Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
             }
         }

@@ -182,15 +182,21 @@ pub fn python_http_server_on(bind: &str, env: &[(&str, &str)]) -> Guard {
 
 /// `tests/servers/app.py`: keep-alive, chosen statuses, chunked uploads.
 pub fn python_app(env: &[(&str, &str)]) -> Guard {
+    python_server("app.py", &[], env)
+}
+
+/// `python3 tests/servers/SCRIPT PORT ARGS…` with `env`, once it listens on 127.0.0.1:PORT.
+pub fn python_server(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Guard {
     let port = free_port();
     let child = Command::new("python3")
-        .arg(servers_dir().join("app.py"))
+        .arg(servers_dir().join(script))
         .arg(port.to_string())
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting tests/servers/app.py");
+        .unwrap_or_else(|e| panic!("starting tests/servers/{script}: {e}"));
     wait_listening(port);
     Guard { child, port, _dir: None }
 }
@@ -272,16 +278,7 @@ pub fn sdk_node_service(name: &str, traces_url: &str, downstreams: &[String]) ->
 
 /// `tests/servers/reset.py`: reads a request, then resets the connection.
 pub fn resetting_server() -> Guard {
-    let port = free_port();
-    let child = Command::new("python3")
-        .arg(servers_dir().join("reset.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tests/servers/reset.py");
-    wait_listening(port);
-    Guard { child, port, _dir: None }
+    python_server("reset.py", &[], &[])
 }
 
 /// nginx (Debian) in the foreground with its own config, serving a static file and `/fail` → 500.

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::harness::{Guard, TempDir, free_port, servers_dir, wait_listening};
+use crate::harness::{Guard, TempDir, free_port, python_server, wait_listening};
 
 /// A self-signed certificate for `localhost` / 127.0.0.1 and its key, in `dir`.
 pub struct Certificate {
@@ -52,19 +52,8 @@ pub fn python_tls_app(env: &[(&str, &str)]) -> Guard {
 
 /// `python_tls_app` presenting `certificate` (for clients that verify it).
 pub fn python_tls_app_with(certificate: &Certificate, env: &[(&str, &str)]) -> Guard {
-    let port = free_port();
-    let child = Command::new("python3")
-        .arg(servers_dir().join("app.py"))
-        .arg(port.to_string())
-        .arg("--tls")
-        .args([&certificate.cert, &certificate.key])
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tests/servers/app.py --tls");
-    wait_listening(port);
-    Guard { child, port, _dir: None }
+    let args = ["--tls".as_ref(), certificate.cert.as_os_str(), certificate.key.as_os_str()];
+    python_server("app.py", &args, env)
 }
 
 /// nginx with TLS on a self-signed certificate, keep-alive, answering `ok` to everything.

@@ -161,14 +161,7 @@ fn attach_tracepoint(
     category: &str,
     name: &str,
 ) -> Result<TracePointLinkId, ProbeError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram { program })?
-        .try_into()
-        .map_err(|source| ProbeError::LoadProgram { program, source })?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
-    }
+    let prog = loaded_program!(ebpf, program, TracePoint);
     prog.attach(category, name).map_err(|source| ProbeError::Attach {
         program,
         target: format!("{category}/{name}"),

@@ -1,6 +1,23 @@
 //! Loading and attaching the kernel programs: prerequisites, the choice of hook set, the globals
 //! and map sizes the programs are built with, and read access to their maps.
 
+/// `$program` of the object as a `$kind` (`TracePoint`, `UProbe`), loaded into the kernel on first
+/// use: one program may serve many hooks.
+macro_rules! loaded_program {
+    ($ebpf:expr, $program:expr, $kind:ty) => {{
+        let program: &'static str = $program;
+        let prog: &mut $kind = $ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::MissingProgram { program })?
+            .try_into()
+            .map_err(|source| ProbeError::LoadProgram { program, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
+        }
+        prog
+    }};
+}
+
 mod attach;
 pub mod btf_offsets;
 pub mod prereq;
@@ -199,6 +216,13 @@ impl Probes {
             "kernel programs attached"
         );
         Ok(Self { ebpf, hooks, tls })
+    }
+
+    /// Periodic upkeep: forget what was noted about processes that exited.
+    pub fn sweep(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.sweep(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
     }
 
     /// What the data flow noticed about TLS: a process loaded a library, or sent ciphertext no

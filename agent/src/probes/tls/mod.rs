@@ -352,14 +352,7 @@ fn attach_uprobe(
     at: Location,
     path: &Path,
 ) -> Result<(), ProbeError> {
-    let prog: &mut UProbe = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram { program })?
-        .try_into()
-        .map_err(|source| ProbeError::LoadProgram { program, source })?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| ProbeError::LoadProgram { program, source })?;
-    }
+    let prog = loaded_program!(ebpf, program, UProbe);
     let (location, name) = match at {
         Location::Symbol(symbol) => (UProbeAttachLocation::Symbol(symbol), symbol.to_owned()),
         Location::Offset(offset) => (UProbeAttachLocation::AbsoluteOffset(offset), format!("{offset:#x}")),
