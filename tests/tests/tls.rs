@@ -285,3 +285,50 @@ async fn tls_exclude_opts_out_a_process_or_a_library() {
     let log = stop_cleanly(sonde);
     assert!(!log.contains("speaks TLS through a library sonde cannot hook"), "excluded on purpose:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_connection_opened_before_sonde_started_is_traced_from_its_next_request() {
+    use std::io::{BufRead, BufReader, Write};
+    let receiver = Receiver::start().await.unwrap();
+    let server = python_tls_app(&[]);
+    let mut client = Command::new("python3")
+        .arg(sonde_tests::harness::servers_dir().join("tls_client.py"))
+        .arg(server.port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting tests/servers/tls_client.py");
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut get = |path: &str| {
+        writeln!(input, "{path}").unwrap();
+        let mut status = String::new();
+        output.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status:?}");
+    };
+    get("/before");
+
+    // Handshake and SSL_set_fd are over: the connection is known only from what follows. The
+    // server thread sits in SSL_read (in its read syscall) while the hooks are attached, so the
+    // return of that one call is not seen: the first request may be lost, never misread.
+    let pid = server.pid().to_string();
+    let sonde = sonde_for_port(&receiver, server.port, &["--pid", &pid]);
+    get("/first-after");
+    get("/second-after");
+    get("/third-after");
+    receiver
+        .wait_for(|s| s.iter().any(|s| s.attr("url.path").as_deref() == Some("/third-after")), WAIT)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = of_kind(&receiver.spans(), "SERVER");
+    let paths: Vec<_> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert!(paths.ends_with(&["/second-after".into(), "/third-after".into()]), "{paths:?}");
+    assert!(paths.iter().all(|p| p.ends_with("-after")), "{paths:?}");
+    for span in &spans {
+        assert_eq!(span.attr("url.scheme").as_deref(), Some("https"));
+        assert_eq!(span.attr("http.response.status_code").as_deref(), Some("200"));
+    }
+    drop(input);
+    let _ = client.wait();
+    stop_cleanly(sonde);
+}
