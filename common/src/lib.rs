@@ -277,7 +277,9 @@ pub struct TlsCall {
     /// A [`TlsCallKind`].
     pub kind: u8,
     pub family: u8,
-    pub _pad: u8,
+    /// 1 when this call's socket I/O made its connection TLS (found an `SSL` set up before sonde
+    /// started): its socket is remembered for the object's later calls.
+    pub became_tls: u8,
 }
 
 /// What a TLS call moves.

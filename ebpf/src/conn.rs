@@ -82,28 +82,38 @@ pub enum Bytes {
     TlsCiphertext,
 }
 
-/// Data moved on a TCP socket `sock` through (tgid, fd): returns the sequence number for its data
-/// event, or None when none should be sent. Emits `Open` first the time this socket is seen on
-/// this fd — including connections that existed before sonde started. None also when that `Open`
-/// could not be emitted (ring full): then the socket stays unrecorded, so the next data tries
-/// again, and this data is not worth sending; and for the ciphertext of a TLS connection.
+/// What to do with bytes that moved on a connection.
+pub enum Outcome {
+    /// Send them, with this sequence number.
+    Send(u32),
+    /// Nothing to send: TLS ciphertext, or the `Open` did not fit in the ring (then the socket
+    /// stays unrecorded, so the next data tries again, and this data is not worth sending).
+    Skip,
+    /// TLS ciphertext that made the connection TLS (new, or known until now as plaintext).
+    BecameTls,
+}
+
+/// Data moved on a TCP socket `sock` through (tgid, fd). Emits `Open` first the time this socket
+/// is seen on this fd — including connections that existed before sonde started.
 #[inline(always)]
-pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Bytes) -> Option<u32> {
+pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Bytes) -> Outcome {
     let key = conn_key(tgid, fd as u32);
     let tls = bytes == Bytes::TlsCiphertext;
     let role = match CONNS.get_ptr_mut(&key) {
         Some(state) => unsafe {
             if (*state).sock == sock {
                 if tls {
+                    let was = (*state).tls;
                     (*state).tls = 1;
+                    return if was == 0 { Outcome::BecameTls } else { Outcome::Skip };
                 }
                 if (*state).tls != 0 {
-                    return None;
+                    return Outcome::Skip;
                 }
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
-                return Some((*state).seq);
+                return Outcome::Send((*state).seq);
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
@@ -131,29 +141,28 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     };
     read_addresses(sock, family, &mut event);
     if !emit::output(&event) {
-        return None;
+        return Outcome::Skip;
     }
     // A TLS connection's first plaintext event gets number 1.
     let seq = if tls { 0 } else { 1 };
     let state = ConnState { sock, seq, role: role as u8, tls: tls as u8, _pad: [0; 2] };
     let _ = CONNS.insert(&key, &state, 0);
-    if tls { None } else { Some(seq) }
+    if tls { Outcome::BecameTls } else { Outcome::Send(seq) }
 }
 
-/// TLS plaintext for (tgid, fd): the sequence number for its data event, and whether it is the
-/// connection's first; the connection is marked TLS from now on. None when the connection was
-/// never announced (its socket is known only through its ciphertext, and none was seen).
+/// TLS plaintext for (tgid, fd): the sequence number for its data event; the connection is
+/// marked TLS from now on. None when the connection was never announced (its socket is known only
+/// through its ciphertext, and none was seen).
 #[inline(always)]
-pub fn on_tls_data(tgid: u32, fd: i32) -> Option<(u32, bool)> {
+pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
     let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
     unsafe {
         if (*state).sock == 0 {
             return None;
         }
-        let first = (*state).seq == 0 || (*state).tls == 0;
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Some(((*state).seq, first))
+        Some((*state).seq)
     }
 }
 

@@ -168,10 +168,11 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     } else {
         Bytes::Plain
     };
-    let Some(seq) = conn::on_data(tgid, tid, active.fd, active.sock, family, bytes) else {
-        return;
-    };
-    emit_data(tgid, tid, active, len, seq, false);
+    match conn::on_data(tgid, tid, active.fd, active.sock, family, bytes) {
+        conn::Outcome::Send(seq) => emit_data(tgid, tid, active, len, seq, false),
+        conn::Outcome::BecameTls => tls::became_tls(pid_tgid),
+        conn::Outcome::Skip => {}
+    }
 }
 
 /// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied.

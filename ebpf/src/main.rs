@@ -184,6 +184,14 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `sched:sched_process_exit`, in the exiting thread: a TLS call it was in will never return, and
+/// its record must not make a later thread with the same id look like it is in one.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    tls::thread_exit(bpf_get_current_pid_tgid());
+    0
+}
+
 const PROT_EXEC: u64 = 4;
 
 /// `mmap(addr, len, prot, flags, fd, off)` of a file, executable: a traced process is loading a

@@ -46,7 +46,7 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
         direction: direction as u8,
         kind: kind as u8,
         family: 0,
-        _pad: 0,
+        became_tls: 0,
     };
     if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
@@ -88,6 +88,22 @@ pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
         (*call).family = family as u8;
     }
     true
+}
+
+/// The socket hooks found that the thread's current call made its connection TLS.
+#[inline(always)]
+pub fn became_tls(pid_tgid: u64) {
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        unsafe { (*call).became_tls = 1 };
+    }
+}
+
+/// A thread exits: a call it was in will never return.
+#[inline(always)]
+pub fn thread_exit(pid_tgid: u64) {
+    if bit_set(&TLS_PIDS, (pid_tgid >> 32) as u32) {
+        let _ = TLS_CALLS.remove(&pid_tgid);
+    }
 }
 
 /// Return of a handshake or shutdown: forget the call, remember its socket.
@@ -145,13 +161,14 @@ pub fn data_return(ret: i64) {
             }
         }
     };
-    let Some((seq, first)) = conn::on_tls_data(tgid, fd) else {
+    let Some(seq) = conn::on_tls_data(tgid, fd) else {
         count_drop(DropReason::TlsNoSocket);
         return;
     };
-    if first && call.fd >= 0 {
+    if call.became_tls != 0 {
         // SSL_set_fd and the handshake normally tell which socket an object uses; for one set up
-        // before sonde started, its first plaintext does, once (not a map lookup on every call).
+        // before sonde started, the call that found its connection does, once (not a map lookup
+        // on every call).
         remember_socket(tgid, call.ssl, fd);
     }
     let plaintext = ActiveIo {

@@ -111,18 +111,26 @@ pub fn attach_thread_starts(ebpf: &mut Ebpf, programs: Programs) -> bool {
     }
 }
 
-/// Executable file mappings (`syscalls:sys_enter_mmap`), for TLS libraries loaded after start-up.
-/// False (and logged) when unavailable: then only libraries present at start-up are hooked.
-pub fn attach_library_loads(ebpf: &mut Ebpf, programs: Programs) -> bool {
-    let program = match programs {
-        Programs::Sonde => "mmap_exec",
-        Programs::NullProbe => "null_tracepoint",
-    };
-    match attach_tracepoint(ebpf, program, "syscalls", "sys_enter_mmap") {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "library loads are not seen: TLS libraries loaded after start-up are not hooked");
-            false
+/// The tracepoints the TLS hooks need besides the library's: executable file mappings
+/// (`syscalls:sys_enter_mmap`, for libraries loaded after start-up) and thread exits (a TLS call
+/// that will never return). Each optional, logged when unavailable.
+pub fn attach_tls_helpers(ebpf: &mut Ebpf, programs: Programs) {
+    let helpers = [
+        ("mmap_exec", "syscalls", "sys_enter_mmap", "TLS libraries loaded after start-up are not hooked"),
+        (
+            "sched_process_exit",
+            "sched",
+            "sched_process_exit",
+            "a thread killed inside a TLS call leaves its record",
+        ),
+    ];
+    for (program, category, name, consequence) in helpers {
+        let program = match programs {
+            Programs::Sonde => program,
+            Programs::NullProbe => "null_tracepoint",
+        };
+        if let Err(e) = attach_tracepoint(ebpf, program, category, name) {
+            tracing::warn!(error = %e, "{category}:{name} unavailable: {consequence}");
         }
     }
 }

@@ -201,7 +201,7 @@ impl Probes {
                     None
                 };
                 let mut hooks = tls::TlsHooks::new(options.programs, tls_options, excluded)?;
-                attach::attach_library_loads(&mut ebpf, options.programs);
+                attach::attach_tls_helpers(&mut ebpf, options.programs);
                 hooks.scan_all(&mut ebpf);
                 Some(hooks)
             }

@@ -1,6 +1,7 @@
-//! `rustls-get PORT CERT [HOLD_MS]`: one `GET /` over TLS to 127.0.0.1:PORT, trusting CERT, with
-//! rustls — TLS compiled into the program, no OpenSSL, like Go's crypto/tls or BoringSSL in a
-//! binary. Prints the status line, then stays alive HOLD_MS so an observer can still read its /proc.
+//! `rustls-get PORT CERT [HOLD_MS [COUNT]]`: COUNT (default 1) `GET /from-rustls` over TLS to
+//! 127.0.0.1:PORT, each on a new connection, trusting CERT, with rustls — TLS compiled into the
+//! program, no OpenSSL, like Go's crypto/tls or BoringSSL in a binary. Prints each status line,
+//! then stays alive HOLD_MS so an observer can still read its /proc.
 
 use std::{
     io::{Read, Write},
@@ -17,6 +18,15 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: rustls-get PORT CERT [HOLD_MS]"),
     };
     let hold_ms: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(0);
+    let count: u32 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    for _ in 0..count {
+        get(port, cert)?;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+    Ok(())
+}
+
+fn get(port: u16, cert: &str) -> anyhow::Result<()> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(cert)?)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -34,6 +44,5 @@ fn main() -> anyhow::Result<()> {
     let _ = stream.read_to_end(&mut reply);
     let text = String::from_utf8_lossy(&reply);
     println!("{}", text.lines().next().unwrap_or(""));
-    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
     Ok(())
 }

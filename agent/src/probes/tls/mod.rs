@@ -9,7 +9,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
+    io::Read as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -81,6 +82,15 @@ pub fn openssl_in_maps(maps: &str) -> Vec<&str> {
         }
     }
     found
+}
+
+/// OpenSSL's libssl is under 1 MiB; anything this large is not one.
+const MAX_LIBRARY_BYTES: u64 = 64 << 20;
+
+/// Opens a library file for reading without blocking on a FIFO or a device.
+fn open_library(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
 }
 
 /// Where libraries of the host usually live: hooked at start-up even when no process maps them
@@ -211,7 +221,11 @@ impl TlsHooks {
 
     /// `path` as the process sees it, `on_host` where sonde opens it.
     fn hook_file(&mut self, ebpf: &mut Ebpf, path: &str, on_host: &Path) {
-        let Ok(meta) = std::fs::metadata(on_host) else { return };
+        // The path comes from a process sonde does not control (a container can put a FIFO or
+        // a device there): opened once, without blocking, and only a regular file of library
+        // size is read; the attach goes through the same open file.
+        let Ok(file) = open_library(on_host) else { return };
+        let Ok(meta) = file.metadata() else { return };
         let id = (meta.dev(), meta.ino());
         if self.hooked.contains_key(&id) || self.failed.contains(&id) {
             return;
@@ -221,7 +235,22 @@ impl TlsHooks {
             self.failed.insert(id);
             return;
         }
-        match attach_file(ebpf, on_host, self.programs, self.exported_only) {
+        let mut data = Vec::new();
+        if !meta.is_file() || meta.len() > MAX_LIBRARY_BYTES || (&file).read_to_end(&mut data).is_err() {
+            tracing::warn!(library = path, "not a library file: not hooked");
+            self.failed.insert(id);
+            return;
+        }
+        let internal = match entry::inspect(&data) {
+            entry::Library::Foreign => {
+                tracing::info!(library = path, "TLS library of another architecture: not hooked");
+                self.failed.insert(id);
+                return;
+            }
+            entry::Library::Native(internal) => internal.filter(|_| !self.exported_only),
+        };
+        let via = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match attach_file(ebpf, &via, self.programs, internal) {
             Ok((functions, data_hooks)) => {
                 tracing::info!(library = path, functions, data_hooks, "TLS library hooked");
                 self.hooked.insert(id, on_host.to_owned());
@@ -277,10 +306,9 @@ fn attach_file(
     ebpf: &mut Ebpf,
     path: &Path,
     programs: Programs,
-    exported_only: bool,
+    internal: Option<entry::Internal>,
 ) -> Result<(usize, &'static str), ProbeError> {
     let mut functions = 0;
-    let internal = if exported_only { None } else { entry::internal_functions(path) };
     let data_hooks = match internal {
         Some(internal) => {
             // The internal functions take the `_ex` arguments (a count pointer) and return 1.
