@@ -304,6 +304,11 @@ http {{
 ",
         d = dir.path.display()
     );
+    start_nginx(dir, port, &conf)
+}
+
+/// nginx in the foreground with `conf` (written to `dir`, its prefix), once it listens on `port`.
+pub fn start_nginx(dir: TempDir, port: u16, conf: &str) -> Guard {
     let conf_path = dir.path.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let child = Command::new("nginx")

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::harness::{Guard, TempDir, free_port, python_server, wait_listening};
+use crate::harness::{Guard, TempDir, free_port, python_server, start_nginx};
 
 /// A self-signed certificate for `localhost` / 127.0.0.1 and its key, in `dir`.
 pub struct Certificate {
@@ -80,16 +80,7 @@ http {{
         cert = certificate.cert.display(),
         key = certificate.key.display(),
     );
-    let conf_path = dir.path.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new("nginx")
-        .args(["-c", &conf_path.to_string_lossy(), "-p", &dir.path.to_string_lossy()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nginx (apt-get install nginx-light; `cargo xtask setup` does it)");
-    wait_listening(port);
-    Guard { child, port, _dir: Some(dir) }
+    start_nginx(dir, port, &conf)
 }
 
 /// A copy of the system's OpenSSL library in a directory of its own: a process started with
