@@ -13,6 +13,7 @@ pub mod export;
 pub mod http;
 pub mod intake;
 pub mod link;
+pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod process;

@@ -18,6 +18,7 @@ use crate::{
     http::Exchange,
     intake::{self, DecodeError, Event},
     link::{Linker, SpanContext},
+    metrics::Metrics,
     probes::{KernelConns, TlsNotice},
     process::ProcessCache,
     span::{
@@ -42,6 +43,7 @@ pub struct PipelineStats {
     pub sdk_skipped: AtomicU64,
     pub data_without_open: AtomicU64,
     pub sequence_gaps: AtomicU64,
+    pub parse_errors: AtomicU64,
 }
 
 pub struct Pipeline {
@@ -67,6 +69,8 @@ pub struct Pipeline {
     /// process loading its libraries maps a dozen files in a row, one notice is enough.
     tls_notices: Option<tokio::sync::mpsc::Sender<TlsNotice>>,
     pending_notices: HashSet<TlsNotice>,
+    /// Where every finished exchange is counted, sampled or not (None: no metrics wanted).
+    metrics: Option<Metrics>,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -106,7 +110,14 @@ impl Pipeline {
             last_hand_off: Instant::now(),
             tls_notices: None,
             pending_notices: HashSet::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts every finished exchange in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Library loads and undecrypted TLS go to `notices` (see `probes::TlsNotice`).
@@ -140,6 +151,8 @@ impl Pipeline {
     }
 
     fn emit(&mut self) {
+        // One lock for the whole batch.
+        let mut recorder = self.metrics.as_ref().map(Metrics::recorder);
         for Finished { conn, exchange } in self.finished.drain(..) {
             if exports_traces(&exchange) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
@@ -153,6 +166,9 @@ impl Pipeline {
             // Unknown to the linker (forgotten under its bounds): a trace of its own.
             let context = context.unwrap_or_else(SpanContext::root);
             let resource = self.processes.resource(conn.pid);
+            if let Some(recorder) = recorder.as_mut() {
+                recorder.record(&exchange, &conn, &resource, &context);
+            }
             if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
                 self.outbox.push(span);
             }
@@ -196,6 +212,7 @@ impl Pipeline {
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
         self.stats.sequence_gaps.store(c.sequence_gaps, Ordering::Relaxed);
+        self.stats.parse_errors.store(c.parse_errors, Ordering::Relaxed);
     }
 }
 
@@ -251,6 +268,9 @@ impl intake::Sink for Pipeline {
             self.conns.sweep(now, crate::process::alive, &mut self.finished);
             self.linker.sweep(now);
             self.emit();
+            if let Some(metrics) = &self.metrics {
+                metrics.upkeep(crate::process::alive);
+            }
             self.hand_off();
             self.forget_in_kernel();
             self.last_conn_sweep = Instant::now();

@@ -12,10 +12,17 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{NullProbeArgs, RunArgs, TlsMode},
+    config::{NullProbeArgs, OnOff, RunArgs, TlsMode},
     conn::select::Selector,
-    export::{ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol},
+    export::{
+        ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol, Signal, config as export_config,
+        metrics::MetricsExporter, prometheus,
+    },
     intake,
+    metrics::{
+        Metrics, MetricsOptions,
+        own::{KernelCounters, MetricsExportStats, OwnSources},
+    },
     pipeline::{Pipeline, PipelineStats},
     probes::{ProbeOptions, Probes, Programs, TlsOptions},
     span::{AssembleOptions, Assembler},
@@ -27,6 +34,8 @@ const TICK: Duration = Duration::from_millis(250);
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// TLS notices (library loads, undecrypted TLS) waiting for the main thread; beyond, dropped.
 const TLS_NOTICES: usize = 4096;
+/// How often the kernel's drop counters are copied for the metrics.
+const KERNEL_COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// Longest the exporters may take to flush at shutdown.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -55,6 +64,13 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         None => PrintMode::default_for(otlp.as_ref()),
     };
     let selector = Selector::new(args.pids.clone(), args.ports.clone(), &args.exes)?;
+    let env = |key: &str| std::env::var(key).ok();
+    let otlp_metrics =
+        match export_config::otlp_metrics_enabled(args.otlp_metrics.map(|m| m == OnOff::On), env)? {
+            true => OtlpConfig::from_env_for(Signal::Metrics, args.otlp_endpoint.as_deref(), protocol)?,
+            false => None,
+        };
+    let metrics_interval = export_config::metrics_interval(args.metrics_interval, env)?;
 
     let mut probes = Probes::load(&ProbeOptions {
         hooks: args.hooks,
@@ -87,6 +103,36 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
 
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
+    let kernel_counters = Arc::new(KernelCounters::default());
+    // Metrics are derived only when something reads them.
+    let metrics = (otlp_metrics.is_some() || args.prometheus_listen.is_some()).then(|| {
+        let options = MetricsOptions {
+            routes: args.routes.clone(),
+            max_routes_per_service: args.max_routes_per_service,
+            ..MetricsOptions::default()
+        };
+        let own = OwnSources {
+            pipeline: Arc::clone(&stats),
+            export: Arc::clone(&export_stats),
+            kernel: Arc::clone(&kernel_counters),
+            metrics_export: Arc::new(MetricsExportStats::default()),
+        };
+        Metrics::new(options, own)
+    });
+    let (metrics_exporter, prometheus_server) = match &metrics {
+        None => (None, None),
+        Some(metrics) => runtime.block_on(async {
+            let exporter = otlp_metrics
+                .as_ref()
+                .map(|config| MetricsExporter::start(config, metrics_interval, metrics.clone()))
+                .transpose()?;
+            let server = match args.prometheus_listen {
+                Some(addr) => Some(prometheus::serve(addr, metrics.clone()).await?.1),
+                None => None,
+            };
+            anyhow::Ok((exporter, server))
+        })?,
+    };
     let assembler = Assembler::new(AssembleOptions {
         capture_query: args.capture_query,
         opt_in_attributes: args.opt_in_attributes,
@@ -101,6 +147,9 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 let mut pipeline =
                     Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes)
                         .with_tls_notices(tls_notices);
+                if let Some(metrics) = metrics {
+                    pipeline = pipeline.with_metrics(metrics);
+                }
                 intake::run(ring, &mut pipeline, &stop, TICK);
             })
             .context("starting the intake thread")?
@@ -114,6 +163,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     runtime.block_on(async {
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.tick().await;
+        let mut kernel_tick = tokio::time::interval(KERNEL_COUNTERS_EVERY);
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         let stop_requested = Arc::new(tokio::sync::Notify::new());
@@ -128,6 +178,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                     probes.sweep();
                 }
                 Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
+                _ = kernel_tick.tick() => kernel_counters.publish(probes.drops()),
             }
         }
         anyhow::Ok(())
@@ -140,6 +191,13 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         tracing::error!("the intake thread panicked");
     }
     runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
+    kernel_counters.publish(probes.drops());
+    if let Some(server) = prometheus_server {
+        server.abort();
+    }
+    if let Some(metrics_exporter) = metrics_exporter {
+        runtime.block_on(metrics_exporter.shutdown(FLUSH_DEADLINE));
+    }
     report_counters(&probes, &stats, &export_stats, "stopped");
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! Shared pieces of sonde's privileged integration tests.
 pub mod harness;
+pub mod prometheus;
 pub mod receiver;
 pub mod tls;

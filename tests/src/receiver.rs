@@ -1,12 +1,19 @@
-//! A real OTLP trace receiver, in process: gRPC (`TraceService/Export`) and HTTP/protobuf
-//! (`POST /v1/traces`), each on its own loopback port. Tests point sonde at it and assert on the
-//! spans that arrived, decoded with the same `opentelemetry-proto` types a collector uses.
+//! A real OTLP receiver for traces and metrics, in process: gRPC (`TraceService/Export`,
+//! `MetricsService/Export`) and HTTP/protobuf (`POST /v1/traces`, `POST /v1/metrics`), gRPC on one
+//! loopback port and HTTP on another. Tests point sonde at it and assert on the spans and metric
+//! points that arrived, decoded with the same `opentelemetry-proto` types a collector uses.
 //!
 //! Which endpoint to hand to sonde:
 //! - gRPC: `--otlp-endpoint <grpc_endpoint()> --otlp-protocol grpc` (used as is).
 //! - HTTP/protobuf: `--otlp-endpoint <http_endpoint()> --otlp-protocol http/protobuf`. The flag
 //!   follows the rule of `OTEL_EXPORTER_OTLP_ENDPOINT`: sonde appends `/v1/traces` to this base.
-//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is used as is, so give it [`Receiver::http_traces_url`].
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is used as is, so give it [`Receiver::http_traces_url`];
+//!   likewise `/v1/metrics` for metrics, and [`Receiver::http_metrics_url`] for
+//!   `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`.
+//!
+//! Metric data is flattened to one [`ReceivedPoint`] per data point (sums, gauges and explicit-bucket
+//! histograms; exponential histograms and summaries are not recorded). For cumulative metrics,
+//! [`Receiver::latest`] gives the newest point of each series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,13 +26,21 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
@@ -33,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// How a span reached the receiver.
+/// How a span or metric point reached the receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Grpc,
@@ -87,6 +102,53 @@ impl ReceivedSpan {
     }
 }
 
+/// What kind of metric a point belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointKind {
+    Sum {
+        monotonic: bool,
+    },
+    Gauge,
+    /// Explicit-bucket histogram.
+    Histogram,
+}
+
+/// One metric data point as a collector would see it, with its metric, resource and scope.
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    /// Metric name, e.g. `"http.server.request.duration"`.
+    pub metric: String,
+    pub unit: String,
+    pub kind: PointKind,
+    /// `AggregationTemporality` as the proto has it (1 delta, 2 cumulative); 0 for gauges.
+    pub temporality: i32,
+    /// Resource attributes, values stringified like [`ReceivedSpan::resource`].
+    pub resource: BTreeMap<String, String>,
+    /// Instrumentation scope name and version.
+    pub scope: (String, String),
+    /// Point attributes, values stringified.
+    pub attributes: BTreeMap<String, String>,
+    /// Sums and gauges: the value (`as_int` converted to `f64`, or `as_double`; NaN if the point
+    /// carries neither). Histograms: the sum, 0 if absent.
+    pub value: f64,
+    /// Histograms: the count; 0 otherwise.
+    pub count: u64,
+    /// Histograms only: per-bucket counts (`explicit_bounds.len() + 1` of them).
+    pub bucket_counts: Vec<u64>,
+    /// Histograms only: `explicit_bounds`.
+    pub bounds: Vec<f64>,
+    pub start_time_unix_nano: u64,
+    pub time_unix_nano: u64,
+    pub via: Transport,
+}
+
+impl ReceivedPoint {
+    /// A point attribute, stringified.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
 /// One export request as it arrived (for asserting on headers and batching).
 #[derive(Clone, Debug)]
 pub struct ReceivedRequest {
@@ -100,14 +162,18 @@ pub struct ReceivedRequest {
 struct Store {
     spans: Vec<ReceivedSpan>,
     requests: Vec<ReceivedRequest>,
-    /// Requests still to be refused with a retryable error (gRPC UNAVAILABLE, HTTP 503).
+    points: Vec<ReceivedPoint>,
+    /// Metric export requests accepted.
+    metrics_requests: usize,
+    /// Requests (traces or metrics) still to be refused with a retryable error (gRPC UNAVAILABLE, HTTP 503).
     fail_next: usize,
 }
 
 #[derive(Clone)]
 struct Shared {
     store: Arc<Mutex<Store>>,
-    /// Bumped on every accepted request so `wait_for` wakes up without polling.
+    /// Bumped on every accepted request (traces or metrics) so `wait_for` and `wait_for_points`
+    /// wake up without polling.
     changed: Arc<watch::Sender<u64>>,
 }
 
@@ -131,13 +197,7 @@ impl Shared {
         }
         let before = store.spans.len();
         for rs in req.resource_spans {
-            let resource: BTreeMap<String, String> = rs
-                .resource
-                .map(|r| r.attributes)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|kv| (kv.key, stringify(kv.value.as_ref())))
-                .collect();
+            let resource = stringify_all(rs.resource.map(|r| r.attributes).unwrap_or_default());
             for ss in rs.scope_spans {
                 let scope = ss.scope.map(|s| (s.name, s.version)).unwrap_or_default();
                 for span in ss.spans {
@@ -152,6 +212,98 @@ impl Shared {
         }
         let span_count = store.spans.len() - before;
         store.requests.push(ReceivedRequest { via, headers, span_count });
+        drop(store);
+        self.changed.send_modify(|n| *n += 1);
+        true
+    }
+
+    /// Records the metric points of the request, or returns `false` when it must be refused.
+    fn accept_metrics(&self, via: Transport, req: ExportMetricsServiceRequest) -> bool {
+        let mut store = self.lock();
+        if store.fail_next > 0 {
+            store.fail_next -= 1;
+            return false;
+        }
+        for rm in req.resource_metrics {
+            let resource = stringify_all(rm.resource.map(|r| r.attributes).unwrap_or_default());
+            for sm in rm.scope_metrics {
+                let scope = sm.scope.map(|s| (s.name, s.version)).unwrap_or_default();
+                for metric in sm.metrics {
+                    let point = |kind, temporality, attributes, start, time| ReceivedPoint {
+                        metric: metric.name.clone(),
+                        unit: metric.unit.clone(),
+                        kind,
+                        temporality,
+                        resource: resource.clone(),
+                        scope: scope.clone(),
+                        attributes: stringify_all(attributes),
+                        value: 0.0,
+                        count: 0,
+                        bucket_counts: Vec::new(),
+                        bounds: Vec::new(),
+                        start_time_unix_nano: start,
+                        time_unix_nano: time,
+                        via,
+                    };
+                    let number = |v: Option<number_data_point::Value>| match v {
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        None => f64::NAN,
+                    };
+                    match &metric.data {
+                        Some(Data::Sum(sum)) => {
+                            let kind = PointKind::Sum { monotonic: sum.is_monotonic };
+                            for dp in &sum.data_points {
+                                store.points.push(ReceivedPoint {
+                                    value: number(dp.value),
+                                    ..point(
+                                        kind,
+                                        sum.aggregation_temporality,
+                                        dp.attributes.clone(),
+                                        dp.start_time_unix_nano,
+                                        dp.time_unix_nano,
+                                    )
+                                });
+                            }
+                        }
+                        Some(Data::Gauge(gauge)) => {
+                            for dp in &gauge.data_points {
+                                store.points.push(ReceivedPoint {
+                                    value: number(dp.value),
+                                    ..point(
+                                        PointKind::Gauge,
+                                        0,
+                                        dp.attributes.clone(),
+                                        dp.start_time_unix_nano,
+                                        dp.time_unix_nano,
+                                    )
+                                });
+                            }
+                        }
+                        Some(Data::Histogram(hist)) => {
+                            for dp in &hist.data_points {
+                                store.points.push(ReceivedPoint {
+                                    value: dp.sum.unwrap_or(0.0),
+                                    count: dp.count,
+                                    bucket_counts: dp.bucket_counts.clone(),
+                                    bounds: dp.explicit_bounds.clone(),
+                                    ..point(
+                                        PointKind::Histogram,
+                                        hist.aggregation_temporality,
+                                        dp.attributes.clone(),
+                                        dp.start_time_unix_nano,
+                                        dp.time_unix_nano,
+                                    )
+                                });
+                            }
+                        }
+                        // Not something sonde exports; not recorded.
+                        Some(Data::ExponentialHistogram(_) | Data::Summary(_)) | None => {}
+                    }
+                }
+            }
+        }
+        store.metrics_requests += 1;
         drop(store);
         self.changed.send_modify(|n| *n += 1);
         true
@@ -188,10 +340,12 @@ impl Receiver {
         let http_addr = http_listener.local_addr()?;
 
         let grpc_service = TraceServiceServer::new(GrpcService(shared.clone()));
+        let grpc_metrics = MetricsServiceServer::new(GrpcService(shared.clone()));
         let grpc_task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(grpc_service)
+                .add_service(grpc_metrics)
                 .serve_with_incoming(incoming)
                 .await
             {
@@ -201,6 +355,7 @@ impl Receiver {
 
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
+            .route("/v1/metrics", axum::routing::post(http_metrics_export))
             .with_state(shared.clone());
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, app).await {
@@ -227,6 +382,11 @@ impl Receiver {
         format!("http://{}/v1/traces", self.http_addr)
     }
 
+    /// `http://127.0.0.1:PORT/v1/metrics`, for `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (used as is).
+    pub fn http_metrics_url(&self) -> String {
+        format!("http://{}/v1/metrics", self.http_addr)
+    }
+
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
     }
@@ -245,8 +405,26 @@ impl Receiver {
         self.shared.lock().requests.clone()
     }
 
-    /// Refuse the next `n` requests with a retryable error (gRPC `UNAVAILABLE`, HTTP 503), as an
-    /// overloaded collector would. Refused requests are not recorded.
+    /// Every metric data point received so far, in arrival order.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.shared.lock().points.clone()
+    }
+
+    /// For cumulative metrics: the newest point (greatest `time_unix_nano`, ties going to the later
+    /// arrival) of each series of `metric`, a series being its (resource, attributes). Sorted by
+    /// attributes, then resource.
+    pub fn latest(&self, metric: &str) -> Vec<ReceivedPoint> {
+        latest_of(&self.shared.lock().points, metric)
+    }
+
+    /// How many metric export requests were accepted (refused ones are not counted).
+    pub fn metrics_requests(&self) -> usize {
+        self.shared.lock().metrics_requests
+    }
+
+    /// Refuse the next `n` requests, traces or metrics, with a retryable error (gRPC
+    /// `UNAVAILABLE`, HTTP 503), as an overloaded collector would. Refused requests are not
+    /// recorded.
     pub fn fail_next_requests(&self, n: usize) {
         self.shared.lock().fail_next = n;
     }
@@ -273,6 +451,42 @@ impl Receiver {
             }
         }
     }
+
+    /// Waits until `pred` holds for the metric points received so far, or `timeout` passes;
+    /// returns the points either way so the caller's assertion shows what did arrive.
+    pub async fn wait_for_points(
+        &self,
+        pred: impl Fn(&[ReceivedPoint]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedPoint> {
+        let mut changed = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changed.mark_unchanged();
+            let points = self.points();
+            if pred(&points) {
+                return points;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.points(),
+            }
+        }
+    }
+}
+
+fn latest_of(points: &[ReceivedPoint], metric: &str) -> Vec<ReceivedPoint> {
+    type Series<'a> = (&'a BTreeMap<String, String>, &'a BTreeMap<String, String>);
+    // Keyed (attributes, resource), which is also the order asked for.
+    let mut newest: BTreeMap<Series<'_>, &ReceivedPoint> = BTreeMap::new();
+    for p in points.iter().filter(|p| p.metric == metric) {
+        let slot = newest.entry((&p.attributes, &p.resource)).or_insert(p);
+        // `>=`: of two points with the same time, the later arrival wins.
+        if p.time_unix_nano >= slot.time_unix_nano {
+            *slot = p;
+        }
+    }
+    newest.into_values().cloned().collect()
 }
 
 impl Drop for Receiver {
@@ -306,22 +520,43 @@ impl TraceService for GrpcService {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if self.0.accept_metrics(Transport::Grpc, request.into_inner()) {
+            Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+        } else {
+            Err(tonic::Status::unavailable("receiver told to refuse this request"))
+        }
+    }
+}
+
+/// The OTLP/HTTP request body, or the error status and message to send.
+fn decode_http<M: prost::Message + Default>(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<M, (StatusCode, String)> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type != "application/x-protobuf" {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected application/x-protobuf, got {content_type:?}"),
+        ));
+    }
+    M::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad protobuf: {e}")))
+}
+
 async fn http_export(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type != "application/x-protobuf" {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected application/x-protobuf, got {content_type:?}"),
-        )
-            .into_response();
-    }
-    let request = match ExportTraceServiceRequest::decode(body) {
+    let request: ExportTraceServiceRequest = match decode_http(&headers, body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad protobuf: {e}")).into_response(),
+        Err(response) => return response.into_response(),
     };
     let headers = headers
         .iter()
@@ -332,6 +567,26 @@ async fn http_export(
     }
     let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
     ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
+}
+
+async fn http_metrics_export(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let request: ExportMetricsServiceRequest = match decode_http(&headers, body) {
+        Ok(r) => r,
+        Err(response) => return response.into_response(),
+    };
+    if !shared.accept_metrics(Transport::Http, request) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "receiver told to refuse this request").into_response();
+    }
+    let response = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+    ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
+}
+
+fn stringify_all(attributes: Vec<KeyValue>) -> BTreeMap<String, String> {
+    attributes.into_iter().map(|kv| (kv.key, stringify(kv.value.as_ref()))).collect()
 }
 
 fn stringify(value: Option<&AnyValue>) -> String {
@@ -351,4 +606,173 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }) }
+    }
+
+    fn string(key: &str, value: &str) -> KeyValue {
+        kv(key, any_value::Value::StringValue(value.into()))
+    }
+
+    /// One request: a monotonic cumulative sum (one point per `(route, count, time)`) and a
+    /// histogram point.
+    fn request(sums: &[(&str, i64, u64)], histogram_time: u64) -> ExportMetricsServiceRequest {
+        let sum = Metric {
+            name: "http.server.requests".into(),
+            unit: "{request}".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: sums
+                    .iter()
+                    .map(|&(route, n, time)| NumberDataPoint {
+                        attributes: vec![string("http.route", route)],
+                        start_time_unix_nano: 1_000,
+                        time_unix_nano: time,
+                        value: Some(number_data_point::Value::AsInt(n)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: CUMULATIVE,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let histogram = Metric {
+            name: "http.server.request.duration".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: vec![
+                        string("http.request.method", "GET"),
+                        kv("http.response.status_code", any_value::Value::IntValue(200)),
+                    ],
+                    start_time_unix_nano: 1_000,
+                    time_unix_nano: histogram_time,
+                    count: 3,
+                    sum: Some(0.75),
+                    bucket_counts: vec![1, 2, 0],
+                    explicit_bounds: vec![0.1, 0.5],
+                    ..Default::default()
+                }],
+                aggregation_temporality: CUMULATIVE,
+            })),
+            ..Default::default()
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![string("service.name", "demo")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "sonde".into(),
+                        version: "0.1.0".into(),
+                        ..Default::default()
+                    }),
+                    metrics: vec![sum, histogram],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// A raw HTTP/1.1 POST of `body` to `/v1/metrics`; returns the status line.
+    async fn post_metrics(addr: SocketAddr, body: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response);
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn receives_metrics_over_grpc_and_http() {
+        let receiver = Receiver::start().await.unwrap();
+        let mut client = MetricsServiceClient::connect(receiver.grpc_endpoint()).await.unwrap();
+
+        // gRPC: two routes at t=2000, the histogram at t=2000.
+        client.export(request(&[("/a", 1, 2_000), ("/b", 5, 2_000)], 2_000)).await.unwrap();
+        assert_eq!(receiver.metrics_requests(), 1);
+
+        // A refused request is not recorded, on either transport.
+        receiver.fail_next_requests(2);
+        let refused = client.export(request(&[("/a", 100, 9_000)], 9_000)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        let body = request(&[("/a", 100, 9_000)], 9_000).encode_to_vec();
+        assert_eq!(post_metrics(receiver.http_addr(), &body).await, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(receiver.metrics_requests(), 1);
+
+        // HTTP, while a waiter is pending: /a moves on to 3 at t=3000; /b arrives again with the
+        // same time and a new value (the later arrival wins); the histogram is older than the
+        // gRPC one (the newer time wins, not the later arrival).
+        let waiter = receiver.wait_for_points(|p| p.len() >= 6, Duration::from_secs(10));
+        let body = request(&[("/a", 3, 3_000), ("/b", 6, 2_000)], 1_500).encode_to_vec();
+        let (points, status) = tokio::join!(waiter, post_metrics(receiver.http_addr(), &body));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(points.len(), 6, "{points:#?}");
+        assert_eq!(receiver.metrics_requests(), 2);
+        // Spans are untouched.
+        assert!(receiver.spans().is_empty());
+        assert!(receiver.requests().is_empty());
+
+        let all = receiver.points();
+        let vias: Vec<Transport> = all.iter().map(|p| p.via).collect();
+        use Transport::{Grpc, Http};
+        assert_eq!(vias, [Grpc, Grpc, Grpc, Http, Http, Http]);
+        let first = &all[0];
+        assert_eq!(first.metric, "http.server.requests");
+        assert_eq!(first.unit, "{request}");
+        assert_eq!(first.kind, PointKind::Sum { monotonic: true });
+        assert_eq!(first.temporality, CUMULATIVE);
+        assert_eq!(first.resource.get("service.name").map(String::as_str), Some("demo"));
+        assert_eq!(first.scope, ("sonde".to_owned(), "0.1.0".to_owned()));
+        assert_eq!(first.attr("http.route"), Some("/a"));
+        assert_eq!((first.value, first.count, first.start_time_unix_nano), (1.0, 0, 1_000));
+        assert!(first.bucket_counts.is_empty() && first.bounds.is_empty());
+
+        let hist = &all[2];
+        assert_eq!(hist.kind, PointKind::Histogram);
+        assert_eq!(hist.attr("http.response.status_code"), Some("200"));
+        assert_eq!((hist.value, hist.count), (0.75, 3));
+        assert_eq!(
+            (hist.bucket_counts.as_slice(), hist.bounds.as_slice()),
+            (&[1, 2, 0][..], &[0.1, 0.5][..])
+        );
+
+        let latest = receiver.latest("http.server.requests");
+        let got: Vec<(Option<&str>, f64, u64, Transport)> =
+            latest.iter().map(|p| (p.attr("http.route"), p.value, p.time_unix_nano, p.via)).collect();
+        assert_eq!(got, [(Some("/a"), 3.0, 3_000, Http), (Some("/b"), 6.0, 2_000, Http)]);
+
+        let latest = receiver.latest("http.server.request.duration");
+        assert_eq!(latest.len(), 1, "{latest:#?}");
+        assert_eq!((latest[0].time_unix_nano, latest[0].via), (2_000, Grpc));
+
+        assert!(receiver.latest("no.such.metric").is_empty());
+    }
 }

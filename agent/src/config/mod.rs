@@ -144,6 +144,35 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub tls_exported_hooks: bool,
 
+    /// Serve metrics for Prometheus to scrape at `http://ADDR/metrics`, e.g. `127.0.0.1:9400` (or
+    /// `0.0.0.0:9400` for a scraper on another host): the RED histograms, the service graph and
+    /// sonde's own counters, named the Prometheus way (`http_server_request_duration_seconds`).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_listen: Option<std::net::SocketAddr>,
+
+    /// OTLP metrics: `on` sends the metrics to the OTLP endpoint (`--otlp-endpoint`, or
+    /// OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT) every `--metrics-interval`; `off` does not.
+    /// Default: `off` when OTEL_METRICS_EXPORTER is `none`, else `on`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub otlp_metrics: Option<OnOff>,
+
+    /// How often metrics are sent over OTLP. Default: OTEL_METRIC_EXPORT_INTERVAL (milliseconds),
+    /// else 60s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub metrics_interval: Option<std::time::Duration>,
+
+    /// A route template for `http.route` (repeatable), e.g. `/users/{id}/orders/{order}` or
+    /// `/static/**`: `{name}` and `*` match one path segment, a final `**` the rest. The first
+    /// pattern that matches wins; paths no pattern matches get the heuristic template
+    /// (numbers, UUIDs, hashes and other id-like segments become `{id}`; see docs/metrics.md).
+    #[arg(long = "route", value_name = "PATTERN")]
+    pub routes: Vec<crate::metrics::route::RoutePattern>,
+
+    /// Distinct heuristic routes a service may have in the metrics; later new ones are reported
+    /// as `/{overflow}` (route patterns given with `--route` do not count).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_routes_per_service: usize,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
@@ -151,6 +180,13 @@ pub struct RunArgs {
     /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log: String,
+}
+
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Whether TLS libraries are hooked (`--tls`).

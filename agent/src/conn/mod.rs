@@ -39,6 +39,8 @@ pub struct ConnStats {
     pub sequence_gaps: u64,
     /// Connections replaced by a new `Open` on their fd without a `Close` seen.
     pub closes_missed: u64,
+    /// HTTP parse errors on all connections (see `http::ParseStats::parse_errors`).
+    pub parse_errors: u64,
 }
 
 struct Connection {
@@ -192,7 +194,9 @@ impl ConnTable {
             return;
         }
         let chunk = Chunk { ts_ns: event.header.ts_ns, tid: event.header.tid, data: payload, len: event.len };
+        let errors_before = conn.http.stats().parse_errors;
         conn.http.feed(direction, chunk, &mut self.scratch);
+        self.stats.parse_errors += conn.http.stats().parse_errors - errors_before;
         let info = conn.info;
         self.started.extend(conn.http.take_started().map(|started| (info, started)));
         out.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));

@@ -53,7 +53,7 @@ pub(crate) async fn run(
                 n = queue.recv(&mut batch, room) => if n == 0 { break },
             }
         }
-        sender.send(&batch, Instant::now() + settings.retry_budget, &mut shutdown).await;
+        sender.send_spans(&batch, Instant::now() + settings.retry_budget, &mut shutdown, &stats).await;
         batch.clear();
     }
 
@@ -63,7 +63,7 @@ pub(crate) async fn run(
     let mut late = 0;
     while queue.recv(&mut batch, max_batch).await > 0 {
         if Instant::now() < deadline {
-            sender.send(&batch, deadline, &mut shutdown).await;
+            sender.send_spans(&batch, deadline, &mut shutdown, &stats).await;
         } else {
             late += batch.len();
         }

@@ -80,6 +80,48 @@ pub enum ConfigError {
     BadHeader { key: &'static str, entry: String },
     #[error("{key}: timeout {value:?} is not a whole number of milliseconds")]
     BadTimeout { key: &'static str, value: String },
+    #[error("OTEL_METRIC_EXPORT_INTERVAL: {value:?} is not a positive whole number of milliseconds")]
+    BadInterval { value: String },
+    #[error(
+        "OTEL_METRICS_EXPORTER: {value:?} is not supported (sonde knows \"otlp\" and \"none\"; for Prometheus use --prometheus-listen)"
+    )]
+    BadMetricsExporter { value: String },
+}
+
+/// The SDK's default for `OTEL_METRIC_EXPORT_INTERVAL`.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether metrics go over OTLP (when an endpoint is configured): the flag, else
+/// `OTEL_METRICS_EXPORTER` (`otlp`, the default, or `none`).
+pub fn otlp_metrics_enabled(
+    flag: Option<bool>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<bool, ConfigError> {
+    if let Some(on) = flag {
+        return Ok(on);
+    }
+    match env("OTEL_METRICS_EXPORTER").as_deref().map(str::trim) {
+        None | Some("" | "otlp") => Ok(true),
+        Some("none") => Ok(false),
+        Some(other) => Err(ConfigError::BadMetricsExporter { value: other.to_owned() }),
+    }
+}
+
+/// The OTLP metrics interval: the flag, else `OTEL_METRIC_EXPORT_INTERVAL` (ms), else 60 s.
+pub fn metrics_interval(
+    flag: Option<Duration>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Duration, ConfigError> {
+    if let Some(interval) = flag {
+        return Ok(interval);
+    }
+    match env("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
+        None => Ok(DEFAULT_METRICS_INTERVAL),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(ConfigError::BadInterval { value }),
+        },
+    }
 }
 
 /// The spec's default for `OTEL_EXPORTER_OTLP_TIMEOUT`.
@@ -88,13 +130,70 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `--otlp-endpoint` flag, named in errors.
 const FLAG_ENDPOINT: &str = "--otlp-endpoint";
 const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
-const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
-const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+
+/// What an exporter sends: each signal has its own path and its own variant of every variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// The path appended to a base endpoint for `http/protobuf`.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The gRPC method that takes this signal's export requests.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+
+    /// What it carries, for logs: "spans", "metric points".
+    pub fn items(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metric points",
+        }
+    }
+
+    fn endpoint_var(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        }
+    }
+
+    fn protocol_var(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        }
+    }
+
+    fn headers_var(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        }
+    }
+
+    fn timeout_var(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        }
+    }
+}
 
 /// Resolved OTLP trace exporter settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,16 +224,27 @@ impl OtlpConfig {
         protocol_flag: Option<Protocol>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
+        Self::resolve_for(Signal::Traces, endpoint_flag, protocol_flag, env)
+    }
+
+    /// `resolve` for `signal`: its own variables (`OTEL_EXPORTER_OTLP_METRICS_*`) win over the
+    /// generic ones, and its own path is appended to a base URL.
+    pub fn resolve_for(
+        signal: Signal,
+        endpoint_flag: Option<&str>,
+        protocol_flag: Option<Protocol>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
         // The spec treats an empty variable as unset.
         let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
         // The signal-specific variable wins, and names itself in errors.
-        let pick = |traces: &'static str, generic: &'static str| {
-            var(traces).map(|v| (traces, v)).or_else(|| var(generic).map(|v| (generic, v)))
+        let pick = |own: &'static str, generic: &'static str| {
+            var(own).map(|v| (own, v)).or_else(|| var(generic).map(|v| (generic, v)))
         };
 
         let protocol = match protocol_flag {
             Some(p) => p,
-            None => match pick(TRACES_PROTOCOL, PROTOCOL) {
+            None => match pick(signal.protocol_var(), PROTOCOL) {
                 Some((key, value)) => value
                     .parse()
                     .map_err(|_| ConfigError::BadProtocol { key, value: value.trim().to_owned() })?,
@@ -145,8 +255,8 @@ impl OtlpConfig {
         // (key for errors, URL, whether it is a base URL that takes the signal path)
         let endpoint = match endpoint_flag.map(str::trim).filter(|e| !e.is_empty()) {
             Some(flag) => (FLAG_ENDPOINT, flag.to_owned(), true),
-            None => match (var(TRACES_ENDPOINT), var(ENDPOINT)) {
-                (Some(traces), _) => (TRACES_ENDPOINT, traces, false),
+            None => match (var(signal.endpoint_var()), var(ENDPOINT)) {
+                (Some(own), _) => (signal.endpoint_var(), own, false),
                 (None, Some(generic)) => (ENDPOINT, generic, true),
                 (None, None) => return Ok(None),
             },
@@ -159,16 +269,18 @@ impl OtlpConfig {
             return Err(ConfigError::BadEndpoint { key, value: url.to_owned() });
         }
         let endpoint = match protocol {
-            Protocol::HttpProtobuf if is_base => format!("{}/v1/traces", url.trim_end_matches('/')),
+            Protocol::HttpProtobuf if is_base => {
+                format!("{}{}", url.trim_end_matches('/'), signal.http_path())
+            }
             _ => url.to_owned(),
         };
 
-        let headers = match pick(TRACES_HEADERS, HEADERS) {
+        let headers = match pick(signal.headers_var(), HEADERS) {
             Some((key, value)) => parse_headers(key, &value)?,
             None => Vec::new(),
         };
 
-        let timeout = match pick(TRACES_TIMEOUT, TIMEOUT) {
+        let timeout = match pick(signal.timeout_var(), TIMEOUT) {
             Some((key, value)) => value
                 .trim()
                 .parse::<u64>()
@@ -186,6 +298,15 @@ impl OtlpConfig {
         protocol_flag: Option<Protocol>,
     ) -> Result<Option<Self>, ConfigError> {
         Self::resolve(endpoint_flag, protocol_flag, |key| std::env::var(key).ok())
+    }
+
+    /// [`OtlpConfig::resolve_for`] with the process environment.
+    pub fn from_env_for(
+        signal: Signal,
+        endpoint_flag: Option<&str>,
+        protocol_flag: Option<Protocol>,
+    ) -> Result<Option<Self>, ConfigError> {
+        Self::resolve_for(signal, endpoint_flag, protocol_flag, |key| std::env::var(key).ok())
     }
 }
 
@@ -236,6 +357,68 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    const TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+    const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+
+    #[test]
+    fn metrics_exporter_and_interval_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(otlp_metrics_enabled(None, env(&[])), Ok(true));
+        assert_eq!(otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "none")])), Ok(false));
+        assert_eq!(otlp_metrics_enabled(Some(true), env(&[("OTEL_METRICS_EXPORTER", "none")])), Ok(true));
+        let err = otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "console")])).unwrap_err();
+        assert!(err.to_string().contains("OTEL_METRICS_EXPORTER") && err.to_string().contains("console"));
+        assert_eq!(metrics_interval(None, env(&[])), Ok(DEFAULT_METRICS_INTERVAL));
+        let ms = env(&[("OTEL_METRIC_EXPORT_INTERVAL", "1500")]);
+        assert_eq!(metrics_interval(None, ms), Ok(Duration::from_millis(1500)));
+        let flag = Some(Duration::from_secs(2));
+        assert_eq!(
+            metrics_interval(flag, env(&[("OTEL_METRIC_EXPORT_INTERVAL", "x")])),
+            Ok(Duration::from_secs(2))
+        );
+        for bad in ["0", "1.5", "soon"] {
+            let pairs: &'static [(&'static str, &'static str)] = match bad {
+                "0" => &[("OTEL_METRIC_EXPORT_INTERVAL", "0")],
+                "1.5" => &[("OTEL_METRIC_EXPORT_INTERVAL", "1.5")],
+                _ => &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")],
+            };
+            assert!(
+                matches!(metrics_interval(None, env(pairs)), Err(ConfigError::BadInterval { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_have_their_own_path_and_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string())
+        };
+        let m =
+            |flag, pairs| OtlpConfig::resolve_for(Signal::Metrics, flag, None, env(pairs)).unwrap().unwrap();
+        assert_eq!(m(None, &[(ENDPOINT, "http://c:4318")]).endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(m(Some("http://f:4318/"), &[]).endpoint, "http://f:4318/v1/metrics");
+        let own = &[
+            (ENDPOINT, "http://g"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m/x"),
+            (TRACES_ENDPOINT, "http://t"),
+        ];
+        assert_eq!(m(None, own).endpoint, "http://m/x");
+        let grpc = &[(ENDPOINT, "http://c:4317"), ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")];
+        assert_eq!(m(None, grpc).protocol, Protocol::Grpc);
+        let err = OtlpConfig::resolve_for(
+            Signal::Metrics,
+            None,
+            None,
+            env(&[(ENDPOINT, "http://c"), ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "soon")]),
+        );
+        assert!(err.unwrap_err().to_string().contains("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"));
+    }
 
     fn resolve(
         flag: Option<&str>,

@@ -13,8 +13,10 @@
 mod batch;
 pub mod config;
 mod json;
+pub mod metrics;
 pub mod otlp;
 mod printer;
+pub mod prometheus;
 mod queue;
 mod stats;
 mod terminal;
@@ -32,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use self::config::{ConfigError, OtlpConfig, PrintMode, Protocol};
+pub use self::config::{ConfigError, OtlpConfig, PrintMode, Protocol, Signal};
 use self::stats::DropReporter;
 pub use self::stats::ExportStats;
 use crate::span::model::Span;
@@ -168,7 +170,7 @@ impl Exporter {
 
         let (otlp_tx, batcher) = match &options.otlp {
             Some(config) => {
-                let sender = otlp::OtlpSender::new(config, Arc::clone(&stats))?;
+                let sender = otlp::OtlpSender::new(config, config::Signal::Traces)?;
                 let (tx, rx) = queue::channel(options.max_queue_spans);
                 let settings = batch::BatchSettings {
                     max_batch: options.max_batch,

@@ -33,6 +33,16 @@ impl ExportStats {
         counter.fetch_add(n as u64, Relaxed);
     }
 
+    /// Spans accepted into the OTLP queue whose export has not ended yet (waiting, or in a batch
+    /// being sent or retried).
+    pub fn queue_depth(&self) -> u64 {
+        self.spans_queued.load(Relaxed).saturating_sub(
+            self.spans_exported.load(Relaxed)
+                + self.spans_rejected_by_collector.load(Relaxed)
+                + self.spans_dropped_export_failed.load(Relaxed),
+        )
+    }
+
     /// All spans lost on the way out so far, whatever the reason.
     pub fn spans_dropped(&self) -> u64 {
         self.spans_dropped_queue_full.load(Relaxed)

@@ -48,10 +48,7 @@ impl Default for ProcessCache {
 
 impl ProcessCache {
     pub fn new() -> Self {
-        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned());
-        Self { host_name, entries: HashMap::new(), clock: 0 }
+        Self { host_name: host_name(), entries: HashMap::new(), clock: 0 }
     }
 
     /// The resource of `pid` for a new connection: the start time is checked against the cache
@@ -162,6 +159,9 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
         .unwrap_or_else(|| info.exe_name.clone().unwrap_or_else(|| format!("pid-{pid}")));
     let mut attributes = vec![
         KeyValue::str("service.name", service_name.clone()),
+        // One instance per process on a host: what tells two processes of one service apart
+        // (their metric series above all).
+        KeyValue::str("service.instance.id", format!("{host_name}:{pid}")),
         KeyValue::int("process.pid", pid as i64),
         KeyValue::str("host.name", host_name.to_owned()),
         KeyValue::str("telemetry.sdk.name", "sonde"),
@@ -179,6 +179,20 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
     }
     let id = ((pid as u64) << 32) ^ start_time;
     Resource { id, service_name, attributes }
+}
+
+/// The resource of sonde itself, for its own metrics.
+pub fn own_resource() -> Resource {
+    let pid = std::process::id();
+    let info = ProcInfo { env_service_name: Some("sonde".into()), ..procfs::read(pid, None) };
+    build_resource(pid, procfs::start_time(pid).unwrap_or(0), &info, &host_name())
+}
+
+/// This host's name, as `host.name` reports it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// Whether a process still exists (its connections are dropped once it is gone).

@@ -110,9 +110,7 @@ impl Assembler {
                 if opt_in && response.body_bytes > 0 {
                     attributes.push(KeyValue::int("http.response.body.size", response.body_bytes as i64));
                 }
-                // Server spans: only 5xx is an error, 4xx is the client's doing; client spans: both.
-                let error_from = if kind == SpanKind::Server { 500 } else { 400 };
-                let status = if code >= error_from {
+                let status = if is_error_status(kind, code) {
                     attributes.push(KeyValue::str("error.type", code.to_string()));
                     Status::Error { message: String::new() }
                 } else {
@@ -208,7 +206,12 @@ fn method_name(method: &str) -> String {
     known_method(method).unwrap_or("HTTP").to_owned()
 }
 
-fn normalize_method(method: &str) -> (&'static str, Option<&str>) {
+/// Server spans: only 5xx is an error, 4xx is the client's doing; client spans: both.
+pub(crate) fn is_error_status(kind: SpanKind, code: u16) -> bool {
+    code >= if kind == SpanKind::Server { 500 } else { 400 }
+}
+
+pub(crate) fn normalize_method(method: &str) -> (&'static str, Option<&str>) {
     match known_method(method) {
         Some(known) => (known, None),
         None => ("_OTHER", Some(method)),
@@ -219,7 +222,7 @@ fn known_method(method: &str) -> Option<&'static str> {
     KNOWN_METHODS.iter().find(|&&known| known == method).copied()
 }
 
-fn protocol_version(minor: u8) -> Text {
+pub(crate) fn protocol_version(minor: u8) -> Text {
     match minor {
         0 => Text::Static("1.0"),
         1 => Text::Static("1.1"),
@@ -230,14 +233,14 @@ fn protocol_version(minor: u8) -> Text {
 /// Addresses as attribute text, formatted once and shared by the spans of every connection
 /// with the same peer. Bounded: when full it starts over.
 #[derive(Default)]
-struct AddressTexts {
+pub(crate) struct AddressTexts {
     texts: HashMap<IpAddr, Arc<str>>,
 }
 
 impl AddressTexts {
     const MAX: usize = 4096;
 
-    fn text(&mut self, ip: IpAddr) -> Text {
+    pub(crate) fn text(&mut self, ip: IpAddr) -> Text {
         if self.texts.len() >= Self::MAX && !self.texts.contains_key(&ip) {
             self.texts.clear();
         }
@@ -253,20 +256,23 @@ fn server_address(
     addresses: &mut AddressTexts,
     out: &mut Vec<KeyValue>,
 ) {
-    let from_host = request.host.as_deref().and_then(split_host);
-    match from_host {
-        Some((host, port)) => {
-            out.push(KeyValue::str("server.address", capped(host)));
-            if let Some(port) = port.or(server_socket.map(|l| l.port())) {
-                out.push(KeyValue::int("server.port", port as i64));
-            }
+    if let Some((address, port)) = server_endpoint(request, server_socket, addresses) {
+        out.push(KeyValue::str("server.address", address));
+        if let Some(port) = port {
+            out.push(KeyValue::int("server.port", port as i64));
         }
-        None => {
-            if let Some(socket) = server_socket {
-                out.push(KeyValue::str("server.address", addresses.text(socket.ip())));
-                out.push(KeyValue::int("server.port", socket.port() as i64));
-            }
-        }
+    }
+}
+
+/// (`server.address`, `server.port`) as `server_address` reports them.
+pub(crate) fn server_endpoint(
+    request: &RequestHead,
+    server_socket: Option<SocketAddr>,
+    addresses: &mut AddressTexts,
+) -> Option<(Text, Option<u16>)> {
+    match request.host.as_deref().and_then(split_host) {
+        Some((host, port)) => Some((capped(host).into(), port.or(server_socket.map(|l| l.port())))),
+        None => server_socket.map(|socket| (addresses.text(socket.ip()), Some(socket.port()))),
     }
 }
 
@@ -288,7 +294,7 @@ fn split_host(value: &str) -> Option<(&str, Option<u16>)> {
 }
 
 /// (path, query) of a request-target in origin form (`/a?b`) or absolute form (`http://h/a?b`).
-fn split_target(target: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
     let without_fragment = target.split('#').next().unwrap_or("");
     let origin = match without_fragment.find("://") {
         Some(i) => {
@@ -315,7 +321,7 @@ fn capped(value: &str) -> String {
 }
 
 /// `https` on connections whose plaintext came from TLS library hooks.
-fn scheme(conn: &ConnInfo) -> &'static str {
+pub(crate) fn scheme(conn: &ConnInfo) -> &'static str {
     if conn.tls { "https" } else { "http" }
 }
 

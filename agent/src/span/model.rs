@@ -42,6 +42,13 @@ impl PartialEq for Text {
     }
 }
 
+impl std::hash::Hash for Text {
+    /// By content, as `Eq` compares.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
 impl From<&'static str> for Text {
     fn from(s: &'static str) -> Self {
         Text::Static(s)

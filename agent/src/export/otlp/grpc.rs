@@ -1,4 +1,4 @@
-//! OTLP/gRPC: `TraceService/Export` over a lazily connected tonic channel, so a collector that
+//! OTLP/gRPC: `TraceService/Export` and `MetricsService/Export` over a lazily connected tonic channel, so a collector that
 //! is down when sonde starts is a retryable export failure, not a start-up error.
 
 use std::time::Duration;
@@ -16,17 +16,16 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::{Accepted, Failure, USER_AGENT};
 use crate::export::{ExportError, OtlpConfig};
 
-/// The OTLP trace service's one method.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 pub(crate) struct GrpcClient {
     client: Grpc<Channel>,
     metadata: MetadataMap,
     timeout: Duration,
+    /// The service's `Export` method (traces or metrics).
+    path: &'static str,
 }
 
 impl GrpcClient {
-    pub(crate) fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
+    pub(crate) fn new(config: &OtlpConfig, path: &'static str) -> Result<Self, ExportError> {
         let endpoint = &config.endpoint;
         let client_error = |source| ExportError::GrpcClient { endpoint: endpoint.clone(), source };
         let mut ep = Endpoint::from_shared(endpoint.clone())
@@ -48,10 +47,12 @@ impl GrpcClient {
             metadata.append(key, value);
         }
 
-        Ok(Self { client: Grpc::new(ep.connect_lazy()), metadata, timeout: config.timeout })
+        Ok(Self { client: Grpc::new(ep.connect_lazy()), metadata, timeout: config.timeout, path })
     }
 
-    /// Calls `TraceService/Export` with one encoded `ExportTraceServiceRequest`.
+    /// Calls `Export` with one encoded request. The trace and metrics services' responses have the
+    /// same fields (a partial success: rejected count, message) under the same numbers, so one
+    /// decoder reads both.
     pub(crate) async fn export(&mut self, request: Bytes) -> Result<Accepted, Failure> {
         let mut request = tonic::Request::new(request);
         *request.metadata_mut() = self.metadata.clone();
@@ -63,7 +64,7 @@ impl GrpcClient {
                 retry_after: None,
             });
         }
-        let path = PathAndQuery::from_static(EXPORT_PATH);
+        let path = PathAndQuery::from_static(self.path);
         match self.client.unary(request, path, EncodedRequest).await {
             Ok(response) => Ok(response
                 .into_inner()
@@ -157,6 +158,6 @@ mod tests {
             headers: vec![("x-token".into(), "a\u{7f}b".into())],
             timeout: Duration::from_secs(1),
         };
-        assert!(matches!(GrpcClient::new(&config), Err(ExportError::BadHeader { .. })));
+        assert!(matches!(GrpcClient::new(&config, "/x/Export"), Err(ExportError::BadHeader { .. })));
     }
 }

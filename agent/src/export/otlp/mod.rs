@@ -6,14 +6,15 @@ mod convert;
 mod encode;
 mod grpc;
 mod http;
+pub(crate) mod metrics;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::Signal;
 use super::stats::{Every, ExportStats};
 use super::{ExportError, OtlpConfig, Protocol};
 use crate::span::model::Span;
@@ -43,7 +44,8 @@ enum Client {
 }
 
 impl Client {
-    /// Sends one encoded `ExportTraceServiceRequest`.
+    /// Sends one encoded export request (`ExportTraceServiceRequest` or
+    /// `ExportMetricsServiceRequest`).
     async fn export(&mut self, request: Bytes) -> Result<Accepted, Failure> {
         match self {
             Client::Grpc(c) => c.export(request).await,
@@ -73,11 +75,25 @@ impl Backoff {
     }
 }
 
-/// Sends batches to one collector and keeps track of its health for the logs.
+/// How one export request ended (after its retries).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Items the collector took.
+    pub exported: usize,
+    /// Items it reported rejected in a partial success.
+    pub rejected: usize,
+    /// Items lost: a non-retryable error, or the retry budget ran out.
+    pub dropped: usize,
+    /// Attempts that failed, retried ones included.
+    pub failed_attempts: usize,
+}
+
+/// Sends export requests of one signal to one collector and keeps track of its health for the
+/// logs.
 pub(crate) struct OtlpSender {
     client: Client,
     endpoint: String,
-    stats: Arc<ExportStats>,
+    signal: Signal,
     /// Since when every attempt has failed with a transient error.
     failing_since: Option<Instant>,
     failed_attempts: u64,
@@ -87,15 +103,15 @@ pub(crate) struct OtlpSender {
 }
 
 impl OtlpSender {
-    pub(crate) fn new(config: &OtlpConfig, stats: Arc<ExportStats>) -> Result<Self, ExportError> {
+    pub(crate) fn new(config: &OtlpConfig, signal: Signal) -> Result<Self, ExportError> {
         let client = match config.protocol {
-            Protocol::Grpc => Client::Grpc(grpc::GrpcClient::new(config)?),
+            Protocol::Grpc => Client::Grpc(grpc::GrpcClient::new(config, signal.grpc_path())?),
             Protocol::HttpProtobuf => Client::Http(http::HttpClient::new(config)?),
         };
         Ok(Self {
             client,
             endpoint: config.endpoint.clone(),
-            stats,
+            signal,
             failing_since: None,
             failed_attempts: 0,
             permanent_log: Every::new(Duration::from_secs(10)),
@@ -105,18 +121,38 @@ impl OtlpSender {
 
     /// Exports `spans`, retrying transient failures until `budget_end` or the shutdown deadline
     /// (if one is announced on `shutdown` meanwhile), whichever comes first. Never fails: the
-    /// outcome is in the stats.
-    pub(crate) async fn send(
+    /// outcome is in `stats`.
+    pub(crate) async fn send_spans(
         &mut self,
         spans: &[Span],
         budget_end: Instant,
         shutdown: &mut watch::Receiver<Option<Instant>>,
+        stats: &ExportStats,
     ) {
         if spans.is_empty() {
             return;
         }
-        let request = encode::request(spans);
+        let delivery = self.deliver(encode::request(spans), spans.len(), budget_end, shutdown).await;
+        ExportStats::add(&stats.export_requests_failed, delivery.failed_attempts);
+        if delivery.dropped == 0 {
+            ExportStats::add(&stats.export_requests_ok, 1);
+        }
+        ExportStats::add(&stats.spans_exported, delivery.exported);
+        ExportStats::add(&stats.spans_rejected_by_collector, delivery.rejected);
+        ExportStats::add(&stats.spans_dropped_export_failed, delivery.dropped);
+    }
+
+    /// Sends one encoded export request carrying `items` spans or points, with retries as
+    /// `send_spans` describes.
+    pub(crate) async fn deliver(
+        &mut self,
+        request: Bytes,
+        items: usize,
+        budget_end: Instant,
+        shutdown: &mut watch::Receiver<Option<Instant>>,
+    ) -> Delivery {
         let mut backoff = Backoff::new();
+        let mut failed_attempts = 0;
         loop {
             let deadline = match *shutdown.borrow_and_update() {
                 Some(at) => at.min(budget_end),
@@ -125,15 +161,21 @@ impl OtlpSender {
             // A hanging collector must not hold up shutdown beyond its deadline.
             let attempt = tokio::time::timeout_at(deadline, self.client.export(request.clone()));
             let failure = match attempt.await {
-                Ok(Ok(accepted)) => return self.accepted(spans.len(), accepted),
+                Ok(Ok(accepted)) => {
+                    let (exported, rejected) = self.accepted(items, accepted);
+                    return Delivery { exported, rejected, dropped: 0, failed_attempts };
+                }
                 Ok(Err(failure)) => failure,
                 Err(_elapsed) => {
                     Failure::Retryable { reason: "out of time for this batch".into(), retry_after: None }
                 }
             };
-            ExportStats::add(&self.stats.export_requests_failed, 1);
+            failed_attempts += 1;
             let (reason, retry_after) = match failure {
-                Failure::Permanent { reason } => return self.rejected(spans.len(), &reason),
+                Failure::Permanent { reason } => {
+                    self.rejected(items, &reason);
+                    return Delivery { dropped: items, failed_attempts, ..Delivery::default() };
+                }
                 Failure::Retryable { reason, retry_after } => (reason, retry_after),
             };
             self.transient_failure(&reason);
@@ -142,12 +184,12 @@ impl OtlpSender {
             let wake = Instant::now() + delay;
             if wake >= deadline {
                 tracing::debug!(
-                    spans = spans.len(),
+                    items,
+                    signal = self.signal.items(),
                     error = %reason,
                     "OTLP retry budget spent, dropping batch"
                 );
-                ExportStats::add(&self.stats.spans_dropped_export_failed, spans.len());
-                return;
+                return Delivery { dropped: items, failed_attempts, ..Delivery::default() };
             }
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
@@ -157,38 +199,39 @@ impl OtlpSender {
         }
     }
 
-    fn accepted(&mut self, sent: usize, accepted: Accepted) {
-        ExportStats::add(&self.stats.export_requests_ok, 1);
+    /// (exported, rejected) of an accepted request of `sent` items.
+    fn accepted(&mut self, sent: usize, accepted: Accepted) -> (usize, usize) {
         if let Some(since) = self.failing_since.take() {
             tracing::info!(
                 endpoint = %self.endpoint,
                 unreachable_for = %humantime::format_duration(round_ms(since.elapsed())),
                 failed_attempts = self.failed_attempts,
-                "OTLP collector is accepting spans again"
+                "OTLP collector is accepting {} again",
+                self.signal.items()
             );
             self.failed_attempts = 0;
         }
         let rejected = usize::try_from(accepted.rejected).unwrap_or(0).min(sent);
-        ExportStats::add(&self.stats.spans_exported, sent - rejected);
-        ExportStats::add(&self.stats.spans_rejected_by_collector, rejected);
         if (rejected > 0 || !accepted.message.is_empty()) && self.partial_log.ready() {
             tracing::warn!(
                 endpoint = %self.endpoint,
                 rejected,
                 message = %accepted.message,
-                "OTLP collector rejected part of a batch"
+                "OTLP collector rejected part of a batch of {}",
+                self.signal.items()
             );
         }
+        (sent - rejected, rejected)
     }
 
     fn rejected(&mut self, sent: usize, reason: &str) {
-        ExportStats::add(&self.stats.spans_dropped_export_failed, sent);
         if self.permanent_log.ready() {
             tracing::warn!(
                 endpoint = %self.endpoint,
-                spans = sent,
+                items = sent,
                 error = %reason,
-                "OTLP collector refused a batch; dropping it (not retryable)"
+                "OTLP collector refused a batch of {}; dropping it (not retryable)",
+                self.signal.items()
             );
         }
     }
@@ -200,7 +243,9 @@ impl OtlpSender {
             tracing::warn!(
                 endpoint = %self.endpoint,
                 error = %reason,
-                "OTLP export failed; retrying with back-off, spans queue up meanwhile"
+                "OTLP export of {} failed; retrying with back-off, {} queue up meanwhile",
+                self.signal.items(),
+                self.signal.items()
             );
         } else {
             tracing::debug!(endpoint = %self.endpoint, error = %reason, "OTLP export failed again");

@@ -1,0 +1,268 @@
+//! The service graph: requests, failures and durations per (client service, server service)
+//! edge, from the spans sonde links on this host, named and shaped as the OpenTelemetry
+//! Collector's `servicegraph` connector and Tempo's metrics generator emit them (a backend's
+//! service map reads them as they are).
+//!
+//! An edge is a CLIENT span and the SERVER span whose parent it is. Which of the two finishes
+//! first varies (the server answers before the client has read the answer, but events from two
+//! processes reach sonde in any order), so each side waits for the other in a bounded store for up
+//! to `WAIT`. When the time is up:
+//! - a client without its server (a service on another host, or an untraced one) becomes an edge
+//!   to a virtual node named after `server.address`, `connection_type="virtual_node"`;
+//! - a server span whose parent never showed up is counted as unpaired;
+//! - a server span without a parent is a request from outside: an edge from the client `user`.
+//!
+//! Both sides of an edge must be traced, so spans are paired before sampling: unsampled traces
+//! count too.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    histogram::{HTTP_DURATION_BOUNDS, Histogram},
+    model::{Data, Metric, Point},
+};
+use crate::span::model::{KeyValue, SpanId, Text};
+
+/// How long one side of an edge waits for the other.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// Sides waiting, per kind; past it new ones are dropped and counted (a burst of unpaired spans
+/// must not grow memory).
+const MAX_WAITING: usize = 10_000;
+/// Edges; past it new edges are dropped and counted.
+const MAX_EDGES: usize = 10_000;
+
+/// One side of an edge, as it waits.
+struct Side {
+    service: Arc<str>,
+    duration_s: f64,
+    failed: bool,
+    /// Client side: where it went (`server.address`), for a virtual node.
+    peer: Option<Text>,
+    at: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EdgeKey {
+    client: Arc<str>,
+    server: Arc<str>,
+    virtual_node: bool,
+}
+
+struct Edge {
+    requests: u64,
+    failed: u64,
+    server: Histogram,
+    client: Histogram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Client,
+    Server,
+}
+
+/// What the graph needs of one span.
+pub struct GraphSpan<'a> {
+    pub kind: Kind,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub service: &'a Arc<str>,
+    pub duration_s: f64,
+    pub failed: bool,
+    pub peer: Option<&'a Text>,
+}
+
+pub struct ServiceGraph {
+    /// Client sides by their span id.
+    clients: HashMap<SpanId, Side>,
+    /// Server sides by their parent's span id.
+    servers: HashMap<SpanId, Side>,
+    edges: HashMap<EdgeKey, Edge>,
+    start_unix_ns: u64,
+    unpaired_clients: u64,
+    unpaired_servers: u64,
+    dropped: u64,
+    user: Arc<str>,
+}
+
+impl ServiceGraph {
+    pub fn new(start_unix_ns: u64) -> Self {
+        Self {
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            edges: HashMap::new(),
+            start_unix_ns,
+            unpaired_clients: 0,
+            unpaired_servers: 0,
+            dropped: 0,
+            user: Arc::from("user"),
+        }
+    }
+
+    pub fn record(&mut self, span: GraphSpan<'_>, now: Instant) {
+        let side = Side {
+            service: Arc::clone(span.service),
+            duration_s: span.duration_s,
+            failed: span.failed,
+            peer: span.peer.cloned(),
+            at: now,
+        };
+        match span.kind {
+            Kind::Client => match self.servers.remove(&span.span_id) {
+                Some(server) => self.edge(side, server),
+                None => Self::wait(&mut self.clients, span.span_id, side, &mut self.dropped),
+            },
+            Kind::Server => match span.parent_span_id {
+                None => {
+                    let key = EdgeKey {
+                        client: Arc::clone(&self.user),
+                        server: Arc::clone(&side.service),
+                        virtual_node: true,
+                    };
+                    self.add_edge(key, None, Some(&side));
+                }
+                Some(parent) => match self.clients.remove(&parent) {
+                    Some(client) => self.edge(client, side),
+                    None => Self::wait(&mut self.servers, parent, side, &mut self.dropped),
+                },
+            },
+        }
+    }
+
+    fn wait(waiting: &mut HashMap<SpanId, Side>, id: SpanId, side: Side, dropped: &mut u64) {
+        if waiting.len() >= MAX_WAITING {
+            *dropped += 1;
+        } else {
+            waiting.insert(id, side);
+        }
+    }
+
+    fn edge(&mut self, client: Side, server: Side) {
+        let key = EdgeKey {
+            client: Arc::clone(&client.service),
+            server: Arc::clone(&server.service),
+            virtual_node: false,
+        };
+        self.add_edge(key, Some(&client), Some(&server));
+    }
+
+    /// Counts one request on `key`, with the measurements of the sides that were seen.
+    fn add_edge(&mut self, key: EdgeKey, client: Option<&Side>, server: Option<&Side>) {
+        if !self.edges.contains_key(&key) && self.edges.len() >= MAX_EDGES {
+            self.dropped += 1;
+            return;
+        }
+        let edge = self.edges.entry(key).or_insert_with(|| Edge {
+            requests: 0,
+            failed: 0,
+            server: Histogram::new(HTTP_DURATION_BOUNDS),
+            client: Histogram::new(HTTP_DURATION_BOUNDS),
+        });
+        edge.requests += 1;
+        edge.failed += u64::from(server.is_some_and(|s| s.failed) || client.is_some_and(|c| c.failed));
+        if let Some(s) = server {
+            edge.server.record(s.duration_s);
+        }
+        if let Some(c) = client {
+            edge.client.record(c.duration_s);
+        }
+    }
+
+    /// Ends the wait of sides older than `WAIT` (see the module doc).
+    pub fn expire(&mut self, now: Instant) {
+        let expired = |side: &Side| now.duration_since(side.at) >= WAIT;
+        let clients: Vec<SpanId> =
+            self.clients.iter().filter(|(_, s)| expired(s)).map(|(id, _)| *id).collect();
+        for id in clients {
+            let Some(client) = self.clients.remove(&id) else { continue };
+            self.unpaired_clients += 1;
+            if let Some(peer) = &client.peer {
+                let key = EdgeKey {
+                    client: Arc::clone(&client.service),
+                    server: Arc::from(&**peer),
+                    virtual_node: true,
+                };
+                self.add_edge(key, Some(&client), None);
+            }
+        }
+        let before = self.servers.len();
+        self.servers.retain(|_, s| !expired(s));
+        self.unpaired_servers += (before - self.servers.len()) as u64;
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.clients.len() + self.servers.len()
+    }
+
+    pub fn collect(&self, out: &mut Vec<Metric>) {
+        let start = self.start_unix_ns;
+        let mut requests = Metric::counter(
+            "traces_service_graph_request_total",
+            "Requests between two services, from linked client and server spans.",
+            "{request}",
+        );
+        let mut failed = Metric::counter(
+            "traces_service_graph_request_failed_total",
+            "Failed requests between two services.",
+            "{request}",
+        );
+        let mut server_points = Vec::new();
+        let mut client_points = Vec::new();
+        for (key, edge) in &self.edges {
+            let attributes = edge_attributes(key);
+            requests.push(attributes.clone(), start, edge.requests as f64);
+            failed.push(attributes.clone(), start, edge.failed as f64);
+            if edge.server.count() > 0 {
+                server_points.push(Point {
+                    attributes: attributes.clone(),
+                    start_unix_ns: start,
+                    value: edge.server.clone(),
+                });
+            }
+            if edge.client.count() > 0 {
+                client_points.push(Point { attributes, start_unix_ns: start, value: edge.client.clone() });
+            }
+        }
+        let mut server = Metric::histogram(
+            "traces_service_graph_request_server",
+            "Duration of requests between two services, as the server measured them.",
+            "s",
+        );
+        server.data = Data::Histogram(server_points);
+        let mut client = Metric::histogram(
+            "traces_service_graph_request_client",
+            "Duration of requests between two services, as the client measured them.",
+            "s",
+        );
+        client.data = Data::Histogram(client_points);
+        let mut unpaired = Metric::counter(
+            "traces_service_graph_unpaired_spans_total",
+            "Client or server spans whose other side was not seen in time.",
+            "{span}",
+        );
+        unpaired.push(vec![KeyValue::str("side", "client")], start, self.unpaired_clients as f64);
+        unpaired.push(vec![KeyValue::str("side", "server")], start, self.unpaired_servers as f64);
+        let mut dropped = Metric::counter(
+            "traces_service_graph_dropped_spans_total",
+            "Spans left out of the service graph because its bounds were reached.",
+            "{span}",
+        );
+        dropped.push(Vec::new(), start, self.dropped as f64);
+        out.extend([requests, failed, server, client, unpaired, dropped]);
+    }
+}
+
+fn edge_attributes(key: &EdgeKey) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::str("client", Text::Shared(Arc::clone(&key.client))),
+        KeyValue::str("server", Text::Shared(Arc::clone(&key.server))),
+    ];
+    if key.virtual_node {
+        attributes.push(KeyValue::str("connection_type", "virtual_node"));
+    }
+    attributes
+}

@@ -1,0 +1,199 @@
+//! Metrics: RED histograms per traced process (`http.server.request.duration`,
+//! `http.client.request.duration`), the service graph, and sonde's own health — derived from the
+//! same finished exchanges as the spans, but for every request, sampled or not.
+//!
+//! ```text
+//! intake thread: Pipeline::emit ──record──▶ Store (behind a mutex, locked once per batch)
+//! export: otlp metrics task (every interval) ──collect──▶ ExportMetricsServiceRequest
+//!         Prometheus endpoint (per scrape)    ──collect──▶ text exposition
+//! ```
+//!
+//! Everything is cumulative (the OTLP SDKs' default temporality, and what Prometheus expects), and
+//! bounded: routes per service (`route`), series per process and histogram (overflow series),
+//! service-graph edges and waiting spans (`graph`).
+
+pub mod graph;
+pub mod histogram;
+pub mod http;
+pub mod model;
+pub mod observe;
+pub mod own;
+pub mod route;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime},
+};
+
+use self::{
+    graph::{GraphSpan, ServiceGraph},
+    http::HttpMetrics,
+    model::ResourceMetrics,
+    observe::Observation,
+    own::{OwnSources, StoreCounts},
+    route::{RoutePattern, Routes},
+};
+use crate::{
+    conn::ConnInfo,
+    http::Exchange,
+    link::SpanContext,
+    span::{
+        assemble::AddressTexts,
+        model::{Resource, SpanKind},
+    },
+};
+
+#[derive(Clone, Debug)]
+pub struct MetricsOptions {
+    /// Route patterns that win over the heuristic (`--route`).
+    pub routes: Vec<RoutePattern>,
+    /// Distinct heuristic routes per service before new ones collapse to `/{overflow}`.
+    pub max_routes_per_service: usize,
+    /// Series per histogram per process before the rest go to the overflow series.
+    pub max_series: usize,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        Self {
+            // None given: the heuristic decides.
+            routes: Vec::new(),
+            // Far more than a typical service has, far less than one id per path would make.
+            max_routes_per_service: 200,
+            // The OTel SDKs' default cardinality limit.
+            max_series: 2000,
+        }
+    }
+}
+
+/// Series of processes that exited are kept this long after their last request, so that their
+/// final values are exported and scraped.
+const KEEP_EXITED: Duration = Duration::from_secs(300);
+const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The metrics of this sonde: cheap to clone, shared by the intake thread and the exporters.
+#[derive(Clone)]
+pub struct Metrics {
+    store: Arc<Mutex<Store>>,
+    own: OwnSources,
+    own_resource: Arc<Resource>,
+    start_unix_ns: u64,
+}
+
+struct Store {
+    http: HttpMetrics,
+    graph: ServiceGraph,
+    routes: Routes,
+    addresses: AddressTexts,
+    /// `service.name` per resource id, shared by graph edges.
+    services: HashMap<u64, Arc<str>>,
+    last_process_sweep: Instant,
+}
+
+impl Metrics {
+    pub fn new(options: MetricsOptions, own: OwnSources) -> Self {
+        let start_unix_ns = unix_ns_now();
+        let store = Store {
+            http: HttpMetrics::new(options.max_series),
+            graph: ServiceGraph::new(start_unix_ns),
+            routes: Routes::new(options.routes, options.max_routes_per_service),
+            addresses: AddressTexts::default(),
+            services: HashMap::new(),
+            last_process_sweep: Instant::now(),
+        };
+        Self {
+            store: Arc::new(Mutex::new(store)),
+            own,
+            own_resource: Arc::new(crate::process::own_resource()),
+            start_unix_ns,
+        }
+    }
+
+    /// A handle that records exchanges until dropped; take one per batch of exchanges.
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder { store: self.lock(), now_unix_ns: unix_ns_now(), now: Instant::now() }
+    }
+
+    /// Periodic upkeep (about once a second): ends service-graph waits, forgets exited processes.
+    pub fn upkeep(&self, alive: impl Fn(u32) -> bool) {
+        let mut store = self.lock();
+        store.graph.expire(Instant::now());
+        if store.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
+            store.last_process_sweep = Instant::now();
+            let gone = store.http.sweep(KEEP_EXITED, alive);
+            for id in gone {
+                store.services.remove(&id);
+            }
+        }
+    }
+
+    /// Everything, as of now: the traced processes' RED metrics, then sonde's own resource with
+    /// the service graph and its health.
+    pub fn collect(&self) -> Vec<ResourceMetrics> {
+        let mut out = Vec::new();
+        let mut own = Vec::new();
+        let counts = {
+            let store = self.lock();
+            store.http.collect(&mut out);
+            store.graph.collect(&mut own);
+            StoreCounts {
+                series_overflowed: store.http.overflowed(),
+                routes_overflowed: store.routes.overflowed(),
+                graph_waiting: store.graph.waiting(),
+            }
+        };
+        self.own.collect(self.start_unix_ns, &counts, &mut own);
+        out.push(ResourceMetrics { resource: Arc::clone(&self.own_resource), metrics: own });
+        out
+    }
+
+    pub fn own_sources(&self) -> &OwnSources {
+        &self.own
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves counts, not broken invariants: go on with them.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub struct Recorder<'a> {
+    store: MutexGuard<'a, Store>,
+    now_unix_ns: u64,
+    now: Instant,
+}
+
+impl Recorder<'_> {
+    /// Counts one finished exchange of process `conn.pid`, whose span has the identity `context`.
+    pub fn record(
+        &mut self,
+        exchange: &Exchange,
+        conn: &ConnInfo,
+        resource: &Arc<Resource>,
+        context: &SpanContext,
+    ) {
+        let store = &mut *self.store;
+        let observation = Observation::new(exchange, conn, &mut store.addresses);
+        store.http.record(conn.pid, resource, &observation, &mut store.routes, self.now_unix_ns);
+        let service =
+            store.services.entry(resource.id).or_insert_with(|| Arc::from(resource.service_name.as_str()));
+        let span = GraphSpan {
+            kind: match observation.kind {
+                SpanKind::Server => graph::Kind::Server,
+                SpanKind::Client => graph::Kind::Client,
+            },
+            span_id: context.span_id,
+            parent_span_id: context.parent_span_id,
+            service,
+            duration_s: observation.duration_s,
+            failed: observation.failed(),
+            peer: observation.server.as_ref().map(|(address, _)| address),
+        };
+        store.graph.record(span, self.now);
+    }
+}
+
+pub(crate) fn unix_ns_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
