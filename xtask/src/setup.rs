@@ -9,7 +9,9 @@ use crate::sh;
 
 /// Debian packages the tests drive: real servers and clients.
 /// `openssl`: the TLS tests make their certificates with it (and it brings libssl, which they hook).
-const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl"];
+/// `prometheus` scrapes sonde's endpoint in the metrics tests (a real Prometheus, queried by PromQL).
+const APT_PACKAGES: &[&str] =
+    &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl", "prometheus"];
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -210,7 +212,10 @@ fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    // The nginx package starts a system instance on port 80; the tests run their own.
-    let _ = sh::succeeds(Command::new("systemctl").args(["disable", "--now", "nginx"]));
+    // The nginx and prometheus packages start system instances (ports 80 and 9090); the tests run
+    // their own.
+    for service in ["nginx", "prometheus"] {
+        let _ = sh::succeeds(Command::new("systemctl").args(["disable", "--now", service]));
+    }
     Ok(())
 }

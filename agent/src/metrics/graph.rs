@@ -266,3 +266,168 @@ fn edge_attributes(key: &EdgeKey) -> Vec<KeyValue> {
     }
     attributes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::model::AttrValue;
+
+    struct Services {
+        names: HashMap<&'static str, Arc<str>>,
+    }
+
+    impl Services {
+        fn new() -> Self {
+            Self { names: HashMap::new() }
+        }
+        fn get(&mut self, name: &'static str) -> Arc<str> {
+            Arc::clone(self.names.entry(name).or_insert_with(|| Arc::from(name)))
+        }
+    }
+
+    fn id(n: u8) -> SpanId {
+        [n; 8]
+    }
+
+    fn client(
+        graph: &mut ServiceGraph,
+        service: &Arc<str>,
+        span: u8,
+        peer: &Text,
+        failed: bool,
+        at: Instant,
+    ) {
+        let span = GraphSpan {
+            kind: Kind::Client,
+            span_id: id(span),
+            parent_span_id: None,
+            service,
+            duration_s: 0.2,
+            failed,
+            peer: Some(peer),
+        };
+        graph.record(span, at);
+    }
+
+    fn server(graph: &mut ServiceGraph, service: &Arc<str>, parent: Option<u8>, failed: bool, at: Instant) {
+        let span = GraphSpan {
+            kind: Kind::Server,
+            span_id: id(200),
+            parent_span_id: parent.map(id),
+            service,
+            duration_s: 0.1,
+            failed,
+            peer: None,
+        };
+        graph.record(span, at);
+    }
+
+    fn label(attributes: &[KeyValue], key: &str) -> String {
+        match attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value) {
+            Some(AttrValue::Str(t)) => t.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// (client, server, connection_type, requests, failed, server durations, client durations).
+    fn edges(graph: &ServiceGraph) -> Vec<(String, String, String, f64, f64, u64, u64)> {
+        let mut metrics = Vec::new();
+        graph.collect(&mut metrics);
+        let find = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().data.clone();
+        let Data::Counter(requests) = find("traces_service_graph_request_total") else { panic!() };
+        let Data::Counter(failed) = find("traces_service_graph_request_failed_total") else { panic!() };
+        let Data::Histogram(server) = find("traces_service_graph_request_server") else { panic!() };
+        let Data::Histogram(client) = find("traces_service_graph_request_client") else { panic!() };
+        let key = |a: &[KeyValue]| (label(a, "client"), label(a, "server"), label(a, "connection_type"));
+        let count = |points: &[Point<Histogram>], k: &(String, String, String)| {
+            points.iter().find(|p| key(&p.attributes) == *k).map_or(0, |p| p.value.count())
+        };
+        let mut out: Vec<_> = requests
+            .iter()
+            .map(|p| {
+                let k = key(&p.attributes);
+                let f = failed.iter().find(|q| key(&q.attributes) == k).unwrap().value;
+                let (s, c) = (count(&server, &k), count(&client, &k));
+                (k.0, k.1, k.2, p.value, f, s, c)
+            })
+            .collect();
+        out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        out
+    }
+
+    fn edge(
+        client: &str,
+        server: &str,
+        kind: &str,
+        n: f64,
+        failed: f64,
+        s: u64,
+        c: u64,
+    ) -> (String, String, String, f64, f64, u64, u64) {
+        (client.into(), server.into(), kind.into(), n, failed, s, c)
+    }
+
+    #[test]
+    fn pairs_client_and_server_in_either_order() {
+        let mut names = Services::new();
+        let (shop, cart) = (names.get("shop"), names.get("cart"));
+        let peer = Text::Static("cart.local");
+        let mut graph = ServiceGraph::new(0);
+        let now = Instant::now();
+        client(&mut graph, &shop, 1, &peer, false, now);
+        server(&mut graph, &cart, Some(1), false, now);
+        server(&mut graph, &cart, Some(2), true, now);
+        client(&mut graph, &shop, 2, &peer, false, now);
+        assert_eq!(graph.waiting(), 0);
+        assert_eq!(edges(&graph), vec![edge("shop", "cart", "", 2.0, 1.0, 2, 2)]);
+    }
+
+    #[test]
+    fn a_root_server_span_is_a_request_from_the_user() {
+        let mut names = Services::new();
+        let shop = names.get("shop");
+        let mut graph = ServiceGraph::new(0);
+        server(&mut graph, &shop, None, false, Instant::now());
+        assert_eq!(edges(&graph), vec![edge("user", "shop", "virtual_node", 1.0, 0.0, 1, 0)]);
+    }
+
+    #[test]
+    fn unanswered_sides_expire_a_client_to_a_virtual_node() {
+        let mut names = Services::new();
+        let shop = names.get("shop");
+        let cart = names.get("cart");
+        let peer = Text::Static("payments.example");
+        let mut graph = ServiceGraph::new(0);
+        let then = Instant::now();
+        client(&mut graph, &shop, 1, &peer, true, then);
+        server(&mut graph, &cart, Some(9), false, then);
+        graph.expire(then + WAIT / 2);
+        assert_eq!(graph.waiting(), 2, "still within the wait");
+        graph.expire(then + WAIT);
+        assert_eq!(graph.waiting(), 0);
+        assert_eq!(edges(&graph), vec![edge("shop", "payments.example", "virtual_node", 1.0, 1.0, 0, 1)]);
+        assert_eq!((graph.unpaired_clients, graph.unpaired_servers), (1, 1));
+    }
+
+    #[test]
+    fn bounded_waiting_drops_and_counts() {
+        let mut names = Services::new();
+        let cart = names.get("cart");
+        let mut graph = ServiceGraph::new(0);
+        let now = Instant::now();
+        for n in 0..=MAX_WAITING {
+            let span = GraphSpan {
+                kind: Kind::Server,
+                span_id: id(1),
+                parent_span_id: Some((n as u64).to_le_bytes()),
+                service: &cart,
+                duration_s: 0.1,
+                failed: false,
+                peer: None,
+            };
+            graph.record(span, now);
+        }
+        assert_eq!(graph.waiting(), MAX_WAITING);
+        assert_eq!(graph.dropped, 1);
+    }
+}

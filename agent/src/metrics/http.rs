@@ -94,16 +94,33 @@ struct ProcessSeries {
     client: Series<ClientSeries>,
 }
 
+/// Processes with series at once. Short-lived clients (a curl per request) each get a resource
+/// of their own; past this many, the least recently updated process's series are forgotten —
+/// almost always one that has exited and been exported already.
+pub const MAX_PROCESSES: usize = 4096;
+
 pub struct HttpMetrics {
     processes: HashMap<u64, ProcessSeries>,
     /// Series per histogram per process before the overflow series takes the rest.
     max_series: usize,
+    max_processes: usize,
     overflowed: u64,
+    evicted: u64,
 }
 
 impl HttpMetrics {
     pub fn new(max_series: usize) -> Self {
-        Self { processes: HashMap::new(), max_series: max_series.max(1), overflowed: 0 }
+        Self::with_max_processes(max_series, MAX_PROCESSES)
+    }
+
+    fn with_max_processes(max_series: usize, max_processes: usize) -> Self {
+        Self {
+            processes: HashMap::new(),
+            max_series: max_series.max(1),
+            max_processes: max_processes.max(1),
+            overflowed: 0,
+            evicted: 0,
+        }
     }
 
     pub fn record(
@@ -114,6 +131,9 @@ impl HttpMetrics {
         routes: &mut Routes,
         now_unix_ns: u64,
     ) {
+        if !self.processes.contains_key(&resource.id) && self.processes.len() >= self.max_processes {
+            self.evict_least_recent();
+        }
         let process = self.processes.entry(resource.id).or_insert_with(|| ProcessSeries {
             resource: Arc::clone(resource),
             pid,
@@ -154,6 +174,20 @@ impl HttpMetrics {
         self.overflowed += u64::from(overflowed);
     }
 
+    /// A linear scan, but only when a new process arrives at the cap.
+    fn evict_least_recent(&mut self) {
+        let oldest = self.processes.iter().min_by_key(|(_, p)| p.last_update).map(|(&id, _)| id);
+        if let Some(id) = oldest {
+            self.processes.remove(&id);
+            self.evicted += 1;
+        }
+    }
+
+    /// Processes whose series were forgotten to make room for new ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Observations that went to an overflow series so far.
     pub fn overflowed(&self) -> u64 {
         self.overflowed
@@ -163,18 +197,14 @@ impl HttpMetrics {
         self.processes.len()
     }
 
+    pub fn has_process(&self, id: u64) -> bool {
+        self.processes.contains_key(&id)
+    }
+
     /// Drops the series of processes that have exited and not been updated for `idle` (long
     /// enough for their last values to have been exported and scraped).
-    pub fn sweep(&mut self, idle: std::time::Duration, alive: impl Fn(u32) -> bool) -> Vec<u64> {
-        let mut gone = Vec::new();
-        self.processes.retain(|&id, p| {
-            let keep = p.last_update.elapsed() < idle || alive(p.pid);
-            if !keep {
-                gone.push(id);
-            }
-            keep
-        });
-        gone
+    pub fn sweep(&mut self, idle: std::time::Duration, alive: impl Fn(u32) -> bool) {
+        self.processes.retain(|_, p| p.last_update.elapsed() < idle || alive(p.pid));
     }
 
     pub fn collect(&self, out: &mut Vec<ResourceMetrics>) {
@@ -237,4 +267,148 @@ fn client_attributes(k: &ClientSeries) -> Vec<KeyValue> {
         out.push(KeyValue::int("server.port", i64::from(port)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::model::Data, span::model::AttrValue};
+
+    fn resource(id: u64, name: &str) -> Arc<Resource> {
+        Arc::new(Resource { id, service_name: name.into(), attributes: vec![] })
+    }
+
+    fn server(method: &'static str, path: &'static str, status: Option<u16>) -> Observation<'static> {
+        Observation {
+            kind: SpanKind::Server,
+            method,
+            status,
+            scheme: "http",
+            minor_version: 1,
+            server: None,
+            path,
+            duration_s: 0.003,
+        }
+    }
+
+    fn client(address: &'static str, port: u16, status: u16) -> Observation<'static> {
+        Observation {
+            kind: SpanKind::Client,
+            method: "GET",
+            status: Some(status),
+            scheme: "http",
+            minor_version: 1,
+            server: Some((Text::Static(address), Some(port))),
+            path: "/",
+            duration_s: 0.2,
+        }
+    }
+
+    fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AttrValue> {
+        attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
+    }
+
+    fn text(value: Option<&AttrValue>) -> Option<String> {
+        match value? {
+            AttrValue::Str(t) => Some(t.to_string()),
+            AttrValue::Int(i) => Some(i.to_string()),
+            AttrValue::Bool(b) => Some(b.to_string()),
+        }
+    }
+
+    /// (metric name, route or server.address, status, error.type, count) per series.
+    fn series(metrics: &HttpMetrics) -> Vec<(&'static str, String, String, Option<String>, u64)> {
+        let mut out = Vec::new();
+        let mut resources = Vec::new();
+        metrics.collect(&mut resources);
+        for r in &resources {
+            for m in &r.metrics {
+                let Data::Histogram(points) = &m.data else { panic!("{} is not a histogram", m.name) };
+                for p in points {
+                    let a = &p.attributes;
+                    let what = text(attr(a, "http.route"))
+                        .or_else(|| text(attr(a, "server.address")))
+                        .or_else(|| text(attr(a, "otel.metric.overflow")).map(|_| "overflow".into()))
+                        .unwrap_or_default();
+                    let status = text(attr(a, "http.response.status_code")).unwrap_or_default();
+                    out.push((m.name, what, status, text(attr(a, "error.type")), p.value.count()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn counts_each_request_in_its_series_with_routes_templated() {
+        let mut metrics = HttpMetrics::new(100);
+        let mut routes = Routes::new(Vec::new(), 100);
+        let shop = resource(1, "shop");
+        for path in ["/users/1", "/users/22", "/users/333"] {
+            metrics.record(10, &shop, &server("GET", path, Some(200)), &mut routes, 0);
+        }
+        metrics.record(10, &shop, &server("GET", "/users/4", Some(404)), &mut routes, 0);
+        metrics.record(10, &shop, &server("POST", "/orders", Some(500)), &mut routes, 0);
+        metrics.record(10, &shop, &server("GET", "/slow", None), &mut routes, 0);
+        metrics.record(10, &shop, &client("db.local", 5984, 503), &mut routes, 0);
+        assert_eq!(
+            series(&metrics),
+            vec![
+                ("http.client.request.duration", "db.local".into(), "503".into(), Some("503".into()), 1),
+                ("http.server.request.duration", "/orders".into(), "500".into(), Some("500".into()), 1),
+                (
+                    "http.server.request.duration",
+                    "/slow".into(),
+                    String::new(),
+                    Some("connection_closed".into()),
+                    1
+                ),
+                ("http.server.request.duration", "/users/{id}".into(), "200".into(), None, 3),
+                // A 404 is not a server error (it is for a client: see the client series).
+                ("http.server.request.duration", "/users/{id}".into(), "404".into(), None, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn series_past_the_limit_go_to_the_overflow_series() {
+        let mut metrics = HttpMetrics::new(2);
+        let mut routes = Routes::new(Vec::new(), 100);
+        let shop = resource(1, "shop");
+        for status in [200, 201, 202, 203, 200] {
+            metrics.record(10, &shop, &server("GET", "/", Some(status)), &mut routes, 0);
+        }
+        let got = series(&metrics);
+        assert_eq!(got.iter().map(|s| s.4).sum::<u64>(), 5, "every request counted: {got:?}");
+        assert_eq!(got.iter().find(|s| s.1 == "overflow").map(|s| s.4), Some(2), "{got:?}");
+        assert_eq!(metrics.overflowed(), 2);
+    }
+
+    #[test]
+    fn processes_past_the_limit_evict_the_least_recently_updated() {
+        let mut metrics = HttpMetrics::with_max_processes(100, 2);
+        let mut routes = Routes::new(Vec::new(), 100);
+        let (a, b, c) = (resource(1, "a"), resource(2, "b"), resource(3, "c"));
+        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        // `a` is updated again, so `b` is the least recent when `c` arrives.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(3, &c, &server("GET", "/", Some(200)), &mut routes, 0);
+        assert_eq!(metrics.processes(), 2);
+        assert!(metrics.has_process(1) && metrics.has_process(3) && !metrics.has_process(2));
+        assert_eq!(metrics.evicted(), 1);
+    }
+
+    #[test]
+    fn sweep_forgets_exited_idle_processes_only() {
+        let mut metrics = HttpMetrics::new(100);
+        let mut routes = Routes::new(Vec::new(), 100);
+        metrics.record(1, &resource(1, "a"), &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(2, &resource(2, "b"), &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.sweep(std::time::Duration::ZERO, |pid| pid == 1);
+        assert!(metrics.has_process(1) && !metrics.has_process(2));
+        metrics.sweep(std::time::Duration::from_secs(60), |_| false);
+        assert!(metrics.has_process(1), "recently updated: kept until its values are exported");
+    }
 }

@@ -121,10 +121,10 @@ impl Metrics {
         store.graph.expire(Instant::now());
         if store.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
             store.last_process_sweep = Instant::now();
-            let gone = store.http.sweep(KEEP_EXITED, alive);
-            for id in gone {
-                store.services.remove(&id);
-            }
+            store.http.sweep(KEEP_EXITED, alive);
+            // Also forgets the names of processes evicted at the process limit.
+            let Store { http, services, .. } = &mut *store;
+            services.retain(|id, _| http.has_process(*id));
         }
     }
 
@@ -140,6 +140,7 @@ impl Metrics {
             StoreCounts {
                 series_overflowed: store.http.overflowed(),
                 routes_overflowed: store.routes.overflowed(),
+                processes_evicted: store.http.evicted(),
                 graph_waiting: store.graph.waiting(),
             }
         };

@@ -57,6 +57,7 @@ pub struct OwnSources {
 pub struct StoreCounts {
     pub series_overflowed: u64,
     pub routes_overflowed: u64,
+    pub processes_evicted: u64,
     pub graph_waiting: usize,
 }
 
@@ -152,6 +153,13 @@ impl OwnSources {
             t,
             store.routes_overflowed as f64,
         );
+        let mut evicted = Metric::counter(
+            "sonde.metrics.processes.evicted",
+            "Processes whose RED series were forgotten to stay within the process limit (the least \
+             recently updated go first).",
+            "{process}",
+        );
+        evicted.push(Vec::new(), t, store.processes_evicted as f64);
 
         let mut waiting = Metric::gauge(
             "sonde.service_graph.waiting",
@@ -175,6 +183,7 @@ impl OwnSources {
             points,
             points_dropped,
             overflow,
+            evicted,
         ]);
         out.extend(process_usage(t));
     }
