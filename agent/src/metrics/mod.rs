@@ -123,8 +123,11 @@ impl Metrics {
             store.last_process_sweep = Instant::now();
             store.http.sweep(KEEP_EXITED, alive);
             // Also forgets the names of processes evicted at the process limit.
-            let Store { http, services, .. } = &mut *store;
+            let Store { http, services, routes, .. } = &mut *store;
             services.retain(|id, _| http.has_process(*id));
+            // Routes are per service name, which several processes may share.
+            let live: std::collections::HashSet<&str> = services.values().map(|s| &**s).collect();
+            routes.retain_services(|s| live.contains(s));
         }
     }
 

@@ -333,9 +333,10 @@ impl Routes {
         self.services.len()
     }
 
-    /// Forgets a service (its process exited), freeing its routes and its share of the cap.
-    pub fn forget(&mut self, service: &str) {
-        self.services.remove(service);
+    /// Forgets the services `keep` says no to (no process of theirs has series any more),
+    /// freeing their routes and their share of the cap.
+    pub fn retain_services(&mut self, keep: impl Fn(&str) -> bool) {
+        self.services.retain(|service, _| keep(service));
     }
 }
 
@@ -498,8 +499,7 @@ mod tests {
         assert_eq!(&*r.route("b", "/z"), "/z");
         assert_eq!(r.services(), 2);
         assert_eq!(r.overflowed(), 2);
-        r.forget("a");
-        r.forget("nobody");
+        r.retain_services(|s| s != "a");
         assert_eq!(r.services(), 1);
         assert_eq!(&*r.route("a", "/z"), "/z");
 

@@ -56,6 +56,10 @@ pub struct Options {
     /// Only the scenarios whose name contains this text (repeatable), e.g. `--only https`.
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
+    /// An extra argument for `sonde run` (repeatable), for A/B comparisons of sonde's own options,
+    /// e.g. `--sonde-arg=--otlp-metrics --sonde-arg=off`.
+    #[arg(long = "sonde-arg", value_name = "ARG", allow_hyphen_values = true)]
+    sonde_args: Vec<String>,
 }
 
 /// Sets up, builds, runs, prints the table and writes the JSON.
@@ -108,6 +112,7 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
         no_pin: false,
         json: None,
         only: Vec::new(),
+        sonde_args: Vec::new(),
     };
     let report = run(sonde, Profile::smoke(), &opts)?;
     println!("{}", report::table(&report.summaries));
@@ -147,6 +152,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             nginx_pid: nginx.pid(),
             otlp_endpoint: &collector.endpoint,
             max_queue_spans: MAX_QUEUE_SPANS,
+            extra_args: &opts.sonde_args,
         },
         collector: &collector,
         url: nginx.url(),
@@ -200,7 +206,15 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         Some(_) => format!("nginx on CPU {NGINX_CPUS}, load generator on CPU {LOAD_CPUS}, the rest floating"),
         None => "none".to_owned(),
     };
-    Ok(Report { machine, profile, pinning, summaries, runs, kernel_runs })
+    Ok(Report {
+        machine,
+        profile,
+        pinning,
+        sonde_args: opts.sonde_args.clone(),
+        summaries,
+        runs,
+        kernel_runs,
+    })
 }
 
 /// Scratch files (wrk's script, rotel's log), removed however the bench ends.

@@ -231,6 +231,8 @@ pub struct Report {
     pub machine: super::machine::Machine,
     pub profile: Profile,
     pub pinning: String,
+    /// `--sonde-arg`s the traced runs had.
+    pub sonde_args: Vec<String>,
     pub summaries: Vec<Summary>,
     /// The A/B rounds.
     pub runs: Vec<Run>,

@@ -43,6 +43,8 @@ pub struct TracerOptions<'a> {
     pub nginx_pid: u32,
     pub otlp_endpoint: &'a str,
     pub max_queue_spans: u32,
+    /// `--sonde-arg`s, appended to `sonde run`'s.
+    pub extra_args: &'a [String],
 }
 
 /// A running `sonde run` or `sonde null-probe`.
@@ -89,7 +91,8 @@ impl Tracer {
                 .args(["--pid", &opts.nginx_pid.to_string(), "--port", &opts.nginx_port.to_string()])
                 .args(["--port", &opts.nginx_tls_port.to_string()])
                 .args(["--otlp-endpoint", opts.otlp_endpoint, "--otlp-protocol", "grpc"])
-                .args(["--max-queue-spans", &opts.max_queue_spans.to_string()]),
+                .args(["--max-queue-spans", &opts.max_queue_spans.to_string()])
+                .args(opts.extra_args),
         };
         cmd.env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
