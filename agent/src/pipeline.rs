@@ -151,8 +151,6 @@ impl Pipeline {
     }
 
     fn emit(&mut self) {
-        // One lock for the whole batch.
-        let mut recorder = self.metrics.as_ref().map(Metrics::recorder);
         for Finished { conn, exchange } in self.finished.drain(..) {
             if exports_traces(&exchange) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
@@ -160,14 +158,19 @@ impl Pipeline {
             // Taken in any case: a process marked mid-request leaves nothing behind in the linker.
             let context = self.linker.finished(&conn, &exchange);
             if left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
+                // Its spans are the SDK's, its requests still count (outside the service graph,
+                // which pairs sonde's spans).
+                if let Some(metrics) = &self.metrics {
+                    metrics.record(&exchange, &conn, &self.processes.resource(conn.pid), None);
+                }
                 self.sdk_skipped += 1;
                 continue;
             }
             // Unknown to the linker (forgotten under its bounds): a trace of its own.
             let context = context.unwrap_or_else(SpanContext::root);
             let resource = self.processes.resource(conn.pid);
-            if let Some(recorder) = recorder.as_mut() {
-                recorder.record(&exchange, &conn, &resource, &context);
+            if let Some(metrics) = &self.metrics {
+                metrics.record(&exchange, &conn, &resource, Some(&context));
             }
             if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
                 self.outbox.push(span);

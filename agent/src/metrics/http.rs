@@ -146,7 +146,9 @@ impl HttpMetrics {
         let status = o.status.unwrap_or(0);
         let overflowed = match o.kind {
             SpanKind::Server => {
-                let route = routes.route(&resource.service_name, o.path);
+                // Only answered requests that were not the client's fault may add a route.
+                let admit = o.status.is_some_and(|code| !(400..500).contains(&code));
+                let route = routes.route(&resource.service_name, o.path, admit);
                 let key = ServerSeries {
                     method: o.method,
                     status,
@@ -339,6 +341,12 @@ mod tests {
         out
     }
 
+    const UNMATCHED: &str = crate::metrics::route::UNMATCHED_ROUTE;
+
+    fn closed() -> Option<String> {
+        Some("connection_closed".into())
+    }
+
     #[test]
     fn counts_each_request_in_its_series_with_routes_templated() {
         let mut metrics = HttpMetrics::new(100);
@@ -350,22 +358,19 @@ mod tests {
         metrics.record(10, &shop, &server("GET", "/users/4", Some(404)), &mut routes, 0);
         metrics.record(10, &shop, &server("POST", "/orders", Some(500)), &mut routes, 0);
         metrics.record(10, &shop, &server("GET", "/slow", None), &mut routes, 0);
+        metrics.record(10, &shop, &server("GET", "/wp-login.php", Some(404)), &mut routes, 0);
         metrics.record(10, &shop, &client("db.local", 5984, 503), &mut routes, 0);
         assert_eq!(
             series(&metrics),
             vec![
                 ("http.client.request.duration", "db.local".into(), "503".into(), Some("503".into()), 1),
                 ("http.server.request.duration", "/orders".into(), "500".into(), Some("500".into()), 1),
-                (
-                    "http.server.request.duration",
-                    "/slow".into(),
-                    String::new(),
-                    Some("connection_closed".into()),
-                    1
-                ),
                 ("http.server.request.duration", "/users/{id}".into(), "200".into(), None, 3),
                 // A 404 is not a server error (it is for a client: see the client series).
                 ("http.server.request.duration", "/users/{id}".into(), "404".into(), None, 1),
+                // Unanswered or 4xx, on a path that never succeeded: may not mint a route.
+                ("http.server.request.duration", UNMATCHED.into(), String::new(), closed(), 1),
+                ("http.server.request.duration", UNMATCHED.into(), "404".into(), None, 1),
             ]
         );
     }

@@ -3,7 +3,7 @@
 //! same finished exchanges as the spans, but for every request, sampled or not.
 //!
 //! ```text
-//! intake thread: Pipeline::emit ──record──▶ Store (behind a mutex, locked once per batch)
+//! intake thread: Pipeline::emit ──record──▶ Store (behind a mutex, locked per exchange)
 //! export: otlp metrics task (every interval) ──collect──▶ ExportMetricsServiceRequest
 //!         Prometheus endpoint (per scrape)    ──collect──▶ text exposition
 //! ```
@@ -110,9 +110,38 @@ impl Metrics {
         }
     }
 
-    /// A handle that records exchanges until dropped; take one per batch of exchanges.
-    pub fn recorder(&self) -> Recorder<'_> {
-        Recorder { store: self.lock(), now_unix_ns: unix_ns_now(), now: Instant::now() }
+    /// Counts one finished exchange of process `conn.pid`. `context` is its span's identity, for
+    /// the service graph; None leaves it out of the graph (a process whose spans its SDK makes).
+    ///
+    /// Locks the store for this exchange only: an uncontended lock costs tens of nanoseconds, and
+    /// the intake thread never holds it while it reads /proc or builds a span.
+    pub fn record(
+        &self,
+        exchange: &Exchange,
+        conn: &ConnInfo,
+        resource: &Arc<Resource>,
+        context: Option<&SpanContext>,
+    ) {
+        let mut store = self.lock();
+        let store = &mut *store;
+        let observation = Observation::new(exchange, conn, &mut store.addresses);
+        store.http.record(conn.pid, resource, &observation, &mut store.routes, unix_ns_now());
+        let service =
+            store.services.entry(resource.id).or_insert_with(|| Arc::from(resource.service_name.as_str()));
+        let Some(context) = context else { return };
+        let span = GraphSpan {
+            kind: match observation.kind {
+                SpanKind::Server => graph::Kind::Server,
+                SpanKind::Client => graph::Kind::Client,
+            },
+            span_id: context.span_id,
+            parent_span_id: context.parent_span_id,
+            service,
+            duration_s: observation.duration_s,
+            failed: observation.failed(),
+            peer: observation.server.as_ref().map(|(address, _)| address),
+        };
+        store.graph.record(span, Instant::now());
     }
 
     /// Periodic upkeep (about once a second): ends service-graph waits, forgets exited processes.
@@ -159,42 +188,6 @@ impl Metrics {
     fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves counts, not broken invariants: go on with them.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-pub struct Recorder<'a> {
-    store: MutexGuard<'a, Store>,
-    now_unix_ns: u64,
-    now: Instant,
-}
-
-impl Recorder<'_> {
-    /// Counts one finished exchange of process `conn.pid`, whose span has the identity `context`.
-    pub fn record(
-        &mut self,
-        exchange: &Exchange,
-        conn: &ConnInfo,
-        resource: &Arc<Resource>,
-        context: &SpanContext,
-    ) {
-        let store = &mut *self.store;
-        let observation = Observation::new(exchange, conn, &mut store.addresses);
-        store.http.record(conn.pid, resource, &observation, &mut store.routes, self.now_unix_ns);
-        let service =
-            store.services.entry(resource.id).or_insert_with(|| Arc::from(resource.service_name.as_str()));
-        let span = GraphSpan {
-            kind: match observation.kind {
-                SpanKind::Server => graph::Kind::Server,
-                SpanKind::Client => graph::Kind::Client,
-            },
-            span_id: context.span_id,
-            parent_span_id: context.parent_span_id,
-            service,
-            duration_s: observation.duration_s,
-            failed: observation.failed(),
-            peer: observation.server.as_ref().map(|(address, _)| address),
-        };
-        store.graph.record(span, self.now);
     }
 }
 

@@ -45,7 +45,7 @@ pub struct MetricsExportStats {
 }
 
 /// Everything `collect` reads.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct OwnSources {
     pub pipeline: Arc<PipelineStats>,
     pub export: Arc<ExportStats>,
@@ -142,6 +142,12 @@ impl OwnSources {
             "{point}",
         );
         points_dropped.push(Vec::new(), t, load(&m.points_dropped));
+        let mut scrapes = Metric::counter(
+            "sonde.prometheus.scrapes",
+            "Requests for /metrics served by the Prometheus endpoint.",
+            "{scrape}",
+        );
+        scrapes.push(Vec::new(), t, load(&m.scrapes));
         let mut overflow = Metric::counter(
             "sonde.metrics.overflowed",
             "Requests counted in an overflow series (`otel.metric.overflow`) or route (`/{overflow}`) \
@@ -182,6 +188,7 @@ impl OwnSources {
             queue,
             points,
             points_dropped,
+            scrapes,
             overflow,
             evicted,
         ]);

@@ -50,6 +50,9 @@ use std::sync::Arc;
 
 /// The route every new path of a service collapses to once it has `max_per_service` distinct routes.
 pub const OVERFLOW_ROUTE: &str = "/{overflow}";
+/// The route of a request that may not add a route (see [`Routes::route`]) and whose template the
+/// service has not had before.
+pub const UNMATCHED_ROUTE: &str = "/{unmatched}";
 /// Placeholder for a path segment that looks like an identifier.
 pub const ID: &str = "{id}";
 
@@ -279,6 +282,7 @@ pub struct Routes {
     max_per_service: usize,
     services: HashMap<Box<str>, HashSet<Arc<str>>>,
     overflow: Arc<str>,
+    unmatched: Arc<str>,
     overflowed: u64,
     buf: String,
 }
@@ -290,6 +294,7 @@ impl Routes {
             max_per_service,
             services: HashMap::new(),
             overflow: Arc::from(OVERFLOW_ROUTE),
+            unmatched: Arc::from(UNMATCHED_ROUTE),
             overflowed: 0,
             buf: String::with_capacity(MAX_ROUTE_LEN),
         }
@@ -297,7 +302,11 @@ impl Routes {
 
     /// The route of `path` for service `service`: the same `Arc` each time for the same route of a
     /// service, so callers can key maps with it cheaply. Allocates only for a new route or service.
-    pub fn route(&mut self, service: &str, path: &str) -> Arc<str> {
+    ///
+    /// With `admit` false (the request got a 4xx, or no answer) a template the service has not had
+    /// before is reported as [`UNMATCHED_ROUTE`] and not kept: scanners and mistyped URLs neither
+    /// mint series nor use up the cap that real routes need.
+    pub fn route(&mut self, service: &str, path: &str, admit: bool) -> Arc<str> {
         if let Some((route, _)) = self.patterns.iter().find(|(_, p)| p.matches(path)) {
             return route.clone();
         }
@@ -313,6 +322,9 @@ impl Routes {
         };
         if let Some(route) = routes.get(self.buf.as_str()) {
             return route.clone();
+        }
+        if !admit {
+            return self.unmatched.clone();
         }
         if routes.len() >= self.max_per_service {
             self.overflowed += 1;
@@ -472,39 +484,53 @@ mod tests {
     #[test]
     fn routes_patterns_win_and_arcs_are_shared() {
         let mut r = Routes::new(patterns(&["/users/{name}", "/users/**"]), 10);
-        assert_eq!(&*r.route("svc", "/users/42"), "/users/{name}");
-        assert_eq!(&*r.route("svc", "/users/42/x"), "/users/**");
-        assert!(Arc::ptr_eq(&r.route("a", "/users/1"), &r.route("b", "/users/2")));
+        assert_eq!(&*r.route("svc", "/users/42", true), "/users/{name}");
+        assert_eq!(&*r.route("svc", "/users/42/x", true), "/users/**");
+        assert!(Arc::ptr_eq(&r.route("a", "/users/1", true), &r.route("b", "/users/2", true)));
         assert_eq!(r.services(), 0, "pattern routes track nothing");
-        let first = r.route("svc", "/orders/1");
+        let first = r.route("svc", "/orders/1", true);
         assert_eq!(&*first, "/orders/{id}");
-        assert!(Arc::ptr_eq(&first, &r.route("svc", "/orders/2?x")));
+        assert!(Arc::ptr_eq(&first, &r.route("svc", "/orders/2?x", true)));
         assert_eq!(r.services(), 1);
+    }
+
+    #[test]
+    fn failed_requests_do_not_add_routes() {
+        let mut r = Routes::new(patterns(&["/fixed/*"]), 2);
+        for scan in ["/aaaa", "/aaab", "/wp-admin", "/.env"] {
+            assert_eq!(&*r.route("a", scan, false), UNMATCHED_ROUTE);
+        }
+        assert_eq!(r.overflowed(), 0, "not an overflow: nothing was kept");
+        // Real routes still have the whole cap; once known, a failure keeps its route.
+        assert_eq!(&*r.route("a", "/users/1", true), "/users/{id}");
+        assert_eq!(&*r.route("a", "/users/2", false), "/users/{id}");
+        assert_eq!(&*r.route("a", "/fixed/9", false), "/fixed/*", "patterns always apply");
+        assert_eq!(&*r.route("a", "/orders", true), "/orders");
     }
 
     #[test]
     fn routes_cap() {
         let mut r = Routes::new(patterns(&["/fixed/*"]), 2);
-        assert_eq!(&*r.route("a", "/x"), "/x");
-        assert_eq!(&*r.route("a", "/y"), "/y");
-        let over = r.route("a", "/z");
+        assert_eq!(&*r.route("a", "/x", true), "/x");
+        assert_eq!(&*r.route("a", "/y", true), "/y");
+        let over = r.route("a", "/z", true);
         assert_eq!(&*over, OVERFLOW_ROUTE);
-        assert!(Arc::ptr_eq(&over, &r.route("a", "/w")));
+        assert!(Arc::ptr_eq(&over, &r.route("a", "/w", true)));
         assert_eq!(r.overflowed(), 2);
         // Known routes and user-pattern routes still come through.
-        assert_eq!(&*r.route("a", "/x/"), "/x");
-        assert_eq!(&*r.route("a", "/fixed/1"), "/fixed/*");
-        assert_eq!(&*r.route("a", "/fixed/2"), "/fixed/*");
+        assert_eq!(&*r.route("a", "/x/", true), "/x");
+        assert_eq!(&*r.route("a", "/fixed/1", true), "/fixed/*");
+        assert_eq!(&*r.route("a", "/fixed/2", true), "/fixed/*");
         // Another service has its own cap.
-        assert_eq!(&*r.route("b", "/z"), "/z");
+        assert_eq!(&*r.route("b", "/z", true), "/z");
         assert_eq!(r.services(), 2);
         assert_eq!(r.overflowed(), 2);
         r.retain_services(|s| s != "a");
         assert_eq!(r.services(), 1);
-        assert_eq!(&*r.route("a", "/z"), "/z");
+        assert_eq!(&*r.route("a", "/z", true), "/z");
 
         let mut none = Routes::new(Vec::new(), 0);
-        assert_eq!(&*none.route("a", "/"), OVERFLOW_ROUTE);
+        assert_eq!(&*none.route("a", "/", true), OVERFLOW_ROUTE);
         assert_eq!(none.overflowed(), 1);
     }
 
@@ -512,12 +538,12 @@ mod tests {
     fn routes_service_bound() {
         let mut r = Routes::new(Vec::new(), 1);
         for i in 0..MAX_SERVICES {
-            r.route(&format!("s{i}"), "/");
+            r.route(&format!("s{i}"), "/", true);
         }
         assert_eq!(r.services(), MAX_SERVICES);
-        r.route("s0", "/");
+        r.route("s0", "/", true);
         assert_eq!(r.services(), MAX_SERVICES);
-        r.route("new", "/");
+        r.route("new", "/", true);
         assert_eq!(r.services(), 1);
     }
 
@@ -547,7 +573,7 @@ mod tests {
             assert!(t == "/" || !t.ends_with('/'), "{s:?} → {t:?}");
             assert!(t.split('/').filter(|x| !x.is_empty()).count() <= MAX_SEGMENTS + 1);
             assert_eq!(template(&t), t, "templates are fixed points");
-            let route = r.route(&format!("svc{}", i % 7), &s);
+            let route = r.route(&format!("svc{}", i % 7), &s, true);
             assert!(route.len() <= MAX_ROUTE_LEN);
             if let Ok(p) = RoutePattern::parse(&s) {
                 assert!(p.as_str().starts_with('/'));

@@ -296,7 +296,10 @@ fn split_host(value: &str) -> Option<(&str, Option<u16>)> {
 /// (path, query) of a request-target in origin form (`/a?b`) or absolute form (`http://h/a?b`).
 pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
     let without_fragment = target.split('#').next().unwrap_or("");
-    let origin = match without_fragment.find("://") {
+    // Only a target that does not start with '/' can be absolute: `/login?next=http://x/a` is a
+    // path with a query, whatever its query holds.
+    let absolute = if without_fragment.starts_with('/') { None } else { without_fragment.find("://") };
+    let origin = match absolute {
         Some(i) => {
             let after = &without_fragment[i + 3..];
             after.find('/').map_or("/", |p| &after[p..])

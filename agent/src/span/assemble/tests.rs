@@ -201,6 +201,9 @@ fn host_and_target_forms() {
     assert_eq!(split_target("*"), ("*", None));
     assert_eq!(split_target("http://h"), ("/", None));
     assert_eq!(split_target("/p?q#f"), ("/p", Some("q")));
+    assert_eq!(split_target("/login?next=http://x/a/b"), ("/login", Some("next=http://x/a/b")));
+    assert_eq!(split_target("/redirect/http://x/1"), ("/redirect/http://x/1", None));
+    assert_eq!(split_target("https://h/a?b"), ("/a", Some("b")));
     let mut h = head("GET", "http://proxy.example/x?y");
     assert_eq!(full_url(&h, "http", None, false), "http://proxy.example/x");
     h.target = "/v?q".into();
