@@ -83,7 +83,7 @@ pub enum ConfigError {
     #[error("OTEL_METRIC_EXPORT_INTERVAL: {value:?} is not a positive whole number of milliseconds")]
     BadInterval { value: String },
     #[error(
-        "OTEL_METRICS_EXPORTER: {value:?} is not supported (sonde knows \"otlp\" and \"none\"; for Prometheus use --prometheus-listen)"
+        "OTEL_METRICS_EXPORTER: {value:?} is not an exporter sonde knows (\"otlp\", \"none\", \"prometheus\", \"console\", comma-separated; for a Prometheus endpoint use --prometheus-listen)"
     )]
     BadMetricsExporter { value: String },
 }
@@ -92,7 +92,7 @@ pub enum ConfigError {
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Whether metrics go over OTLP (when an endpoint is configured): the flag, else
-/// `OTEL_METRICS_EXPORTER` (`otlp`, the default, or `none`).
+/// `OTEL_METRICS_EXPORTER`: OTLP metrics when its list holds `otlp` (or it is unset).
 pub fn otlp_metrics_enabled(
     flag: Option<bool>,
     env: impl Fn(&str) -> Option<String>,
@@ -100,11 +100,20 @@ pub fn otlp_metrics_enabled(
     if let Some(on) = flag {
         return Ok(on);
     }
-    match env("OTEL_METRICS_EXPORTER").as_deref().map(str::trim) {
-        None | Some("" | "otlp") => Ok(true),
-        Some("none") => Ok(false),
-        Some(other) => Err(ConfigError::BadMetricsExporter { value: other.to_owned() }),
+    let Some(value) = env("OTEL_METRICS_EXPORTER").filter(|v| !v.trim().is_empty()) else {
+        return Ok(true);
+    };
+    // A comma-separated list, as the SDKs take it. `prometheus` and `console` are other
+    // exporters an SDK would add; sonde's Prometheus endpoint is `--prometheus-listen`.
+    let mut otlp = false;
+    for item in value.split(',').map(str::trim) {
+        match item {
+            "otlp" => otlp = true,
+            "none" | "prometheus" | "console" | "" => {}
+            _ => return Err(ConfigError::BadMetricsExporter { value: item.to_owned() }),
+        }
     }
+    Ok(otlp)
 }
 
 /// The OTLP metrics interval: the flag, else `OTEL_METRIC_EXPORT_INTERVAL` (ms), else 60 s.
@@ -371,8 +380,14 @@ mod tests {
         assert_eq!(otlp_metrics_enabled(None, env(&[])), Ok(true));
         assert_eq!(otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "none")])), Ok(false));
         assert_eq!(otlp_metrics_enabled(Some(true), env(&[("OTEL_METRICS_EXPORTER", "none")])), Ok(true));
-        let err = otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "console")])).unwrap_err();
-        assert!(err.to_string().contains("OTEL_METRICS_EXPORTER") && err.to_string().contains("console"));
+        assert_eq!(
+            otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "prometheus, otlp")])),
+            Ok(true)
+        );
+        assert_eq!(otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "prometheus")])), Ok(false));
+        assert_eq!(otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", " ")])), Ok(true));
+        let err = otlp_metrics_enabled(None, env(&[("OTEL_METRICS_EXPORTER", "otlp,zipkin")])).unwrap_err();
+        assert!(err.to_string().contains("OTEL_METRICS_EXPORTER") && err.to_string().contains("zipkin"));
         assert_eq!(metrics_interval(None, env(&[])), Ok(DEFAULT_METRICS_INTERVAL));
         let ms = env(&[("OTEL_METRIC_EXPORT_INTERVAL", "1500")]);
         assert_eq!(metrics_interval(None, ms), Ok(Duration::from_millis(1500)));

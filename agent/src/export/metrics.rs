@@ -1,5 +1,5 @@
 //! The periodic OTLP metrics export: every interval (and once more at shutdown) the current
-//! cumulative values of all metrics go to the collector in one request. A collector that is down
+//! cumulative values of all metrics go to the collector (in requests of bounded size). A collector that is down
 //! costs retries within the interval; then that collection is dropped and counted, and the next
 //! one, cumulative, carries the counts forward anyway.
 
@@ -76,12 +76,12 @@ async fn export_once(
     shutdown: &mut watch::Receiver<Option<Instant>>,
 ) {
     let now_unix_ns = crate::metrics::unix_ns_now();
-    let (request, points) = otlp::metrics::request(&metrics.collect(), now_unix_ns);
-    if points == 0 {
-        return;
-    }
-    let delivery = sender.deliver(request, points, budget_end, shutdown).await;
+    let requests =
+        otlp::metrics::requests(&metrics.collect(), now_unix_ns, otlp::metrics::MAX_POINTS_PER_REQUEST);
     let stats = &metrics.own_sources().metrics_export;
-    stats.points_exported.fetch_add(delivery.exported as u64, Ordering::Relaxed);
-    stats.points_dropped.fetch_add((delivery.rejected + delivery.dropped) as u64, Ordering::Relaxed);
+    for (request, points) in requests {
+        let delivery = sender.deliver(request, points, budget_end, shutdown).await;
+        stats.points_exported.fetch_add(delivery.exported as u64, Ordering::Relaxed);
+        stats.points_dropped.fetch_add((delivery.rejected + delivery.dropped) as u64, Ordering::Relaxed);
+    }
 }

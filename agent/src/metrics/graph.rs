@@ -32,8 +32,14 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Sides waiting, per kind; past it new ones are dropped and counted (a burst of unpaired spans
 /// must not grow memory).
 const MAX_WAITING: usize = 10_000;
-/// Edges; past it new edges are dropped and counted.
+/// Edges between two traced services, and edges to or from a virtual node, each; past it new
+/// edges of that kind are dropped and counted. Separate budgets: a client calling thousands of
+/// outside hosts must not leave no room for the edges between traced services.
 const MAX_EDGES: usize = 10_000;
+/// An edge with no request for this long is forgotten (its series end; if it comes back, it
+/// starts again from zero with a new start time).
+const EDGE_IDLE: Duration = Duration::from_secs(3600);
+const EDGE_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// One side of an edge, as it waits.
 struct Side {
@@ -53,6 +59,8 @@ struct EdgeKey {
 }
 
 struct Edge {
+    start_unix_ns: u64,
+    last: Instant,
     requests: u64,
     failed: u64,
     server: Histogram,
@@ -82,6 +90,9 @@ pub struct ServiceGraph {
     /// Server sides by their parent's span id.
     servers: HashMap<SpanId, Side>,
     edges: HashMap<EdgeKey, Edge>,
+    /// Edges with `virtual_node` set, of `edges`.
+    virtual_edges: usize,
+    last_edge_sweep: Instant,
     start_unix_ns: u64,
     unpaired_clients: u64,
     unpaired_servers: u64,
@@ -95,6 +106,8 @@ impl ServiceGraph {
             clients: HashMap::new(),
             servers: HashMap::new(),
             edges: HashMap::new(),
+            virtual_edges: 0,
+            last_edge_sweep: Instant::now(),
             start_unix_ns,
             unpaired_clients: 0,
             unpaired_servers: 0,
@@ -123,7 +136,7 @@ impl ServiceGraph {
                         server: Arc::clone(&side.service),
                         virtual_node: true,
                     };
-                    self.add_edge(key, None, Some(&side));
+                    self.add_edge(key, None, Some(&side), now);
                 }
                 Some(parent) => match self.clients.remove(&parent) {
                     Some(client) => self.edge(client, side),
@@ -147,21 +160,30 @@ impl ServiceGraph {
             server: Arc::clone(&server.service),
             virtual_node: false,
         };
-        self.add_edge(key, Some(&client), Some(&server));
+        let now = client.at.max(server.at);
+        self.add_edge(key, Some(&client), Some(&server), now);
     }
 
     /// Counts one request on `key`, with the measurements of the sides that were seen.
-    fn add_edge(&mut self, key: EdgeKey, client: Option<&Side>, server: Option<&Side>) {
-        if !self.edges.contains_key(&key) && self.edges.len() >= MAX_EDGES {
-            self.dropped += 1;
-            return;
+    fn add_edge(&mut self, key: EdgeKey, client: Option<&Side>, server: Option<&Side>, now: Instant) {
+        if !self.edges.contains_key(&key) {
+            let of_kind =
+                if key.virtual_node { self.virtual_edges } else { self.edges.len() - self.virtual_edges };
+            if of_kind >= MAX_EDGES {
+                self.dropped += 1;
+                return;
+            }
+            self.virtual_edges += usize::from(key.virtual_node);
         }
         let edge = self.edges.entry(key).or_insert_with(|| Edge {
+            start_unix_ns: super::unix_ns_now(),
+            last: now,
             requests: 0,
             failed: 0,
             server: Histogram::new(HTTP_DURATION_BOUNDS),
             client: Histogram::new(HTTP_DURATION_BOUNDS),
         });
+        edge.last = edge.last.max(now);
         edge.requests += 1;
         edge.failed += u64::from(server.is_some_and(|s| s.failed) || client.is_some_and(|c| c.failed));
         if let Some(s) = server {
@@ -186,12 +208,17 @@ impl ServiceGraph {
                     server: Arc::from(&**peer),
                     virtual_node: true,
                 };
-                self.add_edge(key, Some(&client), None);
+                self.add_edge(key, Some(&client), None, now);
             }
         }
         let before = self.servers.len();
         self.servers.retain(|_, s| !expired(s));
         self.unpaired_servers += (before - self.servers.len()) as u64;
+        if now.saturating_duration_since(self.last_edge_sweep) >= EDGE_SWEEP_EVERY {
+            self.last_edge_sweep = now;
+            self.edges.retain(|_, e| now.saturating_duration_since(e.last) < EDGE_IDLE);
+            self.virtual_edges = self.edges.keys().filter(|k| k.virtual_node).count();
+        }
     }
 
     pub fn waiting(&self) -> usize {
@@ -214,6 +241,7 @@ impl ServiceGraph {
         let mut client_points = Vec::new();
         for (key, edge) in &self.edges {
             let attributes = edge_attributes(key);
+            let start = edge.start_unix_ns;
             requests.push(attributes.clone(), start, edge.requests as f64);
             failed.push(attributes.clone(), start, edge.failed as f64);
             if edge.server.count() > 0 {
@@ -407,6 +435,30 @@ mod tests {
         assert_eq!(graph.waiting(), 0);
         assert_eq!(edges(&graph), vec![edge("shop", "payments.example", "virtual_node", 1.0, 1.0, 0, 1)]);
         assert_eq!((graph.unpaired_clients, graph.unpaired_servers), (1, 1));
+    }
+
+    #[test]
+    fn virtual_nodes_leave_room_for_real_edges_and_idle_edges_go() {
+        let mut names = Services::new();
+        let (shop, cart) = (names.get("shop"), names.get("cart"));
+        let mut graph = ServiceGraph::new(0);
+        let then = Instant::now();
+        // A client calling more outside hosts than the virtual-node budget.
+        for host in 0..=MAX_EDGES {
+            let peer = Text::Owned(format!("host-{host}.example"));
+            client(&mut graph, &shop, 1, &peer, false, then);
+            graph.expire(then + WAIT);
+        }
+        assert_eq!(graph.dropped, 1);
+        client(&mut graph, &shop, 2, &Text::Static("cart"), false, then + WAIT);
+        server(&mut graph, &cart, Some(2), false, then + WAIT);
+        let real = EdgeKey { client: shop, server: cart, virtual_node: false };
+        assert_eq!(graph.edges.get(&real).map(|e| e.requests), Some(1), "the real edge has room");
+        assert_eq!(graph.edges.len(), MAX_EDGES + 1);
+
+        graph.expire(then + WAIT + EDGE_IDLE);
+        assert_eq!(edges(&graph), vec![], "no request for an hour: forgotten");
+        assert_eq!(graph.virtual_edges, 0);
     }
 
     #[test]

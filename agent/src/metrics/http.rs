@@ -51,20 +51,27 @@ impl<K: Eq + Hash> Series<K> {
         Self { histograms: HashMap::new(), overflow: None }
     }
 
-    /// Returns whether the observation went to the overflow series.
-    fn record(&mut self, key: K, value: f64, limit: usize) -> bool {
+    /// Where the observation went. `room` is false when no new series may be made (the limit
+    /// across all processes is reached).
+    fn record(&mut self, key: K, value: f64, limit: usize, room: bool) -> Recorded {
         if let Some(h) = self.histograms.get_mut(&key) {
             h.record(value);
-            return false;
+            return Recorded::Existing;
         }
-        let overflowed = self.histograms.len() >= limit;
-        let histogram = if overflowed {
-            self.overflow.get_or_insert_with(|| Histogram::new(HTTP_DURATION_BOUNDS))
-        } else {
-            self.histograms.entry(key).or_insert_with(|| Histogram::new(HTTP_DURATION_BOUNDS))
-        };
+        if !room || self.histograms.len() >= limit {
+            let new = self.overflow.is_none();
+            self.overflow.get_or_insert_with(|| Histogram::new(HTTP_DURATION_BOUNDS)).record(value);
+            return Recorded::Overflow { new };
+        }
+        let mut histogram = Histogram::new(HTTP_DURATION_BOUNDS);
         histogram.record(value);
-        overflowed
+        self.histograms.insert(key, histogram);
+        Recorded::New
+    }
+
+    /// Series held, the overflow series included.
+    fn len(&self) -> usize {
+        self.histograms.len() + usize::from(self.overflow.is_some())
     }
 
     fn points(&self, start_unix_ns: u64, attributes: impl Fn(&K) -> Vec<KeyValue>) -> Vec<Point<Histogram>> {
@@ -81,8 +88,29 @@ impl<K: Eq + Hash> Series<K> {
     }
 }
 
+enum Recorded {
+    Existing,
+    New,
+    /// `new`: the overflow series itself was made for it.
+    Overflow {
+        new: bool,
+    },
+}
+
+impl Recorded {
+    fn made_series(&self) -> bool {
+        matches!(self, Recorded::New | Recorded::Overflow { new: true })
+    }
+}
+
 fn bool_value(b: bool) -> crate::span::model::AttrValue {
     crate::span::model::AttrValue::Bool(b)
+}
+
+impl ProcessSeries {
+    fn series(&self) -> usize {
+        self.server.len() + self.client.len()
+    }
 }
 
 struct ProcessSeries {
@@ -94,6 +122,10 @@ struct ProcessSeries {
     client: Series<ClientSeries>,
 }
 
+/// Series across all processes (a few hundred bytes each); past it, new attribute sets of any
+/// process go to that process's overflow series.
+pub const MAX_TOTAL_SERIES: usize = 50_000;
+
 /// Processes with series at once. Short-lived clients (a curl per request) each get a resource
 /// of their own; past this many, the least recently updated process's series are forgotten —
 /// almost always one that has exited and been exported already.
@@ -104,6 +136,9 @@ pub struct HttpMetrics {
     /// Series per histogram per process before the overflow series takes the rest.
     max_series: usize,
     max_processes: usize,
+    /// Series held, all processes.
+    total_series: usize,
+    max_total_series: usize,
     overflowed: u64,
     evicted: u64,
 }
@@ -114,10 +149,16 @@ impl HttpMetrics {
     }
 
     fn with_max_processes(max_series: usize, max_processes: usize) -> Self {
+        Self::with_limits(max_series, max_processes, MAX_TOTAL_SERIES)
+    }
+
+    fn with_limits(max_series: usize, max_processes: usize, max_total_series: usize) -> Self {
         Self {
             processes: HashMap::new(),
             max_series: max_series.max(1),
             max_processes: max_processes.max(1),
+            total_series: 0,
+            max_total_series,
             overflowed: 0,
             evicted: 0,
         }
@@ -144,7 +185,8 @@ impl HttpMetrics {
         });
         process.last_update = Instant::now();
         let status = o.status.unwrap_or(0);
-        let overflowed = match o.kind {
+        let room = self.total_series < self.max_total_series;
+        let recorded = match o.kind {
             SpanKind::Server => {
                 // Only answered requests that were not the client's fault may add a route.
                 let admit = o.status.is_some_and(|code| !(400..500).contains(&code));
@@ -156,7 +198,7 @@ impl HttpMetrics {
                     scheme: o.scheme,
                     minor_version: o.minor_version,
                 };
-                process.server.record(key, o.duration_s, self.max_series)
+                process.server.record(key, o.duration_s, self.max_series, room)
             }
             SpanKind::Client => {
                 let (server_address, server_port) = match &o.server {
@@ -170,17 +212,18 @@ impl HttpMetrics {
                     server_port,
                     minor_version: o.minor_version,
                 };
-                process.client.record(key, o.duration_s, self.max_series)
+                process.client.record(key, o.duration_s, self.max_series, room)
             }
         };
-        self.overflowed += u64::from(overflowed);
+        self.overflowed += u64::from(matches!(recorded, Recorded::Overflow { .. }));
+        self.total_series += usize::from(recorded.made_series());
     }
 
     /// A linear scan, but only when a new process arrives at the cap.
     fn evict_least_recent(&mut self) {
         let oldest = self.processes.iter().min_by_key(|(_, p)| p.last_update).map(|(&id, _)| id);
-        if let Some(id) = oldest {
-            self.processes.remove(&id);
+        if let Some(p) = oldest.and_then(|id| self.processes.remove(&id)) {
+            self.total_series -= p.series();
             self.evicted += 1;
         }
     }
@@ -206,7 +249,14 @@ impl HttpMetrics {
     /// Drops the series of processes that have exited and not been updated for `idle` (long
     /// enough for their last values to have been exported and scraped).
     pub fn sweep(&mut self, idle: std::time::Duration, alive: impl Fn(u32) -> bool) {
-        self.processes.retain(|_, p| p.last_update.elapsed() < idle || alive(p.pid));
+        let total = &mut self.total_series;
+        self.processes.retain(|_, p| {
+            let keep = p.last_update.elapsed() < idle || alive(p.pid);
+            if !keep {
+                *total -= p.series();
+            }
+            keep
+        });
     }
 
     pub fn collect(&self, out: &mut Vec<ResourceMetrics>) {
@@ -387,6 +437,27 @@ mod tests {
         assert_eq!(got.iter().map(|s| s.4).sum::<u64>(), 5, "every request counted: {got:?}");
         assert_eq!(got.iter().find(|s| s.1 == "overflow").map(|s| s.4), Some(2), "{got:?}");
         assert_eq!(metrics.overflowed(), 2);
+    }
+
+    #[test]
+    fn series_past_the_limit_across_processes_overflow_and_free_up_when_processes_go() {
+        let mut metrics = HttpMetrics::with_limits(100, 100, 3);
+        let mut routes = Routes::new(Vec::new(), 100);
+        let (a, b) = (resource(1, "a"), resource(2, "b"));
+        for status in [200, 201] {
+            metrics.record(1, &a, &server("GET", "/", Some(status)), &mut routes, 0);
+        }
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        // Three series held: b's next attribute set overflows, its existing one still counts.
+        metrics.record(2, &b, &server("GET", "/", Some(202)), &mut routes, 0);
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        assert_eq!(metrics.overflowed(), 1);
+        let got = series(&metrics);
+        assert_eq!(got.iter().map(|s| s.4).sum::<u64>(), 5, "{got:?}");
+        // `a` exits: its two series are freed for others.
+        metrics.sweep(std::time::Duration::ZERO, |pid| pid == 2);
+        metrics.record(2, &b, &server("GET", "/", Some(203)), &mut routes, 0);
+        assert_eq!(metrics.overflowed(), 1, "room again");
     }
 
     #[test]

@@ -160,8 +160,9 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
     let mut attributes = vec![
         KeyValue::str("service.name", service_name.clone()),
         // One instance per process on a host: what tells two processes of one service apart
-        // (their metric series above all).
-        KeyValue::str("service.instance.id", format!("{host_name}:{pid}")),
+        // (their metric series above all). The start time (clock ticks after boot) keeps a
+        // reused pid from continuing an exited process's series.
+        KeyValue::str("service.instance.id", format!("{host_name}:{pid}:{start_time}")),
         KeyValue::int("process.pid", pid as i64),
         KeyValue::str("host.name", host_name.to_owned()),
         KeyValue::str("telemetry.sdk.name", "sonde"),

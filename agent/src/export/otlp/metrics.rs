@@ -1,5 +1,5 @@
-//! OTLP metrics: the collected metrics as one `ExportMetricsServiceRequest` (cumulative
-//! temporality), sent every interval and once more at shutdown. Built with opentelemetry-proto's
+//! OTLP metrics: the collected metrics as `ExportMetricsServiceRequest`s of at most
+//! `MAX_POINTS_PER_REQUEST` points (cumulative temporality), sent every interval and once more at shutdown. Built with opentelemetry-proto's
 //! types: a request per interval is far from the per-span volume that made traces hand-encoded.
 
 use bytes::Bytes;
@@ -21,37 +21,77 @@ use crate::{
 
 const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 
-/// The encoded request for `resources` as of `now_unix_ns`, and how many data points it holds.
-pub(crate) fn request(resources: &[ResourceMetrics], now_unix_ns: u64) -> (Bytes, usize) {
+/// Data points per request: a histogram point is about 400 bytes, so a request stays well under
+/// the 4 MiB a collector's gRPC receiver takes by default.
+pub(crate) const MAX_POINTS_PER_REQUEST: usize = 2000;
+
+/// The encoded requests for `resources` as of `now_unix_ns`, each with how many data points it
+/// holds: at most `max_points` per request, a metric's points split across requests if need be.
+pub(crate) fn requests(
+    resources: &[ResourceMetrics],
+    now_unix_ns: u64,
+    max_points: usize,
+) -> Vec<(Bytes, usize)> {
+    let max_points = max_points.max(1);
+    let mut out = Vec::new();
+    let mut current: Vec<proto::ResourceMetrics> = Vec::new();
     let mut points = 0;
-    let resource_metrics = resources
-        .iter()
-        .filter(|rm| !rm.metrics.is_empty())
-        .map(|rm| {
-            points += rm.metrics.iter().map(Metric::points).sum::<usize>();
-            proto::ResourceMetrics {
-                resource: Some(ProtoResource {
-                    attributes: rm.resource.attributes.iter().map(key_value).collect(),
-                    ..Default::default()
-                }),
-                scope_metrics: vec![proto::ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE_NAME.into(),
-                        version: SCOPE_VERSION.into(),
-                        ..Default::default()
-                    }),
-                    metrics: rm.metrics.iter().map(|m| metric(m, now_unix_ns)).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
+    let mut flush = |current: &mut Vec<proto::ResourceMetrics>, points: &mut usize| {
+        if *points > 0 {
+            let request = ExportMetricsServiceRequest { resource_metrics: std::mem::take(current) };
+            out.push((Bytes::from(request.encode_to_vec()), *points));
+        }
+        current.clear();
+        *points = 0;
+    };
+    for rm in resources {
+        // A resource's first piece in this request opens its entry; later pieces join it.
+        let mut opened = false;
+        for m in &rm.metrics {
+            let n = m.points();
+            let mut from = 0;
+            while from < n {
+                if !opened {
+                    current.push(resource_entry(rm));
+                    opened = true;
+                }
+                let take = (max_points - points).min(n - from);
+                let entry = current.last_mut().expect("opened above");
+                entry.scope_metrics[0].metrics.push(metric(m, from..from + take, now_unix_ns));
+                points += take;
+                from += take;
+                if points == max_points {
+                    flush(&mut current, &mut points);
+                    opened = false;
+                }
             }
-        })
-        .collect();
-    let request = ExportMetricsServiceRequest { resource_metrics };
-    (Bytes::from(request.encode_to_vec()), points)
+        }
+    }
+    flush(&mut current, &mut points);
+    out
 }
 
-fn metric(m: &Metric, now: u64) -> proto::Metric {
+fn resource_entry(rm: &ResourceMetrics) -> proto::ResourceMetrics {
+    proto::ResourceMetrics {
+        resource: Some(ProtoResource {
+            attributes: rm.resource.attributes.iter().map(key_value).collect(),
+            ..Default::default()
+        }),
+        scope_metrics: vec![proto::ScopeMetrics {
+            scope: Some(InstrumentationScope {
+                name: SCOPE_NAME.into(),
+                version: SCOPE_VERSION.into(),
+                ..Default::default()
+            }),
+            metrics: Vec::new(),
+            schema_url: String::new(),
+        }],
+        schema_url: String::new(),
+    }
+}
+
+/// `m` with its data points in `range` only.
+fn metric(m: &Metric, range: std::ops::Range<usize>, now: u64) -> proto::Metric {
     // Counts (units like `{request}`) go as integers, measurements (`s`, `By`) as doubles.
     let integer = m.unit.starts_with('{');
     let numbers = |points: &[Point<f64>]| -> Vec<NumberDataPoint> {
@@ -72,13 +112,13 @@ fn metric(m: &Metric, now: u64) -> proto::Metric {
     };
     let data = match &m.data {
         Data::Counter(points) => metric::Data::Sum(proto::Sum {
-            data_points: numbers(points),
+            data_points: numbers(&points[range]),
             aggregation_temporality: CUMULATIVE,
             is_monotonic: true,
         }),
-        Data::Gauge(points) => metric::Data::Gauge(proto::Gauge { data_points: numbers(points) }),
+        Data::Gauge(points) => metric::Data::Gauge(proto::Gauge { data_points: numbers(&points[range]) }),
         Data::Histogram(points) => metric::Data::Histogram(proto::Histogram {
-            data_points: points
+            data_points: points[range]
                 .iter()
                 .map(|p| {
                     let h = &p.value;
@@ -145,8 +185,10 @@ mod tests {
             service_name: "shop".into(),
             attributes: vec![KeyValue::str("service.name", "shop")],
         });
-        let (bytes, points) =
-            request(&[ResourceMetrics { resource, metrics: vec![hist, counter, gauge] }], 9);
+        let mut requests =
+            requests(&[ResourceMetrics { resource, metrics: vec![hist, counter, gauge] }], 9, 100);
+        assert_eq!(requests.len(), 1);
+        let (bytes, points) = requests.remove(0);
         assert_eq!(points, 3);
         let decoded = ExportMetricsServiceRequest::decode(bytes).unwrap();
         let scope = &decoded.resource_metrics[0].scope_metrics[0];
@@ -163,5 +205,54 @@ mod tests {
         assert_eq!(s.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
         let Some(metric::Data::Gauge(g)) = &metrics[2].data else { panic!() };
         assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(1024.0)));
+    }
+
+    #[test]
+    fn splits_requests_by_data_points() {
+        let resource = |id: u64| {
+            Arc::new(Resource {
+                id,
+                service_name: format!("s{id}"),
+                attributes: vec![KeyValue::int("n", id as i64)],
+            })
+        };
+        let counter = |points: usize| {
+            let mut m = Metric::counter("c", "c", "{x}");
+            for i in 0..points {
+                m.push(vec![KeyValue::int("i", i as i64)], 1, i as f64);
+            }
+            m
+        };
+        let resources = [
+            ResourceMetrics { resource: resource(1), metrics: vec![counter(3), counter(4)] },
+            ResourceMetrics { resource: resource(2), metrics: vec![] },
+            ResourceMetrics { resource: resource(3), metrics: vec![counter(2)] },
+        ];
+        let out = requests(&resources, 9, 5);
+        assert_eq!(out.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [5, 4]);
+        let decoded: Vec<_> =
+            out.into_iter().map(|(b, _)| ExportMetricsServiceRequest::decode(b).unwrap()).collect();
+        let shape = |r: &ExportMetricsServiceRequest| -> Vec<(i64, Vec<usize>)> {
+            r.resource_metrics
+                .iter()
+                .map(|rm| {
+                    let id = rm.resource.as_ref().unwrap().attributes[0].value.clone().unwrap().value;
+                    let Some(any_value::Value::IntValue(id)) = id else { panic!() };
+                    let sizes = rm.scope_metrics[0]
+                        .metrics
+                        .iter()
+                        .map(|m| match &m.data {
+                            Some(metric::Data::Sum(s)) => s.data_points.len(),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    (id, sizes)
+                })
+                .collect()
+        };
+        // Resource 1's second counter is cut after 2 of its 4 points; resource 2 has nothing.
+        assert_eq!(shape(&decoded[0]), [(1, vec![3, 2])]);
+        assert_eq!(shape(&decoded[1]), [(1, vec![2]), (3, vec![2])]);
+        assert!(requests(&resources[1..2], 9, 5).is_empty());
     }
 }

@@ -176,7 +176,8 @@ pub fn metric_name(name: &str, unit: &str, counter: bool) -> String {
 
 /// A label name: `[a-zA-Z_][a-zA-Z0-9_]*`, anything else becomes `_`.
 fn label_name(key: &str) -> String {
-    let s = sanitize(key);
+    // Metric names may hold ':', label names may not.
+    let s = sanitize(key).replace(':', "_");
     if s.starts_with(|c: char| c.is_ascii_digit()) { format!("key_{s}") } else { s }
 }
 
