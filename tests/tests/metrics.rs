@@ -11,7 +11,7 @@ use std::{
 use sonde_tests::{
     harness::{self, Sonde, curl, free_port, read_ok_reply},
     prometheus::{self, Prometheus, Sample},
-    receiver::{PointKind, ReceivedPoint, Receiver},
+    receiver::{PointKind, ReceivedPoint, Receiver, Transport},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -23,14 +23,21 @@ const SEMCONV_BOUNDS: [f64; 14] =
 /// sonde sending traces and metrics (every second) to `receiver` over gRPC, serving Prometheus
 /// on a free loopback port, with `extra` arguments; returns it with the Prometheus address.
 fn sonde_with_metrics(receiver: &Receiver, extra: &[&str]) -> (Sonde, SocketAddr) {
-    let endpoint = receiver.grpc_endpoint();
+    sonde_with_metrics_via(receiver, Transport::Grpc, extra)
+}
+
+fn sonde_with_metrics_via(receiver: &Receiver, transport: Transport, extra: &[&str]) -> (Sonde, SocketAddr) {
+    let (endpoint, protocol) = match transport {
+        Transport::Grpc => (receiver.grpc_endpoint(), "grpc"),
+        Transport::Http => (receiver.http_endpoint(), "http/protobuf"),
+    };
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen_text = listen.to_string();
     let mut args = vec![
         "--otlp-endpoint",
         &endpoint,
         "--otlp-protocol",
-        "grpc",
+        protocol,
         "--metrics-interval",
         "1s",
         "--prometheus-listen",
@@ -85,6 +92,28 @@ fn scrape(addr: SocketAddr) -> Vec<Sample> {
 
 fn samples<'a>(all: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
     all.iter().filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v))).collect()
+}
+
+/// Each histogram's `_bucket` series of `family`: `le` ascending, counts never falling, `+Inf`
+/// last and equal to `_count`.
+fn check_buckets(all: &[Sample], family: &str) {
+    type Labels = BTreeMap<String, String>;
+    let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
+    for b in all.iter().filter(|s| s.name == format!("{family}_bucket")) {
+        let le = b.label("le").expect("a bucket has le");
+        let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le is a number") };
+        let mut labels: Labels = b.labels.clone();
+        labels.remove("le");
+        series.entry(labels).or_default().push((le, b.value));
+    }
+    assert!(!series.is_empty(), "no {family}_bucket samples");
+    for (labels, buckets) in series {
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{labels:?}: {buckets:?}");
+        assert_eq!(buckets.len(), SEMCONV_BOUNDS.len() + 1, "{labels:?}");
+        let count =
+            all.iter().find(|s| s.name == format!("{family}_count") && s.labels == labels).map(|s| s.value);
+        assert_eq!(buckets.last().map(|b| (b.0, Some(b.1))), Some((f64::INFINITY, count)), "{labels:?}");
+    }
 }
 
 fn key(method: &str, route: &str, status: u16) -> (String, String, String) {
@@ -170,14 +199,11 @@ async fn red_histograms_count_every_request_per_series_at_otlp_and_prometheus() 
         let label = |k: &str| s.label(k).unwrap_or_default().to_owned();
         let series = (label("http_request_method"), label("http_route"), label("http_response_status_code"));
         got.insert(series, s.value as u64);
-        let mut le_inf = s.labels.clone();
-        le_inf.insert("le".into(), "+Inf".into());
-        let inf = exposed
-            .iter()
-            .find(|b| b.name == "http_server_request_duration_seconds_bucket" && b.labels == le_inf);
-        assert_eq!(inf.map(|b| b.value), Some(s.value), "+Inf bucket = count for {s:?}");
+        let error = (s.label("http_response_status_code") == Some("500")).then_some("500");
+        assert_eq!(s.label("error_type"), error, "{s:?}");
     }
     assert_eq!(got, expected, "Prometheus endpoint");
+    check_buckets(&exposed, "http_server_request_duration_seconds");
     let types = prometheus::parse_types(&prometheus::scrape(prom).unwrap().2);
     assert_eq!(types.get("http_server_request_duration_seconds").map(String::as_str), Some("histogram"));
     assert!(
@@ -238,7 +264,9 @@ async fn service_graph_edge_for_a_two_service_chain() {
     let back = harness::chain_service("graph-back", &[], &[]);
     let front = harness::chain_service("graph-front", &[], &[back.url("")]);
     let pids = [front.pid().to_string(), back.pid().to_string()];
-    let (mut sonde, prom) = sonde_with_metrics(&receiver, &["--pid", &pids[0], "--pid", &pids[1]]);
+    // Over OTLP/HTTP this time (`/v1/metrics`).
+    let (mut sonde, prom) =
+        sonde_with_metrics_via(&receiver, Transport::Http, &["--pid", &pids[0], "--pid", &pids[1]]);
     let url = front.url("/checkout");
     tokio::task::spawn_blocking(move || {
         for n in 0..4 {
@@ -248,18 +276,23 @@ async fn service_graph_edge_for_a_two_service_chain() {
     .await
     .unwrap();
 
+    // The newest point of the edge (client, server), with its connection_type.
     let edge = |client: &str, server: &str| {
         let points = receiver.latest("traces_service_graph_request_total");
-        points
-            .iter()
-            .find(|p| p.attr("client") == Some(client) && p.attr("server") == Some(server))
-            .map(|p| (p.value, p.attr("connection_type").map(str::to_owned), p.resource.clone()))
+        let mut matching =
+            points.iter().filter(|p| p.attr("client") == Some(client) && p.attr("server") == Some(server));
+        let found = matching
+            .next()
+            .map(|p| (p.value, p.attr("connection_type").map(str::to_owned), p.resource.clone(), p.via));
+        assert!(matching.next().is_none(), "one series per edge: {points:#?}");
+        found
     };
     let arrived = eventually(WAIT, || edge("graph-front", "graph-back").is_some_and(|e| e.0 == 4.0));
     let all = receiver.latest("traces_service_graph_request_total");
     assert!(arrived, "no front → back edge with 4 requests: {all:#?}\n{}", sonde.stderr());
-    let (_, connection_type, resource) = edge("graph-front", "graph-back").unwrap();
+    let (_, connection_type, resource, via) = edge("graph-front", "graph-back").unwrap();
     assert_eq!(connection_type, None, "both sides traced: not a virtual node");
+    assert_eq!(via, Transport::Http);
     assert_eq!(resource.get("service.name").map(String::as_str), Some("sonde"), "on sonde's own resource");
     // curl is not traced: its requests reach the front from outside.
     let user = edge("user", "graph-front");
@@ -271,6 +304,26 @@ async fn service_graph_edge_for_a_two_service_chain() {
     assert!(
         server.iter().any(|p| p.attr("server") == Some("graph-back") && p.count == 4 && p.unit == "s"),
         "{server:#?}"
+    );
+
+    // The front's client histogram: where it called, as the conventions want it.
+    let client = receiver.latest("http.client.request.duration");
+    let front_calls: Vec<_> = client
+        .iter()
+        .filter(|p| p.resource.get("service.name").map(String::as_str) == Some("graph-front"))
+        .map(|p| {
+            (
+                p.attr("server.address"),
+                p.attr("server.port").map(str::to_owned),
+                p.attr("http.response.status_code"),
+                p.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        front_calls,
+        [(Some("127.0.0.1"), Some(back.port.to_string()), Some("200"), 4)],
+        "{client:#?}"
     );
 
     // As Prometheus users know them.
@@ -334,14 +387,13 @@ async fn starved_reader_counts_kernel_drops_and_keeps_counting_requests() {
         last.is_some_and(|d| d > 0.0)
     });
     assert!(rose, "ring_buffer_full drops: {last:?}\n{}", sonde.stderr());
-    let otlp = receiver.latest("sonde.kernel.events.dropped");
     let exported = eventually(WAIT, || {
         receiver
             .latest("sonde.kernel.events.dropped")
             .iter()
             .any(|p| p.attr("reason") == Some("ring_buffer_full") && p.value > 0.0)
     });
-    assert!(exported, "drops exported over OTLP too: {otlp:#?}");
+    assert!(exported, "drops exported over OTLP too: {:#?}", receiver.latest("sonde.kernel.events.dropped"));
 
     // Still running, still counting: requests after the starvation are all there.
     let base = app.url("");
@@ -355,6 +407,39 @@ async fn starved_reader_counts_kernel_drops_and_keeps_counting_requests() {
     let after =
         || server_series(&receiver, "shop-starved").get(&key("GET", "/after/{id}", 200)).map(|p| p.count);
     assert!(eventually(WAIT, || after() == Some(5)), "after the drops: {:?}", after());
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_of_a_process_with_its_own_sdk_are_counted_without_sonde_spans() {
+    let receiver = Receiver::start().await.unwrap();
+    let sdk = harness::sdk_python_service("sdk-red", &receiver.http_traces_url(), &[]);
+    let pid = sdk.pid().to_string();
+    let (mut sonde, _) = sonde_with_metrics(&receiver, &["--pid", &pid]);
+    let url = sdk.url("/items");
+    tokio::task::spawn_blocking(move || {
+        for n in 0..3 {
+            assert_eq!(status_of(&[&format!("{url}/{n}")]), 200);
+        }
+    })
+    .await
+    .unwrap();
+    let count = || server_series(&receiver, "sdk-red").values().map(|p| p.count).sum::<u64>();
+    assert!(
+        eventually(WAIT, || count() == 3),
+        "{:#?}\n{}",
+        server_series(&receiver, "sdk-red"),
+        sonde.stderr()
+    );
+    // The SDK's own spans arrive; none of sonde's for this process (`--sdk-processes skip`).
+    let spans =
+        receiver.wait_for(|s| s.iter().filter(|s| s.kind_name() == "SERVER").count() >= 3, WAIT).await;
+    let by_sonde: Vec<_> = spans
+        .iter()
+        .filter(|s| s.resource.get("telemetry.sdk.name").map(String::as_str) == Some("sonde"))
+        .collect();
+    assert!(by_sonde.is_empty(), "{by_sonde:#?}");
     let status = sonde.stop();
     assert!(status.success(), "{status}\n{}", sonde.stderr());
 }
