@@ -2,9 +2,10 @@
 //! the OpenTelemetry-to-Prometheus compatibility spec says
 //! (https://opentelemetry.io/docs/specs/otel/compatibility/prometheus_and_openmetrics/):
 //! dots become underscores, the unit becomes a suffix (`s` → `_seconds`, `By` → `_bytes`,
-//! annotations like `{request}` are dropped), counters end in `_total`; each resource's
-//! `service.name` and `service.instance.id` label its series, and all its attributes are on a
-//! `target_info` series.
+//! annotations like `{request}` are dropped), counters end in `_total`; all of a resource's
+//! attributes are on a `target_info` series. One departure: the spec maps `service.name` and
+//! `service.instance.id` to `job` and `instance`, which the scraping Prometheus sets itself (to
+//! sonde); here they are the labels `service_name` and `service_instance_id` of each series.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
