@@ -151,6 +151,7 @@ impl Pipeline {
     }
 
     fn emit(&mut self) {
+        let now = Instant::now();
         for Finished { conn, exchange } in self.finished.drain(..) {
             if exports_traces(&exchange) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
@@ -161,7 +162,7 @@ impl Pipeline {
                 // Its spans are the SDK's, its requests still count (outside the service graph,
                 // which pairs sonde's spans).
                 if let Some(metrics) = &self.metrics {
-                    metrics.record(&exchange, &conn, &self.processes.resource(conn.pid), None);
+                    metrics.record(&exchange, &conn, &self.processes.resource(conn.pid), None, now);
                 }
                 self.sdk_skipped += 1;
                 continue;
@@ -170,7 +171,7 @@ impl Pipeline {
             let context = context.unwrap_or_else(SpanContext::root);
             let resource = self.processes.resource(conn.pid);
             if let Some(metrics) = &self.metrics {
-                metrics.record(&exchange, &conn, &resource, Some(&context));
+                metrics.record(&exchange, &conn, &resource, Some(&context), now);
             }
             if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
                 self.outbox.push(span);

@@ -16,10 +16,11 @@
 //! count too.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use super::{
     histogram::{HTTP_DURATION_BOUNDS, Histogram},

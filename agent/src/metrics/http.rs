@@ -3,7 +3,9 @@
 //! (https://opentelemetry.io/docs/specs/semconv/http/http-metrics/). Every finished request is
 //! counted, sampled or not.
 
-use std::{collections::HashMap, hash::Hash, sync::Arc, time::Instant};
+use std::{hash::Hash, sync::Arc, time::Instant};
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use super::{
     histogram::{HTTP_DURATION_BOUNDS, Histogram},
@@ -170,7 +172,7 @@ impl HttpMetrics {
         resource: &Arc<Resource>,
         o: &Observation<'_>,
         routes: &mut Routes,
-        now_unix_ns: u64,
+        now: Instant,
     ) {
         if !self.processes.contains_key(&resource.id) && self.processes.len() >= self.max_processes {
             self.evict_least_recent();
@@ -178,12 +180,13 @@ impl HttpMetrics {
         let process = self.processes.entry(resource.id).or_insert_with(|| ProcessSeries {
             resource: Arc::clone(resource),
             pid,
-            start_unix_ns: now_unix_ns,
-            last_update: Instant::now(),
+            // Read only for a new process: it is the start time of all its series.
+            start_unix_ns: super::unix_ns_now(),
+            last_update: now,
             server: Series::new(),
             client: Series::new(),
         });
-        process.last_update = Instant::now();
+        process.last_update = now;
         let status = o.status.unwrap_or(0);
         let room = self.total_series < self.max_total_series;
         let recorded = match o.kind {
@@ -403,13 +406,13 @@ mod tests {
         let mut routes = Routes::new(Vec::new(), 100);
         let shop = resource(1, "shop");
         for path in ["/users/1", "/users/22", "/users/333"] {
-            metrics.record(10, &shop, &server("GET", path, Some(200)), &mut routes, 0);
+            metrics.record(10, &shop, &server("GET", path, Some(200)), &mut routes, Instant::now());
         }
-        metrics.record(10, &shop, &server("GET", "/users/4", Some(404)), &mut routes, 0);
-        metrics.record(10, &shop, &server("POST", "/orders", Some(500)), &mut routes, 0);
-        metrics.record(10, &shop, &server("GET", "/slow", None), &mut routes, 0);
-        metrics.record(10, &shop, &server("GET", "/wp-login.php", Some(404)), &mut routes, 0);
-        metrics.record(10, &shop, &client("db.local", 5984, 503), &mut routes, 0);
+        metrics.record(10, &shop, &server("GET", "/users/4", Some(404)), &mut routes, Instant::now());
+        metrics.record(10, &shop, &server("POST", "/orders", Some(500)), &mut routes, Instant::now());
+        metrics.record(10, &shop, &server("GET", "/slow", None), &mut routes, Instant::now());
+        metrics.record(10, &shop, &server("GET", "/wp-login.php", Some(404)), &mut routes, Instant::now());
+        metrics.record(10, &shop, &client("db.local", 5984, 503), &mut routes, Instant::now());
         assert_eq!(
             series(&metrics),
             vec![
@@ -431,7 +434,7 @@ mod tests {
         let mut routes = Routes::new(Vec::new(), 100);
         let shop = resource(1, "shop");
         for status in [200, 201, 202, 203, 200] {
-            metrics.record(10, &shop, &server("GET", "/", Some(status)), &mut routes, 0);
+            metrics.record(10, &shop, &server("GET", "/", Some(status)), &mut routes, Instant::now());
         }
         let got = series(&metrics);
         assert_eq!(got.iter().map(|s| s.4).sum::<u64>(), 5, "every request counted: {got:?}");
@@ -445,18 +448,18 @@ mod tests {
         let mut routes = Routes::new(Vec::new(), 100);
         let (a, b) = (resource(1, "a"), resource(2, "b"));
         for status in [200, 201] {
-            metrics.record(1, &a, &server("GET", "/", Some(status)), &mut routes, 0);
+            metrics.record(1, &a, &server("GET", "/", Some(status)), &mut routes, Instant::now());
         }
-        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, Instant::now());
         // Three series held: b's next attribute set overflows, its existing one still counts.
-        metrics.record(2, &b, &server("GET", "/", Some(202)), &mut routes, 0);
-        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(2, &b, &server("GET", "/", Some(202)), &mut routes, Instant::now());
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, Instant::now());
         assert_eq!(metrics.overflowed(), 1);
         let got = series(&metrics);
         assert_eq!(got.iter().map(|s| s.4).sum::<u64>(), 5, "{got:?}");
         // `a` exits: its two series are freed for others.
         metrics.sweep(std::time::Duration::ZERO, |pid| pid == 2);
-        metrics.record(2, &b, &server("GET", "/", Some(203)), &mut routes, 0);
+        metrics.record(2, &b, &server("GET", "/", Some(203)), &mut routes, Instant::now());
         assert_eq!(metrics.overflowed(), 1, "room again");
     }
 
@@ -465,12 +468,12 @@ mod tests {
         let mut metrics = HttpMetrics::with_max_processes(100, 2);
         let mut routes = Routes::new(Vec::new(), 100);
         let (a, b, c) = (resource(1, "a"), resource(2, "b"), resource(3, "c"));
-        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, 0);
-        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, Instant::now());
+        metrics.record(2, &b, &server("GET", "/", Some(200)), &mut routes, Instant::now());
         // `a` is updated again, so `b` is the least recent when `c` arrives.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, 0);
-        metrics.record(3, &c, &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(1, &a, &server("GET", "/", Some(200)), &mut routes, Instant::now());
+        metrics.record(3, &c, &server("GET", "/", Some(200)), &mut routes, Instant::now());
         assert_eq!(metrics.processes(), 2);
         assert!(metrics.has_process(1) && metrics.has_process(3) && !metrics.has_process(2));
         assert_eq!(metrics.evicted(), 1);
@@ -480,8 +483,8 @@ mod tests {
     fn sweep_forgets_exited_idle_processes_only() {
         let mut metrics = HttpMetrics::new(100);
         let mut routes = Routes::new(Vec::new(), 100);
-        metrics.record(1, &resource(1, "a"), &server("GET", "/", Some(200)), &mut routes, 0);
-        metrics.record(2, &resource(2, "b"), &server("GET", "/", Some(200)), &mut routes, 0);
+        metrics.record(1, &resource(1, "a"), &server("GET", "/", Some(200)), &mut routes, Instant::now());
+        metrics.record(2, &resource(2, "b"), &server("GET", "/", Some(200)), &mut routes, Instant::now());
         metrics.sweep(std::time::Duration::ZERO, |pid| pid == 1);
         assert!(metrics.has_process(1) && !metrics.has_process(2));
         metrics.sweep(std::time::Duration::from_secs(60), |_| false);

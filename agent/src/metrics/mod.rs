@@ -20,8 +20,8 @@ pub mod observe;
 pub mod own;
 pub mod route;
 
+use foldhash::{HashMap, HashMapExt as _};
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
@@ -110,8 +110,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished exchange of process `conn.pid`. `context` is its span's identity, for
-    /// the service graph; None leaves it out of the graph (a process whose spans its SDK makes).
+    /// Counts one finished exchange of process `conn.pid`, at `now` (one clock read per batch of
+    /// exchanges is precise enough). `context` is its span's identity, for the service graph; None
+    /// leaves it out of the graph (a process whose spans its SDK makes).
     ///
     /// Locks the store for this exchange only: an uncontended lock costs tens of nanoseconds, and
     /// the intake thread never holds it while it reads /proc or builds a span.
@@ -121,11 +122,12 @@ impl Metrics {
         conn: &ConnInfo,
         resource: &Arc<Resource>,
         context: Option<&SpanContext>,
+        now: Instant,
     ) {
         let mut store = self.lock();
         let store = &mut *store;
         let observation = Observation::new(exchange, conn, &mut store.addresses);
-        store.http.record(conn.pid, resource, &observation, &mut store.routes, unix_ns_now());
+        store.http.record(conn.pid, resource, &observation, &mut store.routes, now);
         let service =
             store.services.entry(resource.id).or_insert_with(|| Arc::from(resource.service_name.as_str()));
         let Some(context) = context else { return };
@@ -141,7 +143,7 @@ impl Metrics {
             failed: observation.failed(),
             peer: observation.server.as_ref().map(|(address, _)| address),
         };
-        store.graph.record(span, Instant::now());
+        store.graph.record(span, now);
     }
 
     /// Periodic upkeep (about once a second): ends service-graph waits, forgets exited processes.

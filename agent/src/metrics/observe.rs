@@ -22,7 +22,7 @@ pub struct Observation<'a> {
     pub scheme: &'static str,
     /// HTTP/1.x minor version.
     pub minor_version: u8,
-    /// `server.address`, `server.port`.
+    /// `server.address`, `server.port` (client side only).
     pub server: Option<(Text, Option<u16>)>,
     /// The request path, query cut (server side: what `http.route` is derived from).
     pub path: &'a str,
@@ -37,7 +37,6 @@ impl<'a> Observation<'a> {
             SpanKind::Client
         };
         let request = &exchange.request.head;
-        let server_socket = if kind == SpanKind::Server { conn.local } else { conn.remote };
         let start = exchange.request.start_ns;
         let end = exchange.response.as_ref().map_or(exchange.request.end_ns, |r| r.end_ns);
         Self {
@@ -46,7 +45,11 @@ impl<'a> Observation<'a> {
             status: exchange.response.as_ref().map(|r| r.head.status),
             scheme: scheme(conn),
             minor_version: request.minor_version,
-            server: server_endpoint(request, server_socket, addresses),
+            // Only client series carry it (see http.rs): a server has no use for the allocation.
+            server: match kind {
+                SpanKind::Client => server_endpoint(request, conn.remote, addresses),
+                SpanKind::Server => None,
+            },
             path: split_target(&request.target).0,
             duration_s: end.saturating_sub(start) as f64 / 1e9,
         }

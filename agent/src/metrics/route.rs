@@ -43,7 +43,7 @@
 //! beyond that clears all of them (they refill from traffic), which keeps memory bounded by
 //! 4096 × `max_per_service` routes of at most 256 bytes.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
