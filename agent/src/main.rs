@@ -1,13 +1,21 @@
-use clap::Parser as _;
-use sonde::config::{Cli, Command};
+use sonde::config::{Command, ConfigCommand};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match sonde::config::load::cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("sonde: error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => sonde::run::run(args),
         Command::NullProbe(args) => sonde::run::null_probe(args),
         Command::Demo(args) => sonde::demo::demo(args),
         Command::DemoService(args) => sonde::demo::service::run(args),
+        Command::Config(ConfigCommand::Check { file }) => {
+            sonde::config::load::check(&file).map(|effective| print!("{effective}"))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -36,11 +36,17 @@ pub struct Sonde {
 impl Sonde {
     /// Starts `sonde run ARGS` and waits until it reports that tracing started.
     pub fn start(args: &[&str]) -> Sonde {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `start` with `env` added to sonde's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Sonde {
         let mut child = Command::new(sonde_bin())
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,4 +1,9 @@
 //! The command line. Every flag is documented here once; `sonde run --help` prints these texts.
+//! The same flags are keys of the configuration file (`file`) and have SONDE_* variables; `load`
+//! puts the three together.
+
+pub mod file;
+pub mod load;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -28,6 +33,21 @@ pub enum Command {
     /// One service of the demo chain (started by `sonde demo`).
     #[command(hide = true)]
     DemoService(DemoServiceArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check FILE (with the SONDE_* and OTEL_* variables of this environment) and print the
+    /// configuration `sonde run --config FILE` would use, each value with where it came from.
+    /// Exits non-zero, naming the key, if anything is wrong.
+    Check {
+        /// The YAML file (keys are `sonde run` flags without the dashes; see deploy/sonde.yaml).
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -67,55 +87,60 @@ pub struct NullProbeArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A YAML file of settings whose keys are these flags without the dashes (see
+    /// deploy/sonde.yaml). Flags and environment variables win over it.
+    #[arg(long, env = "SONDE_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// OTLP endpoint to export spans to, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318
     /// (HTTP; `/v1/traces` is appended). Default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with none,
     /// spans are only printed.
-    #[arg(long, value_name = "URL")]
+    #[arg(env = "SONDE_OTLP_ENDPOINT", long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
     /// OTLP transport: `grpc` or `http/protobuf`. Default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf (the OTLP default).
-    #[arg(long, value_name = "PROTOCOL")]
+    #[arg(env = "SONDE_OTLP_PROTOCOL", long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<String>,
 
     /// Terminal output: `tree` (a waterfall per finished trace), `json` (one span per line on
     /// stdout), `none`. Default: `tree` without an OTLP endpoint, `none` with one.
-    #[arg(long, value_name = "MODE")]
+    #[arg(env = "SONDE_PRINT", long, value_name = "MODE")]
     pub print: Option<String>,
 
     /// Trace only these process ids (repeatable). Enforced in the kernel.
-    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..sonde_common::PID_LIMIT as i64))]
+    #[arg(env = "SONDE_PID", value_delimiter = ',', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..sonde_common::PID_LIMIT as i64))]
     pub pids: Vec<u32>,
 
     /// Trace only connections with this port at either end (repeatable), e.g. a server's listening port.
-    #[arg(long = "port", value_name = "PORT")]
+    #[arg(env = "SONDE_PORT", value_delimiter = ',', long = "port", value_name = "PORT")]
     pub ports: Vec<u16>,
 
     /// Trace only processes whose executable name or path matches this glob (repeatable), e.g.
     /// `nginx` or `/usr/sbin/*`.
-    #[arg(long = "exe", value_name = "GLOB")]
+    #[arg(env = "SONDE_EXE", long = "exe", value_name = "GLOB")]
     pub exes: Vec<String>,
 
     /// Bytes of each read/write copied from the kernel (max 16384). Headers longer than this still
     /// give a span, with the fields past the cut missing.
-    #[arg(long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]
+    #[arg(env = "SONDE_CAPTURE_BYTES", long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 
     /// Size of the kernel → agent ring buffer (rounded up to a power of two). When it is full,
     /// events are dropped and counted, never waited for.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(env = "SONDE_RING_BUFFER_BYTES", long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
     pub ring_buffer_bytes: u32,
 
     /// Which kernel hooks see the syscalls: `auto` picks the cheapest this kernel allows.
-    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    #[arg(env = "SONDE_HOOKS", long, value_enum, default_value_t = HookChoice::Auto)]
     pub hooks: HookChoice,
 
     /// Export the query string as `url.query` (off by default: queries often carry secrets).
-    #[arg(long)]
+    #[arg(long, env = "SONDE_CAPTURE_QUERY")]
     pub capture_query: bool,
 
     /// Also export the HTTP conventions' Opt-In span attributes: `client.port`,
     /// `network.transport`, `network.type`, `http.request.body.size`, `http.response.body.size`.
-    #[arg(long)]
+    #[arg(long, env = "SONDE_OPT_IN_ATTRIBUTES")]
     pub opt_in_attributes: bool,
 
     /// Processes that run an OpenTelemetry SDK of their own (started through
@@ -123,20 +148,20 @@ pub struct RunArgs {
     /// `skip` leaves their spans to their SDK — sonde's would repeat each of their requests — while
     /// the `traceparent` headers they send still parent sonde's spans downstream; `trace` makes
     /// sonde's spans for them as well.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SdkProcesses::Skip)]
+    #[arg(env = "SONDE_SDK_PROCESSES", long, value_enum, value_name = "MODE", default_value_t = SdkProcesses::Skip)]
     pub sdk_processes: SdkProcesses,
 
     /// HTTPS: `on` hooks OpenSSL (`libssl.so.3`, `libssl.so.1.1`) wherever processes load it and
     /// reads the plaintext there; `off` leaves TLS alone (its connections give no spans). Each
     /// hooked call costs the calling thread about 1–5 µs (uprobes trap into the kernel).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = TlsMode::On)]
+    #[arg(env = "SONDE_TLS", long, value_enum, value_name = "MODE", default_value_t = TlsMode::On)]
     pub tls: TlsMode,
 
     /// Opt out of TLS hooking (repeatable): a glob on a library's path or file name leaves that
     /// library unhooked (no cost to the processes using it); a glob on an executable's name or path
     /// makes the kernel ignore that process's TLS calls (they still trap, ~1 µs each, but nothing
     /// is copied). E.g. `--tls-exclude '/opt/vendor/*'` or `--tls-exclude haproxy`.
-    #[arg(long = "tls-exclude", value_name = "GLOB")]
+    #[arg(env = "SONDE_TLS_EXCLUDE", long = "tls-exclude", value_name = "GLOB")]
     pub tls_exclude: Vec<String>,
 
     /// Hook OpenSSL's exported `SSL_read`/`SSL_write` (and `_ex`) even where the cheaper internal
@@ -147,38 +172,38 @@ pub struct RunArgs {
     /// Serve metrics for Prometheus to scrape at `http://ADDR/metrics`, e.g. `127.0.0.1:9400` (or
     /// `0.0.0.0:9400` for a scraper on another host): the RED histograms, the service graph and
     /// sonde's own counters, named the Prometheus way (`http_server_request_duration_seconds`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(env = "SONDE_PROMETHEUS_LISTEN", long, value_name = "ADDR")]
     pub prometheus_listen: Option<std::net::SocketAddr>,
 
     /// OTLP metrics: `on` sends the metrics to the OTLP endpoint (`--otlp-endpoint`, or
     /// OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT) every `--metrics-interval`; `off` does not.
     /// Default: `off` when OTEL_METRICS_EXPORTER is `none`, else `on`.
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(env = "SONDE_OTLP_METRICS", long, value_enum, value_name = "MODE")]
     pub otlp_metrics: Option<OnOff>,
 
     /// How often metrics are sent over OTLP. Default: OTEL_METRIC_EXPORT_INTERVAL (milliseconds),
     /// else 60s.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(env = "SONDE_METRICS_INTERVAL", long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub metrics_interval: Option<std::time::Duration>,
 
     /// A route template for `http.route` (repeatable), e.g. `/users/{id}/orders/{order}` or
     /// `/static/**`: `{name}` and `*` match one path segment, a final `**` the rest. The first
     /// pattern that matches wins; paths no pattern matches get the heuristic template
     /// (numbers, UUIDs, hashes and other id-like segments become `{id}`; see docs/metrics.md).
-    #[arg(long = "route", value_name = "PATTERN")]
+    #[arg(env = "SONDE_ROUTE", long = "route", value_name = "PATTERN")]
     pub routes: Vec<crate::metrics::route::RoutePattern>,
 
     /// Distinct heuristic routes a service may have in the metrics; later new ones are reported
     /// as `/{overflow}` (route patterns given with `--route` do not count).
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(env = "SONDE_MAX_ROUTES_PER_SERVICE", long, value_name = "N", default_value_t = 200)]
     pub max_routes_per_service: usize,
 
     /// Spans waiting for export beyond this are dropped and counted.
-    #[arg(long, value_name = "SPANS", default_value_t = 8192)]
+    #[arg(env = "SONDE_MAX_QUEUE_SPANS", long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
 
     /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
+    #[arg(env = "SONDE_LOG", long, value_name = "FILTER", default_value = "info")]
     pub log: String,
 }
 
