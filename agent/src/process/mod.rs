@@ -1,7 +1,8 @@
 //! Process metadata: the OTel resource of each traced process, read once from /proc and cached.
 //!
-//! `service.name` comes from the process's own `OTEL_SERVICE_NAME` (what its SDK would use), else
-//! its executable name. Entries are keyed by pid and checked against the process start time, so a
+//! `service.name` comes from the process's own `OTEL_SERVICE_NAME`, else `service.name` in its
+//! `OTEL_RESOURCE_ATTRIBUTES` (what its SDK would use), else its executable name. The rest of its
+//! `OTEL_RESOURCE_ATTRIBUTES` is added, and `container.id` when its cgroup names a container. Entries are keyed by pid and checked against the process start time, so a
 //! reused pid does not inherit another program's resource.
 
 use std::{
@@ -12,6 +13,8 @@ use std::{
 
 use crate::span::model::{KeyValue, Resource};
 
+mod container;
+mod otel_env;
 mod procfs;
 
 pub use procfs::{ProcInfo, read as read_info};
@@ -151,11 +154,16 @@ fn log_own_sdk(pid: u32, info: &ProcInfo, why: &str) {
     tracing::info!(pid, exe, why, "process has an OpenTelemetry SDK of its own");
 }
 
+/// Attribute prefixes only sonde sets: a process's `OTEL_RESOURCE_ATTRIBUTES` cannot claim them.
+const OWN_KEYS: &[&str] = &["process.", "telemetry.sdk.", "host.", "container.", "service.instance.id"];
+
 pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &str) -> Resource {
-    let service_name = info
-        .env_service_name
-        .clone()
-        .filter(|s| !s.is_empty())
+    let from_attributes =
+        info.env_resource_attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
+    let service_name = [info.env_service_name.clone(), from_attributes]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
         .unwrap_or_else(|| info.exe_name.clone().unwrap_or_else(|| format!("pid-{pid}")));
     let mut attributes = vec![
         KeyValue::str("service.name", service_name.clone()),
@@ -177,6 +185,16 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
     }
     if let Some(cmd) = &info.command_line {
         attributes.push(KeyValue::str("process.command_line", cmd.clone()));
+    }
+    if let Some(id) = &info.container_id {
+        attributes.push(KeyValue::str("container.id", id.clone()));
+    }
+    // What the process's SDK would add; the facts sonde reads itself stand.
+    for (key, value) in &info.env_resource_attributes {
+        if !attributes.iter().any(|kv| kv.key == key.as_str()) && !OWN_KEYS.iter().any(|p| key.starts_with(p))
+        {
+            attributes.push(KeyValue::str(key.clone(), value.clone()));
+        }
     }
     let id = ((pid as u64) << 32) ^ start_time;
     Resource { id, service_name, attributes }
@@ -213,6 +231,7 @@ mod tests {
             command_line: Some("python3 -m http.server".into()),
             env_service_name: Some("checkout".into()),
             own_sdk: None,
+            ..ProcInfo::default()
         };
         let r = build_resource(42, 1, &info, "host-a");
         assert_eq!(r.service_name, "checkout");
@@ -222,6 +241,36 @@ mod tests {
         assert!(r.attributes.contains(&KeyValue::str("process.command_line", "python3 -m http.server")));
         let r = build_resource(42, 1, &ProcInfo::default(), "host-a");
         assert_eq!(r.service_name, "pid-42");
+    }
+
+    #[test]
+    fn resource_attributes_from_the_process_env_and_its_container() {
+        let pairs =
+            |list: &[(&str, &str)]| list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let info = ProcInfo {
+            exe_name: Some("java".into()),
+            env_resource_attributes: pairs(&[
+                ("service.name", "orders"),
+                ("deployment.environment.name", "prod"),
+                ("process.pid", "1"),
+                ("host.name", "spoofed"),
+                ("service.version", "2.1"),
+            ]),
+            container_id: Some("ab".repeat(32)),
+            ..ProcInfo::default()
+        };
+        let r = build_resource(42, 1, &info, "host-a");
+        assert_eq!(
+            r.service_name, "orders",
+            "service.name in OTEL_RESOURCE_ATTRIBUTES, after OTEL_SERVICE_NAME"
+        );
+        let has = |k: &str, v: &str| r.attributes.contains(&KeyValue::str(k.to_owned(), v.to_owned()));
+        assert!(has("deployment.environment.name", "prod") && has("service.version", "2.1"));
+        assert!(has("container.id", &"ab".repeat(32)) && has("host.name", "host-a"));
+        assert!(r.attributes.contains(&KeyValue::int("process.pid", 42)), "sonde's own facts stand");
+        assert_eq!(r.attributes.iter().filter(|kv| kv.key == "service.name").count(), 1);
+        let named = ProcInfo { env_service_name: Some("checkout".into()), ..info };
+        assert_eq!(build_resource(42, 1, &named, "h").service_name, "checkout");
     }
 
     #[test]

@@ -7,6 +7,10 @@ pub struct ProcInfo {
     pub exe_path: Option<String>,
     pub command_line: Option<String>,
     pub env_service_name: Option<String>,
+    /// Its `OTEL_RESOURCE_ATTRIBUTES`, parsed.
+    pub env_resource_attributes: Vec<(String, String)>,
+    /// From its cgroup: the container it runs in.
+    pub container_id: Option<String>,
     /// Why the process looks like it runs an OpenTelemetry SDK of its own (see [`own_sdk`]).
     pub own_sdk: Option<String>,
 }
@@ -37,12 +41,17 @@ pub fn read(pid: u32, comm: Option<&str>) -> ProcInfo {
     });
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let env_service_name = env_var(&environ, b"OTEL_SERVICE_NAME");
+    let env_resource_attributes = env_var(&environ, b"OTEL_RESOURCE_ATTRIBUTES")
+        .map(|v| super::otel_env::resource_attributes(&v))
+        .unwrap_or_default();
     let own_sdk = own_sdk(command_line.as_deref(), &environ);
     ProcInfo {
         exe_name,
         exe_path,
         command_line: command_line.filter(|c| !c.is_empty()),
         env_service_name,
+        env_resource_attributes,
+        container_id: super::container::read(pid),
         own_sdk,
     }
 }

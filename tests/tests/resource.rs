@@ -1,0 +1,89 @@
+//! Privileged: what a span's resource says of its process — the process's own
+//! `OTEL_RESOURCE_ATTRIBUTES`, and `container.id` for a process in a container's cgroup — checked
+//! at a real OTLP receiver.
+
+use std::{path::PathBuf, time::Duration};
+
+use sonde_tests::{
+    harness::{self, Sonde, curl},
+    receiver::{ReceivedSpan, Receiver},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A cgroup named as a container runtime names one, removed when dropped (once empty).
+struct ContainerCgroup {
+    dir: PathBuf,
+}
+
+impl ContainerCgroup {
+    /// Under the cgroup v2 hierarchy (pure, or the hybrid `unified` mount), else cgroup v1's
+    /// `pids` controller.
+    fn create(id: &str) -> ContainerCgroup {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("a writable cgroup hierarchy (run as root)");
+        let dir = root.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        ContainerCgroup { dir }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+async fn one_server_span(receiver: &Receiver, port: u16) -> ReceivedSpan {
+    let port = port.to_string();
+    let is_ours =
+        |s: &ReceivedSpan| s.kind_name() == "SERVER" && s.attr("server.port").as_deref() == Some(&port);
+    let spans = receiver.wait_for(|s| s.iter().any(is_ours), WAIT).await;
+    spans.into_iter().find(is_ours).unwrap_or_else(|| panic!("no server span on port {port}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_in_a_container_cgroup_gets_container_id_and_its_resource_attributes() {
+    let receiver = Receiver::start().await.unwrap();
+    let id = "5a1e".repeat(16);
+    let cgroup = ContainerCgroup::create(&id);
+    let server = harness::python_http_server(&[(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.name=from-attributes,deployment.environment.name=staging,host.name=spoofed",
+    )]);
+    // Before sonde first sees the process, which is when it reads the cgroup.
+    cgroup.add(server.pid());
+    let endpoint = receiver.grpc_endpoint();
+    let pid = server.pid().to_string();
+    let mut sonde = Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &pid]);
+    curl(&["-o", "/dev/null", &server.url("/index.html")]);
+
+    let span = one_server_span(&receiver, server.port).await;
+    let resource = |k: &str| span.resource.get(k).map(String::as_str);
+    assert_eq!(resource("container.id"), Some(id.as_str()), "{:?}", span.resource);
+    assert_eq!(resource("service.name"), Some("from-attributes"));
+    assert_eq!(resource("deployment.environment.name"), Some("staging"));
+    assert_ne!(resource("host.name"), Some("spoofed"), "sonde's own facts stand");
+
+    // A process outside any container has no container.id.
+    let plain = harness::python_http_server(&[]);
+    let plain_pid = plain.pid().to_string();
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    let mut sonde =
+        Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &plain_pid]);
+    curl(&["-o", "/dev/null", &plain.url("/index.html")]);
+    let span = one_server_span(&receiver, plain.port).await;
+    assert_eq!(span.resource.get("container.id"), None, "{:?}", span.resource);
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    drop(server);
+}
