@@ -41,7 +41,21 @@ impl Sonde {
 
     /// `start` with `env` added to sonde's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Sonde {
-        let mut child = Command::new(sonde_bin())
+        Self::start_through(&[], args, env)
+    }
+
+    /// `start_with_env`, through `wrapper` (a command that runs its last argument as a program,
+    /// e.g. `setpriv …`), so that sonde runs with what the wrapper set up.
+    pub fn start_through(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Sonde {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(sonde_bin());
+                c
+            }
+            None => Command::new(sonde_bin()),
+        };
+        let mut child = command
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")

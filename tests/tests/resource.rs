@@ -87,3 +87,54 @@ async fn a_process_in_a_container_cgroup_gets_container_id_and_its_resource_attr
     assert!(status.success(), "{status}\n{}", sonde.stderr());
     drop(server);
 }
+
+/// The effective capability set of `pid`, from /proc/PID/status.
+fn effective_caps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_owned();
+    u64::from_str_radix(&hex, 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_with_only_the_capabilities_it_names_not_privileged() {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let receiver = Receiver::start().await.unwrap();
+    let server = harness::python_http_server(&[("OTEL_SERVICE_NAME", "capabilities")]);
+    let endpoint = receiver.grpc_endpoint();
+    let pid = server.pid().to_string();
+    // Root, but with a bounding set of the four capabilities the README names: no
+    // CAP_SYS_ADMIN, nothing else of a privileged container.
+    let wrapper = [
+        "setpriv",
+        "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search",
+        "--inh-caps=-all",
+        "--",
+    ];
+    let args = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &pid];
+    let mut sonde = Sonde::start_through(&wrapper, &args, &[]);
+    let caps = effective_caps(sonde.pid());
+    let wanted =
+        [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON, CAP_BPF].iter().fold(0u64, |a, c| a | 1 << c);
+    assert_eq!(caps, wanted, "sonde runs with exactly these capabilities: {caps:#x}");
+    assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
+    curl(&["-o", "/dev/null", &server.url("/index.html")]);
+    let span = one_server_span(&receiver, server.port).await;
+    assert_eq!(span.resource.get("service.name").map(String::as_str), Some("capabilities"), "environ read");
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+
+    // One fewer, and sonde says which is missing instead of starting.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon,+dac_read_search", "--inh-caps=-all", "--"])
+        .arg(harness::sonde_bin())
+        .args(["run", "--pid", &pid])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("missing capabilities: CAP_SYS_PTRACE"), "{stderr}");
+}
