@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::{
     config::{NullProbeArgs, OnOff, RunArgs, TlsMode},
-    conn::select::Selector,
+    conn::select::{Criteria, Selector},
     export::{
         ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol, Signal, config as export_config,
         metrics::MetricsExporter, prometheus,
@@ -63,7 +63,19 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         Some(mode) => mode.parse()?,
         None => PrintMode::default_for(otlp.as_ref()),
     };
-    let selector = Selector::new(args.pids.clone(), args.ports.clone(), &args.exes)?;
+    let include = Criteria {
+        pids: args.pids.clone(),
+        ports: args.ports.clone(),
+        exes: args.exes.clone(),
+        containers: args.containers.clone(),
+    };
+    let exclude = Criteria {
+        pids: args.exclude_pids.clone(),
+        ports: args.exclude_ports.clone(),
+        exes: args.exclude_exes.clone(),
+        containers: args.exclude_containers.clone(),
+    };
+    let selector = Selector::new(&include, &exclude)?;
     let env = |key: &str| std::env::var(key).ok();
     let otlp_metrics =
         match export_config::otlp_metrics_enabled(args.otlp_metrics.map(|m| m == OnOff::On), env)? {

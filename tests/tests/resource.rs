@@ -138,3 +138,41 @@ async fn traces_with_only_the_capabilities_it_names_not_privileged() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("missing capabilities: CAP_SYS_PTRACE"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selection_by_container_and_exclusions_limits_which_processes_get_spans() {
+    let receiver = Receiver::start().await.unwrap();
+    let id = "c0ffee00".repeat(8);
+    let cgroup = ContainerCgroup::create(&id);
+    let inside = harness::python_http_server(&[("OTEL_SERVICE_NAME", "inside")]);
+    let excluded = harness::python_http_server(&[("OTEL_SERVICE_NAME", "inside-but-excluded")]);
+    let outside = harness::python_http_server(&[("OTEL_SERVICE_NAME", "outside")]);
+    cgroup.add(inside.pid());
+    cgroup.add(excluded.pid());
+    let endpoint = receiver.grpc_endpoint();
+    let excluded_port = excluded.port.to_string();
+    // The short id, as `docker ps` shows it; the port exclusion wins over the container match.
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--container",
+        &id[..12],
+        "--exclude-port",
+        &excluded_port,
+    ]);
+    for server in [&inside, &excluded, &outside] {
+        curl(&["-o", "/dev/null", &server.url("/index.html")]);
+    }
+    let span = one_server_span(&receiver, inside.port).await;
+    assert_eq!(span.resource.get("container.id"), Some(&id));
+    // Give the others time to show up, were they traced.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let names: Vec<_> =
+        receiver.spans().iter().filter_map(|s| s.resource.get("service.name").cloned()).collect();
+    assert!(names.iter().all(|n| n == "inside"), "{names:?}");
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    drop((inside, excluded, outside));
+}

@@ -120,6 +120,27 @@ pub struct RunArgs {
     #[arg(env = "SONDE_EXE", long = "exe", value_name = "GLOB")]
     pub exes: Vec<String>,
 
+    /// Trace only processes in a container whose id starts with this (repeatable; the short 12-digit
+    /// form works), as `container.id` reports it.
+    #[arg(env = "SONDE_CONTAINER", long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
+    /// Never trace these process ids (repeatable).
+    #[arg(env = "SONDE_EXCLUDE_PID", value_delimiter = ',', long = "exclude-pid", value_name = "PID")]
+    pub exclude_pids: Vec<u32>,
+
+    /// Never trace connections with this port at either end (repeatable), e.g. 22.
+    #[arg(env = "SONDE_EXCLUDE_PORT", value_delimiter = ',', long = "exclude-port", value_name = "PORT")]
+    pub exclude_ports: Vec<u16>,
+
+    /// Never trace processes whose executable name or path matches this glob (repeatable).
+    #[arg(env = "SONDE_EXCLUDE_EXE", long = "exclude-exe", value_name = "GLOB")]
+    pub exclude_exes: Vec<String>,
+
+    /// Never trace processes in a container whose id starts with this (repeatable).
+    #[arg(env = "SONDE_EXCLUDE_CONTAINER", long = "exclude-container", value_name = "ID")]
+    pub exclude_containers: Vec<String>,
+
     /// Bytes of each read/write copied from the kernel (max 16384). Headers longer than this still
     /// give a span, with the fields past the cut missing.
     #[arg(env = "SONDE_CAPTURE_BYTES", long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]
