@@ -33,6 +33,9 @@ const PYTHON_SDK_PACKAGES: &[(&str, &str)] = &[
     ("opentelemetry-instrumentation-flask", "0.66b1"),
     ("opentelemetry-instrumentation-requests", "0.66b1"),
 ];
+/// What checks `deploy/`: Helm's own Go SDK, bound for Python (renders and lints the chart offline,
+/// no helm binary), and the Kubernetes API schemas of every release (validates what it renders).
+const DEPLOY_CHECK_PACKAGES: &[(&str, &str)] = &[("helm-python-sdk", "0.2.2"), ("kubernetes-validate", "1.37.0")];
 /// `@opentelemetry/auto-instrumentations-node`, as in tests/servers/node/package.json.
 const NODE_SDK_VERSION: &str = "0.82.0";
 
@@ -51,7 +54,8 @@ pub fn toolchain() -> anyhow::Result<()> {
 pub fn test_tools() -> anyhow::Result<()> {
     apt_packages(&[APT_PACKAGES, BENCH_APT_PACKAGES].concat())?;
     cargo_fuzz()?;
-    python_sdk()?;
+    pip_packages(PYTHON_SDK_PACKAGES)?;
+    pip_packages(DEPLOY_CHECK_PACKAGES)?;
     node_sdk()?;
     bench_extras()
 }
@@ -160,17 +164,18 @@ fn rotel() -> anyhow::Result<()> {
     sh::run(Command::new("python3").args(["-m", "pip", "install", &format!("rotel=={ROTEL_VERSION}")]))
 }
 
-fn python_sdk() -> anyhow::Result<()> {
+/// Installs `packages` (pip name, version) unless exactly these versions are there.
+fn pip_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let query = format!(
         "import importlib.metadata as m; print(' '.join(m.version(p) for p in {:?}))",
-        PYTHON_SDK_PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+        packages.iter().map(|(p, _)| *p).collect::<Vec<_>>()
     );
     let installed = sh::output(Command::new("python3").args(["-c", &query])).unwrap_or_default();
-    let wanted = PYTHON_SDK_PACKAGES.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(" ");
+    let wanted = packages.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(" ");
     if installed.trim() == wanted {
         return Ok(());
     }
-    let pins = PYTHON_SDK_PACKAGES.iter().map(|(p, v)| format!("{p}=={v}"));
+    let pins = packages.iter().map(|(p, v)| format!("{p}=={v}"));
     sh::run(Command::new("python3").args(["-m", "pip", "install"]).args(pins))
 }
 

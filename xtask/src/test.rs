@@ -1,5 +1,5 @@
 //! `cargo xtask test`: every check CI makes, in order of cost — formatting, lints, unit tests, the
-//! privileged integration tests against the real binary, a few seconds of the bench harness (it
+//! deploy/ checks, the privileged integration tests against the real binary, a few seconds of the bench harness (it
 //! must still produce numbers; what they are is not tested), then a short fuzzing run.
 
 use std::process::Command;
@@ -30,6 +30,7 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
         "sonde-tests",
     ]))?;
     let sonde = build::release()?;
+    deploy(&sonde)?;
     privileged(&sonde)?;
     bench::smoke(&sonde)?;
     fuzz(fuzz_seconds)
@@ -39,6 +40,13 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
 /// time: each one's sonde sees every process's traffic, so parallel tests would only add noise.
 fn privileged(sonde: &std::path::Path) -> anyhow::Result<()> {
     sh::run(sh::cargo().args(["test", "-p", "sonde-tests", "--", "--test-threads=1"]).env("SONDE_BIN", sonde))
+}
+
+/// The Helm chart renders and lints, every manifest validates against the Kubernetes schemas, the
+/// DaemonSet keeps its security promises, its configuration passes `sonde config check`, and
+/// deploy/kubernetes/sonde.yaml is the chart's current rendering.
+fn deploy(sonde: &std::path::Path) -> anyhow::Result<()> {
+    sh::run(Command::new("python3").arg(sh::root().join("deploy/check.py")).arg("--sonde").arg(sonde))
 }
 
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
