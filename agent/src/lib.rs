@@ -13,6 +13,7 @@ pub mod export;
 pub mod http;
 pub mod intake;
 pub mod link;
+pub mod metadata;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

@@ -114,6 +114,12 @@ impl Pipeline {
         }
     }
 
+    /// Resources carry the Kubernetes metadata of `pods`.
+    pub fn with_pods(mut self, pods: crate::metadata::Pods) -> Self {
+        self.processes = ProcessCache::with_pods(pods);
+        self
+    }
+
     /// Counts every finished exchange in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);

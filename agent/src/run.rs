@@ -12,13 +12,14 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{NullProbeArgs, OnOff, RunArgs, TlsMode},
+    config::{KubernetesMode, NullProbeArgs, OnOff, RunArgs, TlsMode},
     conn::select::{Criteria, Selector},
     export::{
         ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol, Signal, config as export_config,
         metrics::MetricsExporter, prometheus,
     },
     intake,
+    metadata::{self, Pods},
     metrics::{
         Metrics, MetricsOptions,
         own::{KernelCounters, MetricsExportStats, OwnSources},
@@ -145,6 +146,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             anyhow::Ok((exporter, server))
         })?,
     };
+    let (pods, pod_watch) = runtime.block_on(kubernetes(&args))?.unzip();
     let assembler = Assembler::new(AssembleOptions {
         capture_query: args.capture_query,
         opt_in_attributes: args.opt_in_attributes,
@@ -161,6 +163,9 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                         .with_tls_notices(tls_notices);
                 if let Some(metrics) = metrics {
                     pipeline = pipeline.with_metrics(metrics);
+                }
+                if let Some(pods) = pods {
+                    pipeline = pipeline.with_pods(pods);
                 }
                 intake::run(ring, &mut pipeline, &stop, TICK);
             })
@@ -204,6 +209,9 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     }
     runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
     kernel_counters.publish(probes.drops());
+    if let Some(watch) = pod_watch {
+        watch.abort();
+    }
     if let Some(server) = prometheus_server {
         server.abort();
     }
@@ -297,4 +305,31 @@ fn yield_to_traced_processes() {
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not switch to SCHED_BATCH");
     }
+}
+
+/// Starts watching this node's pods when `--kubernetes` says so (see its help). With `auto`, a
+/// cluster that cannot be reached is a warning and sonde goes on without `k8s.*`; with `on`, an
+/// error.
+async fn kubernetes(args: &RunArgs) -> anyhow::Result<Option<(Pods, tokio::task::JoinHandle<()>)>> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let wanted = match args.kubernetes {
+        KubernetesMode::Off => false,
+        KubernetesMode::On => true,
+        KubernetesMode::Auto => in_cluster || args.kube_api.is_some(),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let client = match metadata::kube::client(args.kube_api.as_deref()).await {
+        Ok(client) => client,
+        Err(e) if args.kubernetes == KubernetesMode::Auto => {
+            tracing::warn!(error = %anyhow::Error::from(e), "no Kubernetes metadata");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context("--kubernetes on")),
+    };
+    let node = args.node_name.clone().unwrap_or_else(crate::process::host_name);
+    let pods = Pods::default();
+    let watch = metadata::kube::spawn(client, node, pods.clone());
+    Ok(Some((pods, watch)))
 }

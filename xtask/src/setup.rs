@@ -35,7 +35,8 @@ const PYTHON_SDK_PACKAGES: &[(&str, &str)] = &[
 ];
 /// What checks `deploy/`: Helm's own Go SDK, bound for Python (renders and lints the chart offline,
 /// no helm binary), and the Kubernetes API schemas of every release (validates what it renders).
-const DEPLOY_CHECK_PACKAGES: &[(&str, &str)] = &[("helm-python-sdk", "0.2.2"), ("kubernetes-validate", "1.37.0")];
+const DEPLOY_CHECK_PACKAGES: &[(&str, &str)] =
+    &[("helm-python-sdk", "0.2.2"), ("kubernetes-validate", "1.37.0")];
 /// `@opentelemetry/auto-instrumentations-node`, as in tests/servers/node/package.json.
 const NODE_SDK_VERSION: &str = "0.82.0";
 

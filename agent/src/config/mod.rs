@@ -219,6 +219,23 @@ pub struct RunArgs {
     #[arg(env = "SONDE_MAX_ROUTES_PER_SERVICE", long, value_name = "N", default_value_t = 200)]
     pub max_routes_per_service: usize,
 
+    /// Kubernetes metadata (`k8s.*` resource attributes, service names from pod annotations,
+    /// labels and workloads): `on` watches this node's pods through the API server, `off` does
+    /// not, `auto` does when running in a cluster (KUBERNETES_SERVICE_HOST is set) or with
+    /// `--kube-api`.
+    #[arg(long, env = "SONDE_KUBERNETES", value_enum, value_name = "MODE", default_value_t = KubernetesMode::Auto)]
+    pub kubernetes: KubernetesMode,
+
+    /// The API server's URL, used as it is (no credentials: a local API server or
+    /// `kubectl proxy`). Default: the pod's service account, else the kubeconfig.
+    #[arg(long, env = "SONDE_KUBE_API", value_name = "URL")]
+    pub kube_api: Option<String>,
+
+    /// This node's name, whose pods are watched (the DaemonSet sets it from `spec.nodeName`).
+    /// Default: the host name.
+    #[arg(long, env = "SONDE_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
     /// Spans waiting for export beyond this are dropped and counted.
     #[arg(env = "SONDE_MAX_QUEUE_SPANS", long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
@@ -226,6 +243,16 @@ pub struct RunArgs {
     /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
     #[arg(env = "SONDE_LOG", long, value_name = "FILTER", default_value = "info")]
     pub log: String,
+}
+
+/// Whether Kubernetes metadata is watched (`--kubernetes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubernetesMode {
+    /// When in a cluster, or given `--kube-api`.
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// A switch.

@@ -187,6 +187,10 @@ impl HttpMetrics {
             client: Series::new(),
         });
         process.last_update = now;
+        // Rebuilt (its pod became known, say): the series carry the resource as it is now.
+        if !Arc::ptr_eq(&process.resource, resource) {
+            process.resource = Arc::clone(resource);
+        }
         let status = o.status.unwrap_or(0);
         let room = self.total_series < self.max_total_series;
         let recorded = match o.kind {

@@ -130,6 +130,10 @@ impl Metrics {
         store.http.record(conn.pid, resource, &observation, &mut store.routes, now);
         let service =
             store.services.entry(resource.id).or_insert_with(|| Arc::from(resource.service_name.as_str()));
+        if **service != *resource.service_name {
+            // Named again (its pod became known): the graph follows.
+            *service = Arc::from(resource.service_name.as_str());
+        }
         let Some(context) = context else { return };
         let span = GraphSpan {
             kind: match observation.kind {

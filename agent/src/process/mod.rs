@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::span::model::{KeyValue, Resource};
+use crate::{
+    metadata::{PodMeta, Pods},
+    span::model::{KeyValue, Resource},
+};
 
 mod container;
 mod otel_env;
@@ -33,6 +36,8 @@ pub struct ProcessCache {
     host_name: String,
     entries: HashMap<u32, Entry>,
     clock: u64,
+    /// Kubernetes metadata, when sonde watches the API server.
+    pods: Option<Pods>,
 }
 
 struct Entry {
@@ -41,6 +46,9 @@ struct Entry {
     resource: Arc<Resource>,
     last_used: u64,
     checked_at: Instant,
+    /// `Pods::generation` when `resource` was built: a container's resource is built again when
+    /// its pod may have changed (or arrived after the process was first seen).
+    pods_generation: u64,
 }
 
 impl Default for ProcessCache {
@@ -51,7 +59,42 @@ impl Default for ProcessCache {
 
 impl ProcessCache {
     pub fn new() -> Self {
-        Self { host_name: host_name(), entries: HashMap::new(), clock: 0 }
+        Self { host_name: host_name(), entries: HashMap::new(), clock: 0, pods: None }
+    }
+
+    /// With Kubernetes metadata from `pods`.
+    pub fn with_pods(pods: Pods) -> Self {
+        Self { pods: Some(pods), ..Self::new() }
+    }
+
+    /// The pod of a process's container, and the generation of the pods it was looked up in.
+    fn pod_of(&self, info: &ProcInfo) -> (Option<Arc<PodMeta>>, u64) {
+        match (&self.pods, &info.container_id) {
+            (Some(pods), Some(id)) => (pods.lookup(id), pods.generation()),
+            (Some(pods), None) => (None, pods.generation()),
+            (None, _) => (None, 0),
+        }
+    }
+
+    /// Builds `pid`'s resource again if its pod may have changed since.
+    fn refresh_pod(&mut self, pid: u32) {
+        let Some(generation) = self.pods.as_ref().map(Pods::generation) else { return };
+        let Some(e) = self.entries.get(&pid) else { return };
+        if e.pods_generation == generation || e.info.container_id.is_none() {
+            return;
+        }
+        let (pod, generation) = self.pod_of(&e.info);
+        let container = e.info.container_id.as_deref().unwrap_or_default();
+        let resource = build_resource(
+            pid,
+            e.start_time,
+            &e.info,
+            &self.host_name,
+            pod.as_deref().map(|p| (p, container)),
+        );
+        let e = self.entries.get_mut(&pid).expect("looked up above");
+        e.resource = Arc::new(resource);
+        e.pods_generation = generation;
     }
 
     /// The resource of `pid` for a new connection: the start time is checked against the cache
@@ -93,9 +136,15 @@ impl ProcessCache {
             if let Some(why) = &info.own_sdk {
                 log_own_sdk(pid, &info, why);
             }
-            let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name));
-            let entry = Entry { start_time, info, resource, last_used: self.clock, checked_at: now };
+            let (pod, pods_generation) = self.pod_of(&info);
+            let container = info.container_id.as_deref().unwrap_or_default();
+            let pod = pod.as_deref().map(|p| (p, container));
+            let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name, pod));
+            let entry =
+                Entry { start_time, info, resource, last_used: self.clock, checked_at: now, pods_generation };
             self.entries.insert(pid, entry);
+        } else {
+            self.refresh_pod(pid);
         }
         let clock = self.clock;
         let entry = self.entries.get_mut(&pid).expect("present: found fresh or just inserted");
@@ -105,6 +154,7 @@ impl ProcessCache {
 
     /// The cached resource of `pid` (per span: no /proc access unless the pid is new).
     pub fn resource(&mut self, pid: u32) -> Arc<Resource> {
+        self.refresh_pod(pid);
         self.clock += 1;
         match self.entries.get_mut(&pid) {
             Some(e) => {
@@ -155,12 +205,21 @@ fn log_own_sdk(pid: u32, info: &ProcInfo, why: &str) {
 }
 
 /// Attribute prefixes only sonde sets: a process's `OTEL_RESOURCE_ATTRIBUTES` cannot claim them.
-const OWN_KEYS: &[&str] = &["process.", "telemetry.sdk.", "host.", "container.", "service.instance.id"];
+const OWN_KEYS: &[&str] =
+    &["process.", "telemetry.sdk.", "host.", "container.", "k8s.", "service.instance.id"];
 
-pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &str) -> Resource {
+/// The resource of process `pid`; `pod` is its pod and container id when Kubernetes knows them.
+pub fn build_resource(
+    pid: u32,
+    start_time: u64,
+    info: &ProcInfo,
+    host_name: &str,
+    pod: Option<(&PodMeta, &str)>,
+) -> Resource {
     let from_attributes =
         info.env_resource_attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
-    let service_name = [info.env_service_name.clone(), from_attributes]
+    let from_pod = pod.and_then(|(p, _)| p.service_name()).map(str::to_owned);
+    let service_name = [info.env_service_name.clone(), from_attributes, from_pod]
         .into_iter()
         .flatten()
         .find(|s| !s.is_empty())
@@ -189,8 +248,16 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
     if let Some(id) = &info.container_id {
         attributes.push(KeyValue::str("container.id", id.clone()));
     }
-    // What the process's SDK would add; the facts sonde reads itself stand.
-    for (key, value) in &info.env_resource_attributes {
+    if let Some((pod, container)) = pod {
+        attributes.extend(pod.attributes(container));
+    }
+    // What the process's SDK would add, then the pod's `resource.opentelemetry.io/*` annotations;
+    // the facts sonde reads itself stand.
+    let annotations =
+        pod.into_iter().flat_map(|(p, _)| p.resource_annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let claimed: Vec<(String, String)> =
+        info.env_resource_attributes.iter().cloned().chain(annotations).collect();
+    for (key, value) in &claimed {
         if !attributes.iter().any(|kv| kv.key == key.as_str()) && !OWN_KEYS.iter().any(|p| key.starts_with(p))
         {
             attributes.push(KeyValue::str(key.clone(), value.clone()));
@@ -204,7 +271,7 @@ pub fn build_resource(pid: u32, start_time: u64, info: &ProcInfo, host_name: &st
 pub fn own_resource() -> Resource {
     let pid = std::process::id();
     let info = ProcInfo { env_service_name: Some("sonde".into()), ..procfs::read(pid, None) };
-    build_resource(pid, procfs::start_time(pid).unwrap_or(0), &info, &host_name())
+    build_resource(pid, procfs::start_time(pid).unwrap_or(0), &info, &host_name(), None)
 }
 
 /// This host's name, as `host.name` reports it.
@@ -233,13 +300,13 @@ mod tests {
             own_sdk: None,
             ..ProcInfo::default()
         };
-        let r = build_resource(42, 1, &info, "host-a");
+        let r = build_resource(42, 1, &info, "host-a", None);
         assert_eq!(r.service_name, "checkout");
-        let r = build_resource(42, 1, &ProcInfo { env_service_name: None, ..info.clone() }, "host-a");
+        let r = build_resource(42, 1, &ProcInfo { env_service_name: None, ..info.clone() }, "host-a", None);
         assert_eq!(r.service_name, "python3.11");
         assert!(r.attributes.contains(&KeyValue::int("process.pid", 42)));
         assert!(r.attributes.contains(&KeyValue::str("process.command_line", "python3 -m http.server")));
-        let r = build_resource(42, 1, &ProcInfo::default(), "host-a");
+        let r = build_resource(42, 1, &ProcInfo::default(), "host-a", None);
         assert_eq!(r.service_name, "pid-42");
     }
 
@@ -259,7 +326,7 @@ mod tests {
             container_id: Some("ab".repeat(32)),
             ..ProcInfo::default()
         };
-        let r = build_resource(42, 1, &info, "host-a");
+        let r = build_resource(42, 1, &info, "host-a", None);
         assert_eq!(
             r.service_name, "orders",
             "service.name in OTEL_RESOURCE_ATTRIBUTES, after OTEL_SERVICE_NAME"
@@ -270,7 +337,7 @@ mod tests {
         assert!(r.attributes.contains(&KeyValue::int("process.pid", 42)), "sonde's own facts stand");
         assert_eq!(r.attributes.iter().filter(|kv| kv.key == "service.name").count(), 1);
         let named = ProcInfo { env_service_name: Some("checkout".into()), ..info };
-        assert_eq!(build_resource(42, 1, &named, "h").service_name, "checkout");
+        assert_eq!(build_resource(42, 1, &named, "h", None).service_name, "checkout");
     }
 
     #[test]
@@ -288,7 +355,7 @@ mod tests {
         let mut cache = ProcessCache::new();
         let real = cache.observe(pid, None);
         // Pretend the cached entry belonged to an earlier process with this pid.
-        let stale = Arc::new(build_resource(pid, 1, &ProcInfo::default(), "host-a"));
+        let stale = Arc::new(build_resource(pid, 1, &ProcInfo::default(), "host-a", None));
         let entry = cache.entries.get_mut(&pid).unwrap();
         entry.start_time = 1;
         entry.resource = stale.clone();
@@ -298,5 +365,34 @@ mod tests {
         let fresh = cache.observe(pid, None);
         assert!(!Arc::ptr_eq(&stale, &fresh), "start time differs: read afresh");
         assert_eq!(fresh.service_name, real.service_name);
+    }
+
+    #[test]
+    fn a_container_process_gets_its_pod_once_the_pod_is_known() {
+        let pid = std::process::id();
+        let pods = Pods::default();
+        let mut cache = ProcessCache::with_pods(pods.clone());
+        cache.observe(pid, None);
+        // As if this process ran in container "c1".
+        cache.entries.get_mut(&pid).unwrap().info.container_id = Some("c1".into());
+        let before = cache.resource(pid);
+        assert!(!before.attributes.iter().any(|kv| kv.key.starts_with("k8s.")));
+        pods.upsert(PodMeta {
+            namespace: "shop".into(),
+            name: "cart-1".into(),
+            uid: "u1".into(),
+            labels: [("app.kubernetes.io/name".to_owned(), "cart".to_owned())].into(),
+            containers: vec![("c1".into(), "app".into())],
+            ..PodMeta::default()
+        });
+        let after = cache.resource(pid);
+        assert!(
+            after.attributes.contains(&KeyValue::str("k8s.pod.name", "cart-1")),
+            "{:?}",
+            after.attributes
+        );
+        assert_eq!(after.service_name, "cart", "the pod's app.kubernetes.io/name label names it");
+        assert_eq!(after.id, before.id, "the same process");
+        assert!(Arc::ptr_eq(&after, &cache.resource(pid)), "built again only when the pods change");
     }
 }
