@@ -282,9 +282,15 @@ fn report_counters(
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let asked = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube-rs logs every failed API request at ERROR, retries included; sonde says itself when
+    // the pod watch fails. Unless the filter asks for kube's own lines.
+    if !asked.contains("kube") {
+        filter = filter.add_directive("kube_client::client::builder=off".parse().expect("a valid directive"));
+    }
     // Colours only for a person at a terminal; logs collected from a pipe stay plain text.
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
@@ -311,7 +317,7 @@ fn yield_to_traced_processes() {
 /// cluster that cannot be reached is a warning and sonde goes on without `k8s.*`; with `on`, an
 /// error.
 async fn kubernetes(args: &RunArgs) -> anyhow::Result<Option<(Pods, tokio::task::JoinHandle<()>)>> {
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let in_cluster = std::env::var("KUBERNETES_SERVICE_HOST").is_ok_and(|v| !v.is_empty());
     let wanted = match args.kubernetes {
         KubernetesMode::Off => false,
         KubernetesMode::On => true,

@@ -1,5 +1,6 @@
 //! Shared pieces of sonde's privileged integration tests.
 pub mod harness;
+pub mod kubeapi;
 pub mod prometheus;
 pub mod receiver;
 pub mod tls;

@@ -149,18 +149,20 @@ impl Owners {
             return known.clone();
         }
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
+        let by_name = || hash.and_then(|h| rs.strip_suffix(&format!("-{h}"))).map(str::to_owned);
         let answer = match api.get_opt(rs).await {
-            Ok(found) => found.and_then(|r| {
-                r.metadata
-                    .owner_references
-                    .into_iter()
-                    .flatten()
-                    .find(|o| o.controller == Some(true) && o.kind == "Deployment")
-                    .map(|o| o.name)
-            }),
+            Ok(Some(found)) => found
+                .metadata
+                .owner_references
+                .into_iter()
+                .flatten()
+                .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                .map(|o| o.name),
+            // Gone already, or not readable: its name still says.
+            Ok(None) => by_name(),
             Err(e) => {
                 tracing::debug!(error = %e, namespace, replicaset = rs, "Kubernetes: cannot read a ReplicaSet");
-                hash.and_then(|h| rs.strip_suffix(&format!("-{h}"))).map(str::to_owned)
+                by_name()
             }
         };
         if self.cache.len() >= MAX_OWNERS {
