@@ -406,3 +406,36 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A cgroup named as a container runtime names a container's (`docker-<id>.scope`,
+/// `cri-containerd-<id>.scope`), so that processes moved into it have that container id in
+/// /proc/PID/cgroup. Removed when dropped (once its processes are gone).
+pub struct ContainerCgroup {
+    dir: PathBuf,
+}
+
+impl ContainerCgroup {
+    /// `runtime_prefix` is e.g. `docker` or `cri-containerd`. Under the cgroup v2 hierarchy (pure,
+    /// or the hybrid `unified` mount), else cgroup v1's `pids` controller.
+    pub fn create(runtime_prefix: &str, id: &str) -> ContainerCgroup {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("a writable cgroup hierarchy (run as root)");
+        let dir = root.join(format!("{runtime_prefix}-{id}.scope"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        ContainerCgroup { dir }
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

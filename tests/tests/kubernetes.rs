@@ -2,38 +2,15 @@
 //! Kubernetes JSON (no real API server installs here). The traced servers run in cgroups named
 //! like containerd's, so their container ids match the pods' `containerID`s.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sonde_tests::{
-    harness::{self, Sonde, curl},
+    harness::{self, ContainerCgroup, Sonde, curl},
     kubeapi::{KubeApi, pod, replicaset_of},
     receiver::{ReceivedSpan, Receiver},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A containerd-style cgroup, removed when dropped (once empty).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn with(id: &str, pid: u32) -> Cgroup {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists())
-            .expect("a writable cgroup hierarchy (run as root)");
-        let dir = root.join(format!("cri-containerd-{id}.scope"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
-        Cgroup(dir)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Sends requests to `url` (one per 300 ms) until a SERVER span on `port` has `k8s.pod.name`
 /// `pod`; returns it. A process's first spans may come before its pod is known.
@@ -61,9 +38,13 @@ async fn spans_carry_their_pods_metadata_and_the_watch_survives_an_api_server_ou
     let receiver = Receiver::start().await.unwrap();
     let api = KubeApi::start().await;
     let (id1, id2) = ("a1".repeat(32), "b2".repeat(32));
+    // Made before the servers, so dropped after them (a cgroup is removed once empty).
+    let cgroups =
+        [ContainerCgroup::create("cri-containerd", &id1), ContainerCgroup::create("cri-containerd", &id2)];
     let cart = harness::python_http_server(&[]);
     let pay = harness::python_http_server(&[]);
-    let _cgroups = (Cgroup::with(&id1, cart.pid()), Cgroup::with(&id2, pay.pid()));
+    cgroups[0].add(cart.pid());
+    cgroups[1].add(pay.pid());
 
     let mut cart_pod = pod("shop", "cart-7d9f8-x2x4q", "node-1", "cart-7d9f8", "app", &id1);
     cart_pod["metadata"]["labels"]["app.kubernetes.io/name"] = "cart-api".into();

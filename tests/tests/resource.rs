@@ -2,45 +2,14 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, and `container.id` for a process in a container's cgroup — checked
 //! at a real OTLP receiver.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sonde_tests::{
-    harness::{self, Sonde, curl},
+    harness::{self, ContainerCgroup, Sonde, curl},
     receiver::{ReceivedSpan, Receiver},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A cgroup named as a container runtime names one, removed when dropped (once empty).
-struct ContainerCgroup {
-    dir: PathBuf,
-}
-
-impl ContainerCgroup {
-    /// Under the cgroup v2 hierarchy (pure, or the hybrid `unified` mount), else cgroup v1's
-    /// `pids` controller.
-    fn create(id: &str) -> ContainerCgroup {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists())
-            .expect("a writable cgroup hierarchy (run as root)");
-        let dir = root.join(format!("docker-{id}.scope"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        ContainerCgroup { dir }
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
-    }
-}
-
-impl Drop for ContainerCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 async fn one_server_span(receiver: &Receiver, port: u16) -> ReceivedSpan {
     let port = port.to_string();
@@ -54,7 +23,7 @@ async fn one_server_span(receiver: &Receiver, port: u16) -> ReceivedSpan {
 async fn a_process_in_a_container_cgroup_gets_container_id_and_its_resource_attributes() {
     let receiver = Receiver::start().await.unwrap();
     let id = "5a1e".repeat(16);
-    let cgroup = ContainerCgroup::create(&id);
+    let cgroup = ContainerCgroup::create("docker", &id);
     let server = harness::python_http_server(&[(
         "OTEL_RESOURCE_ATTRIBUTES",
         "service.name=from-attributes,deployment.environment.name=staging,host.name=spoofed",
@@ -143,7 +112,7 @@ async fn traces_with_only_the_capabilities_it_names_not_privileged() {
 async fn selection_by_container_and_exclusions_limits_which_processes_get_spans() {
     let receiver = Receiver::start().await.unwrap();
     let id = "c0ffee00".repeat(8);
-    let cgroup = ContainerCgroup::create(&id);
+    let cgroup = ContainerCgroup::create("docker", &id);
     let inside = harness::python_http_server(&[("OTEL_SERVICE_NAME", "inside")]);
     let excluded = harness::python_http_server(&[("OTEL_SERVICE_NAME", "inside-but-excluded")]);
     let outside = harness::python_http_server(&[("OTEL_SERVICE_NAME", "outside")]);

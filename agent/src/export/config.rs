@@ -343,7 +343,7 @@ fn parse_headers(key: &'static str, value: &str) -> Result<Vec<(String, String)>
 }
 
 /// RFC 3986 percent-decoding into UTF-8; `None` for a broken escape or invalid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

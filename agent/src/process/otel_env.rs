@@ -14,30 +14,12 @@ pub fn resource_attributes(value: &str) -> Vec<(String, String)> {
         .filter_map(|pair| {
             let (key, value) = pair.split_once('=')?;
             let key = key.trim();
-            let value = percent_decode(value.trim())?;
+            let value = crate::export::config::percent_decode(value.trim())?;
             (!key.is_empty() && key.len() <= MAX_KEY && value.len() <= MAX_VALUE)
                 .then(|| (key.to_owned(), value))
         })
         .take(MAX_PAIRS)
         .collect()
-}
-
-/// None for a bad escape or bytes that are not UTF-8 once decoded.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
