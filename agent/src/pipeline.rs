@@ -234,7 +234,7 @@ impl intake::Sink for Pipeline {
                 let info = crate::conn::ConnInfo::from_event(&open);
                 let comm = comm_text(&open.comm);
                 let processes = &mut self.processes;
-                let selected = self.selector.accepts(&info, || processes.info(info.pid, comm));
+                let selected = self.selector.accepts(&info, || processes.subject(info.pid, comm));
                 if selected {
                     // Read /proc now, while the process most likely exists (it may be short-lived).
                     self.processes.observe(info.pid, comm);

@@ -69,12 +69,18 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         ports: args.ports.clone(),
         exes: args.exes.clone(),
         containers: args.containers.clone(),
+        namespaces: args.k8s_namespaces.clone(),
+        pod_labels: args.k8s_pod_labels.clone(),
+        workloads: args.k8s_workloads.clone(),
     };
     let exclude = Criteria {
         pids: args.exclude_pids.clone(),
         ports: args.exclude_ports.clone(),
         exes: args.exclude_exes.clone(),
         containers: args.exclude_containers.clone(),
+        namespaces: args.exclude_k8s_namespaces.clone(),
+        pod_labels: args.exclude_k8s_pod_labels.clone(),
+        workloads: args.exclude_k8s_workloads.clone(),
     };
     let selector = Selector::new(&include, &exclude)?;
     let env = |key: &str| std::env::var(key).ok();

@@ -137,3 +137,58 @@ async fn without_kubernetes_no_k8s_attributes_and_no_errors() {
     let log = sonde.stderr();
     assert!(!log.contains("Kubernetes"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selection_by_namespace_label_and_workload() {
+    let receiver = Receiver::start().await.unwrap();
+    let api = KubeApi::start().await;
+    let ids = ["c1".repeat(32), "d2".repeat(32), "e3".repeat(32)];
+    let cgroups = ids.each_ref().map(|id| ContainerCgroup::create("cri-containerd", id));
+    let servers = [(); 3].map(|_| harness::python_http_server(&[]));
+    for (cgroup, server) in cgroups.iter().zip(&servers) {
+        cgroup.add(server.pid());
+    }
+    // Traced: shop's cart (label team=payments, Deployment cart). Not: shop's pod of another
+    // team; kube-system's pod with the right label (the namespace is excluded).
+    api.apply_pod(pod("shop", "cart-1111-aaaaa", "node-1", "cart-1111", "app", &ids[0]));
+    let mut other_team = pod("shop", "ads-2222-bbbbb", "node-1", "ads-2222", "app", &ids[1]);
+    other_team["metadata"]["labels"]["team"] = "ads".into();
+    api.apply_pod(other_team);
+    api.apply_pod(pod("kube-system", "dns-3333-ccccc", "node-1", "dns-3333", "app", &ids[2]));
+
+    let endpoint = receiver.grpc_endpoint();
+    let kube_api = api.url();
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--kube-api",
+        &kube_api,
+        "--node-name",
+        "node-1",
+        "--k8s-pod-label",
+        "team=payments",
+        "--k8s-workload",
+        "Deployment/cart",
+        "--exclude-k8s-namespace",
+        "kube-system",
+    ]);
+    // Processes are judged when their connections open: wait for the pods to be known.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !api.requests().iter().any(|q| q.contains("watch=true")) {
+        assert!(std::time::Instant::now() < deadline, "sonde never watched: {:?}", api.requests());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for server in &servers {
+        curl(&["-o", "/dev/null", &server.url("/index.html")]);
+    }
+    let port = servers[0].port.to_string();
+    receiver.wait_for(|s| s.iter().any(|s| s.attr("server.port").as_deref() == Some(&port)), WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pods: Vec<_> = receiver.spans().iter().map(|s| s.resource.get("k8s.pod.name").cloned()).collect();
+    assert!(!pods.is_empty() && pods.iter().all(|p| p.as_deref() == Some("cart-1111-aaaaa")), "{pods:?}");
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    drop(servers);
+}

@@ -141,6 +141,31 @@ pub struct RunArgs {
     #[arg(env = "SONDE_EXCLUDE_CONTAINER", long = "exclude-container", value_name = "ID")]
     pub exclude_containers: Vec<String>,
 
+    /// Trace only processes of pods in this Kubernetes namespace (repeatable).
+    #[arg(env = "SONDE_K8S_NAMESPACE", long = "k8s-namespace", value_name = "NAMESPACE")]
+    pub k8s_namespaces: Vec<String>,
+
+    /// Trace only processes of pods with this label (repeatable: every one given must match).
+    #[arg(env = "SONDE_K8S_POD_LABEL", long = "k8s-pod-label", value_name = "KEY=VALUE")]
+    pub k8s_pod_labels: Vec<String>,
+
+    /// Trace only processes of pods owned by this workload (repeatable), e.g. `cart` or
+    /// `Deployment/cart` (a ReplicaSet's pods belong to its Deployment).
+    #[arg(env = "SONDE_K8S_WORKLOAD", long = "k8s-workload", value_name = "[KIND/]NAME")]
+    pub k8s_workloads: Vec<String>,
+
+    /// Never trace processes of pods in this namespace (repeatable), e.g. `kube-system`.
+    #[arg(env = "SONDE_EXCLUDE_K8S_NAMESPACE", long = "exclude-k8s-namespace", value_name = "NAMESPACE")]
+    pub exclude_k8s_namespaces: Vec<String>,
+
+    /// Never trace processes of pods with this label (repeatable: any one matches).
+    #[arg(env = "SONDE_EXCLUDE_K8S_POD_LABEL", long = "exclude-k8s-pod-label", value_name = "KEY=VALUE")]
+    pub exclude_k8s_pod_labels: Vec<String>,
+
+    /// Never trace processes of pods owned by this workload (repeatable).
+    #[arg(env = "SONDE_EXCLUDE_K8S_WORKLOAD", long = "exclude-k8s-workload", value_name = "[KIND/]NAME")]
+    pub exclude_k8s_workloads: Vec<String>,
+
     /// Bytes of each read/write copied from the kernel (max 16384). Headers longer than this still
     /// give a span, with the fields past the cut missing.
     #[arg(env = "SONDE_CAPTURE_BYTES", long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]

@@ -1,19 +1,37 @@
 //! Which connections are parsed. Include criteria narrow each other (a connection must match every
 //! one given; one not given matches all): `--pid` (also enforced in the kernel), `--port` (either
 //! end of the connection), `--exe` (glob on the executable's name or full path), `--container`
-//! (a prefix of the process's container id). Exclude criteria of the same kinds then take out
-//! whatever any of them matches. Processes are judged when sonde first sees their connections, so
+//! (a prefix of the process's container id), and Kubernetes ones — `--k8s-namespace`,
+//! `--k8s-pod-label KEY=VALUE` (the pod has every one given), `--k8s-workload [KIND/]NAME`.
+//! Exclude criteria of the same kinds then take out whatever any of them matches. A process
+//! outside Kubernetes matches no Kubernetes criterion. Processes are judged when sonde first sees their connections, so
 //! processes started later are selected by the same rules without a restart.
 
+use std::sync::Arc;
+
 use super::ConnInfo;
-use crate::process::ProcInfo;
+use crate::{metadata::PodMeta, process::ProcInfo};
+
+/// What selection may ask of a connection's process.
+#[derive(Debug, Default, Clone)]
+pub struct Subject {
+    pub info: ProcInfo,
+    /// Its pod, when Kubernetes metadata knows it.
+    pub pod: Option<Arc<PodMeta>>,
+}
+
+impl From<ProcInfo> for Subject {
+    fn from(info: ProcInfo) -> Self {
+        Subject { info, pod: None }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} {pattern:?} is not a valid glob: {source}")]
-pub struct SelectError {
-    flag: &'static str,
-    pattern: String,
-    source: glob::PatternError,
+pub enum SelectError {
+    #[error("{flag} {pattern:?} is not a valid glob: {source}")]
+    Glob { flag: &'static str, pattern: String, source: glob::PatternError },
+    #[error("{flag} {value:?}: expected KEY=VALUE")]
+    Label { flag: &'static str, value: String },
 }
 
 /// What the flags ask for (`RunArgs`' selection flags).
@@ -23,6 +41,11 @@ pub struct Criteria {
     pub ports: Vec<u16>,
     pub exes: Vec<String>,
     pub containers: Vec<String>,
+    pub namespaces: Vec<String>,
+    /// `KEY=VALUE`.
+    pub pod_labels: Vec<String>,
+    /// `NAME` or `KIND/NAME`, e.g. `Deployment/cart`.
+    pub workloads: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -31,23 +54,72 @@ struct Compiled {
     ports: Vec<u16>,
     exes: Vec<glob::Pattern>,
     containers: Vec<String>,
+    namespaces: Vec<String>,
+    pod_labels: Vec<(String, String)>,
+    workloads: Vec<(Option<String>, String)>,
 }
 
 impl Compiled {
-    fn new(c: &Criteria, exe_flag: &'static str) -> Result<Self, SelectError> {
+    /// `exclude`: for the flag names in errors.
+    fn new(c: &Criteria, exclude: bool) -> Result<Self, SelectError> {
+        let flag = |name: &'static str, excluded: &'static str| if exclude { excluded } else { name };
         let exes = c
             .exes
             .iter()
             .map(|p| {
-                glob::Pattern::new(p).map_err(|source| SelectError {
-                    flag: exe_flag,
+                glob::Pattern::new(p).map_err(|source| SelectError::Glob {
+                    flag: flag("--exe", "--exclude-exe"),
                     pattern: p.clone(),
                     source,
                 })
             })
             .collect::<Result<_, _>>()?;
-        let containers = c.containers.iter().map(|id| id.to_ascii_lowercase()).collect();
-        Ok(Self { pids: c.pids.clone(), ports: c.ports.clone(), exes, containers })
+        let pod_labels = c
+            .pod_labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(SelectError::Label {
+                    flag: flag("--k8s-pod-label", "--exclude-k8s-pod-label"),
+                    value: l.clone(),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        let workloads = c
+            .workloads
+            .iter()
+            .map(|w| match w.split_once('/') {
+                Some((kind, name)) => (Some(kind.to_owned()), name.to_owned()),
+                None => (None, w.clone()),
+            })
+            .collect();
+        Ok(Self {
+            pids: c.pids.clone(),
+            ports: c.ports.clone(),
+            exes,
+            containers: c.containers.iter().map(|id| id.to_ascii_lowercase()).collect(),
+            namespaces: c.namespaces.clone(),
+            pod_labels,
+            workloads,
+        })
+    }
+
+    fn namespace(&self, pod: Option<&PodMeta>) -> bool {
+        pod.is_some_and(|p| self.namespaces.contains(&p.namespace))
+    }
+
+    /// Include: the pod has every label given; exclude: any.
+    fn labels(&self, pod: Option<&PodMeta>, all: bool) -> bool {
+        let Some(pod) = pod else { return false };
+        let has = |(k, v): &(String, String)| pod.labels.get(k) == Some(v);
+        if all { self.pod_labels.iter().all(has) } else { self.pod_labels.iter().any(has) }
+    }
+
+    fn workload(&self, pod: Option<&PodMeta>) -> bool {
+        let Some((kind, name)) = pod.and_then(|p| p.workload.as_ref()) else { return false };
+        self.workloads
+            .iter()
+            .any(|(k, n)| n == name && k.as_ref().is_none_or(|k| k.eq_ignore_ascii_case(kind)))
     }
 
     fn port(&self, conn: &ConnInfo) -> bool {
@@ -66,7 +138,11 @@ impl Compiled {
     }
 
     fn needs_process(&self) -> bool {
-        !self.exes.is_empty() || !self.containers.is_empty()
+        !self.exes.is_empty()
+            || !self.containers.is_empty()
+            || !self.namespaces.is_empty()
+            || !self.pod_labels.is_empty()
+            || !self.workloads.is_empty()
     }
 }
 
@@ -78,14 +154,11 @@ pub struct Selector {
 
 impl Selector {
     pub fn new(include: &Criteria, exclude: &Criteria) -> Result<Self, SelectError> {
-        Ok(Self {
-            include: Compiled::new(include, "--exe")?,
-            exclude: Compiled::new(exclude, "--exclude-exe")?,
-        })
+        Ok(Self { include: Compiled::new(include, false)?, exclude: Compiled::new(exclude, true)? })
     }
 
     /// Whether `conn` is traced; `process` is read only if a criterion needs it.
-    pub fn accepts(&self, conn: &ConnInfo, process: impl FnOnce() -> ProcInfo) -> bool {
+    pub fn accepts(&self, conn: &ConnInfo, process: impl FnOnce() -> Subject) -> bool {
         let (inc, exc) = (&self.include, &self.exclude);
         if (!inc.pids.is_empty() && !inc.pids.contains(&conn.pid)) || exc.pids.contains(&conn.pid) {
             return false;
@@ -96,11 +169,18 @@ impl Selector {
         if !inc.needs_process() && !exc.needs_process() {
             return true;
         }
-        let info = process();
+        let Subject { info, pod } = process();
+        let pod = pod.as_deref();
         (inc.exes.is_empty() || inc.exe(&info))
             && (inc.containers.is_empty() || inc.container(&info))
+            && (inc.namespaces.is_empty() || inc.namespace(pod))
+            && (inc.pod_labels.is_empty() || inc.labels(pod, true))
+            && (inc.workloads.is_empty() || inc.workload(pod))
             && !exc.exe(&info)
             && !exc.container(&info)
+            && !exc.namespace(pod)
+            && !exc.labels(pod, false)
+            && !exc.workload(pod)
     }
 }
 
@@ -133,24 +213,24 @@ mod tests {
     #[test]
     fn criteria_narrow_each_other() {
         let all = Selector::default();
-        assert!(all.accepts(&conn(1, 80, 5000), ProcInfo::default));
+        assert!(all.accepts(&conn(1, 80, 5000), Subject::default));
 
         let by_port = include(Criteria { ports: vec![80], ..Criteria::default() });
-        assert!(by_port.accepts(&conn(1, 80, 5000), ProcInfo::default));
-        assert!(by_port.accepts(&conn(1, 5000, 80), ProcInfo::default));
-        assert!(!by_port.accepts(&conn(1, 81, 5000), ProcInfo::default));
+        assert!(by_port.accepts(&conn(1, 80, 5000), Subject::default));
+        assert!(by_port.accepts(&conn(1, 5000, 80), Subject::default));
+        assert!(!by_port.accepts(&conn(1, 81, 5000), Subject::default));
 
         let by_exe = include(Criteria { exes: vec!["/usr/sbin/*".into()], ..Criteria::default() });
-        assert!(by_exe.accepts(&conn(1, 80, 5000), nginx));
-        assert!(!by_exe.accepts(&conn(1, 80, 5000), ProcInfo::default));
+        assert!(by_exe.accepts(&conn(1, 80, 5000), || nginx().into()));
+        assert!(!by_exe.accepts(&conn(1, 80, 5000), Subject::default));
         let by_name =
             include(Criteria { ports: vec![80], exes: vec!["ngin?".into()], ..Criteria::default() });
-        assert!(by_name.accepts(&conn(1, 80, 5000), nginx));
-        assert!(!by_name.accepts(&conn(1, 81, 5000), nginx));
+        assert!(by_name.accepts(&conn(1, 80, 5000), || nginx().into()));
+        assert!(!by_name.accepts(&conn(1, 81, 5000), || nginx().into()));
 
         let by_pid = include(Criteria { pids: vec![7], ..Criteria::default() });
-        assert!(by_pid.accepts(&conn(7, 1, 2), ProcInfo::default));
-        assert!(!by_pid.accepts(&conn(8, 1, 2), ProcInfo::default));
+        assert!(by_pid.accepts(&conn(7, 1, 2), Subject::default));
+        assert!(!by_pid.accepts(&conn(8, 1, 2), Subject::default));
 
         let bad = Criteria { exes: vec!["[".into()], ..Criteria::default() };
         assert!(Selector::new(&bad, &Criteria::default()).unwrap_err().to_string().starts_with("--exe"));
@@ -163,9 +243,9 @@ mod tests {
         Selector::new(&c, &Criteria::default()).unwrap()
     }
 
-    fn in_container(id: &str) -> impl Fn() -> ProcInfo {
+    fn in_container(id: &str) -> impl Fn() -> Subject {
         let id = id.to_owned();
-        move || ProcInfo { container_id: Some(id.clone()), ..nginx() }
+        move || ProcInfo { container_id: Some(id.clone()), ..nginx() }.into()
     }
 
     #[test]
@@ -174,21 +254,21 @@ mod tests {
         let by_container =
             include(Criteria { containers: vec!["3F4B1C6A2D8E".into()], ..Criteria::default() });
         assert!(by_container.accepts(&conn(1, 80, 5000), in_container(&id)));
-        assert!(!by_container.accepts(&conn(1, 80, 5000), nginx), "not in a container");
+        assert!(!by_container.accepts(&conn(1, 80, 5000), || nginx().into()), "not in a container");
         assert!(!by_container.accepts(&conn(1, 80, 5000), in_container(&"0".repeat(64))));
 
         let exclude = |c: Criteria| Selector::new(&Criteria::default(), &c).unwrap();
         let no_nginx = exclude(Criteria { exes: vec!["nginx".into()], ..Criteria::default() });
-        assert!(!no_nginx.accepts(&conn(1, 80, 5000), nginx));
-        assert!(no_nginx.accepts(&conn(1, 80, 5000), ProcInfo::default));
+        assert!(!no_nginx.accepts(&conn(1, 80, 5000), || nginx().into()));
+        assert!(no_nginx.accepts(&conn(1, 80, 5000), Subject::default));
         let no_port = exclude(Criteria { ports: vec![22], ..Criteria::default() });
-        assert!(!no_port.accepts(&conn(1, 5000, 22), ProcInfo::default));
-        assert!(no_port.accepts(&conn(1, 5000, 80), ProcInfo::default));
+        assert!(!no_port.accepts(&conn(1, 5000, 22), Subject::default));
+        assert!(no_port.accepts(&conn(1, 5000, 80), Subject::default));
         let no_pid = exclude(Criteria { pids: vec![7], ..Criteria::default() });
-        assert!(!no_pid.accepts(&conn(7, 1, 2), ProcInfo::default));
+        assert!(!no_pid.accepts(&conn(7, 1, 2), Subject::default));
         let no_container = exclude(Criteria { containers: vec![id[..12].to_owned()], ..Criteria::default() });
         assert!(!no_container.accepts(&conn(1, 80, 5000), in_container(&id)));
-        assert!(no_container.accepts(&conn(1, 80, 5000), nginx));
+        assert!(no_container.accepts(&conn(1, 80, 5000), || nginx().into()));
 
         // Include and exclude together: port 80, but not nginx.
         let both = Selector::new(
@@ -196,8 +276,39 @@ mod tests {
             &Criteria { exes: vec!["nginx".into()], ..Criteria::default() },
         )
         .unwrap();
-        assert!(!both.accepts(&conn(1, 80, 5000), nginx));
-        assert!(both.accepts(&conn(1, 80, 5000), ProcInfo::default));
-        assert!(!both.accepts(&conn(1, 81, 5000), ProcInfo::default));
+        assert!(!both.accepts(&conn(1, 80, 5000), || nginx().into()));
+        assert!(both.accepts(&conn(1, 80, 5000), Subject::default));
+        assert!(!both.accepts(&conn(1, 81, 5000), Subject::default));
+    }
+
+    #[test]
+    fn kubernetes_criteria() {
+        let pod = Arc::new(PodMeta {
+            namespace: "shop".into(),
+            labels: [("tier".to_owned(), "web".to_owned()), ("team".to_owned(), "a".to_owned())].into(),
+            workload: Some(("Deployment".into(), "cart".into())),
+            ..PodMeta::default()
+        });
+        let in_pod = || Subject { info: nginx(), pod: Some(pod.clone()) };
+        let c = conn(1, 80, 5000);
+        let inc = |k: Criteria| Selector::new(&k, &Criteria::default()).unwrap();
+        let exc = |k: Criteria| Selector::new(&Criteria::default(), &k).unwrap();
+        let ns = |n: &str| Criteria { namespaces: vec![n.into()], ..Criteria::default() };
+        let labels = |l: &[&str]| Criteria {
+            pod_labels: l.iter().map(|s| s.to_string()).collect(),
+            ..Criteria::default()
+        };
+        let workload = |w: &str| Criteria { workloads: vec![w.into()], ..Criteria::default() };
+        assert!(inc(ns("shop")).accepts(&c, in_pod) && !inc(ns("kube-system")).accepts(&c, in_pod));
+        assert!(!inc(ns("shop")).accepts(&c, Subject::default), "not in Kubernetes: no match");
+        assert!(inc(labels(&["tier=web", "team=a"])).accepts(&c, in_pod));
+        assert!(!inc(labels(&["tier=web", "team=b"])).accepts(&c, in_pod), "every label given");
+        assert!(!exc(labels(&["team=b", "tier=web"])).accepts(&c, in_pod), "any label excludes");
+        assert!(
+            inc(workload("cart")).accepts(&c, in_pod) && inc(workload("deployment/cart")).accepts(&c, in_pod)
+        );
+        assert!(!inc(workload("StatefulSet/cart")).accepts(&c, in_pod));
+        assert!(!exc(ns("shop")).accepts(&c, in_pod) && exc(ns("shop")).accepts(&c, Subject::default));
+        assert!(Selector::new(&labels(&["novalue"]), &Criteria::default()).is_err());
     }
 }

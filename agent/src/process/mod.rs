@@ -111,6 +111,16 @@ impl ProcessCache {
         self.entry(pid, comm).info.clone()
     }
 
+    /// What selection asks of `pid`: its /proc facts and, with Kubernetes metadata, its pod.
+    pub fn subject(&mut self, pid: u32, comm: Option<&str>) -> crate::conn::select::Subject {
+        let info = self.info(pid, comm);
+        let pod = match (&self.pods, &info.container_id) {
+            (Some(pods), Some(id)) => pods.lookup(id),
+            _ => None,
+        };
+        crate::conn::select::Subject { info, pod }
+    }
+
     fn entry(&mut self, pid: u32, comm: Option<&str>) -> &Entry {
         self.clock += 1;
         let now = Instant::now();
