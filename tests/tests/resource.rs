@@ -145,3 +145,40 @@ async fn selection_by_container_and_exclusions_limits_which_processes_get_spans(
     assert!(status.success(), "{status}\n{}", sonde.stderr());
     drop((inside, excluded, outside));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sonde_never_traces_itself() {
+    let receiver = Receiver::start().await.unwrap();
+    let server = harness::python_http_server(&[("OTEL_SERVICE_NAME", "not-sonde")]);
+    // No selection but this test process (which serves the receiver): sonde's own OTLP/HTTP
+    // requests are HTTP/1.1 a tracer could take for a client's.
+    let endpoint = receiver.http_endpoint();
+    let me = std::process::id().to_string();
+    // `--sdk-processes trace`: otherwise a process POSTing /v1/traces is left to "its SDK", which
+    // would hide sonde's own requests even if sonde did trace itself.
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+        "--exclude-pid",
+        &me,
+        "--sdk-processes",
+        "trace",
+    ]);
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &server.url("/index.html")]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let port = server.port.to_string();
+    receiver.wait_for(|s| s.iter().any(|s| s.attr("server.port").as_deref() == Some(&port)), WAIT).await;
+    // Several export rounds, each an HTTP request of sonde's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sonde_pid = sonde.pid().to_string();
+    let spans = receiver.spans();
+    assert!(spans.iter().any(|s| s.attr("server.port").as_deref() == Some(&port)), "the server was traced");
+    let own: Vec<_> = spans.iter().filter(|s| s.resource.get("process.pid") == Some(&sonde_pid)).collect();
+    assert!(own.is_empty(), "sonde traced its own requests: {own:#?}");
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+}
