@@ -175,3 +175,105 @@ fn without_privileges_it_names_the_missing_capabilities() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing capabilities") && err.contains("CAP_BPF"), "{err}");
 }
+
+/// (programs, maps) loaded in the kernel right now, from `bpftool … show -j`.
+fn bpf_objects() -> (usize, usize) {
+    let count = |what: &str| {
+        let out = Command::new("bpftool").args([what, "show", "-j"]).output().expect("running bpftool");
+        assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+        list.as_array().map_or(0, Vec::len)
+    };
+    (count("prog"), count("map"))
+}
+
+#[test]
+fn kill_9_leaves_no_programs_or_maps_behind() {
+    let before = bpf_objects();
+    let mut sonde = Sonde::start(&["--pid", "1", "--print", "none"]);
+    let running = bpf_objects();
+    assert!(
+        running.0 > before.0 && running.1 > before.1,
+        "sonde's programs and maps loaded: {before:?} → {running:?}"
+    );
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(sonde.pid() as i32, libc::SIGKILL) };
+    // Reaps it (the SIGTERM this sends finds it gone already).
+    let _ = sonde.stop();
+    // The kernel frees them once the last fd closes (after an RCU grace period).
+    let mut now = running;
+    let gone = eventually(Duration::from_secs(10), || {
+        now = bpf_objects();
+        now.0 <= before.0 && now.1 <= before.1
+    });
+    assert!(gone, "after kill -9: {before:?} before, {now:?} now");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_side_by_side_both_trace_and_one_leaving_does_not_stop_the_other() {
+    let (first, second) = (Receiver::start().await.unwrap(), Receiver::start().await.unwrap());
+    let server = harness::python_http_server(&[]);
+    let pid = server.pid().to_string();
+    let start = |r: &Receiver| {
+        let endpoint = r.grpc_endpoint();
+        Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &pid])
+    };
+    // As in a rolling update: the new one starts before the old one stops.
+    let mut old = start(&first);
+    let mut new = start(&second);
+    curl(&["-o", "/dev/null", &server.url("/one")]);
+    for (name, r) in [("old", &first), ("new", &second)] {
+        let spans = path_in(r, "/one").await;
+        assert!(
+            spans.iter().any(|s| s.attr("url.path").as_deref() == Some("/one")),
+            "{name} instance: {spans:#?}"
+        );
+    }
+    let status = old.stop();
+    assert!(status.success(), "{status}\n{}", old.stderr());
+    curl(&["-o", "/dev/null", &server.url("/two")]);
+    let spans = path_in(&second, "/two").await;
+    assert!(
+        spans.iter().any(|s| s.attr("url.path").as_deref() == Some("/two")),
+        "{spans:#?}\n{}",
+        new.stderr()
+    );
+    let status = new.stop();
+    assert!(status.success(), "{status}\n{}", new.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_query_strings_and_bodies_are_never_exported() {
+    let receiver = Receiver::start().await.unwrap();
+    let server = harness::python_app(&[]);
+    let endpoint = receiver.grpc_endpoint();
+    let pid = server.pid().to_string();
+    let mut sonde = Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &pid]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        "Authorization: Bearer s3cret-authorization",
+        "-H",
+        "Cookie: session=s3cret-cookie",
+        "-H",
+        "X-Api-Key: s3cret-header",
+        "-d",
+        "password=s3cret-body",
+        &server.url("/upload?token=s3cret-query"),
+    ]);
+    let spans =
+        receiver.wait_for(|s| s.iter().any(|s| s.kind_name() == "SERVER"), Duration::from_secs(20)).await;
+    let server_span = spans.iter().find(|s| s.kind_name() == "SERVER").expect("a server span");
+    assert_eq!(server_span.attr("url.path").as_deref(), Some("/upload"));
+    let everything = format!("{spans:?}");
+    assert!(!everything.contains("s3cret"), "a secret was exported: {everything}");
+    let status = sonde.stop();
+    assert!(status.success(), "{status}\n{}", sonde.stderr());
+}
+
+/// The spans at `r` once one has `url.path` `path` (or after 20 s).
+async fn path_in(r: &Receiver, path: &str) -> Vec<sonde_tests::receiver::ReceivedSpan> {
+    r.wait_for(|s| s.iter().any(|s| s.attr("url.path").as_deref() == Some(path)), Duration::from_secs(20))
+        .await
+}
