@@ -96,6 +96,12 @@ impl Sonde {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// `stop`, and fail the test unless sonde exited successfully (its log in the message).
+    pub fn stop_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "sonde exited with {status}:\n{}", self.stderr());
+    }
+
     /// SIGTERM, then wait (bounded) for the exit; returns the status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("sonde already stopped");
@@ -438,4 +444,16 @@ impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes; its last answer.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
 }

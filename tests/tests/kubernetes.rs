@@ -113,8 +113,7 @@ async fn spans_carry_their_pods_metadata_and_the_watch_survives_an_api_server_ou
     assert_eq!(r("k8s.deployment.name"), Some("pay"));
     let watches = api.requests().iter().filter(|q| q.contains("watch=true")).count();
     assert!(watches >= 2, "the watch was opened again: {:?}", api.requests());
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,8 +131,7 @@ async fn without_kubernetes_no_k8s_attributes_and_no_errors() {
     let spans = receiver.wait_for(|s| !s.is_empty(), WAIT).await;
     assert!(!spans.is_empty());
     assert!(spans.iter().all(|s| !s.resource.keys().any(|k| k.starts_with("k8s."))), "{spans:#?}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     let log = sonde.stderr();
     assert!(!log.contains("Kubernetes"), "{log}");
 }
@@ -188,7 +186,6 @@ async fn selection_by_namespace_label_and_workload() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pods: Vec<_> = receiver.spans().iter().map(|s| s.resource.get("k8s.pod.name").cloned()).collect();
     assert!(!pods.is_empty() && pods.iter().all(|p| p.as_deref() == Some("cart-1111-aaaaa")), "{pods:?}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     drop(servers);
 }

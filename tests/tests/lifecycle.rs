@@ -1,26 +1,11 @@
 //! Privileged: how the real sonde binary starts, prints, survives a missing collector and stops.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use sonde_tests::{
-    harness::{self, Sonde, curl},
+    harness::{self, Sonde, curl, eventually},
     receiver::Receiver,
 };
-
-/// Polls `cond` for up to `timeout`.
-fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
 
 #[test]
 fn print_json_writes_one_span_per_line() {
@@ -94,8 +79,7 @@ async fn sigterm_flushes_what_is_pending() {
     curl(&[&format!("http://127.0.0.1:{port}/last-words")]);
     // Well inside the 1 s batch delay: the span is still queued when the signal arrives.
     std::thread::sleep(Duration::from_millis(100));
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     let spans = receiver.spans();
     assert!(
         spans.iter().any(|s| s.attr("url.path").as_deref() == Some("/last-words")),
@@ -131,8 +115,7 @@ async fn a_collector_that_is_down_is_retried_and_nothing_crashes() {
     let delivered =
         spans.iter().filter(|s| s.attr("url.path").is_some_and(|p| p.starts_with("/while-down"))).count();
     assert_eq!(delivered, 3, "{}", sonde.stderr());
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -154,8 +137,7 @@ async fn an_unreachable_collector_costs_dropped_spans_not_a_crash() {
         curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/lost/{i}")]);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     let log = sonde.stderr();
     let counters =
         log.lines().find(|l| l.contains("counters") && l.contains("state=\"stopped\"")).expect(&log);
@@ -229,8 +211,7 @@ async fn two_instances_side_by_side_both_trace_and_one_leaving_does_not_stop_the
             "{name} instance: {spans:#?}"
         );
     }
-    let status = old.stop();
-    assert!(status.success(), "{status}\n{}", old.stderr());
+    old.stop_cleanly();
     curl(&["-o", "/dev/null", &server.url("/two")]);
     let spans = path_in(&second, "/two").await;
     assert!(
@@ -238,8 +219,7 @@ async fn two_instances_side_by_side_both_trace_and_one_leaving_does_not_stop_the
         "{spans:#?}\n{}",
         new.stderr()
     );
-    let status = new.stop();
-    assert!(status.success(), "{status}\n{}", new.stderr());
+    new.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,8 +248,7 @@ async fn credentials_query_strings_and_bodies_are_never_exported() {
     assert_eq!(server_span.attr("url.path").as_deref(), Some("/upload"));
     let everything = format!("{spans:?}");
     assert!(!everything.contains("s3cret"), "a secret was exported: {everything}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 /// The spans at `r` once one has `url.path` `path` (or after 20 s).

@@ -9,7 +9,7 @@ use std::{
 };
 
 use sonde_tests::{
-    harness::{self, Sonde, curl, free_port, read_ok_reply},
+    harness::{self, Sonde, curl, eventually, free_port, read_ok_reply},
     prometheus::{self, Prometheus, Sample},
     receiver::{PointKind, ReceivedPoint, Receiver, Transport},
 };
@@ -66,20 +66,6 @@ fn server_series(receiver: &Receiver, service: &str) -> BTreeMap<(String, String
             ((key("http.request.method"), key("http.route"), key("http.response.status_code")), p)
         })
         .collect()
-}
-
-/// Polls `check` (every 200 ms) until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The samples of one scrape of sonde's endpoint, checked to be valid exposition format.
@@ -219,8 +205,7 @@ async fn red_histograms_count_every_request_per_series_at_otlp_and_prometheus() 
     let spans_exported = || receiver.latest("sonde.spans.exported").iter().any(|p| p.value > 0.0);
     assert!(eventually(WAIT, spans_exported), "{:#?}", receiver.latest("sonde.spans.exported"));
 
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,8 +239,7 @@ async fn a_real_prometheus_scrapes_sonde_and_promql_counts_the_requests() {
     assert_eq!(value(&failed), Some(3.0), "{failed:?}");
     assert_eq!(value(&up), Some(1.0), "{up:?}");
     assert_eq!(receiver.metrics_requests(), 0, "--otlp-metrics off sends no metrics");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -333,8 +317,7 @@ async fn service_graph_edge_for_a_two_service_chain() {
     assert_eq!(total.iter().map(|s| s.value).collect::<Vec<_>>(), [4.0], "{exposed:#?}");
     let client_count = samples(&exposed, "traces_service_graph_request_client_seconds_count", &labels);
     assert_eq!(client_count.iter().map(|s| s.value).collect::<Vec<_>>(), [4.0]);
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 /// `GET /burst/N` `n` times on one keep-alive connection.
@@ -407,8 +390,7 @@ async fn starved_reader_counts_kernel_drops_and_keeps_counting_requests() {
     let after =
         || server_series(&receiver, "shop-starved").get(&key("GET", "/after/{id}", 200)).map(|p| p.count);
     assert!(eventually(WAIT, || after() == Some(5)), "after the drops: {:?}", after());
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -440,6 +422,5 @@ async fn requests_of_a_process_with_its_own_sdk_are_counted_without_sonde_spans(
         .filter(|s| s.resource.get("telemetry.sdk.name").map(String::as_str) == Some("sonde"))
         .collect();
     assert!(by_sonde.is_empty(), "{by_sonde:#?}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }

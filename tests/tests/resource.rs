@@ -45,15 +45,13 @@ async fn a_process_in_a_container_cgroup_gets_container_id_and_its_resource_attr
     // A process outside any container has no container.id.
     let plain = harness::python_http_server(&[]);
     let plain_pid = plain.pid().to_string();
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     let mut sonde =
         Sonde::start(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--pid", &plain_pid]);
     curl(&["-o", "/dev/null", &plain.url("/index.html")]);
     let span = one_server_span(&receiver, plain.port).await;
     assert_eq!(span.resource.get("container.id"), None, "{:?}", span.resource);
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     drop(server);
 }
 
@@ -93,8 +91,7 @@ async fn traces_with_only_the_capabilities_it_names_not_privileged() {
     curl(&["-o", "/dev/null", &server.url("/index.html")]);
     let span = one_server_span(&receiver, server.port).await;
     assert_eq!(span.resource.get("service.name").map(String::as_str), Some("capabilities"), "environ read");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 
     // One fewer, and sonde says which is missing instead of starting.
     let out = std::process::Command::new("setpriv")
@@ -141,8 +138,7 @@ async fn selection_by_container_and_exclusions_limits_which_processes_get_spans(
     let names: Vec<_> =
         receiver.spans().iter().filter_map(|s| s.resource.get("service.name").cloned()).collect();
     assert!(names.iter().all(|n| n == "inside"), "{names:?}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
     drop((inside, excluded, outside));
 }
 
@@ -179,6 +175,5 @@ async fn sonde_never_traces_itself() {
     assert!(spans.iter().any(|s| s.attr("server.port").as_deref() == Some(&port)), "the server was traced");
     let own: Vec<_> = spans.iter().filter(|s| s.resource.get("process.pid") == Some(&sonde_pid)).collect();
     assert!(own.is_empty(), "sonde traced its own requests: {own:#?}");
-    let status = sonde.stop();
-    assert!(status.success(), "{status}\n{}", sonde.stderr());
+    sonde.stop_cleanly();
 }

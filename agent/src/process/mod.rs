@@ -76,6 +76,15 @@ impl ProcessCache {
         }
     }
 
+    /// `pid`'s resource from its /proc facts and, with Kubernetes metadata, its pod; with the
+    /// pods' generation it reflects.
+    fn resource_of(&self, pid: u32, start_time: u64, info: &ProcInfo) -> (Arc<Resource>, u64) {
+        let (pod, generation) = self.pod_of(info);
+        let container = info.container_id.as_deref().unwrap_or_default();
+        let pod = pod.as_deref().map(|p| (p, container));
+        (Arc::new(build_resource(pid, start_time, info, &self.host_name, pod)), generation)
+    }
+
     /// Builds `pid`'s resource again if its pod may have changed since.
     fn refresh_pod(&mut self, pid: u32) {
         let Some(generation) = self.pods.as_ref().map(Pods::generation) else { return };
@@ -83,17 +92,9 @@ impl ProcessCache {
         if e.pods_generation == generation || e.info.container_id.is_none() {
             return;
         }
-        let (pod, generation) = self.pod_of(&e.info);
-        let container = e.info.container_id.as_deref().unwrap_or_default();
-        let resource = build_resource(
-            pid,
-            e.start_time,
-            &e.info,
-            &self.host_name,
-            pod.as_deref().map(|p| (p, container)),
-        );
+        let (resource, generation) = self.resource_of(pid, e.start_time, &e.info);
         let e = self.entries.get_mut(&pid).expect("looked up above");
-        e.resource = Arc::new(resource);
+        e.resource = resource;
         e.pods_generation = generation;
     }
 
@@ -114,10 +115,7 @@ impl ProcessCache {
     /// What selection asks of `pid`: its /proc facts and, with Kubernetes metadata, its pod.
     pub fn subject(&mut self, pid: u32, comm: Option<&str>) -> crate::conn::select::Subject {
         let info = self.info(pid, comm);
-        let pod = match (&self.pods, &info.container_id) {
-            (Some(pods), Some(id)) => pods.lookup(id),
-            _ => None,
-        };
+        let (pod, _) = self.pod_of(&info);
         crate::conn::select::Subject { info, pod }
     }
 
@@ -146,10 +144,7 @@ impl ProcessCache {
             if let Some(why) = &info.own_sdk {
                 log_own_sdk(pid, &info, why);
             }
-            let (pod, pods_generation) = self.pod_of(&info);
-            let container = info.container_id.as_deref().unwrap_or_default();
-            let pod = pod.as_deref().map(|p| (p, container));
-            let resource = Arc::new(build_resource(pid, start_time, &info, &self.host_name, pod));
+            let (resource, pods_generation) = self.resource_of(pid, start_time, &info);
             let entry =
                 Entry { start_time, info, resource, last_used: self.clock, checked_at: now, pods_generation };
             self.entries.insert(pid, entry);
