@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod export;
+pub mod heap;
 pub mod http;
 pub mod intake;
 pub mod link;

@@ -198,6 +198,22 @@ impl Pipeline {
         }
     }
 
+    /// A thread of a traced process exited; with `process_gone`, the whole process. Its fds were
+    /// closed with no `close` we could see, and its pid and tids may be handed out again at once:
+    /// what is kept under them ends now, so a newcomer with the same ids starts clean.
+    fn exited(&mut self, pid: u32, tid: u32, process_gone: bool) {
+        self.linker.thread_exited(pid, tid);
+        if !process_gone || !self.processes.knows(pid) {
+            // Never traced (its connections, if any, were ignored): the periodic sweep will do.
+            return;
+        }
+        self.linker.process_exited(pid);
+        self.conns.process_exited(pid, &mut self.finished);
+        // Its last exchanges are assembled while its resource is still cached.
+        self.emit();
+        self.processes.exited(pid);
+    }
+
     fn forget_in_kernel(&mut self) {
         let Some(map) = self.kernel_conns.as_mut() else {
             self.conns.drain_kernel_forgets().for_each(drop);
@@ -252,6 +268,7 @@ impl intake::Sink for Pipeline {
             Event::Mapped(header) => {
                 self.pending_notices.insert(TlsNotice::Mapped(header.tgid));
             }
+            Event::Exit(exit) => self.exited(exit.header.tgid, exit.header.tid, exit.group_dead != 0),
         }
         self.forget_in_kernel();
         if !self.finished.is_empty() {
@@ -283,6 +300,11 @@ impl intake::Sink for Pipeline {
             }
             self.hand_off();
             self.forget_in_kernel();
+            if self.conns.shrink_if_sparse() {
+                // Most connections closed since the table grew: their parser buffers were freed
+                // too, and glibc would keep all of it mapped.
+                crate::heap::release_freed();
+            }
             self.last_conn_sweep = Instant::now();
         }
         if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {

@@ -51,6 +51,9 @@ pub mod globals {
     /// Offset of `child_pid` in the `sched:sched_process_fork` record (it moved between kernel
     /// versions), read from the tracepoint's format file at load time.
     pub const OFF_FORK_CHILD_PID: &str = "OFF_FORK_CHILD_PID";
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record (Linux 6.16 and later; 0
+    /// where it is missing, and then a process counts as gone when its main thread exits).
+    pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
 }
 
 /// Which kind of event follows the header.
@@ -68,6 +71,8 @@ pub enum EventKind {
     /// A bare [`EventHeader`]: a traced process is mapping a file executable (loading a shared
     /// library), so the agent looks for a TLS library to hook in it.
     Mapped = 5,
+    /// [`ExitEvent`]: a thread of a traced process exited.
+    Exit = 6,
 }
 
 impl EventKind {
@@ -78,6 +83,7 @@ impl EventKind {
             3 => Some(Self::Close),
             4 => Some(Self::Spawn),
             5 => Some(Self::Mapped),
+            6 => Some(Self::Exit),
             _ => None,
         }
     }
@@ -206,6 +212,18 @@ pub struct SpawnEvent {
     pub _pad: u32,
 }
 
+/// `sched:sched_process_exit` in a traced process: the header's thread exited; with `group_dead`
+/// set, it was the last one and the process is gone. A process's fds are closed without a `close`
+/// call at exit, and its pid (and a thread's id) may be handed out again at once: whatever is
+/// kept per process or per thread must end here, or a newcomer with the same id would inherit it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub group_dead: u32,
+    pub _pad: u32,
+}
+
 /// Syscall arguments kept from entry to exit, per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -328,6 +346,7 @@ mod tests {
         assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<SpawnEvent>(), 32);
+        assert_eq!(size_of::<ExitEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
         assert_eq!(size_of::<ConnState>(), 16);
         assert_eq!(size_of::<TlsCall>(), 40);
@@ -336,7 +355,14 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [EventKind::Data, EventKind::Open, EventKind::Close, EventKind::Spawn, EventKind::Mapped] {
+        for k in [
+            EventKind::Data,
+            EventKind::Open,
+            EventKind::Close,
+            EventKind::Spawn,
+            EventKind::Mapped,
+            EventKind::Exit,
+        ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -27,7 +27,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sonde_common::{Direction, EventHeader, EventKind, IoBuf, SpawnEvent};
+use sonde_common::{Direction, EventHeader, EventKind, ExitEvent, IoBuf, SpawnEvent};
 
 use crate::maps::ACTIVE_CONNECT;
 
@@ -185,10 +185,37 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 }
 
 /// `sched:sched_process_exit`, in the exiting thread: a TLS call it was in will never return, and
-/// its record must not make a later thread with the same id look like it is in one.
+/// its record must not make a later thread with the same id look like it is in one. User space
+/// hears of the exits of traced processes' threads, so that nothing it keeps per thread or per
+/// process outlives them (the fds a process still holds are closed with no `close` call).
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    tls::thread_exit(bpf_get_current_pid_tgid());
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    tls::thread_exit(pid_tgid);
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !filter::traced(tgid) {
+        return 0;
+    }
+    let offset = maps::global_u32(&maps::OFF_EXIT_GROUP_DEAD) as usize;
+    let group_dead = if offset == 0 || offset > 64 {
+        // A kernel without the field: the main thread's exit stands for the process's.
+        tid == tgid
+    } else {
+        // A variable offset: not a direct context load, which the verifier wants constant.
+        (unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset)) }).unwrap_or(0u8) != 0
+    };
+    let event = ExitEvent {
+        header: EventHeader {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid,
+            fd: -1,
+            kind: EventKind::Exit as u32,
+        },
+        group_dead: group_dead.into(),
+        _pad: 0,
+    };
+    emit::output(&event);
     0
 }
 

@@ -1,4 +1,5 @@
 //! Shared pieces of sonde's privileged integration tests.
+pub mod bpf_maps;
 pub mod harness;
 pub mod kubeapi;
 pub mod prometheus;

@@ -14,6 +14,11 @@
 //! Metric data is flattened to one [`ReceivedPoint`] per data point (sums, gauges and explicit-bucket
 //! histograms; exponential histograms and summaries are not recorded). For cumulative metrics,
 //! [`Receiver::latest`] gives the newest point of each series.
+//!
+//! Collector faults, for the tests of how sonde copes with them: the receiver can refuse requests
+//! with a retryable or a permanent error ([`Receiver::refuse_requests`], [`Refusal`]) and count
+//! them, answer each request only after a delay ([`Receiver::set_response_delay`]), and go away
+//! for real ([`Receiver::shut_down`], or dropping it), closing the connections exporters hold.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -149,6 +154,35 @@ impl ReceivedPoint {
     }
 }
 
+/// How the receiver refuses a request it was told to refuse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refusal {
+    /// gRPC `UNAVAILABLE`, HTTP 503: an overloaded collector. The OTLP spec says to retry.
+    #[default]
+    Unavailable,
+    /// gRPC `INVALID_ARGUMENT`, HTTP 400: a request the collector will never take. The OTLP spec
+    /// says not to retry it.
+    InvalidArgument,
+}
+
+impl Refusal {
+    fn grpc(self) -> tonic::Status {
+        let message = "receiver told to refuse this request";
+        match self {
+            Refusal::Unavailable => tonic::Status::unavailable(message),
+            Refusal::InvalidArgument => tonic::Status::invalid_argument(message),
+        }
+    }
+
+    fn http(self) -> axum::response::Response {
+        let status = match self {
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::InvalidArgument => StatusCode::BAD_REQUEST,
+        };
+        (status, "receiver told to refuse this request").into_response()
+    }
+}
+
 /// One export request as it arrived (for asserting on headers and batching).
 #[derive(Clone, Debug)]
 pub struct ReceivedRequest {
@@ -165,8 +199,29 @@ struct Store {
     points: Vec<ReceivedPoint>,
     /// Metric export requests accepted.
     metrics_requests: usize,
-    /// Requests (traces or metrics) still to be refused with a retryable error (gRPC UNAVAILABLE, HTTP 503).
+    /// Requests (traces or metrics) still to be refused, and how (`usize::MAX`: until told otherwise).
     fail_next: usize,
+    refusal: Refusal,
+    /// Trace export requests refused so far, and the spans they carried.
+    refused_requests: usize,
+    refused_spans: usize,
+    /// Metric export requests refused so far.
+    refused_metrics_requests: usize,
+    /// How long each request (traces or metrics) waits before it is answered.
+    delay: Duration,
+}
+
+impl Store {
+    /// `Some(how)` when the next request must be refused (and counts it down).
+    fn refuse(&mut self) -> Option<Refusal> {
+        if self.fail_next == 0 {
+            return None;
+        }
+        if self.fail_next != usize::MAX {
+            self.fail_next -= 1;
+        }
+        Some(self.refusal)
+    }
 }
 
 #[derive(Clone)]
@@ -183,17 +238,33 @@ impl Shared {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records the request, or returns `false` when it must be refused.
+    /// The response delay set by [`Receiver::set_response_delay`].
+    async fn delay(&self) {
+        let delay = self.lock().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Records the request, or says how to refuse it.
     fn accept(
         &self,
         via: Transport,
         headers: BTreeMap<String, String>,
         req: ExportTraceServiceRequest,
-    ) -> bool {
+    ) -> Result<(), Refusal> {
         let mut store = self.lock();
-        if store.fail_next > 0 {
-            store.fail_next -= 1;
-            return false;
+        if let Some(refusal) = store.refuse() {
+            store.refused_requests += 1;
+            store.refused_spans += req
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum::<usize>();
+            drop(store);
+            self.changed.send_modify(|n| *n += 1);
+            return Err(refusal);
         }
         let before = store.spans.len();
         for rs in req.resource_spans {
@@ -214,15 +285,17 @@ impl Shared {
         store.requests.push(ReceivedRequest { via, headers, span_count });
         drop(store);
         self.changed.send_modify(|n| *n += 1);
-        true
+        Ok(())
     }
 
-    /// Records the metric points of the request, or returns `false` when it must be refused.
-    fn accept_metrics(&self, via: Transport, req: ExportMetricsServiceRequest) -> bool {
+    /// Records the metric points of the request, or says how to refuse it.
+    fn accept_metrics(&self, via: Transport, req: ExportMetricsServiceRequest) -> Result<(), Refusal> {
         let mut store = self.lock();
-        if store.fail_next > 0 {
-            store.fail_next -= 1;
-            return false;
+        if let Some(refusal) = store.refuse() {
+            store.refused_metrics_requests += 1;
+            drop(store);
+            self.changed.send_modify(|n| *n += 1);
+            return Err(refusal);
         }
         for rm in req.resource_metrics {
             let resource = stringify_all(rm.resource.map(|r| r.attributes).unwrap_or_default());
@@ -306,16 +379,18 @@ impl Shared {
         store.metrics_requests += 1;
         drop(store);
         self.changed.send_modify(|n| *n += 1);
-        true
+        Ok(())
     }
 }
 
-/// An OTLP receiver on two loopback ports; stops when dropped.
+/// An OTLP receiver on two loopback ports; stops when dropped, closing the connections it
+/// accepted (as a collector that goes away would).
 pub struct Receiver {
     shared: Shared,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    connections: Connections,
 }
 
 impl Receiver {
@@ -338,11 +413,13 @@ impl Receiver {
             .with_context(|| format!("binding the OTLP/HTTP receiver on {http}"))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
+        let connections = Connections::default();
 
         let grpc_service = TraceServiceServer::new(GrpcService(shared.clone()));
         let grpc_metrics = MetricsServiceServer::new(GrpcService(shared.clone()));
+        let grpc_connections = connections.clone();
         let grpc_task = tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+            let incoming = Tracked { listener: grpc_listener, connections: grpc_connections };
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(grpc_service)
                 .add_service(grpc_metrics)
@@ -357,13 +434,28 @@ impl Receiver {
             .route("/v1/traces", axum::routing::post(http_export))
             .route("/v1/metrics", axum::routing::post(http_metrics_export))
             .with_state(shared.clone());
+        let http_listener = Tracked { listener: http_listener, connections: connections.clone() };
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, app).await {
                 eprintln!("OTLP/HTTP receiver stopped: {e}");
             }
         });
 
-        Ok(Receiver { shared, grpc_addr, http_addr, tasks: vec![grpc_task, http_task] })
+        Ok(Receiver { shared, grpc_addr, http_addr, tasks: vec![grpc_task, http_task], connections })
+    }
+
+    /// Stops as a collector that goes down does: its ports are closed once this returns (so
+    /// [`Receiver::start_on`] can bind them again) and the connections exporters hold are shut.
+    pub async fn shut_down(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            // Cancelled: the listener inside is dropped.
+            let _ = task.await;
+        }
+        self.connections.shut_all();
     }
 
     /// `http://127.0.0.1:PORT`, for `--otlp-protocol grpc`.
@@ -426,7 +518,46 @@ impl Receiver {
     /// `UNAVAILABLE`, HTTP 503), as an overloaded collector would. Refused requests are not
     /// recorded.
     pub fn fail_next_requests(&self, n: usize) {
-        self.shared.lock().fail_next = n;
+        self.refuse_next_requests(n, Refusal::Unavailable);
+    }
+
+    /// Refuse the next `n` requests, traces or metrics, as `how` says. Refused requests are
+    /// counted ([`Receiver::refused_requests`]), not recorded.
+    pub fn refuse_next_requests(&self, n: usize, how: Refusal) {
+        let mut store = self.shared.lock();
+        store.fail_next = n;
+        store.refusal = how;
+    }
+
+    /// Refuse every request, traces or metrics, as `how` says, until [`Receiver::accept_requests`].
+    pub fn refuse_requests(&self, how: Refusal) {
+        self.refuse_next_requests(usize::MAX, how);
+    }
+
+    /// Stop refusing requests.
+    pub fn accept_requests(&self) {
+        self.shared.lock().fail_next = 0;
+    }
+
+    /// How many trace export requests were refused so far (retries of one batch each count).
+    pub fn refused_requests(&self) -> usize {
+        self.shared.lock().refused_requests
+    }
+
+    /// How many spans the refused trace export requests carried, retries counted again.
+    pub fn refused_spans(&self) -> usize {
+        self.shared.lock().refused_spans
+    }
+
+    /// How many metric export requests were refused so far.
+    pub fn refused_metrics_requests(&self) -> usize {
+        self.shared.lock().refused_metrics_requests
+    }
+
+    /// Answer each request that arrives from now on (traces or metrics, accepted or refused) only
+    /// after `delay`, as a slow collector would. `Duration::ZERO` answers at once again.
+    pub fn set_response_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
     }
 
     /// Waits until `pred` holds for the spans received so far, or `timeout` passes; returns the
@@ -494,6 +625,138 @@ impl Drop for Receiver {
         for task in &self.tasks {
             task.abort();
         }
+        // The servers run each connection in a task of its own, which aborting the server does
+        // not reach: without this an exporter would go on talking to a receiver that is gone.
+        self.connections.shut_all();
+    }
+}
+
+/// The connections a receiver accepted and that are still open, as duplicates of their sockets,
+/// so that they can be shut down (FIN to the peer) from outside the tasks serving them.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<ConnectionSet>>);
+
+#[derive(Default)]
+struct ConnectionSet {
+    next_id: u64,
+    open: BTreeMap<u64, std::os::fd::OwnedFd>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionSet> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn track(&self, stream: tokio::net::TcpStream) -> TrackedStream {
+        use std::os::fd::AsFd as _;
+        let mut set = self.lock();
+        let id = set.next_id;
+        set.next_id += 1;
+        // Without a duplicate the connection cannot be shut down later; it is still served.
+        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+            set.open.insert(id, fd);
+        }
+        TrackedStream { stream, id, connections: self.clone() }
+    }
+
+    fn shut_all(&self) {
+        use std::os::fd::AsRawFd as _;
+        for fd in self.lock().open.values() {
+            // SAFETY: `fd` is an open socket we own; shutdown(2) acts on the socket that the
+            // serving task's fd refers to as well, whose reads then end and writes fail.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// An accepted connection; closes its duplicate when the server is done with it (or the socket
+/// would stay open, and its peer would never see it close).
+struct TrackedStream {
+    stream: tokio::net::TcpStream,
+    id: u64,
+    connections: Connections,
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        self.connections.lock().open.remove(&self.id);
+    }
+}
+
+impl tokio::io::AsyncRead for TrackedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TrackedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for TrackedStream {
+    // The services do not ask who is calling.
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+/// A listener whose connections are tracked: tonic's incoming stream, and axum's listener.
+struct Tracked {
+    listener: TcpListener,
+    connections: Connections,
+}
+
+impl tokio_stream::Stream for Tracked {
+    type Item = std::io::Result<TrackedStream>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.listener.poll_accept(cx).map(|accepted| Some(accepted.map(|(s, _)| self.connections.track(s))))
+    }
+}
+
+impl axum::serve::Listener for Tracked {
+    type Io = TrackedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TrackedStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => return (self.connections.track(stream), addr),
+                // Out of fds, or a connection reset before it was accepted: try again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 }
 
@@ -512,10 +775,10 @@ impl TraceService for GrpcService {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        if self.0.accept(Transport::Grpc, headers, request.into_inner()) {
-            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-        } else {
-            Err(tonic::Status::unavailable("receiver told to refuse this request"))
+        self.0.delay().await;
+        match self.0.accept(Transport::Grpc, headers, request.into_inner()) {
+            Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None })),
+            Err(refusal) => Err(refusal.grpc()),
         }
     }
 }
@@ -526,10 +789,10 @@ impl MetricsService for GrpcService {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        if self.0.accept_metrics(Transport::Grpc, request.into_inner()) {
-            Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
-        } else {
-            Err(tonic::Status::unavailable("receiver told to refuse this request"))
+        self.0.delay().await;
+        match self.0.accept_metrics(Transport::Grpc, request.into_inner()) {
+            Ok(()) => Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None })),
+            Err(refusal) => Err(refusal.grpc()),
         }
     }
 }
@@ -562,8 +825,9 @@ async fn http_export(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    if !shared.accept(Transport::Http, headers, request) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "receiver told to refuse this request").into_response();
+    shared.delay().await;
+    if let Err(refusal) = shared.accept(Transport::Http, headers, request) {
+        return refusal.http();
     }
     let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
     ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
@@ -578,8 +842,9 @@ async fn http_metrics_export(
         Ok(r) => r,
         Err(response) => return response.into_response(),
     };
-    if !shared.accept_metrics(Transport::Http, request) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "receiver told to refuse this request").into_response();
+    shared.delay().await;
+    if let Err(refusal) = shared.accept_metrics(Transport::Http, request) {
+        return refusal.http();
     }
     let response = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
     ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
@@ -774,5 +1039,72 @@ mod tests {
         assert_eq!((latest[0].time_unix_nano, latest[0].via), (2_000, Grpc));
 
         assert!(receiver.latest("no.such.metric").is_empty());
+    }
+
+    fn one_span() -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![Span::default()], ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_as_told_counts_refusals_answers_late_and_shuts_connections_down() {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+        let receiver = Receiver::start().await.unwrap();
+        let mut client = TraceServiceClient::connect(receiver.grpc_endpoint()).await.unwrap();
+        receiver.refuse_next_requests(1, Refusal::InvalidArgument);
+        let refused = client.export(one_span()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        client.export(one_span()).await.unwrap();
+        assert_eq!(
+            (receiver.refused_requests(), receiver.refused_spans(), receiver.spans().len()),
+            (1, 1, 1)
+        );
+
+        // Until told otherwise, over HTTP too (400); metrics are counted apart.
+        receiver.refuse_requests(Refusal::InvalidArgument);
+        let body = request(&[("/a", 1, 2_000)], 2_000).encode_to_vec();
+        assert_eq!(post_metrics(receiver.http_addr(), &body).await, "HTTP/1.1 400 Bad Request");
+        assert_eq!(client.export(one_span()).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!((receiver.refused_requests(), receiver.refused_metrics_requests()), (2, 1));
+        receiver.accept_requests();
+
+        receiver.set_response_delay(Duration::from_millis(300));
+        let asked = tokio::time::Instant::now();
+        client.export(one_span()).await.unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(300));
+        receiver.set_response_delay(Duration::ZERO);
+
+        // A keep-alive connection, served once (so accepted): shutting down closes it.
+        let mut idle = tokio::net::TcpStream::connect(receiver.http_addr()).await.unwrap();
+        let head = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        idle.write_all(head.as_bytes()).await.unwrap();
+        idle.write_all(&body).await.unwrap();
+        // And an HTTP/2 one on the gRPC port, which tonic would otherwise serve on after its
+        // server is gone: the client preface and an empty SETTINGS frame; the server answers.
+        let mut idle_h2 = tokio::net::TcpStream::connect(receiver.grpc_addr()).await.unwrap();
+        idle_h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        let mut first = [0u8; 1];
+        idle.read_exact(&mut first).await.unwrap();
+        idle_h2.read_exact(&mut first).await.unwrap();
+        let (grpc, http) = (receiver.grpc_addr(), receiver.http_addr());
+        receiver.shut_down().await;
+        for (name, conn) in [("HTTP/1.1", &mut idle), ("HTTP/2", &mut idle_h2)] {
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "the {name} connection was left open");
+        }
+        // Both ports are free again at once.
+        let back = Receiver::start_on(grpc, http).await.unwrap();
+        assert!(back.spans().is_empty());
     }
 }

@@ -3,9 +3,11 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod run;
 mod setup;
 mod sh;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -41,8 +43,22 @@ enum Task {
         #[arg(long, default_value_t = 15)]
         fuzz_seconds: u32,
     },
+    /// Fuzz the HTTP and traceparent parsers for a while, then merge what was found into the kept
+    /// corpus (agent/fuzz/corpus/, minimised; commit it). A crash stops with libFuzzer's report.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Only this target (default: all of them).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
+    },
     /// Set up, build, and measure sonde's overhead on nginx (root needed); see docs/performance.md.
     Bench(bench::Options),
+    /// Set up, build, and trace nginx under steady mixed traffic for a long time (30 min by
+    /// default), sampling sonde's RSS, kernel map sizes and own metrics; fails when they grow
+    /// (root needed). See docs/reliability.md.
+    Soak(soak::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +71,15 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run("run", &args),
         Task::Demo { args } => run::run("demo", &args),
         Task::Test { fuzz_seconds } => test::all(fuzz_seconds),
+        Task::Fuzz { minutes, target } => {
+            setup::all()?;
+            let targets: Vec<&str> = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::long(&targets, std::time::Duration::from_secs_f64(minutes.max(0.0) * 60.0))
+        }
         Task::Bench(opts) => bench::main(&opts),
+        Task::Soak(opts) => soak::main(&opts),
     }
 }

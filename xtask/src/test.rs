@@ -4,9 +4,7 @@
 
 use std::process::Command;
 
-use crate::{bench, build, setup, sh};
-
-const FUZZ_TARGETS: &[&str] = &["http_connection", "traceparent"];
+use crate::{bench, build, fuzz, setup, sh, soak};
 
 pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
     setup::all()?;
@@ -33,7 +31,8 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
     deploy(&sonde)?;
     privileged(&sonde)?;
     bench::smoke(&sonde)?;
-    fuzz(fuzz_seconds)
+    soak::smoke(&sonde)?;
+    fuzz::run(fuzz::TARGETS, std::time::Duration::from_secs(fuzz_seconds.into()))
 }
 
 /// The integration tests start the real `sonde` (root, real kernel) against real servers. One at a
@@ -47,17 +46,4 @@ fn privileged(sonde: &std::path::Path) -> anyhow::Result<()> {
 /// deploy/kubernetes/sonde.yaml is the chart's current rendering.
 fn deploy(sonde: &std::path::Path) -> anyhow::Result<()> {
     sh::run(Command::new("python3").arg(sh::root().join("deploy/check.py")).arg("--sonde").arg(sonde))
-}
-
-fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    let dir = sh::root().join("agent/fuzz");
-    for target in FUZZ_TARGETS {
-        sh::run(
-            Command::new("cargo")
-                .current_dir(&dir)
-                .args(["+nightly", "fuzz", "run", target, "--"])
-                .arg(format!("-max_total_time={seconds}")),
-        )?;
-    }
-    Ok(())
 }

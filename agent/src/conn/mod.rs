@@ -247,6 +247,35 @@ impl ConnTable {
         }
     }
 
+    /// `pid` exited: its connections end as if closed (the kernel closed them without a `close`
+    /// call), and the kernel forgets them too. One pass over the table, once per traced process
+    /// that exits.
+    pub fn process_exited(&mut self, pid: u32, out: &mut Vec<Finished>) {
+        let gone: Vec<u64> = self.conns.keys().copied().filter(|key| (key >> 32) as u32 == pid).collect();
+        for key in gone {
+            if let Some(mut conn) = self.conns.remove(&key) {
+                self.stats.closed += 1;
+                let ts = conn.last_seen_ns;
+                finish(&mut conn, ts, out);
+                self.forget_in_kernel.push(key);
+            }
+        }
+    }
+
+    /// Gives back the slots of a table that was much larger than it is now (a HashMap never
+    /// shrinks by itself); true when it did, so the caller can hand the freed heap back too.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        const MIN_SLOTS: usize = 1024;
+        let (len, slots) = (self.conns.len(), self.conns.capacity());
+        if slots <= MIN_SLOTS || slots <= 4 * len {
+            return false;
+        }
+        self.conns.shrink_to((2 * len).max(MIN_SLOTS / 2));
+        self.forget_requested.shrink_to(MIN_SLOTS / 2);
+        self.forget_in_kernel.shrink_to(MIN_SLOTS / 2);
+        true
+    }
+
     fn evict_oldest(&mut self) {
         let mut ages: Vec<u64> = self.conns.values().map(|c| c.last_seen_ns).collect();
         ages.sort_unstable();

@@ -133,6 +133,37 @@ fn connections_of_dead_processes_are_forgotten_here_and_in_the_kernel() {
     assert_eq!(table.drain_kernel_forgets().collect::<Vec<_>>(), [conn_key(100, 5)]);
 }
 
+#[test]
+fn an_exited_process_loses_its_connections_at_once_and_only_its_own() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    table.open(&open_event(6, SOCK + 64), true, &mut out);
+    let mut other = open_event(5, SOCK + 128);
+    other.header.tgid = 101;
+    table.open(&other, true, &mut out);
+    table.process_exited(100, &mut out);
+    assert_eq!(table.len(), 1, "pid 101's connection stays");
+    let mut forgotten: Vec<u64> = table.drain_kernel_forgets().collect();
+    forgotten.sort_unstable();
+    assert_eq!(forgotten, [conn_key(100, 5), conn_key(100, 6)]);
+}
+
+#[test]
+fn a_table_that_emptied_gives_its_slots_back() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    for fd in 0..5_000 {
+        table.open(&open_event(fd, SOCK + 64 * fd as u64), true, &mut out);
+    }
+    assert!(!table.shrink_if_sparse(), "full: nothing to give back");
+    table.process_exited(100, &mut out);
+    let _ = table.drain_kernel_forgets().count();
+    assert!(table.shrink_if_sparse());
+    assert!(table.conns.capacity() <= 1024, "{}", table.conns.capacity());
+    assert!(!table.shrink_if_sparse(), "once is enough");
+}
+
 fn close(table: &mut ConnTable, fd: i32, last_seq: u32, out: &mut Vec<Finished>) {
     let header = EventHeader { ts_ns: 99, tgid: 100, tid: 100, fd, kind: EventKind::Close as u32 };
     table.close(&CloseEvent { header, last_seq, _pad: 0 }, out);

@@ -1,6 +1,8 @@
 //! Ring-buffer records → typed events. Total: a short or unknown record is an error, never a panic.
 
-use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind, SpawnEvent};
+use sonde_common::{
+    CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind, ExitEvent, SpawnEvent,
+};
 
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -13,6 +15,7 @@ pub enum Event<'a> {
     Spawn(SpawnEvent),
     /// The process of the header mapped an executable file.
     Mapped(EventHeader),
+    Exit(ExitEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +52,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::Close) => Ok(Event::Close(read(bytes, "close event")?)),
         Some(EventKind::Spawn) => Ok(Event::Spawn(read(bytes, "spawn event")?)),
         Some(EventKind::Mapped) => Ok(Event::Mapped(header)),
+        Some(EventKind::Exit) => Ok(Event::Exit(read(bytes, "exit event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

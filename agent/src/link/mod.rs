@@ -241,6 +241,16 @@ impl Linker {
         })
     }
 
+    /// A thread exited: a thread that gets its id later does not work for the request it read.
+    pub fn thread_exited(&mut self, pid: u32, tid: u32) {
+        self.handling.remove(&(pid, tid));
+    }
+
+    /// A process exited: nothing of it may parent the calls of a process that gets its pid later.
+    pub fn process_exited(&mut self, pid: u32) {
+        self.handling.retain(|&(p, _), _| p != pid);
+    }
+
     /// Periodic upkeep at monotonic time `now_ns`: requests that never ended, stale client records.
     pub fn sweep(&mut self, now_ns: u64) {
         let before = self.requests.len();

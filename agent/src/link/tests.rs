@@ -166,6 +166,31 @@ fn threads_keep_their_own_server_requests() {
 }
 
 #[test]
+fn a_thread_or_process_that_exits_leaves_nothing_to_a_newcomer_with_its_id() {
+    let h = head("/", None);
+    let mut linker = Linker::default();
+    // Thread 11 of pid 10, then pid 20's main thread, read requests and exit unanswered.
+    linker.started(
+        &conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000"),
+        &started(Direction::Ingress, 0, 11, &h),
+    );
+    linker.started(
+        &conn(2, 20, Role::Server, "127.0.0.1:8002", "127.0.0.1:40002"),
+        &started(Direction::Ingress, 0, 20, &h),
+    );
+    linker.thread_exited(10, 11);
+    linker.thread_exited(20, 20);
+    linker.process_exited(20);
+    // The next thread 11 of pid 10, and the next process 20, call out.
+    let call = conn(3, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    linker.started(&call, &started(Direction::Egress, 0, 11, &h));
+    assert_eq!(linker.finished(&call, &exchange(Direction::Egress, 0, 11, &h)).unwrap().parent_span_id, None);
+    let call = conn(4, 20, Role::Client, "127.0.0.1:40003", "127.0.0.1:8001");
+    linker.started(&call, &started(Direction::Egress, 0, 20, &h));
+    assert_eq!(linker.finished(&call, &exchange(Direction::Egress, 0, 20, &h)).unwrap().parent_span_id, None);
+}
+
+#[test]
 fn unsampled_callers_keep_their_children_unsampled() {
     let front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
     let back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");

@@ -111,19 +111,28 @@ pub fn attach_thread_starts(ebpf: &mut Ebpf, programs: Programs) -> bool {
     }
 }
 
-/// The tracepoints the TLS hooks need besides the library's: executable file mappings
-/// (`syscalls:sys_enter_mmap`, for libraries loaded after start-up) and thread exits (a TLS call
-/// that will never return). Each optional, logged when unavailable.
+/// Thread and process exits (`sched:sched_process_exit`): what sonde keeps per process or thread
+/// ends with them, before a reused pid or tid could inherit it; a TLS call the thread was in will
+/// never return. Optional — without it, exited processes are noticed by a periodic check.
+pub fn attach_exits(ebpf: &mut Ebpf, programs: Programs) {
+    let program = match programs {
+        Programs::Sonde => "sched_process_exit",
+        Programs::NullProbe => "null_tracepoint",
+    };
+    if let Err(e) = attach_tracepoint(ebpf, program, "sched", "sched_process_exit") {
+        tracing::warn!(
+            error = %e,
+            "process exits are not seen: their connections are dropped within a second, and a thread killed inside a TLS call leaves its record"
+        );
+    }
+}
+
+/// The tracepoint the TLS hooks need besides the library's: executable file mappings
+/// (`syscalls:sys_enter_mmap`, for libraries loaded after start-up). Optional, logged when
+/// unavailable.
 pub fn attach_tls_helpers(ebpf: &mut Ebpf, programs: Programs) {
-    let helpers = [
-        ("mmap_exec", "syscalls", "sys_enter_mmap", "TLS libraries loaded after start-up are not hooked"),
-        (
-            "sched_process_exit",
-            "sched",
-            "sched_process_exit",
-            "a thread killed inside a TLS call leaves its record",
-        ),
-    ];
+    let helpers =
+        [("mmap_exec", "syscalls", "sys_enter_mmap", "TLS libraries loaded after start-up are not hooked")];
     for (program, category, name, consequence) in helpers {
         let program = match programs {
             Programs::Sonde => program,

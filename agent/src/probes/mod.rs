@@ -147,6 +147,8 @@ impl Probes {
         let agent_tgid = std::process::id();
         let fork_child_offset =
             prereq::tracepoint_field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
+        let exit_group_dead_offset =
+            prereq::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
@@ -160,6 +162,7 @@ impl Probes {
             .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
             .override_global(globals::OFF_FORK_CHILD_PID, &fork_child_offset, true)
+            .override_global(globals::OFF_EXIT_GROUP_DEAD, &exit_group_dead_offset, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
             .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
@@ -187,6 +190,7 @@ impl Probes {
                 "sched:sched_process_fork has no child_pid field here: calls made by worker threads start their own traces"
             );
         }
+        attach::attach_exits(&mut ebpf, options.programs);
         let tls = match &options.tls {
             Some(tls_options) => {
                 let excluded = if tls_excludes {
@@ -207,7 +211,8 @@ impl Probes {
             }
             None => None,
         };
-        release_freed_memory();
+        // Loading parsed the kernel's BTF: megabytes, freed now.
+        crate::heap::release_freed();
         tracing::info!(
             hooks = %hooks,
             programs = ?options.programs,
@@ -283,16 +288,6 @@ pub enum TlsNotice {
 
 fn ring_size(requested: u32) -> u32 {
     requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
-}
-
-/// Loading parsed the kernel's BTF (megabytes, freed once the programs are loaded), but glibc
-/// keeps freed heap pages mapped, and they would count in sonde's RSS for its whole life.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no arguments beyond the pad size; only returns free pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ const MAX_CACHED: usize = 16_384;
 
 /// How often a cached process's start time is read again to catch a reused pid. Reading
 /// `/proc/PID/stat` on every new connection cost more than everything else sonde does for a
-/// request on a server that opens a connection per request. A pid is reused only after the pid
-/// space wraps around, so an exit, a wrap and a new connection all within this window are rare;
-/// the periodic sweep drops exited processes as well.
+/// request on a server that opens a connection per request. The kernel reports exits
+/// (`ProcessCache::exited`), so this only matters where that tracepoint is missing; a pid is
+/// reused only after the pid space wraps around, and the periodic sweep drops exited processes.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct ProcessCache {
@@ -188,6 +188,17 @@ impl ProcessCache {
                 e.info.own_sdk = Some(why.to_owned());
             }
         }
+    }
+
+    /// Whether `pid` is cached: it had a traced connection.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.entries.contains_key(&pid)
+    }
+
+    /// `pid` exited (the kernel said so): a process that gets the pid next is read afresh, even
+    /// within `REVALIDATE_EVERY`.
+    pub fn exited(&mut self, pid: u32) {
+        self.entries.remove(&pid);
     }
 
     /// Forget processes that have exited.

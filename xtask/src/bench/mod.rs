@@ -3,15 +3,16 @@
 //! Prints a Markdown table and writes the full report as JSON. It measures; it asserts nothing
 //! about the numbers (docs/performance.md says what they are and how to read them).
 
-mod collector;
-mod kstats;
-mod load;
-mod machine;
-mod nginx;
-mod procs;
+// The soak (`cargo xtask soak`) reuses the workload, collector, load generator and tracer.
+pub(crate) mod collector;
+pub(crate) mod kstats;
+pub(crate) mod load;
+pub(crate) mod machine;
+pub(crate) mod nginx;
+pub(crate) mod procs;
 mod report;
 mod scenario;
-mod tracer;
+pub(crate) mod tracer;
 
 use std::{
     path::{Path, PathBuf},
