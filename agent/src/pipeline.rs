@@ -64,6 +64,8 @@ pub struct Pipeline {
     kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
     last_conn_sweep: Instant,
+    /// Most connections tracked since freed heap was last handed back (`RELEASE_AFTER_CLOSING`).
+    conns_high_water: usize,
     last_hand_off: Instant,
     /// Where TLS notices go (the thread that holds the probes), and those not yet sent: a
     /// process loading its libraries maps a dozen files in a row, one notice is enough.
@@ -81,6 +83,8 @@ const HAND_OFF_SPANS: usize = 512;
 const HAND_OFF_EVERY: Duration = Duration::from_millis(100);
 /// Idle responses are finished and dead connections dropped at this pace.
 const CONN_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Freed heap is handed back to the kernel once this many connections closed since the last time.
+const RELEASE_AFTER_CLOSING: usize = 256;
 
 impl Pipeline {
     pub fn new(
@@ -107,6 +111,7 @@ impl Pipeline {
             kernel_conns,
             last_process_sweep: Instant::now(),
             last_conn_sweep: Instant::now(),
+            conns_high_water: 0,
             last_hand_off: Instant::now(),
             tls_notices: None,
             pending_notices: HashSet::new(),
@@ -300,10 +305,18 @@ impl intake::Sink for Pipeline {
             }
             self.hand_off();
             self.forget_in_kernel();
-            if self.conns.shrink_if_sparse() {
-                // Most connections closed since the table grew: their parser buffers were freed
-                // too, and glibc would keep all of it mapped.
+            let shrunk = self.conns.shrink_if_sparse();
+            self.conns_high_water = self.conns_high_water.max(self.conns.len());
+            if shrunk || self.conns_high_water - self.conns.len() >= RELEASE_AFTER_CLOSING {
+                // Many connections closed since the last time: their parser buffers (up to a
+                // 64 KiB head each) were freed, and glibc would keep all of it mapped.
+                tracing::debug!(
+                    from = self.conns_high_water,
+                    to = self.conns.len(),
+                    "connections closed: handing freed heap back"
+                );
                 crate::heap::release_freed();
+                self.conns_high_water = self.conns.len();
             }
             self.last_conn_sweep = Instant::now();
         }

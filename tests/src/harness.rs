@@ -446,6 +446,27 @@ impl Drop for ContainerCgroup {
     }
 }
 
+/// A `/proc/PID/status` quantity in KiB: `VmRSS` (all resident memory, the ring buffer's shared
+/// pages included), `RssAnon` (the heap and stacks: what a leak would grow), `VmHWM` (peak).
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    line.split_whitespace().next().and_then(|v| v.parse().ok()).expect("a number of kB")
+}
+
+/// How many TCP connections (sockets other than its listeners) `pid` holds open now.
+pub fn open_connections(pid: u32, listeners: usize) -> usize {
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing /proc/PID/fd")
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+        .count();
+    sockets.saturating_sub(listeners)
+}
+
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; its last answer.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

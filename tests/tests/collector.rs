@@ -131,16 +131,6 @@ fn final_counter(sonde: &Sonde, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
 }
 
-/// sonde's resident memory in KiB, from /proc/PID/status.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
 /// The most attempts one batch can make within `window` of its first one: sonde's back-off starts
 /// at 100 ms and doubles to 5 s, each delay jittered down to half of it, so the quickest possible
 /// attempts are at 0, 0.05, 0.15, 0.35, 0.75, 1.55, 3.15 s and then every 2.5 s.
@@ -268,7 +258,7 @@ async fn a_slow_collector_costs_counted_drops_not_memory_or_the_apps_requests() 
     let (mut sonde, prom) = sonde_for(&receiver, Transport::Grpc, &app, &["--max-queue-spans", "20"]);
     requests(app.port, "/warm-up", 20).await;
     arrived(&receiver, "/warm-up", 20).await;
-    let baseline = rss_kib(sonde.pid());
+    let baseline = harness::status_kib(sonde.pid(), "VmRSS");
 
     // Each export is answered after 2.5 s (well inside sonde's 10 s export timeout), while the
     // app takes 20 requests a second: more spans than one export per 2.5 s can carry.
@@ -290,7 +280,7 @@ async fn a_slow_collector_costs_counted_drops_not_memory_or_the_apps_requests() 
     });
     let (mut rss, mut depth) = (Vec::new(), Vec::new());
     while !load.is_finished() {
-        rss.push(rss_kib(sonde.pid()));
+        rss.push(harness::status_kib(sonde.pid(), "VmRSS"));
         depth.push(value(&scrape(prom), "sonde_export_queue_size", &[]).unwrap_or(f64::NAN));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
