@@ -255,10 +255,11 @@ impl intake::Sink for Pipeline {
                 let info = crate::conn::ConnInfo::from_event(&open);
                 let comm = comm_text(&open.comm);
                 let processes = &mut self.processes;
-                let selected = self.selector.accepts(&info, || processes.subject(info.pid, comm));
+                let started = open.start_ns;
+                let selected = self.selector.accepts(&info, || processes.subject(info.pid, comm, started));
                 if selected {
                     // Read /proc now, while the process most likely exists (it may be short-lived).
-                    self.processes.observe(info.pid, comm);
+                    self.processes.observe(info.pid, comm, started);
                 }
                 self.conns.open(&open, selected, &mut self.finished);
             }

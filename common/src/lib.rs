@@ -54,6 +54,10 @@ pub mod globals {
     /// Offset of `group_dead` in the `sched:sched_process_exit` record (Linux 6.16 and later; 0
     /// where it is missing, and then a process counts as gone when its main thread exits).
     pub const OFF_EXIT_GROUP_DEAD: &str = "OFF_EXIT_GROUP_DEAD";
+    /// Offsets inside `struct task_struct` of `group_leader` and `start_boottime`, from the
+    /// kernel's BTF at load time (0: unknown, and `ConnEvent::start_ns` stays 0).
+    pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+    pub const OFF_TASK_START_BOOTTIME: &str = "OFF_TASK_START_BOOTTIME";
 }
 
 /// Which kind of event follows the header.
@@ -189,6 +193,10 @@ pub struct ConnEvent {
     /// The thread's command name (`comm`, NUL-padded): names a process that exits before user
     /// space reads its /proc entry (a curl call is over in milliseconds).
     pub comm: [u8; 16],
+    /// When the process started: its main thread's `start_boottime`, ns since boot (what
+    /// /proc/PID/stat's field 22 gives in clock ticks). Tells this process from a later one that
+    /// took its pid before user space read /proc. 0 when the kernel's BTF gave no offsets.
+    pub start_ns: u64,
 }
 
 #[repr(C)]
@@ -343,7 +351,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<DataEvent>(), 40);
-        assert_eq!(size_of::<ConnEvent>(), 88);
+        assert_eq!(size_of::<ConnEvent>(), 96);
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<SpawnEvent>(), 32);
         assert_eq!(size_of::<ExitEvent>(), 32);

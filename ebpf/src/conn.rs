@@ -2,13 +2,16 @@
 //! TCP socket carries data on an fd, a `Close` event when a tracked fd is closed.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_buf,
 };
 use sonde_common::{CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
 
 use crate::{
     emit,
-    maps::{CONNS, OFF_V6_DADDR, OFF_V6_RCV_SADDR, global_u32},
+    maps::{
+        CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, global_u32,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -21,6 +24,22 @@ const OFF_DADDR: usize = 0;
 const OFF_RCV_SADDR: usize = 4;
 const OFF_DPORT: usize = 12;
 const OFF_NUM: usize = 14;
+
+/// When the current process started: `current->group_leader->start_boottime` (0 if the offsets
+/// are unknown). Two reads, once per new connection.
+#[inline(always)]
+fn process_start_ns() -> u64 {
+    let leader_off = global_u32(&OFF_TASK_GROUP_LEADER) as usize;
+    let start_off = global_u32(&OFF_TASK_START_BOOTTIME) as usize;
+    if leader_off == 0 || start_off == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(leader) = (unsafe { bpf_probe_read_kernel(task.add(leader_off) as *const *const u8) }) else {
+        return 0;
+    };
+    (unsafe { bpf_probe_read_kernel(leader.add(start_off) as *const u64) }).unwrap_or(0)
+}
 
 /// `accept`/`accept4` returned `fd`: if it turns out to carry TCP data, this process is its server.
 #[inline(always)]
@@ -138,6 +157,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        start_ns: process_start_ns(),
     };
     read_addresses(sock, family, &mut event);
     if !emit::output(&event) {

@@ -93,6 +93,10 @@ pub static OFF_V6_RCV_SADDR: u32 = 0;
 pub static OFF_FORK_CHILD_PID: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_EXIT_GROUP_DEAD: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_TASK_GROUP_LEADER: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_TASK_START_BOOTTIME: u32 = 0;
 
 #[inline(always)]
 pub fn global_u32(g: &u32) -> u32 {

@@ -73,6 +73,7 @@ mod tests {
             local_addr: local,
             remote_addr: remote,
             comm: [0; 16],
+            start_ns: 0,
         }
     }
 

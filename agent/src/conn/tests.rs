@@ -22,6 +22,7 @@ fn open_event_as(fd: i32, sock: u64, role: Role) -> ConnEvent {
         local_addr: local,
         remote_addr: local,
         comm: [0; 16],
+        start_ns: 0,
     }
 }
 

@@ -99,6 +99,7 @@ mod tests {
             local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             remote_addr: [0; 16],
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            start_ns: 12_340_000_000,
         };
         match decode(&bytes_of(&open)).unwrap() {
             Event::Open(e) => {

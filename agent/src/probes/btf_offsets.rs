@@ -26,11 +26,30 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u32,
 }
 
-pub fn sock_offsets() -> Result<SockOffsets, BtfError> {
-    let data = std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read { path: VMLINUX_BTF, source })?;
-    let members = struct_members(&data, "sock_common")?;
+/// The running kernel's BTF, raw.
+pub fn vmlinux() -> Result<Vec<u8>, BtfError> {
+    std::fs::read(VMLINUX_BTF).map_err(|source| BtfError::Read { path: VMLINUX_BTF, source })
+}
+
+pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
+    let members = struct_members(data, "sock_common")?;
     let get = |name: &str| members.get(name).copied().ok_or(BtfError::StructNotFound("sock_common.skc_v6_*"));
     Ok(SockOffsets { v6_daddr: get("skc_v6_daddr")?, v6_rcv_saddr: get("skc_v6_rcv_saddr")? })
+}
+
+/// Byte offsets inside `struct task_struct`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub group_leader: u32,
+    pub start_boottime: u32,
+}
+
+pub fn task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
+    let members = struct_members(data, "task_struct")?;
+    let get = |name: &str| {
+        members.get(name).copied().ok_or(BtfError::StructNotFound("task_struct.group_leader/start_boottime"))
+    };
+    Ok(TaskOffsets { group_leader: get("group_leader")?, start_boottime: get("start_boottime")? })
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -115,11 +134,24 @@ mod tests {
     #[test]
     fn finds_sock_common_on_this_kernel() {
         // Every kernel sonde supports has BTF; the IPv6 fields sit after the 16-byte v4 block.
-        let Ok(offsets) = sock_offsets() else {
+        let Ok(data) = vmlinux() else {
             eprintln!("SKIPPED: {VMLINUX_BTF} not readable here");
             return;
         };
+        let offsets = sock_offsets(&data).unwrap();
         assert!(offsets.v6_daddr >= 16);
         assert_eq!(offsets.v6_rcv_saddr, offsets.v6_daddr + 16);
+    }
+
+    #[test]
+    fn finds_task_struct_on_this_kernel() {
+        let Ok(data) = vmlinux() else {
+            eprintln!("SKIPPED: {VMLINUX_BTF} not readable here");
+            return;
+        };
+        let offsets = task_offsets(&data).unwrap();
+        // Both sit well past the scheduler's fields at the start of task_struct.
+        assert!(offsets.group_leader > 64 && offsets.start_boottime > 64, "{offsets:?}");
+        assert_ne!(offsets.group_leader, offsets.start_boottime);
     }
 }

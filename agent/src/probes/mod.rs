@@ -137,13 +137,7 @@ impl Probes {
         }
         prereq::raise_memlock();
 
-        let v6 = match btf_offsets::sock_offsets() {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "IPv6 addresses will be missing from spans");
-                btf_offsets::SockOffsets { v6_daddr: 0, v6_rcv_saddr: 0 }
-            }
-        };
+        let (v6, task) = kernel_offsets();
         let agent_tgid = std::process::id();
         let fork_child_offset =
             prereq::tracepoint_field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
@@ -163,6 +157,8 @@ impl Probes {
             .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
             .override_global(globals::OFF_FORK_CHILD_PID, &fork_child_offset, true)
             .override_global(globals::OFF_EXIT_GROUP_DEAD, &exit_group_dead_offset, true)
+            .override_global(globals::OFF_TASK_GROUP_LEADER, &task.group_leader, true)
+            .override_global(globals::OFF_TASK_START_BOOTTIME, &task.start_boottime, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
             .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
@@ -284,6 +280,33 @@ pub enum TlsNotice {
     Mapped(u32),
     /// The process sent or received TLS ciphertext on a connection no TLS hook spoke for.
     Ciphertext(u32),
+}
+
+/// The kernel struct offsets the programs need, from the kernel's BTF; zeros (and a warning
+/// saying what is lost) for what cannot be found.
+fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {
+    const NO_IPV6: &str = "IPv6 addresses will be missing from spans";
+    const NO_START: &str = "process start times are not read: a process that exits and has its pid taken within a poll may be described by its successor's /proc";
+    let none = (
+        btf_offsets::SockOffsets { v6_daddr: 0, v6_rcv_saddr: 0 },
+        btf_offsets::TaskOffsets { group_leader: 0, start_boottime: 0 },
+    );
+    let data = match btf_offsets::vmlinux() {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "{NO_IPV6}; {NO_START}");
+            return none;
+        }
+    };
+    let sock = btf_offsets::sock_offsets(&data).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "{NO_IPV6}");
+        none.0
+    });
+    let task = btf_offsets::task_offsets(&data).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "{NO_START}");
+        none.1
+    });
+    (sock, task)
 }
 
 fn ring_size(requested: u32) -> u32 {

@@ -102,30 +102,36 @@ impl ProcessCache {
     /// (at most every `REVALIDATE_EVERY`), so a reused pid is read afresh. Called once per
     /// connection, not per span.
     /// `comm`: the command name the kernel saw, for a process gone before /proc could be read.
-    pub fn observe(&mut self, pid: u32, comm: Option<&str>) -> Arc<Resource> {
-        self.entry(pid, comm).resource.clone()
+    /// `start_ns`: when the kernel says the process started (`ConnEvent::start_ns`, 0: unknown):
+    /// if /proc/PID is by now another process's, only `comm` describes this one.
+    pub fn observe(&mut self, pid: u32, comm: Option<&str>, start_ns: u64) -> Arc<Resource> {
+        self.entry(pid, comm, start_ns).resource.clone()
     }
 
     /// What `/proc` says about `pid` (executable, command line, …), cached like `observe`: for
     /// `--exe`, which is decided once per new connection.
-    pub fn info(&mut self, pid: u32, comm: Option<&str>) -> ProcInfo {
-        self.entry(pid, comm).info.clone()
+    pub fn info(&mut self, pid: u32, comm: Option<&str>, start_ns: u64) -> ProcInfo {
+        self.entry(pid, comm, start_ns).info.clone()
     }
 
     /// What selection asks of `pid`: its /proc facts and, with Kubernetes metadata, its pod.
-    pub fn subject(&mut self, pid: u32, comm: Option<&str>) -> crate::conn::select::Subject {
-        let info = self.info(pid, comm);
+    pub fn subject(&mut self, pid: u32, comm: Option<&str>, start_ns: u64) -> crate::conn::select::Subject {
+        let info = self.info(pid, comm, start_ns);
         let (pod, _) = self.pod_of(&info);
         crate::conn::select::Subject { info, pod }
     }
 
-    fn entry(&mut self, pid: u32, comm: Option<&str>) -> &Entry {
+    fn entry(&mut self, pid: u32, comm: Option<&str>, start_ns: u64) -> &Entry {
         self.clock += 1;
         let now = Instant::now();
-        // Some(start time) when the entry must be (re)built from /proc.
-        let rebuild = match self.entries.get_mut(&pid) {
-            Some(e) if now.duration_since(e.checked_at) < REVALIDATE_EVERY => None,
-            Some(e) => {
+        // The kernel's word on which process this is, in /proc/PID/stat's clock ticks.
+        let started = (start_ns != 0).then(|| start_ns / procfs::ns_per_tick());
+        // Some(start time) when the entry must be (re)built.
+        let rebuild = match (self.entries.get_mut(&pid), started) {
+            (Some(e), Some(ticks)) if e.start_time == ticks => None,
+            (_, Some(ticks)) => Some(ticks),
+            (Some(e), None) if now.duration_since(e.checked_at) < REVALIDATE_EVERY => None,
+            (Some(e), None) => {
                 let start_time = procfs::start_time(pid).unwrap_or(0);
                 if e.start_time == start_time || start_time == 0 {
                     e.checked_at = now;
@@ -134,13 +140,16 @@ impl ProcessCache {
                     Some(start_time)
                 }
             }
-            None => Some(procfs::start_time(pid).unwrap_or(0)),
+            (None, None) => Some(procfs::start_time(pid).unwrap_or(0)),
         };
         if let Some(start_time) = rebuild {
             if self.entries.len() >= MAX_CACHED {
                 self.evict_half();
             }
-            let info = procfs::read(pid, comm);
+            // The process may have exited since the event, and its pid been taken: /proc/PID
+            // then describes another process, and only what the event carried is this one's.
+            let same = started.is_none() || procfs::start_time(pid) == Some(start_time);
+            let info = if same { procfs::read(pid, comm) } else { ProcInfo::gone(comm) };
             if let Some(why) = &info.own_sdk {
                 log_own_sdk(pid, &info, why);
             }
@@ -166,7 +175,7 @@ impl ProcessCache {
                 e.last_used = self.clock;
                 e.resource.clone()
             }
-            None => self.observe(pid, None),
+            None => self.observe(pid, None, 0),
         }
     }
 
@@ -174,14 +183,14 @@ impl ProcessCache {
     pub fn has_own_sdk(&mut self, pid: u32) -> bool {
         match self.entries.get(&pid) {
             Some(e) => e.info.own_sdk.is_some(),
-            None => self.entry(pid, None).info.own_sdk.is_some(),
+            None => self.entry(pid, None, 0).info.own_sdk.is_some(),
         }
     }
 
     /// `pid` was seen exporting traces itself (an SDK set up in code, which nothing in how the
     /// process started reveals).
     pub fn mark_own_sdk(&mut self, pid: u32, why: &'static str) {
-        let entry = self.entry(pid, None);
+        let entry = self.entry(pid, None, 0);
         if entry.info.own_sdk.is_none() {
             log_own_sdk(pid, &entry.info, why);
             if let Some(e) = self.entries.get_mut(&pid) {
@@ -362,25 +371,42 @@ mod tests {
         let r = cache.resource(std::process::id());
         assert!(r.attributes.iter().any(|kv| kv.key == "process.executable.name"));
         assert!(Arc::ptr_eq(&r, &cache.resource(std::process::id())));
-        assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id(), None)), "same start time, same entry");
+        assert!(Arc::ptr_eq(&r, &cache.observe(std::process::id(), None, 0)), "same start time, same entry");
     }
 
     #[test]
     fn a_reused_pid_is_read_afresh_once_revalidation_is_due() {
         let pid = std::process::id();
         let mut cache = ProcessCache::new();
-        let real = cache.observe(pid, None);
+        let real = cache.observe(pid, None, 0);
         // Pretend the cached entry belonged to an earlier process with this pid.
         let stale = Arc::new(build_resource(pid, 1, &ProcInfo::default(), "host-a", None));
         let entry = cache.entries.get_mut(&pid).unwrap();
         entry.start_time = 1;
         entry.resource = stale.clone();
-        assert!(Arc::ptr_eq(&stale, &cache.observe(pid, None)), "checked just now: not read again");
+        assert!(Arc::ptr_eq(&stale, &cache.observe(pid, None, 0)), "checked just now: not read again");
 
         cache.entries.get_mut(&pid).unwrap().checked_at = Instant::now() - REVALIDATE_EVERY;
-        let fresh = cache.observe(pid, None);
+        let fresh = cache.observe(pid, None, 0);
         assert!(!Arc::ptr_eq(&stale, &fresh), "start time differs: read afresh");
         assert_eq!(fresh.service_name, real.service_name);
+    }
+
+    #[test]
+    fn the_kernels_start_time_tells_a_process_from_its_pids_next_owner() {
+        let pid = std::process::id();
+        let ticks = procfs::start_time(pid).unwrap();
+        let mut cache = ProcessCache::new();
+        // The event's process is the one /proc shows: read from /proc.
+        let this = cache.observe(pid, Some("ghost"), ticks * procfs::ns_per_tick());
+        assert_ne!(this.service_name, "ghost");
+        // An event of an earlier process with this pid (gone since): only its comm describes it,
+        // never what /proc says of the process there now.
+        let earlier = cache.observe(pid, Some("ghost"), (ticks - 3) * procfs::ns_per_tick());
+        assert_eq!(earlier.service_name, "ghost");
+        // And the current process is read again when its own event comes.
+        let again = cache.observe(pid, Some("ghost"), ticks * procfs::ns_per_tick());
+        assert_eq!(again.service_name, this.service_name);
     }
 
     #[test]
@@ -388,7 +414,7 @@ mod tests {
         let pid = std::process::id();
         let pods = Pods::default();
         let mut cache = ProcessCache::with_pods(pods.clone());
-        cache.observe(pid, None);
+        cache.observe(pid, None, 0);
         // As if this process ran in container "c1".
         cache.entries.get_mut(&pid).unwrap().info.container_id = Some("c1".into());
         let before = cache.resource(pid);

@@ -15,6 +15,23 @@ pub struct ProcInfo {
     pub own_sdk: Option<String>,
 }
 
+impl ProcInfo {
+    /// A process that is gone: only the command name the kernel saw (`comm`) is known.
+    pub fn gone(comm: Option<&str>) -> ProcInfo {
+        ProcInfo { exe_name: comm.filter(|c| !c.is_empty()).map(str::to_owned), ..ProcInfo::default() }
+    }
+}
+
+/// Nanoseconds per clock tick of /proc/PID/stat's times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+pub fn ns_per_tick() -> u64 {
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        1_000_000_000 / if hz > 0 { hz as u64 } else { 100 }
+    })
+}
+
 /// Longest command line kept (attribute values must stay bounded).
 const MAX_COMMAND_LINE: usize = 1024;
 
