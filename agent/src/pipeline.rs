@@ -63,6 +63,7 @@ pub struct Pipeline {
     /// Where forgotten connections are also removed, so the kernel announces them again.
     kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
+    last_reconcile: Instant,
     last_conn_sweep: Instant,
     /// Most connections tracked since freed heap was last handed back (`RELEASE_AFTER_CLOSING`).
     conns_high_water: usize,
@@ -76,6 +77,9 @@ pub struct Pipeline {
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often connections silent for `QUIET_NS` are checked against the kernel's table.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+const QUIET_NS: u64 = 5_000_000_000;
 /// Spans go to the exporter in chunks of at least this many, or after `HAND_OFF_EVERY`: each
 /// hand-off wakes the export thread, and at low rates a wake-up per ring drain cost more than
 /// the spans it carried. The exporter batches for up to a second anyway.
@@ -110,6 +114,7 @@ impl Pipeline {
             outbox: Vec::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
+            last_reconcile: Instant::now(),
             last_conn_sweep: Instant::now(),
             conns_high_water: 0,
             last_hand_off: Instant::now(),
@@ -219,6 +224,28 @@ impl Pipeline {
         self.processes.exited(pid);
     }
 
+    /// A `Close` dropped with other events (ring buffer full) would leave its connection here
+    /// until `FORGET_AFTER_NS`. The kernel's own table knows better: a connection it no longer
+    /// tracks, or tracks with another socket on the fd, is over. Only quiet connections are
+    /// asked about — one map lookup each, every `RECONCILE_EVERY`.
+    fn reconcile_with_kernel(&mut self) {
+        let Some(map) = &self.kernel_conns else {
+            return;
+        };
+        for (key, sock) in self.conns.quiet(monotonic_ns(), QUIET_NS) {
+            let over = match map.get(&key, 0) {
+                Ok(state) => state.sock != sock,
+                Err(aya::maps::MapError::KeyNotFound) => true,
+                // Any other error says nothing about the connection.
+                Err(_) => false,
+            };
+            if over {
+                self.conns.closed_unseen(key, &mut self.finished);
+            }
+        }
+        self.emit();
+    }
+
     fn forget_in_kernel(&mut self) {
         let Some(map) = self.kernel_conns.as_mut() else {
             self.conns.drain_kernel_forgets().for_each(drop);
@@ -320,6 +347,10 @@ impl intake::Sink for Pipeline {
                 self.conns_high_water = self.conns.len();
             }
             self.last_conn_sweep = Instant::now();
+        }
+        if self.last_reconcile.elapsed() >= RECONCILE_EVERY {
+            self.reconcile_with_kernel();
+            self.last_reconcile = Instant::now();
         }
         if self.last_process_sweep.elapsed() >= PROCESS_SWEEP_EVERY {
             self.processes.sweep();

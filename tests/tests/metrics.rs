@@ -357,6 +357,13 @@ async fn starved_reader_counts_kernel_drops_and_keeps_counting_requests() {
     let burst_time = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         burst(port, 1000);
+        // And connections that open and close while nobody reads: their Close events are lost.
+        for i in 0..100 {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+            use std::io::Write as _;
+            write!(conn, "GET /short/{i} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").unwrap();
+            read_ok_reply(&mut conn);
+        }
         started.elapsed()
     })
     .await;
@@ -377,6 +384,17 @@ async fn starved_reader_counts_kernel_drops_and_keeps_counting_requests() {
             .any(|p| p.attr("reason") == Some("ring_buffer_full") && p.value > 0.0)
     });
     assert!(exported, "drops exported over OTLP too: {:#?}", receiver.latest("sonde.kernel.events.dropped"));
+
+    // No connection state outlives its connection, lost Close events or not: the app holds none
+    // now, and within a few reconciliations with the kernel's table sonde tracks none either.
+    // (Checked before any new connection: one that reused the fd would hide a leak.)
+    let tracked = || samples(&scrape(prom), "sonde_connections_tracked", &[]).first().map(|s| s.value);
+    let mut last = tracked();
+    let cleared = eventually(Duration::from_secs(30), || {
+        last = tracked();
+        last == Some(0.0)
+    });
+    assert!(cleared, "connections still tracked after the app closed them all: {last:?}");
 
     // Still running, still counting: requests after the starvation are all there.
     let base = app.url("");

@@ -118,16 +118,7 @@ impl ConnTable {
             // replaced with dup2). Requests it left unanswered may have been answered in what was
             // lost, so only exchanges that did complete are kept.
             self.stats.closes_missed += 1;
-            let first = out.len();
-            finish(&mut old, event.header.ts_ns, out);
-            let mut i = first;
-            while i < out.len() {
-                if out[i].exchange.response.is_none() {
-                    out.swap_remove(i);
-                } else {
-                    i += 1;
-                }
-            }
+            finish_completed(&mut old, event.header.ts_ns, out);
         }
         if self.conns.len() >= MAX_CONNECTIONS {
             self.evict_oldest();
@@ -262,6 +253,28 @@ impl ConnTable {
         }
     }
 
+    /// Keys and sockets of the connections silent for `idle_ns`: those whose `Close` may have
+    /// been lost with dropped events (see `closed_unseen`).
+    pub fn quiet(&self, now_ns: u64, idle_ns: u64) -> Vec<(u64, u64)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) >= idle_ns)
+            .map(|(key, c)| (*key, c.sock))
+            .collect()
+    }
+
+    /// The kernel no longer tracks this connection, or tracks another socket on its fd: its
+    /// `Close` was dropped (ring buffer full). It ends as if closed, keeping only exchanges that
+    /// completed (its last responses may have been lost with the close).
+    pub fn closed_unseen(&mut self, key: u64, out: &mut Vec<Finished>) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        self.stats.closes_missed += 1;
+        let ts = conn.last_seen_ns;
+        finish_completed(&mut conn, ts, out);
+    }
+
     /// Gives back the slots of a table that was much larger than it is now (a HashMap never
     /// shrinks by itself); true when it did, so the caller can hand the freed heap back too.
     pub fn shrink_if_sparse(&mut self) -> bool {
@@ -313,6 +326,21 @@ impl ConnTable {
 /// application_data, protocol version 3.x, a length. No HTTP message starts with these bytes.
 fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [0x14..=0x17, 0x03, 0x00..=0x04, _, _, ..])
+}
+
+/// `finish`, for a connection whose close was not seen: unanswered requests may well have been
+/// answered in what was lost, so only exchanges that completed are kept.
+fn finish_completed(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {
+    let first = out.len();
+    finish(conn, ts_ns, out);
+    let mut i = first;
+    while i < out.len() {
+        if out[i].exchange.response.is_none() {
+            out.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }
 
 fn finish(conn: &mut Connection, ts_ns: u64, out: &mut Vec<Finished>) {

@@ -151,6 +151,28 @@ fn an_exited_process_loses_its_connections_at_once_and_only_its_own() {
 }
 
 #[test]
+fn a_connection_whose_close_was_lost_ends_when_the_kernel_says_so() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    table.open(&open_event(6, SOCK + 64), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    data(&mut table, 5, 2, Direction::Egress, RESPONSE, &mut out);
+    data(&mut table, 5, 3, Direction::Ingress, REQUEST, &mut out);
+    assert_eq!(out.len(), 1);
+    // Only connections quiet long enough are asked about.
+    assert_eq!(table.quiet(13, 5).len(), 1, "fd 6 (seen at 1) is quiet, fd 5 (seen at 13) is not");
+    let mut quiet = table.quiet(100, 5);
+    quiet.sort_unstable();
+    assert_eq!(quiet, [(conn_key(100, 5), SOCK), (conn_key(100, 6), SOCK + 64)]);
+    // The kernel no longer has fd 5: its unanswered request may have been answered in what was lost.
+    table.closed_unseen(conn_key(100, 5), &mut out);
+    assert_eq!(out.len(), 1, "no exchange invented from the unanswered request");
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.stats().closes_missed, 1);
+}
+
+#[test]
 fn a_table_that_emptied_gives_its_slots_back() {
     let mut table = ConnTable::default();
     let mut out = Vec::new();
