@@ -248,6 +248,29 @@ async fn credentials_query_strings_and_bodies_are_never_exported() {
     assert_eq!(server_span.attr("url.path").as_deref(), Some("/upload"));
     let everything = format!("{spans:?}");
     assert!(!everything.contains("s3cret"), "a secret was exported: {everything}");
+
+    // Attribute values are capped in length, whatever the request carries: a 6 KiB path, a
+    // 5 KiB User-Agent.
+    let long_path = format!("/long/{}", "p".repeat(6000));
+    curl(&["-o", "/dev/null", "-A", &"u".repeat(5000), &server.url(&long_path)]);
+    let spans = receiver
+        .wait_for(
+            |s| {
+                s.iter().any(|s| {
+                    s.kind_name() == "SERVER" && s.attr("url.path").is_some_and(|p| p.starts_with("/long/"))
+                })
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    let long = spans
+        .iter()
+        .find(|s| s.kind_name() == "SERVER" && s.attr("url.path").is_some_and(|p| p.starts_with("/long/")))
+        .expect("the long request's span");
+    let (path, agent) =
+        (long.attr("url.path").unwrap(), long.attr("user_agent.original").unwrap_or_default());
+    assert!(path.len() <= 2048 && path.starts_with("/long/ppp"), "url.path of {} bytes", path.len());
+    assert!(agent.len() <= 2048 && agent.starts_with("uuu"), "user_agent.original of {} bytes", agent.len());
     sonde.stop_cleanly();
 }
 
