@@ -283,6 +283,13 @@ pub fn scrape(addr: SocketAddr) -> anyhow::Result<(u16, String, String)> {
     http_get(addr, "/metrics")
 }
 
+/// The value of the first sample called `name` at sonde's endpoint `addr` (NaN if there is none).
+pub fn value(addr: SocketAddr, name: &str) -> f64 {
+    let (_, _, body) = scrape(addr).expect("scraping sonde");
+    let samples = parse_exposition(&body).expect("exposition format");
+    samples.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.value)
+}
+
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A blocking HTTP/1.1 `GET` (`Connection: close`), all within 5 s: (status, `Content-Type` header

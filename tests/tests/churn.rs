@@ -72,9 +72,7 @@ fn short_connections(port: u16, count: usize, path: &'static str) {
 
 /// sonde's gauge of the connections it tracks, from its Prometheus endpoint.
 fn tracked(prom: SocketAddr) -> f64 {
-    let (_, _, body) = prometheus::scrape(prom).expect("scraping sonde");
-    let samples = prometheus::parse_exposition(&body).expect("exposition format");
-    samples.iter().find(|s| s.name == "sonde_connections_tracked").map_or(f64::NAN, |s| s.value)
+    prometheus::value(prom, "sonde_connections_tracked")
 }
 
 struct Level {

@@ -87,9 +87,7 @@ async fn hostile_input_invents_no_span_and_breaks_nothing() {
 
 /// sonde's gauge of the connections it tracks, from its Prometheus endpoint.
 fn tracked(prom: SocketAddr) -> f64 {
-    let (_, _, body) = prometheus::scrape(prom).expect("scraping sonde");
-    let samples = prometheus::parse_exposition(&body).expect("exposition format");
-    samples.iter().find(|s| s.name == "sonde_connections_tracked").map_or(f64::NAN, |s| s.value)
+    prometheus::value(prom, "sonde_connections_tracked")
 }
 
 const SLOW_HEADS: usize = 400;
