@@ -107,7 +107,7 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     setup::bench_tools()?;
     let sonde = match &opts.sonde {
         Some(path) => path.clone(),
-        None => built_sonde()?,
+        None => build::release()?,
     };
     let plan = Plan {
         minutes: opts.minutes,
@@ -124,16 +124,6 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
     let plan =
         Plan { minutes: 0.5, rate: 1500, sample_every: Duration::from_secs(5), sonde_args: Vec::new() };
     finish(&run(sonde, &plan)?, None)
-}
-
-/// `build::release` names target/release/sonde under the workspace, but cargo puts the binary
-/// under `CARGO_TARGET_DIR` when that is set (relative to the workspace, where xtask runs cargo).
-fn built_sonde() -> anyhow::Result<PathBuf> {
-    let default = build::release()?;
-    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => sh::root().join(dir).join("release/sonde"),
-        None => default,
-    })
 }
 
 fn finish(report: &Report, json: Option<PathBuf>) -> anyhow::Result<()> {
