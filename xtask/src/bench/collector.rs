@@ -14,13 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use super::{
+    procs::{self, ChildGuard},
+    receiver::SpanCounter,
 };
-
-use super::procs::{self, ChildGuard};
+use anyhow::Context as _;
 
 /// rotel's batch timeout is 200 ms; the count is settled once it has not moved for this long.
 const SETTLE_QUIET: Duration = Duration::from_millis(800);
@@ -46,10 +44,7 @@ impl Collector {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let receiver_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let service = TraceServiceServer::new(Counter(count.clone()))
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let service = SpanCounter::new(count.clone());
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -106,26 +101,6 @@ impl Collector {
             }
         }
         last
-    }
-}
-
-struct Counter(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Counter {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
-        self.0.fetch_add(spans as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 

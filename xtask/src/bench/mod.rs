@@ -10,6 +10,7 @@ pub(crate) mod load;
 pub(crate) mod machine;
 pub(crate) mod nginx;
 pub(crate) mod procs;
+mod receiver;
 mod report;
 mod scenario;
 pub(crate) mod tracer;
