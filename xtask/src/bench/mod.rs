@@ -308,14 +308,20 @@ impl Ctx<'_> {
             t.check_alive()?;
         }
         run.load = Some(load?);
-        if let Some(t) = tracer {
+        if let Some(mut t) = tracer {
             if stats.is_some() {
                 run.kernel = Some(kstats::of_pid(t.pid())?);
+            }
+            if spec.variant == Variant::Sonde {
+                // sonde's CPU per span counts until its spans have arrived, not the tear-down.
+                self.collector.settle(Duration::from_secs(10));
+                t.mark_delivered()?;
             }
             run.tracer = Some(t.stop()?);
         }
         drop(stats);
         if spec.variant == Variant::Sonde {
+            // Anything the final flush sent.
             run.spans_received = Some(self.collector.settle(Duration::from_secs(10)) - before);
         }
         Ok(())

@@ -85,8 +85,12 @@ pub struct Summary {
     /// (sonde ÷ untraced − 1) × 100 of the p50, per round (fixed rates only).
     pub p50_added_pct: Option<Stat>,
     pub p99_added_pct: Option<Stat>,
-    /// sonde's user+sys CPU from "tracing started" to exit ÷ spans it exported.
+    /// sonde's user+sys CPU from "tracing started" until the run's spans reached the receiver
+    /// ÷ spans it exported.
     pub cpu_us_per_span: Option<Stat>,
+    /// sonde's user+sys CPU from then to exit, ms: the drain, the flush, detaching every probe.
+    /// Once per run, like start-up; not spread over the spans.
+    pub stop_cpu_ms: Option<Stat>,
     /// Highest peak RSS over the rounds, MiB.
     pub peak_rss_mib: Option<f64>,
     /// Highest RSS right before SIGTERM over the rounds, MiB.
@@ -188,6 +192,9 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
         p50_added_pct: added(&p50),
         p99_added_pct: added(&p99),
         cpu_us_per_span: Stat::of(sonde_runs.iter().filter_map(|r| cpu_per_span(r))),
+        stop_cpu_ms: Stat::of(
+            sonde_runs.iter().filter_map(|r| Some(r.tracer.as_ref()?.cpu_stop_us as f64 / 1e3)),
+        ),
         peak_rss_mib: mib(|t| t.peak_rss_kib),
         rss_end_mib: mib(|t| t.rss_end_kib),
         completeness_pct: pct(&with_counts),

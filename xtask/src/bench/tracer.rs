@@ -55,13 +55,19 @@ pub struct Tracer {
     stderr: Arc<Mutex<String>>,
     /// CPU already spent when tracing started (BTF parsing, the verifier): not per-span work.
     cpu_at_start: Duration,
+    /// CPU spent when the run's spans had all reached the receiver (`mark_delivered`): what
+    /// follows is tear-down (detaching every probe, the final metrics export), not per-span work.
+    cpu_at_delivery: Option<Duration>,
 }
 
 /// What a tracer did, measured from outside and from its own final report.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TracerResult {
-    /// user+sys from "tracing started" to exit (drain and flush included).
+    /// user+sys from "tracing started" until the run's spans reached the receiver (or to exit,
+    /// drain and flush included, when that was not marked).
     pub cpu_traced_us: u64,
+    /// user+sys from then to exit: the drain, flush and detaching of every probe.
+    pub cpu_stop_us: u64,
     /// user+sys over the whole life (start-up included).
     pub cpu_total_us: u64,
     /// Peak RSS over the whole life (`VmHWM`, i.e. `ru_maxrss`), KiB.
@@ -113,7 +119,7 @@ impl Tracer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cpu_at_start = procs::cpu_time(guard.pid())?;
-        Ok(Some(Tracer { variant, guard, stdout, stderr, cpu_at_start }))
+        Ok(Some(Tracer { variant, guard, stdout, stderr, cpu_at_start, cpu_at_delivery: None }))
     }
 
     pub fn pid(&self) -> u32 {
@@ -123,6 +129,12 @@ impl Tracer {
     /// Fails if sonde died under load (its stderr says why).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.guard.check_alive().map_err(|e| anyhow::anyhow!("{e}:\n{}", text(&self.stderr)))
+    }
+
+    /// The run's spans have reached the receiver: the CPU spent so far is the tracing's.
+    pub fn mark_delivered(&mut self) -> anyhow::Result<()> {
+        self.cpu_at_delivery = Some(procs::cpu_time(self.pid())?);
+        Ok(())
     }
 
     /// SIGTERM, wait for the drain and flush, and gather the numbers.
@@ -156,8 +168,10 @@ impl Tracer {
             .find_map(|l| l.split_once("tracing started")?.1.split_once("hooks=").map(|(_, h)| h))
             .map(|h| h.split(" otlp=").next().unwrap_or(h).trim().to_owned())
             .unwrap_or_default();
+        let traced_until = self.cpu_at_delivery.unwrap_or(usage.cpu);
         Ok(TracerResult {
-            cpu_traced_us: usage.cpu.saturating_sub(self.cpu_at_start).as_micros() as u64,
+            cpu_traced_us: traced_until.saturating_sub(self.cpu_at_start).as_micros() as u64,
+            cpu_stop_us: usage.cpu.saturating_sub(traced_until).as_micros() as u64,
             cpu_total_us: usage.cpu.as_micros() as u64,
             peak_rss_kib: usage.max_rss_kib.max(hwm_kib),
             rss_end_kib,
