@@ -229,7 +229,7 @@ mod tests {
         }
         let spent = super::cpu_time(pid).expect("own CPU time") - before;
         // A tick-based count would move in 10 ms steps; the busy loop ran ~30 ms of CPU.
-        assert!(spent.as_nanos() % 10_000_000 != 0, "{spent:?}");
+        assert!(!spent.as_nanos().is_multiple_of(10_000_000), "{spent:?}");
         assert!(spent >= std::time::Duration::from_millis(20), "{spent:?}");
     }
 }
