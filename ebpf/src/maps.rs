@@ -11,9 +11,10 @@ use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE, Tl
 /// live entries long before the map is full — an in-flight syscall would vanish without a trace.
 const NO_COMMON_LRU: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 
-/// Every event for user space. Power-of-two multiple of the page size.
+/// Every event for user space. Power-of-two multiple of the page size; user space sets the size
+/// at load (`--ring-buffer-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Per-CPU counters indexed by `DropReason`.
 #[map]

@@ -79,7 +79,7 @@ struct Level {
     kernel_conns: usize,
     tracked: f64,
     /// The heap (`RssAnon`): all resident memory less the ring buffer's shared pages, which stay
-    /// resident once touched (a fixed 2 × 8 MiB) and would hide what was freed.
+    /// resident once touched (twice the ring's size) and would hide what was freed.
     heap_kib: u64,
 }
 

@@ -56,7 +56,7 @@ fn config_check_shows_each_value_and_its_source_in_precedence_order() {
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sonde.yaml");
     let (ok, out, err) = sonde(&["config", "check", &reference.to_string_lossy()], &[]);
     assert!(ok, "{err}");
-    assert_eq!(line(&out, "ring-buffer-bytes"), "ring-buffer-bytes: 8388608  # default");
+    assert_eq!(line(&out, "ring-buffer-bytes"), "ring-buffer-bytes: 4194304  # default");
 }
 
 #[test]

@@ -218,6 +218,29 @@ async fn shutdown_flushes_the_queue() {
     assert!(receiver.requests().iter().all(|r| r.span_count <= 2));
 }
 
+#[tokio::test]
+async fn a_batch_too_large_for_one_request_goes_in_parts() {
+    let receiver = Receiver::start().await.unwrap();
+    let mut opts = options(&receiver.grpc_endpoint(), Protocol::Grpc);
+    opts.batch_delay = Duration::from_secs(3600);
+    let (exporter, sink) = Exporter::start(opts).unwrap();
+    // 100 spans of ~64 KiB: ~6.4 MiB in one batch, over the 4 MiB collectors accept.
+    let big = "x".repeat(64 << 10);
+    for i in 0..100 {
+        let mut s = trace().remove(2);
+        s.attributes.push(crate::span::model::KeyValue::str("sonde.test.big", big.clone()));
+        s.name = format!("GET /{i}");
+        sink.send(s);
+    }
+    let stats = exporter.stats();
+    exporter.shutdown(Duration::from_secs(10)).await;
+    let requests = receiver.requests();
+    assert_eq!(receiver.spans().len(), 100);
+    assert!(requests.len() >= 3, "{} requests", requests.len());
+    assert_eq!(stats.spans_exported.load(Relaxed), 100);
+    assert_eq!(stats.spans_dropped(), 0);
+}
+
 #[test]
 fn start_needs_a_runtime() {
     assert!(matches!(Exporter::start(ExportOptions::default()), Err(ExportError::NoRuntime)));

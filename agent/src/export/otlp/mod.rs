@@ -21,6 +21,10 @@ use crate::span::model::Span;
 
 /// Sent with every request, as the OTLP exporter spec asks.
 const USER_AGENT: &str = concat!("sonde/", env!("CARGO_PKG_VERSION"));
+/// Largest export request sent as one: collectors refuse larger gRPC messages by default (the
+/// OTel Collector's and rotel's limit is 4 MiB), and a refusal would lose the whole batch. A
+/// batch that encodes larger goes out in halves.
+const MAX_REQUEST_BYTES: usize = 3 << 20;
 
 /// What the collector said about an accepted request (OTLP partial success).
 #[derive(Debug, Default)]
@@ -129,17 +133,27 @@ impl OtlpSender {
         shutdown: &mut watch::Receiver<Option<Instant>>,
         stats: &ExportStats,
     ) {
-        if spans.is_empty() {
-            return;
+        // Parts still to send, the next one last; a part too large for one request is halved.
+        let mut parts = vec![spans];
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let request = encode::request(part);
+            if request.len() > MAX_REQUEST_BYTES && part.len() > 1 {
+                let (first, second) = part.split_at(part.len() / 2);
+                parts.extend([second, first]);
+                continue;
+            }
+            let delivery = self.deliver(request, part.len(), budget_end, shutdown).await;
+            ExportStats::add(&stats.export_requests_failed, delivery.failed_attempts);
+            if delivery.dropped == 0 {
+                ExportStats::add(&stats.export_requests_ok, 1);
+            }
+            ExportStats::add(&stats.spans_exported, delivery.exported);
+            ExportStats::add(&stats.spans_rejected_by_collector, delivery.rejected);
+            ExportStats::add(&stats.spans_dropped_export_failed, delivery.dropped);
         }
-        let delivery = self.deliver(encode::request(spans), spans.len(), budget_end, shutdown).await;
-        ExportStats::add(&stats.export_requests_failed, delivery.failed_attempts);
-        if delivery.dropped == 0 {
-            ExportStats::add(&stats.export_requests_ok, 1);
-        }
-        ExportStats::add(&stats.spans_exported, delivery.exported);
-        ExportStats::add(&stats.spans_rejected_by_collector, delivery.rejected);
-        ExportStats::add(&stats.spans_dropped_export_failed, delivery.dropped);
     }
 
     /// Sends one encoded export request carrying `items` spans or points, with retries as
