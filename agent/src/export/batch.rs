@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::ExportStats;
 use super::otlp::OtlpSender;
+use super::otlp::encode::EncodedSpan;
 use super::queue::QueueRx;
 
 pub(crate) struct BatchSettings {
@@ -22,7 +23,7 @@ pub(crate) struct BatchSettings {
 /// Runs until shutdown is announced on `shutdown` (with its deadline), then flushes what is
 /// queued until that deadline and returns.
 pub(crate) async fn run(
-    mut queue: QueueRx,
+    mut queue: QueueRx<EncodedSpan>,
     mut sender: OtlpSender,
     settings: BatchSettings,
     stats: Arc<ExportStats>,

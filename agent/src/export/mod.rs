@@ -113,7 +113,7 @@ pub enum ExportError {
 /// Hands finished spans to the exporter. Cheap to clone; sending never blocks.
 #[derive(Clone)]
 pub struct SpanSink {
-    otlp: Option<queue::QueueTx>,
+    otlp: Option<queue::QueueTx<otlp::encode::EncodedSpan>>,
     print: Option<SyncSender<Span>>,
     stats: Arc<ExportStats>,
 }
@@ -131,17 +131,16 @@ impl SpanSink {
         if spans.is_empty() {
             return;
         }
-        if let Some(print) = &self.print {
-            match &self.otlp {
-                Some(_) => spans.iter().for_each(|span| self.to_print(print, span.clone())),
-                None => return spans.into_iter().for_each(|span| self.to_print(print, span)),
-            }
-        }
         if let Some(otlp) = &self.otlp {
-            let pushed = otlp.push(spans);
+            // Encoded here, on the producer's thread: the queue holds the bytes, and the spans
+            // are freed where they were made.
+            let pushed = otlp.push(&spans, otlp::encode::span);
             ExportStats::add(&self.stats.spans_queued, pushed.queued);
             ExportStats::add(&self.stats.spans_dropped_queue_full, pushed.dropped_full);
             ExportStats::add(&self.stats.spans_dropped_after_shutdown, pushed.dropped_closed);
+        }
+        if let Some(print) = &self.print {
+            spans.into_iter().for_each(|span| self.to_print(print, span));
         }
     }
 

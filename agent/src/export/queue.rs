@@ -1,16 +1,15 @@
 //! The OTLP span queue: spans travel in the chunks the intake thread finishes them in (one per
 //! drain of the ring buffer), so the export task wakes once per chunk rather than once per span;
-//! the bound is still counted in spans.
+//! the bound is still counted in spans. They travel encoded (`T` is `otlp::encode::EncodedSpan`);
+//! what does not fit is dropped before it is encoded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::span::model::Span;
-
 /// Creates a queue that holds at most `max_spans` spans.
-pub(crate) fn channel(max_spans: usize) -> (QueueTx, QueueRx) {
+pub(crate) fn channel<T>(max_spans: usize) -> (QueueTx<T>, QueueRx<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let max = max_spans.max(1);
@@ -25,17 +24,23 @@ pub(crate) struct Pushed {
     pub dropped_closed: usize,
 }
 
-#[derive(Clone)]
-pub(crate) struct QueueTx {
-    tx: mpsc::UnboundedSender<Vec<Span>>,
+pub(crate) struct QueueTx<T> {
+    tx: mpsc::UnboundedSender<Vec<T>>,
     /// Spans in the channel or in the receiver's carry-over, not yet in a batch.
     queued: Arc<AtomicUsize>,
     max: usize,
 }
 
-impl QueueTx {
-    /// Queues what fits of `spans` (the first ones) and drops the rest. Never blocks.
-    pub(crate) fn push(&self, mut spans: Vec<Span>) -> Pushed {
+impl<T> Clone for QueueTx<T> {
+    fn clone(&self) -> Self {
+        QueueTx { tx: self.tx.clone(), queued: Arc::clone(&self.queued), max: self.max }
+    }
+}
+
+impl<T> QueueTx<T> {
+    /// Queues what fits of `spans` (the first ones), each made into a `T` by `convert`, and drops
+    /// the rest unconverted. Never blocks.
+    pub(crate) fn push<S>(&self, spans: &[S], convert: impl FnMut(&S) -> T) -> Pushed {
         let n = spans.len();
         // Reserve room first, so that several senders cannot overshoot the bound together.
         let mut room = 0;
@@ -43,7 +48,7 @@ impl QueueTx {
             room = self.max.saturating_sub(queued).min(n);
             Some(queued + room)
         });
-        spans.truncate(room);
+        let spans: Vec<T> = spans[..room].iter().map(convert).collect();
         let mut pushed = Pushed { queued: room, dropped_full: n - room, dropped_closed: 0 };
         if room > 0
             && let Err(mpsc::error::SendError(spans)) = self.tx.send(spans)
@@ -56,18 +61,18 @@ impl QueueTx {
     }
 }
 
-pub(crate) struct QueueRx {
-    rx: mpsc::UnboundedReceiver<Vec<Span>>,
+pub(crate) struct QueueRx<T> {
+    rx: mpsc::UnboundedReceiver<Vec<T>>,
     queued: Arc<AtomicUsize>,
     /// The rest of a chunk that did not fit into the last batch.
-    carry: Vec<Span>,
+    carry: Vec<T>,
 }
 
-impl QueueRx {
+impl<T> QueueRx<T> {
     /// Waits for spans and moves up to `limit` of them into `batch`, taking whatever has
     /// arrived without waiting further. Returns how many it moved: 0 only once every sender is
     /// gone (or the queue was closed) and the queue is empty.
-    pub(crate) async fn recv(&mut self, batch: &mut Vec<Span>, limit: usize) -> usize {
+    pub(crate) async fn recv(&mut self, batch: &mut Vec<T>, limit: usize) -> usize {
         if self.carry.is_empty() {
             match self.rx.recv().await {
                 Some(chunk) => self.carry = chunk,
@@ -89,7 +94,7 @@ impl QueueRx {
         self.rx.close();
     }
 
-    fn take_carry(&mut self, batch: &mut Vec<Span>, limit: usize) -> usize {
+    fn take_carry(&mut self, batch: &mut Vec<T>, limit: usize) -> usize {
         let n = self.carry.len().min(limit);
         if n == self.carry.len() {
             batch.append(&mut self.carry);
@@ -105,7 +110,7 @@ impl QueueRx {
 mod tests {
     use super::*;
     use crate::export::testutil::{resource, span};
-    use crate::span::model::SpanKind;
+    use crate::span::model::{Span, SpanKind};
 
     fn spans(n: u8) -> Vec<Span> {
         let r = resource(1, "svc");
@@ -118,22 +123,34 @@ mod tests {
 
     #[tokio::test]
     async fn bound_is_counted_in_spans_and_keeps_the_first() {
-        let (tx, mut rx) = channel(5);
-        assert_eq!(tx.push(spans(3)), Pushed { queued: 3, dropped_full: 0, dropped_closed: 0 });
-        assert_eq!(tx.push(spans(4)), Pushed { queued: 2, dropped_full: 2, dropped_closed: 0 });
-        assert_eq!(tx.push(spans(1)), Pushed { queued: 0, dropped_full: 1, dropped_closed: 0 });
+        let (tx, mut rx) = channel::<Span>(5);
+        assert_eq!(tx.push(&spans(3), Span::clone), Pushed { queued: 3, dropped_full: 0, dropped_closed: 0 });
+        assert_eq!(tx.push(&spans(4), Span::clone), Pushed { queued: 2, dropped_full: 2, dropped_closed: 0 });
+        assert_eq!(tx.push(&spans(1), Span::clone), Pushed { queued: 0, dropped_full: 1, dropped_closed: 0 });
         let mut batch = Vec::new();
         assert_eq!(rx.recv(&mut batch, 100).await, 5);
         assert_eq!(ids(&batch), [1, 2, 3, 1, 2]);
         // Room again once received.
-        assert_eq!(tx.push(spans(5)).queued, 5);
+        assert_eq!(tx.push(&spans(5), Span::clone).queued, 5);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_never_converted() {
+        let (tx, _rx) = channel::<u8>(4);
+        let mut converted = 0;
+        let pushed = tx.push(&spans(10), |s| {
+            converted += 1;
+            s.span_id[0]
+        });
+        assert_eq!(pushed, Pushed { queued: 4, dropped_full: 6, dropped_closed: 0 });
+        assert_eq!(converted, 4);
     }
 
     #[tokio::test]
     async fn chunks_are_split_to_the_batch_limit_in_order() {
-        let (tx, mut rx) = channel(100);
-        tx.push(spans(5));
-        tx.push(spans(3));
+        let (tx, mut rx) = channel::<Span>(100);
+        tx.push(&spans(5), Span::clone);
+        tx.push(&spans(3), Span::clone);
         let mut batch = Vec::new();
         assert_eq!(rx.recv(&mut batch, 4).await, 4);
         assert_eq!(ids(&batch), [1, 2, 3, 4]);
@@ -151,10 +168,10 @@ mod tests {
 
     #[tokio::test]
     async fn closed_queue_refuses_and_counts() {
-        let (tx, mut rx) = channel(100);
-        tx.push(spans(2));
+        let (tx, mut rx) = channel::<Span>(100);
+        tx.push(&spans(2), Span::clone);
         rx.close();
-        assert_eq!(tx.push(spans(3)), Pushed { queued: 0, dropped_full: 0, dropped_closed: 3 });
+        assert_eq!(tx.push(&spans(3), Span::clone), Pushed { queued: 0, dropped_full: 0, dropped_closed: 3 });
         let mut batch = Vec::new();
         assert_eq!(rx.recv(&mut batch, 10).await, 2, "what was queued before closing still arrives");
         assert_eq!(rx.recv(&mut batch, 10).await, 0);

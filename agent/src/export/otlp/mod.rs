@@ -3,7 +3,7 @@
 
 #[cfg(test)]
 mod convert;
-mod encode;
+pub(crate) mod encode;
 mod grpc;
 mod http;
 pub(crate) mod metrics;
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::config::Signal;
 use super::stats::{Every, ExportStats};
 use super::{ExportError, OtlpConfig, Protocol};
-use crate::span::model::Span;
+use encode::EncodedSpan;
 
 /// Sent with every request, as the OTLP exporter spec asks.
 const USER_AGENT: &str = concat!("sonde/", env!("CARGO_PKG_VERSION"));
@@ -128,24 +128,16 @@ impl OtlpSender {
     /// outcome is in `stats`.
     pub(crate) async fn send_spans(
         &mut self,
-        spans: &[Span],
+        spans: &[EncodedSpan],
         budget_end: Instant,
         shutdown: &mut watch::Receiver<Option<Instant>>,
         stats: &ExportStats,
     ) {
-        // Parts still to send, the next one last; a part too large for one request is halved.
-        let mut parts = vec![spans];
-        while let Some(part) = parts.pop() {
-            if part.is_empty() {
-                continue;
-            }
-            let request = encode::request(part);
-            if request.len() > MAX_REQUEST_BYTES && part.len() > 1 {
-                let (first, second) = part.split_at(part.len() / 2);
-                parts.extend([second, first]);
-                continue;
-            }
-            let delivery = self.deliver(request, part.len(), budget_end, shutdown).await;
+        let mut rest = spans;
+        while !rest.is_empty() {
+            let part;
+            (part, rest) = rest.split_at(request_part(rest));
+            let delivery = self.deliver(encode::request(part), part.len(), budget_end, shutdown).await;
             ExportStats::add(&stats.export_requests_failed, delivery.failed_attempts);
             if delivery.dropped == 0 {
                 ExportStats::add(&stats.export_requests_ok, 1);
@@ -269,6 +261,17 @@ impl OtlpSender {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// How many of `spans`, from the first, go into the next request: as many as fit in
+/// `MAX_REQUEST_BYTES`, and at least one (a span alone is sent whatever its size).
+fn request_part(spans: &[EncodedSpan]) -> usize {
+    let mut bytes = 0;
+    let fit = spans.iter().take_while(|span| {
+        bytes += span.len();
+        bytes <= MAX_REQUEST_BYTES
+    });
+    fit.count().max(1).min(spans.len())
 }
 
 #[cfg(test)]
