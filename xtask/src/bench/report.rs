@@ -215,7 +215,7 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
             .zip(kernel_of(Variant::Null, &kernel_ns))
             .map(|(k, n)| k.median / n.median),
         events_per_span: Stat::of(sonde_runs.iter().filter_map(|r| {
-            let spans = counter(r, "spans");
+            let spans = counter(r, "server_spans") + counter(r, "client_spans");
             (spans > 0).then(|| counter(r, "events") as f64 / spans as f64)
         })),
         busy_pct: per_variant(&|r: &Run| Some(r.noise.cpu_busy_pct)),
