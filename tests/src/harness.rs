@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -37,6 +37,18 @@ impl Sonde {
     /// Starts `sonde run ARGS` and waits until it reports that tracing started.
     pub fn start(args: &[&str]) -> Sonde {
         Self::start_with_env(args, &[])
+    }
+
+    /// `sonde run` exporting over OTLP to `endpoint` (`protocol`: `grpc` or `http/protobuf`),
+    /// serving its own metrics on a free Prometheus port, printing nothing; `extra` is appended.
+    /// Returns the Prometheus address too.
+    pub fn start_exporting(endpoint: &str, protocol: &str, extra: &[&str]) -> (Sonde, SocketAddr) {
+        let prometheus = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = prometheus.to_string();
+        let mut args = vec!["--otlp-endpoint", endpoint, "--otlp-protocol", protocol];
+        args.extend(["--prometheus-listen", &listen, "--print", "none"]);
+        args.extend_from_slice(extra);
+        (Sonde::start(&args), prometheus)
     }
 
     /// `start` with `env` added to sonde's environment.

@@ -97,21 +97,12 @@ async fn churn_leaves_the_connection_maps_and_memory_at_their_baseline() {
     let receiver = Receiver::start().await.unwrap();
     let nginx = nginx();
     let port = nginx.port;
-    let prom = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let mut sonde = Sonde::start(&[
-        "--otlp-endpoint",
+    let pid = nginx.pid().to_string();
+    let (mut sonde, prom) = Sonde::start_exporting(
         &receiver.grpc_endpoint(),
-        "--otlp-protocol",
         "grpc",
-        "--pid",
-        &nginx.pid().to_string(),
-        "--prometheus-listen",
-        &prom.to_string(),
-        "--print",
-        "none",
-        "--max-queue-spans",
-        "200000",
-    ]);
+        &["--pid", &pid, "--max-queue-spans", "200000"],
+    );
 
     // Warm up (first-use allocations, the process cache), then take the baseline.
     tokio::task::spawn_blocking(move || short_connections(port, 2_000, "/warm")).await.unwrap();

@@ -174,17 +174,8 @@ async fn slowloris_and_endless_requests_hold_bounded_state_and_leave_the_rest_tr
     let receiver = Receiver::start().await.unwrap();
     let nginx = harness::nginx();
     let port = nginx.port;
-    let prom = SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
-    let mut sonde = Sonde::start(&[
-        "--otlp-endpoint",
-        &receiver.grpc_endpoint(),
-        "--otlp-protocol",
-        "grpc",
-        "--pid",
-        &nginx.pid().to_string(),
-        "--prometheus-listen",
-        &prom.to_string(),
-    ]);
+    let pid = nginx.pid().to_string();
+    let (mut sonde, prom) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--pid", &pid]);
     let mut good = Good(TcpStream::connect(("127.0.0.1", port)).unwrap());
     good.ask();
     receiver.wait_for(|s| !s.is_empty(), Duration::from_secs(20)).await;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use sonde_tests::{
-    harness::{self, Sonde, curl, eventually, free_port, read_ok_reply},
+    harness::{self, Sonde, curl, eventually, read_ok_reply},
     prometheus::{self, Prometheus, Sample},
     receiver::{PointKind, ReceivedPoint, Receiver, Transport},
 };
@@ -31,22 +31,7 @@ fn sonde_with_metrics_via(receiver: &Receiver, transport: Transport, extra: &[&s
         Transport::Grpc => (receiver.grpc_endpoint(), "grpc"),
         Transport::Http => (receiver.http_endpoint(), "http/protobuf"),
     };
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let listen_text = listen.to_string();
-    let mut args = vec![
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        protocol,
-        "--metrics-interval",
-        "1s",
-        "--prometheus-listen",
-        &listen_text,
-        "--print",
-        "none",
-    ];
-    args.extend_from_slice(extra);
-    (Sonde::start(&args), listen)
+    Sonde::start_exporting(&endpoint, protocol, &[&["--metrics-interval", "1s"], extra].concat())
 }
 
 /// `curl` of one URL; returns the status code it got.
