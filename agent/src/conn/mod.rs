@@ -229,11 +229,8 @@ impl ConnTable {
             }
         }
         for key in gone {
-            if let Some(mut conn) = self.conns.remove(&key) {
+            if self.end(key, out) {
                 self.stats.evicted += 1;
-                let ts = conn.last_seen_ns;
-                finish(&mut conn, ts, out);
-                self.forget_in_kernel.push(key);
             }
         }
     }
@@ -244,13 +241,22 @@ impl ConnTable {
     pub fn process_exited(&mut self, pid: u32, out: &mut Vec<Finished>) {
         let gone: Vec<u64> = self.conns.keys().copied().filter(|key| (key >> 32) as u32 == pid).collect();
         for key in gone {
-            if let Some(mut conn) = self.conns.remove(&key) {
+            if self.end(key, out) {
                 self.stats.closed += 1;
-                let ts = conn.last_seen_ns;
-                finish(&mut conn, ts, out);
-                self.forget_in_kernel.push(key);
             }
         }
+    }
+
+    /// Ends the connection at `key` where it was last seen: what it holds is finished, and the
+    /// kernel is asked to forget it too. False when there was none.
+    fn end(&mut self, key: u64, out: &mut Vec<Finished>) -> bool {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return false;
+        };
+        let ts = conn.last_seen_ns;
+        finish(&mut conn, ts, out);
+        self.forget_in_kernel.push(key);
+        true
     }
 
     /// Keys and sockets of the connections silent for `idle_ns`: those whose `Close` may have
