@@ -1,6 +1,7 @@
 use sonde::config::{Command, ConfigCommand};
 
 fn main() -> std::process::ExitCode {
+    sonde::heap::single_arena();
     let cli = match sonde::config::load::cli() {
         Ok(cli) => cli,
         Err(e) => {
