@@ -17,8 +17,8 @@ pub fn single_arena() {
 }
 
 /// Returns free heap pages to the kernel (`malloc_trim`). Walks the heap: call it after a burst
-/// was freed, not per event. What it cannot return — the free top of a thread's own arena, when
-/// something still live sits above it — stays mapped for the next burst to reuse.
+/// was freed, not per event. Freed memory that shares a page with something still live stays
+/// mapped for the next burst to reuse.
 pub fn release_freed() {
     #[cfg(target_env = "gnu")]
     // SAFETY: no arguments beyond the pad size; only returns free pages to the kernel.

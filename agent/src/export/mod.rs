@@ -69,11 +69,11 @@ impl Default for ExportOptions {
             otlp: None,
             // Printing is the caller's choice (see `PrintMode::default_for`).
             print: PrintMode::None,
-            // 8192 spans of ~1 KiB: a few MiB held while a collector is down.
+            // 8192 spans, ~300 bytes each once encoded: a few MiB held while a collector is down.
             max_queue_spans: 8192,
             // 8× the SDK's 512: at tens of thousands of spans a second, a round trip per 512
-            // spans let the queue (~1 KiB a span) build up to 13k spans within the first second
-            // of a saturating load; bigger requests drain it, and cost the collector less. A
+            // spans let the queue build up to 13k spans within the first second of a saturating
+            // load; bigger requests drain it, and cost the collector less. A
             // request larger than `otlp::MAX_REQUEST_BYTES` is split.
             max_batch: 4096,
             // Fast feedback; see the field's doc.

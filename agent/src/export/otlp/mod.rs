@@ -23,7 +23,7 @@ use encode::EncodedSpan;
 const USER_AGENT: &str = concat!("sonde/", env!("CARGO_PKG_VERSION"));
 /// Largest export request sent as one: collectors refuse larger gRPC messages by default (the
 /// OTel Collector's and rotel's limit is 4 MiB), and a refusal would lose the whole batch. A
-/// batch that encodes larger goes out in halves.
+/// batch that encodes larger goes out in as many requests as it takes (`request_part`).
 const MAX_REQUEST_BYTES: usize = 3 << 20;
 
 /// What the collector said about an accepted request (OTLP partial success).
