@@ -91,6 +91,14 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         };
     let metrics_interval = export_config::metrics_interval(args.metrics_interval, env)?;
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("sonde-export")
+        .build()
+        .context("starting the async runtime")?;
+    // Listening from here on: a signal during start-up ends the run as soon as it has started.
+    let mut signals = runtime.block_on(async { StopSignals::install() })?;
     let mut probes = Probes::load(&ProbeOptions {
         hooks: args.hooks,
         capture_bytes: args.capture_bytes,
@@ -105,12 +113,6 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     let ring = probes.take_events()?;
     let kernel_conns = probes.take_conns()?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("sonde-export")
-        .build()
-        .context("starting the async runtime")?;
     let export_options = ExportOptions {
         otlp: otlp.clone(),
         print,
@@ -187,15 +189,12 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.tick().await;
         let mut kernel_tick = tokio::time::interval(KERNEL_COUNTERS_EVERY);
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         let stop_requested = Arc::new(tokio::sync::Notify::new());
         started(StopHandle(stop_requested.clone()));
         loop {
             tokio::select! {
                 _ = stop_requested.notified() => break,
-                _ = tokio::signal::ctrl_c() => break,
-                _ = sigterm.recv() => break,
+                _ = signals.recv() => break,
                 _ = report.tick() => {
                     report_counters(&probes, &stats, &export_stats, "running");
                     probes.sweep();
@@ -231,6 +230,8 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
 /// `sonde null-probe`: the same hooks with counting-only programs, until a signal.
 pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
     init_logging("info");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut signals = runtime.block_on(async { StopSignals::install() })?;
     let probes = Probes::load(&ProbeOptions {
         hooks: args.hooks,
         capture_bytes: 0,
@@ -240,20 +241,37 @@ pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
         tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new(), exported_only: false }),
     })?;
     tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(wait_for_signal())?;
+    runtime.block_on(signals.recv());
     println!("null probe hits={}", probes.null_hits());
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm.recv() => {}
+/// SIGINT and SIGTERM, listened for from start-up on. A signal is kept until it is read: one that
+/// arrives while sonde is still loading, or while its main loop is busy with a tick, still ends
+/// the run. (A `ctrl_c()` future made anew on each turn of the loop lost a SIGINT that fell
+/// between two turns, and before the first one a SIGINT was ignored or fatal, depending on how
+/// sonde was started.)
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 fn report_counters(
@@ -344,4 +362,27 @@ async fn kubernetes(args: &RunArgs) -> anyhow::Result<Option<(Pods, tokio::task:
     let pods = Pods::default();
     let watch = metadata::kube::spawn(client, node, pods.clone());
     Ok(Some((pods, watch)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::StopSignals;
+
+    /// The loop reads signals only between other work: one that arrives meanwhile must still be
+    /// there when it looks.
+    #[test]
+    fn a_signal_that_arrives_while_nobody_waits_is_kept() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut signals = runtime.block_on(async { StopSignals::install() }).unwrap();
+        // SAFETY: raising a signal this process now handles.
+        assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
+        // The runtime's driver takes the signal in while no one is waiting for it.
+        std::thread::sleep(Duration::from_millis(200));
+        let received =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), signals.recv()).await });
+        assert!(received.is_ok(), "the SIGINT raised before anyone waited was lost");
+    }
 }
