@@ -10,8 +10,10 @@ use crate::sh;
 /// Debian packages the tests drive: real servers and clients.
 /// `openssl`: the TLS tests make their certificates with it (and it brings libssl, which they hook).
 /// `prometheus` scrapes sonde's endpoint in the metrics tests (a real Prometheus, queried by PromQL).
+/// `golang-1.19-go` (bookworm main, at /usr/lib/go-1.19) builds the Go `net/http` chain service of
+/// the parenting tests (tests/servers/go, no modules).
 const APT_PACKAGES: &[&str] =
-    &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl", "prometheus"];
+    &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl", "prometheus", "golang-1.19-go"];
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
