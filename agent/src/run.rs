@@ -12,12 +12,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{KubernetesMode, NullProbeArgs, OnOff, RunArgs, TlsMode},
-    conn::select::{Criteria, Selector},
-    export::{
-        ExportOptions, Exporter, OtlpConfig, PrintMode, Protocol, Signal, config as export_config,
-        metrics::MetricsExporter, prometheus,
-    },
+    config::{KubernetesMode, NullProbeArgs, RunArgs, Settings, TlsMode},
+    export::{ExportOptions, Exporter, metrics::MetricsExporter, prometheus},
     intake,
     metadata::{self, Pods},
     metrics::{
@@ -58,38 +54,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Result<()> {
     init_logging(&args.log);
     yield_to_traced_processes();
-    let protocol: Option<Protocol> = args.otlp_protocol.as_deref().map(str::parse).transpose()?;
-    let otlp = OtlpConfig::from_env(args.otlp_endpoint.as_deref(), protocol)?;
-    let print = match args.print.as_deref() {
-        Some(mode) => mode.parse()?,
-        None => PrintMode::default_for(otlp.as_ref()),
-    };
-    let include = Criteria {
-        pids: args.pids.clone(),
-        ports: args.ports.clone(),
-        exes: args.exes.clone(),
-        containers: args.containers.clone(),
-        namespaces: args.k8s_namespaces.clone(),
-        pod_labels: args.k8s_pod_labels.clone(),
-        workloads: args.k8s_workloads.clone(),
-    };
-    let exclude = Criteria {
-        pids: args.exclude_pids.clone(),
-        ports: args.exclude_ports.clone(),
-        exes: args.exclude_exes.clone(),
-        containers: args.exclude_containers.clone(),
-        namespaces: args.exclude_k8s_namespaces.clone(),
-        pod_labels: args.exclude_k8s_pod_labels.clone(),
-        workloads: args.exclude_k8s_workloads.clone(),
-    };
-    let selector = Selector::new(&include, &exclude)?;
-    let env = |key: &str| std::env::var(key).ok();
-    let otlp_metrics =
-        match export_config::otlp_metrics_enabled(args.otlp_metrics.map(|m| m == OnOff::On), env)? {
-            true => OtlpConfig::from_env_for(Signal::Metrics, args.otlp_endpoint.as_deref(), protocol)?,
-            false => None,
-        };
-    let metrics_interval = export_config::metrics_interval(args.metrics_interval, env)?;
+    let Settings { otlp, otlp_metrics, metrics_interval, print, selector } =
+        Settings::resolve(&args, |key| std::env::var(key).ok())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

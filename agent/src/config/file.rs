@@ -174,8 +174,23 @@ fn keys(run: &Command) -> String {
     keys.join(", ")
 }
 
-/// A clap error's first line, without its `error: ` prefix.
-fn clap_message(e: &clap::Error) -> String {
+/// What a clap error says of a value, without naming the flag (the caller names where the value
+/// came from): `invalid value 'X': why`, or the values it may take; else the error's first line
+/// without its `error: ` prefix.
+pub(crate) fn clap_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) {
+        match (e.kind(), e.get(ContextKind::ValidValue)) {
+            (ErrorKind::ValueValidation, _) => {
+                let why = std::error::Error::source(e).map(|why| format!(": {why}")).unwrap_or_default();
+                return format!("invalid value '{value}'{why}");
+            }
+            (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+                return format!("invalid value '{value}' (expected one of: {})", valid.join(", "));
+            }
+            _ => {}
+        }
+    }
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or_default();
     first.strip_prefix("error: ").unwrap_or(first).to_owned()
@@ -244,6 +259,51 @@ mod tests {
         assert!(message("config: other.yaml\n").contains("key config: unknown key"));
         assert!(message("- a\n- b\n").contains("expected a mapping"));
         assert!(message("port: [80\n").contains("not valid YAML"));
+    }
+
+    /// Every value `sonde run` would refuse is refused here, when the file is read, naming the
+    /// file and the key (and the value), not a flag.
+    #[test]
+    fn bad_values_are_refused_naming_the_file_and_the_key() {
+        #[rustfmt::skip]
+        let cases = [
+            ("print: fancy\n", "print", "fancy"),
+            ("otlp-protocol: grpcc\n", "otlp-protocol", "grpcc"),
+            ("otlp-protocol: http/json\n", "otlp-protocol", "http/json"),
+            ("otlp-endpoint: \"not a url\"\n", "otlp-endpoint", "not a url"),
+            ("otlp-endpoint: collector:4317\n", "otlp-endpoint", "collector:4317"),
+            ("otlp-endpoint: ftp://collector\n", "otlp-endpoint", "ftp://collector"),
+            ("exe: \"[\"\n", "exe", "["),
+            ("exclude-exe: [nginx, \"a[\"]\n", "exclude-exe", "a["),
+            ("tls-exclude: \"/opt/[vendor\"\n", "tls-exclude", "/opt/[vendor"),
+            ("k8s-pod-label: novalue\n", "k8s-pod-label", "novalue"),
+            ("exclude-k8s-pod-label: [a=b, \"=v\"]\n", "exclude-k8s-pod-label", "=v"),
+            ("exclude-pid: 0\n", "exclude-pid", "0"),
+            ("exclude-pid: [1, 4194304]\n", "exclude-pid", "4194304"),
+            ("pid: 0\n", "pid", "0"),
+            ("kube-api: \"not a url\"\n", "kube-api", "not a url"),
+        ];
+        for (text, key, value) in cases {
+            let message = match args(text) {
+                Ok(args) => panic!("{text:?} was accepted as {args:?}"),
+                Err(e) => e.to_string(),
+            };
+            let prefix = format!("config file test.yaml: key {key}: invalid value '{value}'");
+            assert!(message.starts_with(&prefix), "{text:?}: {message}");
+            assert!(!message.contains(&format!("--{key}")), "names the key, not the flag: {message}");
+        }
+        // What the value should be is part of the message.
+        let print = args("print: fancy\n").unwrap_err().to_string();
+        assert!(print.contains("tree, json, none"), "{print}");
+        let protocol = args("otlp-protocol: grpcc\n").unwrap_err().to_string();
+        assert!(protocol.contains("grpc, http/protobuf"), "{protocol}");
+        // And the good values still pass.
+        args(
+            "print: json\notlp-protocol: http/protobuf\notlp-endpoint: https://c:4318/base\n\
+              exe: [nginx, \"/usr/sbin/*\"]\nk8s-pod-label: [\"app=web\", \"empty=\"]\n\
+              exclude-pid: [1, 4194303]\nkube-api: http://127.0.0.1:8001\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -4,9 +4,11 @@
 use std::{ffi::OsString, fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
-use clap::{ArgAction, ArgMatches, CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+use clap::{
+    ArgAction, ArgMatches, CommandFactory as _, FromArgMatches as _, ValueEnum as _, parser::ValueSource,
+};
 
-use super::{Cli, file};
+use super::{Cli, RunArgs, Settings, file};
 
 /// The command line of this process, with the configuration file of `run` or `demo` (if one is
 /// named) filled in under flags and environment. Command-line errors print clap's usage and exit,
@@ -40,7 +42,8 @@ fn file_args(matches: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
 }
 
 /// `sonde config check FILE`: the effective configuration of `sonde run --config FILE` in this
-/// environment, as YAML with each value's source in a comment.
+/// environment, as YAML with each value's source in a comment. Resolved as `sonde run` resolves
+/// it ([`Settings::resolve`]), so that it fails on whatever `run` would.
 pub fn check(path: &Path) -> anyhow::Result<String> {
     let run = Cli::command().find_subcommand("run").expect("a run subcommand").clone();
     let base: Vec<OsString> = vec!["run".into()];
@@ -51,6 +54,7 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let extra = file::args_for(path, &run, &entries, |id| file::given_outside_file(&matches, id), env)?;
     let from_file: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     let matches = run.clone().try_get_matches_from(base.into_iter().chain(extra))?;
+    let settings = Settings::resolve(&RunArgs::from_arg_matches(&matches)?, env)?;
 
     let mut out = format!("# sonde run --config {}: the configuration in effect\n", path.display());
     for arg in run.get_arguments().filter(|a| !a.is_hide_set()) {
@@ -88,6 +92,17 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     if !otel.is_empty() {
         let _ = writeln!(out, "# also in effect from the environment: {}", otel.join(" "));
     }
+    let otlp = |config: Option<&crate::export::OtlpConfig>| {
+        config.map_or_else(|| "none".to_owned(), |c| format!("{} {}", c.protocol, c.endpoint))
+    };
+    let print = settings.print.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# resolved: spans to {}; metrics to {} every {}; print {print}",
+        otlp(settings.otlp.as_ref()),
+        otlp(settings.otlp_metrics.as_ref()),
+        humantime::format_duration(settings.metrics_interval),
+    );
     Ok(out)
 }
 

@@ -1,13 +1,21 @@
 //! The command line. Every flag is documented here once; `sonde run --help` prints these texts.
 //! The same flags are keys of the configuration file (`file`) and have SONDE_* variables; `load`
-//! puts the three together.
+//! puts the three together. clap checks every value wherever it came from (typed values and the
+//! parsers in `values`); `Settings` resolves what also needs the OTEL_* variables.
 
 pub mod file;
 pub mod load;
+mod settings;
+pub mod values;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::HookChoice;
+pub use self::settings::Settings;
+use crate::{
+    conn::select::PodLabel,
+    export::{PrintMode, Protocol},
+    probes::HookChoice,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +50,8 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Check FILE (with the SONDE_* and OTEL_* variables of this environment) and print the
     /// configuration `sonde run --config FILE` would use, each value with where it came from.
-    /// Exits non-zero, naming the key, if anything is wrong.
+    /// Whatever `sonde run` would refuse is an error here too, naming the file and key (or the
+    /// variable), and the exit status is non-zero.
     Check {
         /// The YAML file (keys are `sonde run` flags without the dashes; see deploy/sonde.yaml).
         #[arg(value_name = "FILE")]
@@ -92,20 +101,21 @@ pub struct RunArgs {
     #[arg(long, env = "SONDE_CONFIG", value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
 
-    /// OTLP endpoint to export spans to, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318
-    /// (HTTP; `/v1/traces` is appended). Default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with none,
-    /// spans are only printed.
-    #[arg(env = "SONDE_OTLP_ENDPOINT", long, value_name = "URL")]
+    /// OTLP endpoint to export spans to, an http:// or https:// URL, e.g. http://127.0.0.1:4317
+    /// (gRPC) or http://127.0.0.1:4318 (HTTP; `/v1/traces` is appended). Default:
+    /// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; with none, spans are only printed.
+    #[arg(env = "SONDE_OTLP_ENDPOINT", long, value_name = "URL", value_parser = values::http_url)]
     pub otlp_endpoint: Option<String>,
 
-    /// OTLP transport: `grpc` or `http/protobuf`. Default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf (the OTLP default).
-    #[arg(env = "SONDE_OTLP_PROTOCOL", long, value_name = "PROTOCOL")]
-    pub otlp_protocol: Option<String>,
+    /// OTLP transport: `grpc` or `http/protobuf`. Default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL,
+    /// else http/protobuf (the OTLP default).
+    #[arg(env = "SONDE_OTLP_PROTOCOL", long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<Protocol>,
 
-    /// Terminal output: `tree` (a waterfall per finished trace), `json` (one span per line on
-    /// stdout), `none`. Default: `tree` without an OTLP endpoint, `none` with one.
-    #[arg(env = "SONDE_PRINT", long, value_name = "MODE")]
-    pub print: Option<String>,
+    /// What is printed on stdout: `tree`, `json` or `none`. Default: `tree` without an OTLP
+    /// endpoint, `none` with one.
+    #[arg(env = "SONDE_PRINT", long, value_enum, value_name = "MODE")]
+    pub print: Option<PrintMode>,
 
     /// Trace only these process ids (repeatable). Enforced in the kernel.
     #[arg(env = "SONDE_PID", value_delimiter = ',', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..sonde_common::PID_LIMIT as i64))]
@@ -117,8 +127,8 @@ pub struct RunArgs {
 
     /// Trace only processes whose executable name or path matches this glob (repeatable), e.g.
     /// `nginx` or `/usr/sbin/*`.
-    #[arg(env = "SONDE_EXE", long = "exe", value_name = "GLOB")]
-    pub exes: Vec<String>,
+    #[arg(env = "SONDE_EXE", long = "exe", value_name = "GLOB", value_parser = values::glob)]
+    pub exes: Vec<glob::Pattern>,
 
     /// Trace only processes in a container whose id starts with this (repeatable; the short 12-digit
     /// form works), as `container.id` reports it.
@@ -126,7 +136,7 @@ pub struct RunArgs {
     pub containers: Vec<String>,
 
     /// Never trace these process ids (repeatable).
-    #[arg(env = "SONDE_EXCLUDE_PID", value_delimiter = ',', long = "exclude-pid", value_name = "PID")]
+    #[arg(env = "SONDE_EXCLUDE_PID", value_delimiter = ',', long = "exclude-pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..sonde_common::PID_LIMIT as i64))]
     pub exclude_pids: Vec<u32>,
 
     /// Never trace connections with this port at either end (repeatable), e.g. 22.
@@ -134,8 +144,8 @@ pub struct RunArgs {
     pub exclude_ports: Vec<u16>,
 
     /// Never trace processes whose executable name or path matches this glob (repeatable).
-    #[arg(env = "SONDE_EXCLUDE_EXE", long = "exclude-exe", value_name = "GLOB")]
-    pub exclude_exes: Vec<String>,
+    #[arg(env = "SONDE_EXCLUDE_EXE", long = "exclude-exe", value_name = "GLOB", value_parser = values::glob)]
+    pub exclude_exes: Vec<glob::Pattern>,
 
     /// Never trace processes in a container whose id starts with this (repeatable).
     #[arg(env = "SONDE_EXCLUDE_CONTAINER", long = "exclude-container", value_name = "ID")]
@@ -145,9 +155,10 @@ pub struct RunArgs {
     #[arg(env = "SONDE_K8S_NAMESPACE", long = "k8s-namespace", value_name = "NAMESPACE")]
     pub k8s_namespaces: Vec<String>,
 
-    /// Trace only processes of pods with this label (repeatable: every one given must match).
+    /// Trace only processes of pods with this label (repeatable: every one given must match); the
+    /// value may be empty (`KEY=`).
     #[arg(env = "SONDE_K8S_POD_LABEL", long = "k8s-pod-label", value_name = "KEY=VALUE")]
-    pub k8s_pod_labels: Vec<String>,
+    pub k8s_pod_labels: Vec<PodLabel>,
 
     /// Trace only processes of pods owned by this workload (repeatable), e.g. `cart` or
     /// `Deployment/cart` (a ReplicaSet's pods belong to its Deployment).
@@ -160,7 +171,7 @@ pub struct RunArgs {
 
     /// Never trace processes of pods with this label (repeatable: any one matches).
     #[arg(env = "SONDE_EXCLUDE_K8S_POD_LABEL", long = "exclude-k8s-pod-label", value_name = "KEY=VALUE")]
-    pub exclude_k8s_pod_labels: Vec<String>,
+    pub exclude_k8s_pod_labels: Vec<PodLabel>,
 
     /// Never trace processes of pods owned by this workload (repeatable).
     #[arg(env = "SONDE_EXCLUDE_K8S_WORKLOAD", long = "exclude-k8s-workload", value_name = "[KIND/]NAME")]
@@ -209,8 +220,8 @@ pub struct RunArgs {
     /// library unhooked (no cost to the processes using it); a glob on an executable's name or path
     /// makes the kernel ignore that process's TLS calls (they still trap, ~1 µs each, but nothing
     /// is copied). E.g. `--tls-exclude '/opt/vendor/*'` or `--tls-exclude haproxy`.
-    #[arg(env = "SONDE_TLS_EXCLUDE", long = "tls-exclude", value_name = "GLOB")]
-    pub tls_exclude: Vec<String>,
+    #[arg(env = "SONDE_TLS_EXCLUDE", long = "tls-exclude", value_name = "GLOB", value_parser = values::glob)]
+    pub tls_exclude: Vec<glob::Pattern>,
 
     /// Hook OpenSSL's exported `SSL_read`/`SSL_write` (and `_ex`) even where the cheaper internal
     /// functions behind them are found (for tests of that fallback).
@@ -253,9 +264,9 @@ pub struct RunArgs {
     #[arg(long, env = "SONDE_KUBERNETES", value_enum, value_name = "MODE", default_value_t = KubernetesMode::Auto)]
     pub kubernetes: KubernetesMode,
 
-    /// The API server's URL, used as it is (no credentials: a local API server or
-    /// `kubectl proxy`). Default: the pod's service account, else the kubeconfig.
-    #[arg(long, env = "SONDE_KUBE_API", value_name = "URL")]
+    /// The API server's URL (http:// or https://), used as it is (no credentials: a local API
+    /// server or `kubectl proxy`). Default: the pod's service account, else the kubeconfig.
+    #[arg(long, env = "SONDE_KUBE_API", value_name = "URL", value_parser = values::http_url)]
     pub kube_api: Option<String>,
 
     /// This node's name, whose pods are watched (the DaemonSet sets it from `spec.nodeName`).

@@ -26,24 +26,36 @@ impl From<ProcInfo> for Subject {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SelectError {
-    #[error("{flag} {pattern:?} is not a valid glob: {source}")]
-    Glob { flag: &'static str, pattern: String, source: glob::PatternError },
-    #[error("{flag} {value:?}: expected KEY=VALUE")]
-    Label { flag: &'static str, value: String },
+/// A pod label asked for: `KEY=VALUE` (`--k8s-pod-label`); the value may be empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLabel {
+    pub key: String,
+    pub value: String,
 }
 
-/// What the flags ask for (`RunArgs`' selection flags).
+impl std::str::FromStr for PodLabel {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                Ok(PodLabel { key: key.to_owned(), value: value.to_owned() })
+            }
+            _ => Err("expected KEY=VALUE"),
+        }
+    }
+}
+
+/// What the flags ask for (`RunArgs`' selection flags), parsed.
 #[derive(Debug, Default, Clone)]
 pub struct Criteria {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
-    pub exes: Vec<String>,
+    /// On the executable's name or full path.
+    pub exes: Vec<glob::Pattern>,
     pub containers: Vec<String>,
     pub namespaces: Vec<String>,
-    /// `KEY=VALUE`.
-    pub pod_labels: Vec<String>,
+    pub pod_labels: Vec<PodLabel>,
     /// `NAME` or `KIND/NAME`, e.g. `Deployment/cart`.
     pub workloads: Vec<String>,
 }
@@ -55,36 +67,12 @@ struct Compiled {
     exes: Vec<glob::Pattern>,
     containers: Vec<String>,
     namespaces: Vec<String>,
-    pod_labels: Vec<(String, String)>,
+    pod_labels: Vec<PodLabel>,
     workloads: Vec<(Option<String>, String)>,
 }
 
 impl Compiled {
-    /// `exclude`: for the flag names in errors.
-    fn new(c: &Criteria, exclude: bool) -> Result<Self, SelectError> {
-        let flag = |name: &'static str, excluded: &'static str| if exclude { excluded } else { name };
-        let exes = c
-            .exes
-            .iter()
-            .map(|p| {
-                glob::Pattern::new(p).map_err(|source| SelectError::Glob {
-                    flag: flag("--exe", "--exclude-exe"),
-                    pattern: p.clone(),
-                    source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let pod_labels = c
-            .pod_labels
-            .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-                _ => Err(SelectError::Label {
-                    flag: flag("--k8s-pod-label", "--exclude-k8s-pod-label"),
-                    value: l.clone(),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
+    fn new(c: &Criteria) -> Self {
         let workloads = c
             .workloads
             .iter()
@@ -93,15 +81,15 @@ impl Compiled {
                 None => (None, w.clone()),
             })
             .collect();
-        Ok(Self {
+        Self {
             pids: c.pids.clone(),
             ports: c.ports.clone(),
-            exes,
+            exes: c.exes.clone(),
             containers: c.containers.iter().map(|id| id.to_ascii_lowercase()).collect(),
             namespaces: c.namespaces.clone(),
-            pod_labels,
+            pod_labels: c.pod_labels.clone(),
             workloads,
-        })
+        }
     }
 
     fn namespace(&self, pod: Option<&PodMeta>) -> bool {
@@ -111,7 +99,7 @@ impl Compiled {
     /// Include: the pod has every label given; exclude: any.
     fn labels(&self, pod: Option<&PodMeta>, all: bool) -> bool {
         let Some(pod) = pod else { return false };
-        let has = |(k, v): &(String, String)| pod.labels.get(k) == Some(v);
+        let has = |l: &PodLabel| pod.labels.get(&l.key) == Some(&l.value);
         if all { self.pod_labels.iter().all(has) } else { self.pod_labels.iter().any(has) }
     }
 
@@ -153,8 +141,8 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(include: &Criteria, exclude: &Criteria) -> Result<Self, SelectError> {
-        Ok(Self { include: Compiled::new(include, false)?, exclude: Compiled::new(exclude, true)? })
+    pub fn new(include: &Criteria, exclude: &Criteria) -> Self {
+        Self { include: Compiled::new(include), exclude: Compiled::new(exclude) }
     }
 
     /// Whether `conn` is traced; `process` is read only if a criterion needs it.
@@ -220,27 +208,24 @@ mod tests {
         assert!(by_port.accepts(&conn(1, 5000, 80), Subject::default));
         assert!(!by_port.accepts(&conn(1, 81, 5000), Subject::default));
 
-        let by_exe = include(Criteria { exes: vec!["/usr/sbin/*".into()], ..Criteria::default() });
+        let by_exe = include(Criteria { exes: globs(&["/usr/sbin/*"]), ..Criteria::default() });
         assert!(by_exe.accepts(&conn(1, 80, 5000), || nginx().into()));
         assert!(!by_exe.accepts(&conn(1, 80, 5000), Subject::default));
-        let by_name =
-            include(Criteria { ports: vec![80], exes: vec!["ngin?".into()], ..Criteria::default() });
+        let by_name = include(Criteria { ports: vec![80], exes: globs(&["ngin?"]), ..Criteria::default() });
         assert!(by_name.accepts(&conn(1, 80, 5000), || nginx().into()));
         assert!(!by_name.accepts(&conn(1, 81, 5000), || nginx().into()));
 
         let by_pid = include(Criteria { pids: vec![7], ..Criteria::default() });
         assert!(by_pid.accepts(&conn(7, 1, 2), Subject::default));
         assert!(!by_pid.accepts(&conn(8, 1, 2), Subject::default));
-
-        let bad = Criteria { exes: vec!["[".into()], ..Criteria::default() };
-        assert!(Selector::new(&bad, &Criteria::default()).unwrap_err().to_string().starts_with("--exe"));
-        assert!(
-            Selector::new(&Criteria::default(), &bad).unwrap_err().to_string().starts_with("--exclude-exe")
-        );
     }
 
     fn include(c: Criteria) -> Selector {
-        Selector::new(&c, &Criteria::default()).unwrap()
+        Selector::new(&c, &Criteria::default())
+    }
+
+    fn globs(patterns: &[&str]) -> Vec<glob::Pattern> {
+        patterns.iter().map(|p| glob::Pattern::new(p).unwrap()).collect()
     }
 
     fn in_container(id: &str) -> impl Fn() -> Subject {
@@ -257,8 +242,8 @@ mod tests {
         assert!(!by_container.accepts(&conn(1, 80, 5000), || nginx().into()), "not in a container");
         assert!(!by_container.accepts(&conn(1, 80, 5000), in_container(&"0".repeat(64))));
 
-        let exclude = |c: Criteria| Selector::new(&Criteria::default(), &c).unwrap();
-        let no_nginx = exclude(Criteria { exes: vec!["nginx".into()], ..Criteria::default() });
+        let exclude = |c: Criteria| Selector::new(&Criteria::default(), &c);
+        let no_nginx = exclude(Criteria { exes: globs(&["nginx"]), ..Criteria::default() });
         assert!(!no_nginx.accepts(&conn(1, 80, 5000), || nginx().into()));
         assert!(no_nginx.accepts(&conn(1, 80, 5000), Subject::default));
         let no_port = exclude(Criteria { ports: vec![22], ..Criteria::default() });
@@ -273,9 +258,8 @@ mod tests {
         // Include and exclude together: port 80, but not nginx.
         let both = Selector::new(
             &Criteria { ports: vec![80], ..Criteria::default() },
-            &Criteria { exes: vec!["nginx".into()], ..Criteria::default() },
-        )
-        .unwrap();
+            &Criteria { exes: globs(&["nginx"]), ..Criteria::default() },
+        );
         assert!(!both.accepts(&conn(1, 80, 5000), || nginx().into()));
         assert!(both.accepts(&conn(1, 80, 5000), Subject::default));
         assert!(!both.accepts(&conn(1, 81, 5000), Subject::default));
@@ -291,11 +275,11 @@ mod tests {
         });
         let in_pod = || Subject { info: nginx(), pod: Some(pod.clone()) };
         let c = conn(1, 80, 5000);
-        let inc = |k: Criteria| Selector::new(&k, &Criteria::default()).unwrap();
-        let exc = |k: Criteria| Selector::new(&Criteria::default(), &k).unwrap();
+        let inc = |k: Criteria| Selector::new(&k, &Criteria::default());
+        let exc = |k: Criteria| Selector::new(&Criteria::default(), &k);
         let ns = |n: &str| Criteria { namespaces: vec![n.into()], ..Criteria::default() };
         let labels = |l: &[&str]| Criteria {
-            pod_labels: l.iter().map(|s| s.to_string()).collect(),
+            pod_labels: l.iter().map(|s| s.parse().unwrap()).collect(),
             ..Criteria::default()
         };
         let workload = |w: &str| Criteria { workloads: vec![w.into()], ..Criteria::default() };
@@ -309,6 +293,8 @@ mod tests {
         );
         assert!(!inc(workload("StatefulSet/cart")).accepts(&c, in_pod));
         assert!(!exc(ns("shop")).accepts(&c, in_pod) && exc(ns("shop")).accepts(&c, Subject::default));
-        assert!(Selector::new(&labels(&["novalue"]), &Criteria::default()).is_err());
+        assert_eq!("novalue".parse::<PodLabel>(), Err("expected KEY=VALUE"));
+        assert_eq!("=v".parse::<PodLabel>(), Err("expected KEY=VALUE"));
+        assert_eq!("k=".parse(), Ok(PodLabel { key: "k".into(), value: String::new() }));
     }
 }

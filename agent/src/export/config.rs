@@ -8,13 +8,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// OTLP transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// OTLP transport (`--otlp-protocol`, OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
-    /// `grpc`: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, usually port 4317.
+    /// OTLP over gRPC (`…TraceService/Export`), usually on port 4317.
     Grpc,
-    /// `http/protobuf`: `POST …/v1/traces` with a protobuf body, usually port 4318. The spec's
-    /// default, so it is ours too.
+    /// Protobuf bodies POSTed to `…/v1/traces`, usually on port 4318; the OTLP default.
+    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
@@ -33,47 +33,31 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// The names of the variables and the flag are the same (`ValueEnum`).
 impl FromStr for Protocol {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "grpc" => Ok(Protocol::Grpc),
-            "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            other => Err(ConfigError::BadProtocol { key: "protocol", value: other.to_owned() }),
-        }
+        <Self as clap::ValueEnum>::from_str(s.trim(), false)
+            .map_err(|_| ConfigError::BadProtocol { key: "protocol", value: s.trim().to_owned() })
     }
 }
 
-/// What sonde prints to stdout, independently of OTLP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What sonde prints to stdout, independently of OTLP (`--print`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrintMode {
     /// Each finished trace as a waterfall, for a person watching `sonde run`.
     Tree,
     /// One JSON object per span and line, for scripts.
     Json,
+    /// Nothing.
     None,
-}
-
-impl FromStr for PrintMode {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "tree" => Ok(PrintMode::Tree),
-            "json" => Ok(PrintMode::Json),
-            "none" => Ok(PrintMode::None),
-            other => Err(ConfigError::BadPrintMode { value: other.to_owned() }),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{key}: unknown OTLP protocol {value:?} (expected \"grpc\" or \"http/protobuf\")")]
     BadProtocol { key: &'static str, value: String },
-    #[error("unknown print mode {value:?} (expected \"tree\", \"json\" or \"none\")")]
-    BadPrintMode { value: String },
     #[error("{key}: endpoint {value:?} must be an http:// or https:// URL")]
     BadEndpoint { key: &'static str, value: String },
     #[error("{key}: header entry {entry:?} is not key=value")]
@@ -272,9 +256,7 @@ impl OtlpConfig {
         };
         let (key, url, is_base) = endpoint;
         let url = url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.parse::<tonic::transport::Uri>().is_err()
-        {
+        if !is_http_url(url) {
             return Err(ConfigError::BadEndpoint { key, value: url.to_owned() });
         }
         let endpoint = match protocol {
@@ -300,23 +282,12 @@ impl OtlpConfig {
 
         Ok(Some(OtlpConfig { endpoint, protocol, headers, timeout }))
     }
+}
 
-    /// [`OtlpConfig::resolve`] with the process environment.
-    pub fn from_env(
-        endpoint_flag: Option<&str>,
-        protocol_flag: Option<Protocol>,
-    ) -> Result<Option<Self>, ConfigError> {
-        Self::resolve(endpoint_flag, protocol_flag, |key| std::env::var(key).ok())
-    }
-
-    /// [`OtlpConfig::resolve_for`] with the process environment.
-    pub fn from_env_for(
-        signal: Signal,
-        endpoint_flag: Option<&str>,
-        protocol_flag: Option<Protocol>,
-    ) -> Result<Option<Self>, ConfigError> {
-        Self::resolve_for(signal, endpoint_flag, protocol_flag, |key| std::env::var(key).ok())
-    }
+/// Whether `url` is one an exporter can send to: `http://` or `https://`, and a valid URI.
+pub fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.parse::<tonic::transport::Uri>().is_ok()
 }
 
 /// `k1=v1,k2=v2`, W3C-baggage-like as the spec says: entries separated by commas, whitespace
@@ -505,8 +476,7 @@ mod tests {
         assert!("udp".parse::<Protocol>().is_err());
         assert_eq!("http/protobuf".parse::<Protocol>(), Ok(Protocol::HttpProtobuf));
         assert_eq!("grpc".parse::<Protocol>(), Ok(Protocol::Grpc));
-        assert_eq!("json".parse::<PrintMode>(), Ok(PrintMode::Json));
-        assert!("yaml".parse::<PrintMode>().unwrap_err().to_string().contains("yaml"));
+        assert_eq!(" grpc ".parse::<Protocol>(), Ok(Protocol::Grpc));
     }
 
     #[test]

@@ -86,8 +86,6 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] aya::BtfError),
-    #[error(transparent)]
-    TlsExclude(#[from] tls::ExcludeError),
 }
 
 /// The words of the kernel's pid bitmap that have a bit set (pids ≥ `PID_LIMIT` cannot exist).
@@ -200,7 +198,7 @@ impl Probes {
                 } else {
                     None
                 };
-                let mut hooks = tls::TlsHooks::new(options.programs, tls_options, excluded)?;
+                let mut hooks = tls::TlsHooks::new(options.programs, tls_options, excluded);
                 attach::attach_tls_helpers(&mut ebpf, options.programs);
                 hooks.scan_all(&mut ebpf);
                 Some(hooks)

@@ -104,16 +104,9 @@ const SYSTEM_LIBRARY_DIRS: &[&str] = &[
     "/usr/local/lib64",
 ];
 
-#[derive(Debug, thiserror::Error)]
-#[error("--tls-exclude {pattern:?} is not a valid glob: {source}")]
-pub struct ExcludeError {
-    pattern: String,
-    source: glob::PatternError,
-}
-
 pub struct TlsOptions {
     /// Library paths or executables (name or path) whose TLS is not hooked.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<glob::Pattern>,
     /// Hook the exported read/write functions even where the cheaper internal ones are found
     /// (tests keep the fallback working with it).
     pub exported_only: bool,
@@ -134,25 +127,16 @@ pub struct TlsHooks {
 }
 
 impl TlsHooks {
-    pub fn new(
-        programs: Programs,
-        options: &TlsOptions,
-        excluded_pids: Option<Array<MapData, u64>>,
-    ) -> Result<Self, ExcludeError> {
-        let exclude = options
-            .exclude
-            .iter()
-            .map(|p| glob::Pattern::new(p).map_err(|source| ExcludeError { pattern: p.clone(), source }))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+    pub fn new(programs: Programs, options: &TlsOptions, excluded_pids: Option<Array<MapData, u64>>) -> Self {
+        Self {
             programs,
             exported_only: options.exported_only,
-            exclude,
+            exclude: options.exclude.clone(),
             hooked: HashMap::new(),
             failed: HashSet::new(),
             excluded_pids: excluded_pids.map(|map| (map, HashMap::new())),
             warned: HashSet::new(),
-        })
+        }
     }
 
     fn excluded(&self, path: &str) -> bool {

@@ -1,0 +1,20 @@
+//! Value parsers for the flags whose values need more than their type: each checks a value as
+//! `sonde run` will use it, so that clap refuses a bad one wherever it comes from — a flag, a
+//! SONDE_* variable or a key of the file (`file::args_for`) — and the error can name that place.
+//! (`KEY=VALUE` is `conn::select::PodLabel`'s `FromStr`; route patterns, `RoutePattern`'s.)
+
+/// A URL sonde sends to: `http://` or `https://`, and a valid URI. Empty means unset, as
+/// OTEL_* variables have it.
+pub fn http_url(value: &str) -> Result<String, String> {
+    let url = value.trim();
+    if url.is_empty() || crate::export::config::is_http_url(url) {
+        Ok(url.to_owned())
+    } else {
+        Err("expected an http:// or https:// URL, e.g. http://127.0.0.1:4318".to_owned())
+    }
+}
+
+/// A glob on a path or a file name (`*`, `?`, `[…]`).
+pub fn glob(value: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(value).map_err(|e| format!("not a valid glob: {e}"))
+}
