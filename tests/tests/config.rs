@@ -79,6 +79,58 @@ fn bad_files_are_errors_that_name_the_key() {
     assert!(!ok && err.contains("cannot read"), "{err}");
 }
 
+/// `config check` refuses every value `run` would refuse, and both say where it came from: the
+/// file and key, or the variable. (No root needed: both stop before loading anything.)
+#[test]
+fn values_run_would_refuse_fail_the_check_too_naming_their_source() {
+    let dir = TempDir::new("config-values");
+    for (text, expected) in [
+        ("print: fancy\n", "key print: invalid value 'fancy'"),
+        ("otlp-protocol: grpcc\n", "key otlp-protocol: invalid value 'grpcc'"),
+        ("otlp-endpoint: \"not a url\"\n", "key otlp-endpoint: invalid value 'not a url'"),
+        ("exe: \"[\"\n", "key exe: invalid value '['"),
+        ("tls-exclude: [\"/opt/[vendor\"]\n", "key tls-exclude: invalid value '/opt/[vendor'"),
+        ("k8s-pod-label: novalue\n", "key k8s-pod-label: invalid value 'novalue'"),
+        ("exclude-pid: 0\n", "key exclude-pid: invalid value '0'"),
+        ("kube-api: \"not a url\"\n", "key kube-api: invalid value 'not a url'"),
+    ] {
+        let file = write(&dir, "bad.yaml", text);
+        for args in [vec!["config", "check", &file], vec!["run", "--config", &file]] {
+            let (ok, _, err) = sonde(&args, &[]);
+            assert!(!ok, "{args:?} accepted {text:?}");
+            assert!(err.contains(&format!("config file {file}: {expected}")), "{args:?} {text:?}: {err}");
+        }
+    }
+
+    // The file is good; the environment is not.
+    let file = write(&dir, "good.yaml", "otlp-endpoint: http://127.0.0.1:4318\n");
+    for (var, value, expected) in [
+        ("SONDE_PRINT", "fancy", "environment variable SONDE_PRINT: invalid value 'fancy'"),
+        ("SONDE_EXCLUDE_EXE", "[", "environment variable SONDE_EXCLUDE_EXE: invalid value '['"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpcc", "OTEL_EXPORTER_OTLP_PROTOCOL: unknown OTLP protocol"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "novalue", "OTEL_EXPORTER_OTLP_HEADERS: header entry"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "soon", "OTEL_METRIC_EXPORT_INTERVAL: \"soon\""),
+    ] {
+        for args in [vec!["config", "check", &file], vec!["run", "--config", &file]] {
+            let (ok, _, err) = sonde(&args, &[(var, value)]);
+            assert!(!ok, "{args:?} accepted {var}={value}");
+            assert!(err.contains(expected), "{args:?} {var}={value}: {err}");
+        }
+    }
+
+    // On the command line, the flag is named.
+    let (ok, _, err) = sonde(&["run", "--print", "fancy"], &[]);
+    assert!(!ok && err.contains("'--print <MODE>'"), "{err}");
+
+    // What is resolved is shown.
+    let (ok, out, err) = sonde(&["config", "check", &file], &[("OTEL_METRICS_EXPORTER", "none")]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("# resolved: spans to http/protobuf http://127.0.0.1:4318/v1/traces; metrics to none"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_takes_its_settings_from_the_file_under_flags_and_environment() {
     let receiver = Receiver::start().await.unwrap();

@@ -12,10 +12,16 @@ use super::{Cli, RunArgs, Settings, file};
 
 /// The command line of this process, with the configuration file of `run` or `demo` (if one is
 /// named) filled in under flags and environment. Command-line errors print clap's usage and exit,
-/// as `Cli::parse` does.
+/// as `Cli::parse` does; a bad value of a SONDE_* variable is an error naming the variable.
 pub fn cli() -> anyhow::Result<Cli> {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = Cli::command().get_matches_from(&argv);
+    let matches = match Cli::command().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(e) => match from_variable(&e, &argv) {
+            Some(message) => anyhow::bail!(message),
+            None => e.exit(),
+        },
+    };
     let extra = match matches.subcommand() {
         Some(("run" | "demo", sub)) => file_args(sub)?,
         _ => Vec::new(),
@@ -41,6 +47,33 @@ fn file_args(matches: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
     Ok(file::args_for(path, &run, &entries, |id| file::given_outside_file(matches, id), env)?)
 }
 
+/// A clap error about a value that came from a SONDE_* variable, not from the command line, said
+/// of that variable (clap names the flag, which the user did not write).
+fn from_variable(e: &clap::Error, argv: &[OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    // `--print <MODE>`
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let flag = arg.split_whitespace().next()?;
+    let long = flag.strip_prefix("--")?;
+    let on_command_line = argv
+        .iter()
+        .filter_map(|a| a.to_str())
+        .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+    if on_command_line {
+        return None;
+    }
+    let command = Cli::command();
+    let var = command
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    std::env::var_os(&var)?;
+    Some(format!("environment variable {var}: {}", file::clap_message(e)))
+}
+
 /// `sonde config check FILE`: the effective configuration of `sonde run --config FILE` in this
 /// environment, as YAML with each value's source in a comment. Resolved as `sonde run` resolves
 /// it ([`Settings::resolve`]), so that it fails on whatever `run` would.
@@ -48,7 +81,13 @@ pub fn check(path: &Path) -> anyhow::Result<String> {
     let run = Cli::command().find_subcommand("run").expect("a run subcommand").clone();
     let base: Vec<OsString> = vec!["run".into()];
     // The environment applies as it would to `sonde run`; SONDE_CONFIG does not, FILE is named.
-    let matches = run.clone().try_get_matches_from(&base).context("reading SONDE_* variables")?;
+    let matches = match run.clone().try_get_matches_from(&base) {
+        Ok(matches) => matches,
+        Err(e) => match from_variable(&e, &base) {
+            Some(message) => anyhow::bail!(message),
+            None => return Err(anyhow::Error::from(e).context("reading SONDE_* variables")),
+        },
+    };
     let entries = file::read(path)?;
     let env = |key: &str| std::env::var(key).ok();
     let extra = file::args_for(path, &run, &entries, |id| file::given_outside_file(&matches, id), env)?;
