@@ -1,7 +1,9 @@
 //! Shared pieces of sonde's privileged integration tests.
 pub mod bpf_maps;
+pub mod chains;
 pub mod harness;
 pub mod kubeapi;
 pub mod prometheus;
 pub mod receiver;
 pub mod tls;
+pub mod trace_check;

@@ -1,0 +1,129 @@
+//! Privileged: a CLIENT span gets an in-process parent only when it is certain to be right. In
+//! services that serve several requests at once on a few threads — Go's goroutines, Node's event
+//! loop — the thread that writes a call is not tied to one request, and a guessed parent joins the
+//! traces of two requests ("cross-links"), which is worse than no parent. Checked through a chain
+//! curl → A → B → C of plain services under concurrent requests, link by link, at a real OTLP
+//! receiver; sequential requests must still make whole traces, so dropping every parent fails too.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    sync::Barrier,
+    time::Duration,
+};
+
+use sonde_tests::{
+    chains::{self, Behaviour, Runtime},
+    harness::{Guard, Sonde, curl},
+    receiver::{ReceivedSpan, Receiver},
+    trace_check::{self, LinkReport},
+};
+
+const SERVICES: [&str; 3] = ["svc-a", "svc-b", "svc-c"];
+const SEQUENTIAL: u32 = 5;
+const CONCURRENT: u32 = 20;
+/// Spans per request: a SERVER span in each service, a CLIENT span for each of the two calls.
+const SPANS_PER_REQUEST: usize = 5;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// curl → A → B → C in `runtime`. C holds each request 20–50 ms before answering, so that
+/// concurrent requests are in flight in every service at once and their reads and writes
+/// interleave on the same threads.
+fn chain(runtime: Runtime) -> [Guard; 3] {
+    let slow = Behaviour { delay_ms: 20, jitter_ms: 30, parallel: false };
+    let c = chains::chain_service(runtime, "svc-c", slow, &[]);
+    let b = chains::chain_service(runtime, "svc-b", Behaviour::default(), &[c.url("")]);
+    let a = chains::chain_service(runtime, "svc-a", Behaviour::default(), &[b.url("")]);
+    [a, b, c]
+}
+
+fn chain_spans(spans: &[ReceivedSpan]) -> Vec<ReceivedSpan> {
+    spans.iter().filter(|s| SERVICES.contains(&trace_check::service(s))).cloned().collect()
+}
+
+/// `GET /req/{n}` on A from each of `ns`, all at once (released together by a barrier), each on a
+/// connection of its own; returns each reply's status line.
+fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
+    let barrier = Barrier::new(ns.len());
+    std::thread::scope(|scope| {
+        let barrier = &barrier;
+        let threads: Vec<_> = ns
+            .into_iter()
+            .map(|n| {
+                scope.spawn(move || {
+                    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
+                    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let request = format!(
+                        "GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+                    );
+                    barrier.wait();
+                    conn.write_all(request.as_bytes()).expect("sending the request");
+                    let mut reply = Vec::new();
+                    let _ = conn.read_to_end(&mut reply);
+                    let reply = String::from_utf8_lossy(&reply);
+                    (n, reply.lines().next().unwrap_or("").to_owned())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a request thread")).collect()
+    })
+}
+
+/// A warm-up and sequential requests, then concurrent ones, through a chain in `runtime`: no span
+/// is parented by another request's span, and each sequential request is one whole trace.
+async fn no_cross_links_under_concurrent_requests(runtime: Runtime) {
+    let receiver = Receiver::start().await.unwrap();
+    let [a, _b, _c] = chain(runtime);
+    // Only the chain's processes: curl and this test's own requests are not traced, so A's SERVER
+    // span is each trace's root (as in tests/tests/traces.rs).
+    let (sonde, _) =
+        Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", runtime.exe_glob()]);
+
+    // Request 0 warms the chain up. A service's first call dials a new connection, and Go starts
+    // that connection's goroutines on whichever thread is free: one that never read the request,
+    // so its CLIENT span may go without a parent — no harm, and not what this test is about.
+    for n in 0..=SEQUENTIAL {
+        let reply = curl(&[&a.url(&format!("/req/{n}"))]);
+        assert!(reply.contains("200"), "/req/{n}: {reply}");
+    }
+    let port = a.port;
+    let ns: Vec<u32> = (SEQUENTIAL + 1..=SEQUENTIAL + CONCURRENT).collect();
+    let replies = tokio::task::spawn_blocking(move || concurrent_requests(port, ns)).await.unwrap();
+    for (n, status) in &replies {
+        assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
+    }
+
+    let expected = (1 + SEQUENTIAL + CONCURRENT) as usize * SPANS_PER_REQUEST;
+    receiver.wait_for(|s| chain_spans(s).len() >= expected, WAIT).await;
+    // Then a little longer, for any span still on its way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = chain_spans(&receiver.spans());
+
+    let report = LinkReport::of(&spans);
+    let broken: Vec<String> = (1..=SEQUENTIAL)
+        .filter_map(|n| trace_check::whole_chain_fault(&spans, &format!("/req/{n}"), &SERVICES))
+        .collect();
+    println!(
+        "{runtime:?} chain, 1 + {SEQUENTIAL} sequential then {CONCURRENT} concurrent requests:\n{report}"
+    );
+    println!(
+        "{runtime:?}: {} cross-links, {} misplaced, of {} spans; sequential requests not whole: {broken:?}",
+        report.cross_links.len(),
+        report.misplaced.len(),
+        spans.len(),
+    );
+    assert_eq!(report.wrong(), 0, "spans parented by another request's span, or out of place (table above)");
+    assert!(broken.is_empty(), "sequential requests are whole traces:\n{}", broken.join("\n"));
+    assert_eq!(spans.len(), expected, "{SPANS_PER_REQUEST} spans per request (table above)");
+    drop(sonde);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_chain_under_concurrent_requests_has_no_cross_links() {
+    no_cross_links_under_concurrent_requests(Runtime::Go).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_chain_under_concurrent_requests_has_no_cross_links() {
+    no_cross_links_under_concurrent_requests(Runtime::Node).await;
+}
