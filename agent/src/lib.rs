@@ -20,4 +20,5 @@ pub mod pipeline;
 pub mod probes;
 pub mod process;
 pub mod run;
+pub mod semconv;
 pub mod span;

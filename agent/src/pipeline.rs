@@ -17,7 +17,7 @@ use crate::{
     export::SpanSink,
     http::Exchange,
     intake::{self, DecodeError, Event},
-    link::{Linker, SpanContext},
+    link::{Linker, SharedThreads, SpanContext},
     metrics::Metrics,
     probes::{KernelConns, TlsNotice},
     process::ProcessCache,
@@ -39,6 +39,9 @@ pub struct PipelineStats {
     pub unsampled: AtomicU64,
     pub stitched: AtomicU64,
     pub in_process_parents: AtomicU64,
+    /// Client spans given no in-process parent, their process serving several requests on shared
+    /// threads, by `SharedThreads`.
+    pub unparented_shared: [AtomicU64; SharedThreads::COUNT],
     /// Exchanges of processes with their own SDK, left to it (`--sdk-processes skip`).
     pub sdk_skipped: AtomicU64,
     pub data_without_open: AtomicU64,
@@ -74,6 +77,9 @@ pub struct Pipeline {
     pending_notices: HashSet<TlsNotice>,
     /// Where every finished exchange is counted, sampled or not (None: no metrics wanted).
     metrics: Option<Metrics>,
+    /// Processes seen receiving OTLP/HTTP exports: collectors and the proxies in front of them,
+    /// whose own exports are forwarded ones, not an SDK's.
+    otlp_receivers: HashSet<u32>,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -121,6 +127,7 @@ impl Pipeline {
             tls_notices: None,
             pending_notices: HashSet::new(),
             metrics: None,
+            otlp_receivers: HashSet::new(),
         }
     }
 
@@ -160,6 +167,9 @@ impl Pipeline {
     /// (its own `traceparent` headers link what it calls).
     fn link_started(&mut self) {
         for (conn, request) in self.conns.take_started() {
+            if request.otlp_export && request.direction == sonde_common::Direction::Ingress {
+                self.otlp_receivers.insert(conn.pid);
+            }
             if !left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 self.linker.started(&conn, &request);
             }
@@ -169,7 +179,9 @@ impl Pipeline {
     fn emit(&mut self) {
         let now = Instant::now();
         for Finished { conn, exchange } in self.finished.drain(..) {
-            if exports_traces(&exchange) {
+            // A process that also receives OTLP (a collector, a proxy in front of one) forwards
+            // what it got: only one that sends without receiving has an SDK of its own.
+            if exports_traces(&exchange) && !self.otlp_receivers.contains(&conn.pid) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
             }
             // Taken in any case: a process marked mid-request leaves nothing behind in the linker.
@@ -218,6 +230,7 @@ impl Pipeline {
             return;
         }
         self.linker.process_exited(pid);
+        self.otlp_receivers.remove(&pid);
         self.conns.process_exited(pid, &mut self.finished);
         // Its last exchanges are assembled while its resource is still cached.
         self.emit();
@@ -266,6 +279,9 @@ impl Pipeline {
         self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
         self.stats.stitched.store(l.stitched, Ordering::Relaxed);
         self.stats.in_process_parents.store(l.in_process, Ordering::Relaxed);
+        for (counter, value) in self.stats.unparented_shared.iter().zip(l.unparented_shared) {
+            counter.store(value, Ordering::Relaxed);
+        }
         self.stats.sdk_skipped.store(self.sdk_skipped, Ordering::Relaxed);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
@@ -287,6 +303,9 @@ impl intake::Sink for Pipeline {
                 if selected {
                     // Read /proc now, while the process most likely exists (it may be short-lived).
                     self.processes.observe(info.pid, comm, started);
+                    if self.processes.runs_goroutines(info.pid) {
+                        self.linker.threads_shared(info.pid, SharedThreads::GoRuntime);
+                    }
                 }
                 self.conns.open(&open, selected, &mut self.finished);
             }
@@ -371,12 +390,12 @@ fn left_to_sdk(mode: SdkProcesses, processes: &mut ProcessCache, pid: u32) -> bo
     mode == SdkProcesses::Skip && processes.has_own_sdk(pid)
 }
 
-/// An OTLP/HTTP trace export (`POST …/v1/traces`): the process sending it has an SDK of its own.
+/// An OTLP/HTTP trace export (`POST …/v1/traces`) sent by this process.
 fn exports_traces(exchange: &Exchange) -> bool {
     let request = &exchange.request.head;
     exchange.request_direction == sonde_common::Direction::Egress
         && request.method == "POST"
-        && request.target.split('?').next().is_some_and(|path| path.ends_with("/v1/traces"))
+        && crate::semconv::Target::parse(&request.target).path.ends_with("/v1/traces")
 }
 
 /// The NUL-padded `comm` of a kernel event as text (None when empty or not UTF-8).

@@ -17,6 +17,9 @@ pub const PID_LIMIT: u32 = 4 * 1024 * 1024;
 pub const PID_BITMAP_WORDS: u32 = PID_LIMIT / 64;
 /// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied (bounded loop).
 pub const MAX_IOVECS: u32 = 8;
+/// Socket address families (`include/linux/socket.h`), as the kernel reports them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 
 /// Map names, shared so the agent looks up exactly what the programs define.
 pub mod maps {
@@ -32,6 +35,8 @@ pub mod maps {
     pub const TLS_SOCKETS: &str = "TLS_SOCKETS";
     pub const TLS_PIDS: &str = "TLS_PIDS";
     pub const TLS_EXCLUDED: &str = "TLS_EXCLUDED";
+    pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
+    pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.
@@ -58,6 +63,11 @@ pub mod globals {
     /// kernel's BTF at load time (0: unknown, and `ConnEvent::start_ns` stays 0).
     pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     pub const OFF_TASK_START_BOOTTIME: &str = "OFF_TASK_START_BOOTTIME";
+    /// Offsets of `sport` and `saddr_v6` in the `sock:inet_sock_set_state` record, read from the
+    /// tracepoint's format file at load time (0: unknown, and sonde's own connections are not
+    /// recognised at their other end).
+    pub const OFF_STATE_SPORT: &str = "OFF_STATE_SPORT";
+    pub const OFF_STATE_SADDR_V6: &str = "OFF_STATE_SADDR_V6";
 }
 
 /// Which kind of event follows the header.
@@ -280,6 +290,19 @@ pub struct ConnState {
     /// 1 once TLS calls were seen on this connection: its ciphertext is no longer sent (the
     /// plaintext comes from the TLS library's hooks).
     pub tls: u8,
+    /// 1 when the other end is one of sonde's own sockets (an export to a collector on this host):
+    /// nothing of the connection is sent, ever.
+    pub peer_is_agent: u8,
+    pub _pad: u8,
+}
+
+/// An address and port as the other end of a connection sees them: IPv4 as IPv4-mapped IPv6
+/// (`::ffff:a.b.c.d`), the port in host order. Key of `AGENT_ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
     pub _pad: [u8; 2],
 }
 
@@ -338,6 +361,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for ActiveIo {}
     unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for TlsCall {}
     unsafe impl aya::Pod for TlsKey {}
 }
@@ -357,6 +381,7 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
         assert_eq!(size_of::<ConnState>(), 16);
+        assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);
     }

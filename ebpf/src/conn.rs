@@ -5,17 +5,17 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     bpf_probe_read_kernel_buf,
 };
-use sonde_common::{CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key};
+use sonde_common::{
+    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key,
+};
 
 use crate::{
     emit,
     maps::{
         CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, global_u32,
     },
+    own,
 };
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 // `struct sock_common` starts with these fields in every kernel since 3.x (their order is part of
 // the hash-table lookup fast path), so their offsets need no BTF: skc_daddr, skc_rcv_saddr,
@@ -58,7 +58,7 @@ fn remember_role(tgid: u32, fd: i64, role: Role) {
     if fd < 0 {
         return;
     }
-    let state = ConnState { sock: 0, seq: 0, role: role as u8, tls: 0, _pad: [0; 2] };
+    let state = ConnState { sock: 0, seq: 0, role: role as u8, tls: 0, peer_is_agent: 0, _pad: 0 };
     // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
     let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
 }
@@ -73,7 +73,8 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     let Some(state) = (unsafe { CONNS.get(&key) }) else {
         return;
     };
-    let (tracked, last_seq) = (state.sock != 0, state.seq);
+    // A connection to sonde itself was never announced: nothing to close.
+    let (tracked, last_seq) = (state.sock != 0 && state.peer_is_agent == 0, state.seq);
     let _ = CONNS.remove(&key);
     if tracked {
         let event = CloseEvent {
@@ -121,6 +122,9 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     let role = match CONNS.get_ptr_mut(&key) {
         Some(state) => unsafe {
             if (*state).sock == sock {
+                if (*state).peer_is_agent != 0 {
+                    return Outcome::Skip;
+                }
                 if tls {
                     let was = (*state).tls;
                     (*state).tls = 1;
@@ -160,12 +164,19 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
         start_ns: process_start_ns(),
     };
     read_addresses(sock, family, &mut event);
+    if own::peer_is_agent(family, &event.remote_addr, event.remote_port) {
+        // sonde's own export (or API call): remembered, so that its later data costs one lookup,
+        // and never announced.
+        let state = ConnState { sock, seq: 0, role: role as u8, tls: 0, peer_is_agent: 1, _pad: 0 };
+        let _ = CONNS.insert(&key, &state, 0);
+        return Outcome::Skip;
+    }
     if !emit::output(&event) {
         return Outcome::Skip;
     }
     // A TLS connection's first plaintext event gets number 1.
     let seq = if tls { 0 } else { 1 };
-    let state = ConnState { sock, seq, role: role as u8, tls: tls as u8, _pad: [0; 2] };
+    let state = ConnState { sock, seq, role: role as u8, tls: tls as u8, peer_is_agent: 0, _pad: 0 };
     let _ = CONNS.insert(&key, &state, 0);
     if tls { Outcome::BecameTls } else { Outcome::Send(seq) }
 }
@@ -177,7 +188,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
 pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
     let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
     unsafe {
-        if (*state).sock == 0 {
+        if (*state).sock == 0 || (*state).peer_is_agent != 0 {
             return None;
         }
         (*state).tls = 1;

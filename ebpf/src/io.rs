@@ -13,7 +13,8 @@ use aya_ebpf::helpers::{
     bpf_probe_read_user_buf,
 };
 use sonde_common::{
-    ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf, MAX_CAPTURE, MAX_IOVECS,
+    AF_INET, AF_INET6, ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf,
+    MAX_CAPTURE, MAX_IOVECS,
 };
 
 use crate::{
@@ -24,8 +25,6 @@ use crate::{
 };
 
 const IPPROTO_TCP: u16 = 6;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const MSG_PEEK: i32 = 2;
 /// TCP discards the data of a MSG_TRUNC read and only returns its length.
 const MSG_TRUNC: i32 = 0x20;

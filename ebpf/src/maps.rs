@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, MAX_CAPTURE, TlsCall, TlsKey};
+use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, MAX_CAPTURE, TlsCall, TlsKey};
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
 /// live entries long before the map is full — an in-flight syscall would vanish without a trace.
@@ -63,6 +63,17 @@ pub static TLS_PIDS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static TLS_EXCLUDED: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Kernel address of each TCP socket sonde itself connected → its local endpoint once established
+/// (see `own.rs`). Not LRU: an entry evicted while its connection lives would let the other end's
+/// traffic be traced; sonde holds a handful of connections, and each entry goes at its close.
+#[map]
+pub static AGENT_SOCKS: HashMap<u64, Endpoint> = HashMap::with_max_entries(4096, 0);
+
+/// The local endpoints of sonde's own established connections: a connection whose peer is one of
+/// them is never traced.
+#[map]
+pub static AGENT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4096, 0);
+
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value
 /// may be, so it is an array indexed by CPU id; `max_entries` is set to the CPU count at load.
@@ -98,6 +109,10 @@ pub static OFF_EXIT_GROUP_DEAD: u32 = 0;
 pub static OFF_TASK_GROUP_LEADER: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TASK_START_BOOTTIME: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_STATE_SPORT: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_STATE_SADDR_V6: u32 = 0;
 
 #[inline(always)]
 pub fn global_u32(g: &u32) -> u32 {

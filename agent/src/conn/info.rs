@@ -2,10 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sonde_common::{ConnEvent, Role};
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use sonde_common::{AF_INET, AF_INET6, ConnEvent, Role};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnInfo {

@@ -158,7 +158,7 @@ impl ConnTable {
             // may pair the wrong request and response. Start over; it resyncs at the next message.
             self.stats.sequence_gaps += 1;
             // Learning mode, not a fresh connection: the next chunk may well be mid-message.
-            conn.http = HttpConnection::new(None, Limits::default());
+            conn.http.restart(None, Limits::default());
         }
         conn.next_seq = event.seq.wrapping_add(1);
         match (event.tls != 0, conn.info.tls) {
@@ -167,7 +167,7 @@ impl ConnTable {
                 // made of ciphertext that reached us first (a handshake made before the library
                 // was hooked) is void.
                 conn.info.tls = true;
-                conn.http = HttpConnection::new(requests_from(conn.info.role), Limits::default());
+                conn.http.restart(requests_from(conn.info.role), Limits::default());
                 conn.ignored = !conn.selected;
             }
             // Ciphertext of a TLS connection, sent before the kernel knew: parsed once, as plaintext.

@@ -91,6 +91,25 @@ fn a_sequence_gap_drops_what_the_parser_held() {
     assert_eq!(out.len(), 1);
 }
 
+/// Requests are known elsewhere (the linker) by connection and ordinal: a request read after a
+/// gap must not get the ordinal of one read before it, which may still be in flight.
+#[test]
+fn request_ordinals_never_restart_on_a_connection() {
+    let mut table = ConnTable::default();
+    let mut out = Vec::new();
+    let mut ordinals = Vec::new();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data(&mut table, 5, 1, Direction::Ingress, REQUEST, &mut out);
+    ordinals.extend(table.take_started().map(|(_, s)| s.ordinal));
+    // Events 2 and 3 were dropped: the parser starts over, with /a still unanswered.
+    data(&mut table, 5, 4, Direction::Ingress, REQUEST, &mut out);
+    ordinals.extend(table.take_started().map(|(_, s)| s.ordinal));
+    // The TLS hooks take the connection over: the parser starts over once more.
+    data_from(&mut table, 5, 5, Direction::Ingress, REQUEST, true, &mut out);
+    ordinals.extend(table.take_started().map(|(_, s)| s.ordinal));
+    assert_eq!(ordinals, [0, 1, 2]);
+}
+
 #[test]
 fn a_repeated_open_of_the_same_socket_keeps_the_parser() {
     let mut table = ConnTable::default();

@@ -56,6 +56,16 @@ impl HttpConnection {
         }
     }
 
+    /// Starts over, as `new` would, after bytes of the connection were lost or when the TLS hooks
+    /// take it over: what the parser held is dropped. Request ordinals go on from where they were,
+    /// so that an ordinal names one request for the connection's whole life, and a request keyed by
+    /// it elsewhere (the linker) is never mistaken for one read after the restart.
+    pub fn restart(&mut self, requests_from: Option<Direction>, limits: Limits) {
+        let next = self.pairing.next_ordinal();
+        *self = Self::new(requests_from, limits);
+        self.pairing.continue_ordinals_from(next);
+    }
+
     /// One read (Ingress) or write (Egress) of the traced process. Exchanges completed by it are
     /// appended to `out`.
     pub fn feed(&mut self, direction: Direction, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {

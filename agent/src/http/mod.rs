@@ -19,6 +19,7 @@ mod connection;
 mod head;
 mod pairing;
 mod stream;
+mod target;
 pub mod traceparent;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 
 pub use connection::HttpConnection;
 pub use sonde_common::Direction;
+pub use target::Target;
 
 /// What one read or write syscall moved on a connection.
 #[derive(Clone, Copy, Debug)]
@@ -112,9 +114,18 @@ pub struct Started {
     pub traceparent: Option<String>,
     /// Only meaningful with a valid `traceparent` (W3C: otherwise it is ignored too).
     pub tracestate: Option<String>,
+    /// An OTLP/HTTP export (`POST …/v1/traces`, `/v1/metrics` or `/v1/logs`).
+    pub otlp_export: bool,
 }
 
 impl Started {
+    /// Whether `head` is an OTLP/HTTP export: a process receiving those is a collector or a proxy
+    /// in front of one, a process only sending them runs an SDK of its own.
+    pub fn is_otlp_export(head: &RequestHead) -> bool {
+        let path = Target::parse(&head.target).path;
+        head.method == "POST" && ["/v1/traces", "/v1/metrics", "/v1/logs"].iter().any(|p| path.ends_with(p))
+    }
+
     pub fn fingerprint_of(head: &RequestHead) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

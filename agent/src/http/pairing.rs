@@ -110,6 +110,15 @@ impl Pairing {
         &mut self.stats
     }
 
+    /// The ordinal the next request head gets.
+    pub(super) fn next_ordinal(&self) -> u32 {
+        self.heads
+    }
+
+    pub(super) fn continue_ordinals_from(&mut self, next: u32) {
+        self.heads = next;
+    }
+
     pub(super) fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -285,6 +294,7 @@ impl<'a> Sink<'a> {
                     fingerprint: Started::fingerprint_of(&head),
                     traceparent: head.traceparent.clone(),
                     tracestate: head.traceparent.as_ref().and(head.tracestate.clone()),
+                    otlp_export: Started::is_otlp_export(&head),
                 });
                 p.push_request(Pending {
                     head: Some(head),

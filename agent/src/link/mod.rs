@@ -10,10 +10,15 @@
 //! 3. none: it starts a trace.
 //!
 //! A CLIENT span's parent, in this order:
-//! 1. the server request that the same thread most recently read and has not answered yet — or,
-//!    for a thread started while another handled a request, that request — right for
-//!    thread-per-request servers and workers spawned per request, a best guess for event loops and
-//!    pools (see docs/how-it-works.md);
+//! 1. the server request the process is working on, when that is certain:
+//!    - in a process whose threads each serve one request at a time, the request the writing
+//!      thread most recently read and has not answered yet — or, for a thread started while another
+//!      handled a request, that request: right for thread-per-request servers and workers spawned
+//!      per request;
+//!    - in a process whose threads are shared by requests ([`SharedThreads`]: a Go program, an
+//!      event loop), the thread says nothing: only while the process serves exactly one request is
+//!      that request the parent. With several at once the span gets no in-process parent (counted in
+//!      `LinkStats::unparented_shared`): a wrong parent would join two requests' traces;
 //! 2. the `traceparent` the process wrote into the request itself: the header names the caller's
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
 //! 3. none: it starts a trace.
@@ -22,7 +27,7 @@ mod stitch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sonde_common::Direction;
 
@@ -79,6 +84,34 @@ pub struct LinkStats {
     pub expired: u64,
     /// Threads started while their parent handled a request, and so working for it.
     pub spawned_workers: u64,
+    /// Client spans left without an in-process parent because their process, whose threads are
+    /// shared by requests, was serving several at once, by why its threads are shared
+    /// (`SharedThreads as usize`).
+    pub unparented_shared: [u64; SharedThreads::COUNT],
+}
+
+/// Why a process's threads cannot each be tied to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedThreads {
+    /// A Go program: goroutines move between threads, and `net/http` writes a request from a
+    /// goroutine of its own.
+    GoRuntime = 0,
+    /// A thread read a request while one it had read before was still unanswered: an event loop,
+    /// or a thread that hands requests over to others.
+    EventLoop = 1,
+}
+
+impl SharedThreads {
+    pub const COUNT: usize = 2;
+    pub const ALL: [SharedThreads; Self::COUNT] = [SharedThreads::GoRuntime, SharedThreads::EventLoop];
+
+    /// As a label value of sonde's own metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedThreads::GoRuntime => "go_runtime",
+            SharedThreads::EventLoop => "event_loop",
+        }
+    }
 }
 
 /// A request, by connection and position on it.
@@ -116,6 +149,10 @@ pub struct Linker {
     requests: HashMap<RequestKey, InProgress>,
     /// (pid, tid) → the server request that thread most recently read and has not answered.
     handling: HashMap<(u32, u32), RequestKey>,
+    /// pid → its server requests in progress (those of `requests`).
+    serving: HashMap<u32, HashSet<RequestKey>>,
+    /// Processes whose threads are shared by requests, and how that was learnt.
+    shared: HashMap<u32, SharedThreads>,
     stitcher: Stitcher,
     stats: LinkStats,
 }
@@ -158,7 +195,14 @@ impl Linker {
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
                 self.try_stitch(&mut request);
                 self.requests.insert(key, request);
-                self.handling.insert((conn.pid, started.tid), key);
+                self.serving.entry(conn.pid).or_default().insert(key);
+                if let Some(previous) = self.handling.insert((conn.pid, started.tid), key)
+                    && self.requests.contains_key(&previous)
+                {
+                    // This thread still owes an answer to the request it read before: it does not
+                    // serve one request at a time.
+                    self.threads_shared(conn.pid, SharedThreads::EventLoop);
+                }
             }
             Direction::Egress => {
                 let lineage = self.client_lineage(conn.pid, started);
@@ -211,6 +255,10 @@ impl Linker {
     /// server request, the new thread works for that request (until it reads one of its own): the
     /// calls it makes are that request's children.
     pub fn spawned(&mut self, pid: u32, parent_tid: u32, child_tid: u32) {
+        if self.shared.contains_key(&pid) {
+            // A Go runtime starts threads for itself, whatever goroutine runs on the parent.
+            return;
+        }
         if let Some(&key) = self.handling.get(&(pid, parent_tid)) {
             self.stats.spawned_workers += 1;
             self.handling.entry((pid, child_tid)).or_insert(key);
@@ -222,6 +270,9 @@ impl Linker {
     pub fn finished(&mut self, conn: &ConnInfo, exchange: &Exchange) -> Option<SpanContext> {
         let key = (conn.id, exchange.request.ordinal);
         let mut request = self.requests.remove(&key)?;
+        if request.direction == Direction::Ingress {
+            self.stop_serving(request.pid, &key);
+        }
         if request.direction != exchange.request_direction {
             return None;
         }
@@ -249,6 +300,32 @@ impl Linker {
     /// A process exited: nothing of it may parent the calls of a process that gets its pid later.
     pub fn process_exited(&mut self, pid: u32) {
         self.handling.retain(|&(p, _), _| p != pid);
+        self.shared.remove(&pid);
+    }
+
+    /// `pid`'s threads are shared by requests (see [`SharedThreads`]); the first reason learnt
+    /// stays.
+    pub fn threads_shared(&mut self, pid: u32, why: SharedThreads) {
+        self.shared.entry(pid).or_insert(why);
+    }
+
+    fn stop_serving(&mut self, pid: u32, key: &RequestKey) {
+        if let Some(keys) = self.serving.get_mut(&pid) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.serving.remove(&pid);
+            }
+        }
+    }
+
+    /// `serving` and `handling` after requests were dropped in bulk.
+    fn forget_dropped_requests(&mut self) {
+        let requests = &self.requests;
+        self.handling.retain(|_, key| requests.contains_key(key));
+        self.serving.retain(|_, keys| {
+            keys.retain(|key| requests.contains_key(key));
+            !keys.is_empty()
+        });
     }
 
     /// Periodic upkeep at monotonic time `now_ns`: requests that never ended, stale client records.
@@ -256,8 +333,7 @@ impl Linker {
         let before = self.requests.len();
         self.requests.retain(|_, r| now_ns.saturating_sub(r.start_ns) < REQUEST_TTL_NS);
         self.stats.expired += (before - self.requests.len()) as u64;
-        let requests = &self.requests;
-        self.handling.retain(|_, key| requests.contains_key(key));
+        self.forget_dropped_requests();
         self.stitcher.sweep(now_ns);
     }
 
@@ -268,12 +344,27 @@ impl Linker {
         let before = self.requests.len();
         self.requests.retain(|_, r| r.start_ns > cutoff);
         self.stats.expired += (before - self.requests.len()) as u64;
-        let requests = &self.requests;
-        self.handling.retain(|_, key| requests.contains_key(key));
+        self.forget_dropped_requests();
+    }
+
+    /// The server request a client request of `pid`, written by thread `tid`, is certainly made
+    /// for (see the module doc); None when there is none or it cannot be known.
+    fn working_for(&mut self, pid: u32, tid: u32) -> Option<RequestKey> {
+        let Some(&why) = self.shared.get(&pid) else {
+            return self.handling.get(&(pid, tid)).copied();
+        };
+        match self.serving.get(&pid) {
+            Some(keys) if keys.len() == 1 => keys.iter().next().copied(),
+            Some(_) => {
+                self.stats.unparented_shared[why as usize] += 1;
+                None
+            }
+            None => None,
+        }
     }
 
     fn client_lineage(&mut self, pid: u32, started: &Started) -> ClientParent {
-        if let Some(key) = self.handling.get(&(pid, started.tid)).copied()
+        if let Some(key) = self.working_for(pid, started.tid)
             && let Some(mut server) = self.requests.remove(&key)
         {
             self.resolve(&mut server);

@@ -32,6 +32,7 @@ fn started(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Sta
         fingerprint: Started::fingerprint_of(h),
         traceparent: h.traceparent.clone(),
         tracestate: h.traceparent.as_ref().and(h.tracestate.clone()),
+        otlp_export: Started::is_otlp_export(h),
     }
 }
 
@@ -270,4 +271,65 @@ fn a_thread_started_while_handling_a_request_works_for_it() {
     assert_eq!(later.parent_span_id, None);
     linker.started(&back, &started(Direction::Egress, 2, 99, &h));
     assert_eq!(linker.finished(&back, &exchange(Direction::Egress, 2, 99, &h)).unwrap().parent_span_id, None);
+}
+
+/// An event loop reads a second request before answering the first: its next call may be made
+/// for either, so it gets no in-process parent — not the request read last (measured: Node.js and
+/// Go services cross-linked traces that way under concurrent requests).
+#[test]
+fn a_thread_serving_two_requests_at_once_parents_no_call() {
+    let front_a = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let front_b = conn(2, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
+    let back = conn(3, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let (ha, hb, hc) = (head("/a", None), head("/b", None), head("/c", None));
+    let mut linker = Linker::default();
+
+    linker.started(&front_a, &started(Direction::Ingress, 0, 11, &ha));
+    linker.started(&front_b, &started(Direction::Ingress, 0, 11, &hb));
+    linker.started(&back, &started(Direction::Egress, 0, 11, &hc));
+    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &hc)).unwrap();
+    assert_eq!(call.parent_span_id, None, "made for /a or /b: nobody can tell");
+    assert_eq!(linker.stats().unparented_shared[SharedThreads::EventLoop as usize], 1);
+
+    // With one request left in progress, the process can only be working for it.
+    let a = linker.finished(&front_a, &exchange(Direction::Ingress, 0, 11, &ha)).unwrap();
+    linker.started(&back, &started(Direction::Egress, 1, 11, &hc));
+    let call = linker.finished(&back, &exchange(Direction::Egress, 1, 11, &hc)).unwrap();
+    let b = linker.finished(&front_b, &exchange(Direction::Ingress, 0, 11, &hb)).unwrap();
+    assert_eq!(call.parent_span_id, Some(b.span_id));
+    assert_eq!(call.trace_id, b.trace_id);
+    assert_ne!(a.trace_id, b.trace_id);
+    assert!(linker.serving.is_empty());
+}
+
+/// In a Go program the thread that writes a call is any thread: a request read by thread 11 and
+/// one read by thread 12, then a call written by thread 12, may well be the first request's.
+#[test]
+fn a_go_program_parents_calls_only_while_it_serves_one_request() {
+    let front_a = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40000");
+    let front_b = conn(2, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:40002");
+    let back = conn(3, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let (ha, hb, hc) = (head("/a", None), head("/b", None), head("/c", None));
+    let mut linker = Linker::default();
+    linker.threads_shared(10, SharedThreads::GoRuntime);
+
+    // One request at a time: its calls are its own, whichever thread writes them.
+    linker.started(&front_a, &started(Direction::Ingress, 0, 11, &ha));
+    linker.started(&back, &started(Direction::Egress, 0, 13, &hc));
+    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 13, &hc)).unwrap();
+    let a = linker.finished(&front_a, &exchange(Direction::Ingress, 0, 11, &ha)).unwrap();
+    assert_eq!(call.parent_span_id, Some(a.span_id));
+
+    // Two at once, each read by its own thread: the writing thread says nothing.
+    linker.started(&front_a, &started(Direction::Ingress, 1, 11, &ha));
+    linker.started(&front_b, &started(Direction::Ingress, 0, 12, &hb));
+    linker.spawned(10, 12, 14);
+    linker.started(&back, &started(Direction::Egress, 1, 12, &hc));
+    linker.started(&back, &started(Direction::Egress, 2, 14, &hc));
+    for ordinal in [1, 2] {
+        let call = linker.finished(&back, &exchange(Direction::Egress, ordinal, 12, &hc)).unwrap();
+        assert_eq!(call.parent_span_id, None);
+    }
+    assert_eq!(linker.stats().unparented_shared[SharedThreads::GoRuntime as usize], 2);
+    assert_eq!(linker.stats().spawned_workers, 0, "the runtime's threads work for nobody");
 }

@@ -6,8 +6,9 @@ use sonde_common::Direction;
 use crate::{
     conn::ConnInfo,
     http::Exchange,
+    semconv::Target,
     span::{
-        assemble::{AddressTexts, is_error_status, normalize_method, scheme, server_endpoint, split_target},
+        assemble::{AddressTexts, is_error_status, normalize_method, scheme, server_endpoint},
         model::{SpanKind, Text},
     },
 };
@@ -50,7 +51,7 @@ impl<'a> Observation<'a> {
                 SpanKind::Client => server_endpoint(request, conn.remote, addresses),
                 SpanKind::Server => None,
             },
-            path: split_target(&request.target).0,
+            path: Target::parse(&request.target).path,
             duration_s: end.saturating_sub(start) as f64 / 1e9,
         }
     }

@@ -107,6 +107,15 @@ impl OwnSources {
             t,
             load(&p.client_spans),
         );
+        let mut unparented = Metric::counter(
+            "sonde.spans.unparented",
+            "Client spans given no in-process parent: their process, whose threads are shared by \
+             requests, was serving several at once (by why its threads count as shared).",
+            "{span}",
+        );
+        for (counter, why) in p.unparented_shared.iter().zip(crate::link::SharedThreads::ALL) {
+            unparented.push(reason(why.as_str()), t, load(counter));
+        }
         let mut unsampled = Metric::counter(
             "sonde.spans.unsampled",
             "Exchanges whose trace the caller marked as not sampled (counted in metrics, no span).",
@@ -182,6 +191,7 @@ impl OwnSources {
             parse,
             conns,
             spans,
+            unparented,
             unsampled,
             exported,
             dropped,

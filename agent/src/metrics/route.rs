@@ -201,14 +201,7 @@ impl FromStr for RoutePattern {
 
 /// The non-empty segments of a request target's path.
 fn segments(target: &str) -> impl Iterator<Item = &str> {
-    let mut path = &target[..target.find(['?', '#']).unwrap_or(target.len())];
-    if !path.starts_with('/')
-        && let Some(i) = path.find("://")
-    {
-        let rest = &path[i + 3..];
-        path = rest.find('/').map_or("", |j| &rest[j..]);
-    }
-    path.split('/').filter(|s| !s.is_empty())
+    crate::semconv::Target::parse(target).path.split('/').filter(|s| !s.is_empty())
 }
 
 fn is_uuid(b: &[u8]) -> bool {

@@ -127,6 +127,22 @@ pub fn attach_exits(ebpf: &mut Ebpf, programs: Programs) {
     }
 }
 
+/// sonde's own connections (`sock:inet_sock_set_state`), so that their other end is not traced: a
+/// collector on this host would otherwise get a span for every export, which sonde would export in
+/// the next one (`ebpf/src/own.rs`). Optional — logged when unavailable.
+pub fn attach_own_connections(ebpf: &mut Ebpf, programs: Programs) {
+    let program = match programs {
+        Programs::Sonde => "inet_sock_set_state",
+        Programs::NullProbe => return,
+    };
+    if let Err(e) = attach_tracepoint(ebpf, program, "sock", "inet_sock_set_state") {
+        tracing::warn!(
+            error = %e,
+            "sonde's own connections are not recognised: a collector on this host that sonde exports to gets spans of sonde's exports"
+        );
+    }
+}
+
 /// The tracepoint the TLS hooks need besides the library's: executable file mappings
 /// (`syscalls:sys_enter_mmap`, for libraries loaded after start-up). Optional, logged when
 /// unavailable.

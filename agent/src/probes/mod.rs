@@ -141,6 +141,10 @@ impl Probes {
             prereq::tracepoint_field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
         let exit_group_dead_offset =
             prereq::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
+        let state_sport_offset =
+            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "sport").unwrap_or(0);
+        let state_saddr_offset =
+            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "saddr_v6").unwrap_or(0);
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
         let filter_pids: u32 = (!options.pids.is_empty()).into();
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
@@ -157,6 +161,8 @@ impl Probes {
             .override_global(globals::OFF_EXIT_GROUP_DEAD, &exit_group_dead_offset, true)
             .override_global(globals::OFF_TASK_GROUP_LEADER, &task.group_leader, true)
             .override_global(globals::OFF_TASK_START_BOOTTIME, &task.start_boottime, true)
+            .override_global(globals::OFF_STATE_SPORT, &state_sport_offset, true)
+            .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
             .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
@@ -185,6 +191,13 @@ impl Probes {
             );
         }
         attach::attach_exits(&mut ebpf, options.programs);
+        if state_sport_offset != 0 && state_saddr_offset != 0 {
+            attach::attach_own_connections(&mut ebpf, options.programs);
+        } else {
+            tracing::warn!(
+                "sock:inet_sock_set_state is missing or has no sport/saddr_v6: a collector on this host that sonde exports to gets spans of sonde's exports"
+            );
+        }
         let tls = match &options.tls {
             Some(tls_options) => {
                 let excluded = if tls_excludes {

@@ -114,7 +114,8 @@ fn format_field_offset(format: &str, field: &str) -> Option<u32> {
         let mut parts = line.trim().split(';');
         let declaration = parts.next()?.strip_prefix("field:")?;
         let declared = declaration.rsplit([' ', '*']).next()?;
-        if declared != field {
+        // An array is declared with its length: `__u8 saddr_v6[16]`.
+        if declared.split('[').next() != Some(field) {
             return None;
         }
         parts.find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
@@ -143,5 +144,9 @@ mod tests {
         assert_eq!(format_field_offset(old, "child_pid"), Some(44));
         assert_eq!(format_field_offset(old, "parent_pid"), Some(24));
         assert_eq!(format_field_offset(new, "nope"), None);
+        let state = "\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;\n\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n";
+        assert_eq!(format_field_offset(state, "saddr_v6"), Some(40));
+        assert_eq!(format_field_offset(state, "saddr"), Some(32));
+        assert_eq!(format_field_offset(state, "sport"), Some(24));
     }
 }

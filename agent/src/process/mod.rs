@@ -19,6 +19,7 @@ use crate::{
 mod container;
 mod otel_env;
 mod procfs;
+mod runtime;
 
 pub use procfs::{ProcInfo, read as read_info};
 
@@ -184,6 +185,14 @@ impl ProcessCache {
         match self.entries.get(&pid) {
             Some(e) => e.info.own_sdk.is_some(),
             None => self.entry(pid, None, 0).info.own_sdk.is_some(),
+        }
+    }
+
+    /// Whether `pid` is a Go program, whose threads goroutines share (per request: cached).
+    pub fn runs_goroutines(&mut self, pid: u32) -> bool {
+        match self.entries.get(&pid) {
+            Some(e) => e.info.go_runtime,
+            None => self.entry(pid, None, 0).info.go_runtime,
         }
     }
 

@@ -13,6 +13,8 @@ pub struct ProcInfo {
     pub container_id: Option<String>,
     /// Why the process looks like it runs an OpenTelemetry SDK of its own (see [`own_sdk`]).
     pub own_sdk: Option<String>,
+    /// A Go program: its threads are shared by goroutines (see `runtime::is_go`).
+    pub go_runtime: bool,
 }
 
 impl ProcInfo {
@@ -62,6 +64,9 @@ pub fn read(pid: u32, comm: Option<&str>) -> ProcInfo {
         .map(|v| super::otel_env::resource_attributes(&v))
         .unwrap_or_default();
     let own_sdk = own_sdk(command_line.as_deref(), &environ);
+    // Through /proc: the executable of a process in another mount namespace too.
+    let go_runtime =
+        exe_path.is_some() && super::runtime::is_go(std::path::Path::new(&format!("/proc/{pid}/exe")));
     ProcInfo {
         exe_name,
         exe_path,
@@ -70,6 +75,7 @@ pub fn read(pid: u32, comm: Option<&str>) -> ProcInfo {
         env_resource_attributes,
         container_id: super::container::read(pid),
         own_sdk,
+        go_runtime,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     conn::ConnInfo,
     http::{Exchange, RequestHead},
     link::SpanContext,
+    semconv::Target,
 };
 
 /// Attribute values longer than this are cut (a 1 MiB URL must not become a 1 MiB attribute).
@@ -150,10 +151,10 @@ impl Assembler {
     /// What a server knows: the path it served, who asked, and under which name it was reached.
     fn server_attributes(&mut self, exchange: &Exchange, conn: &ConnInfo, attributes: &mut Vec<KeyValue>) {
         let request = &exchange.request.head;
-        let (path, query) = split_target(&request.target);
-        attributes.push(KeyValue::str("url.path", capped(path)));
+        let target = Target::parse(&request.target);
+        attributes.push(KeyValue::str("url.path", capped(target.path)));
         if self.options.capture_query
-            && let Some(q) = query
+            && let Some(q) = target.query
         {
             attributes.push(KeyValue::str("url.query", capped(q)));
         }
@@ -293,25 +294,6 @@ fn split_host(value: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// (path, query) of a request-target in origin form (`/a?b`) or absolute form (`http://h/a?b`).
-pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
-    let without_fragment = target.split('#').next().unwrap_or("");
-    // Only a target that does not start with '/' can be absolute: `/login?next=http://x/a` is a
-    // path with a query, whatever its query holds.
-    let absolute = if without_fragment.starts_with('/') { None } else { without_fragment.find("://") };
-    let origin = match absolute {
-        Some(i) => {
-            let after = &without_fragment[i + 3..];
-            after.find('/').map_or("/", |p| &after[p..])
-        }
-        None => without_fragment,
-    };
-    match origin.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (origin, None),
-    }
-}
-
 fn capped(value: &str) -> String {
     if value.len() <= MAX_ATTRIBUTE_BYTES {
         return value.to_owned();
@@ -329,21 +311,28 @@ pub(crate) fn scheme(conn: &ConnInfo) -> &'static str {
 }
 
 /// `url.full` of a client request: the scheme, the Host header (else the peer), the path, and the
-/// query only when asked for. An absolute-form target (a request to a proxy) is the URL itself.
+/// query only when asked for. An absolute-form target (a request to a proxy) names its own scheme
+/// and authority.
 fn full_url(request: &RequestHead, scheme: &str, peer: Option<SocketAddr>, with_query: bool) -> String {
-    let target = request.target.split('#').next().unwrap_or("");
-    let target = if with_query { target } else { target.split('?').next().unwrap_or("") };
-    if target.contains("://") {
-        return target.to_owned();
-    }
-    let authority = match (request.host.as_deref().map(str::trim).filter(|h| !h.is_empty()), peer) {
-        (Some(host), _) => host.to_owned(),
-        (None, Some(SocketAddr::V6(v6))) => format!("[{}]:{}", v6.ip(), v6.port()),
-        (None, Some(peer)) => peer.to_string(),
-        (None, None) => String::new(),
+    let target = Target::parse(&request.target);
+    let origin = match target.origin {
+        Some(origin) => origin.to_owned(),
+        None => {
+            let authority = match (request.host.as_deref().map(str::trim).filter(|h| !h.is_empty()), peer) {
+                (Some(host), _) => host.to_owned(),
+                (None, Some(SocketAddr::V6(v6))) => format!("[{}]:{}", v6.ip(), v6.port()),
+                (None, Some(peer)) => peer.to_string(),
+                (None, None) => String::new(),
+            };
+            format!("{scheme}://{authority}")
+        }
     };
-    let path = if target.starts_with('/') { target } else { "/" };
-    format!("{scheme}://{authority}{path}")
+    // The asterisk and authority forms (OPTIONS *, CONNECT) have no path of their own.
+    let path = if target.path.starts_with('/') { target.path } else { "/" };
+    match target.query {
+        Some(query) if with_query => format!("{origin}{path}?{query}"),
+        _ => format!("{origin}{path}"),
+    }
 }
 
 #[cfg(test)]

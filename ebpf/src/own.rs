@@ -1,0 +1,90 @@
+//! sonde's own TCP connections — to a collector, to the Kubernetes API — so that their other end
+//! is never traced. A collector on this host would otherwise read each export as an HTTP (or gRPC)
+//! request: a SERVER span that sonde exports, which makes the next export, and so on, for ever.
+//!
+//! Told from the socket's life cycle (`sock:inet_sock_set_state`), whatever the protocol:
+//! - a connect by sonde's own process (the SYN_SENT transition runs in the connecting task) files
+//!   the socket in `AGENT_SOCKS`;
+//! - once established (in softirq, any task), its local address and port — what the other end sees
+//!   as its peer — go into `AGENT_ENDPOINTS`. The other end accepts only after this transition (its
+//!   ACK is sent after it), so the entry is there before the other end's first read;
+//! - at close both go, so that a port reused by another process later is traced again.
+//!
+//! The connection table then looks a new connection's peer up in `AGENT_ENDPOINTS` once, when it
+//! first carries data (`conn::on_data`).
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use sonde_common::{AF_INET, Endpoint};
+
+use crate::maps::{
+    AGENT_ENDPOINTS, AGENT_SOCKS, AGENT_TGID, OFF_STATE_SADDR_V6, OFF_STATE_SPORT, global_u32,
+};
+
+// `include/net/tcp_states.h`.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+/// A TCP state change of socket `sock`; `record` is the tracepoint's record, whose `sport` and
+/// `saddr_v6` sit at the offsets its format file gave.
+#[inline(always)]
+pub fn on_state_change(record: *const u8, sock: u64, old: i32, new: i32) {
+    match new {
+        TCP_SYN_SENT => {
+            if (bpf_get_current_pid_tgid() >> 32) as u32 == global_u32(&AGENT_TGID) {
+                // Not yet bound to a port (connect picks it after this transition).
+                let _ = AGENT_SOCKS.insert(&sock, &Endpoint::default(), 0);
+            }
+        }
+        TCP_ESTABLISHED if old == TCP_SYN_SENT => {
+            let Some(filed) = AGENT_SOCKS.get_ptr_mut(&sock) else {
+                return;
+            };
+            let Some(endpoint) = local_endpoint(record) else {
+                return;
+            };
+            // SAFETY: `filed` points into the map's value, valid for this program run.
+            unsafe { *filed = endpoint };
+            let _ = AGENT_ENDPOINTS.insert(&endpoint, &1, 0);
+        }
+        TCP_CLOSE => {
+            // SAFETY: the value is copied out before the entry is removed.
+            let Some(endpoint) = (unsafe { AGENT_SOCKS.get(&sock) }).copied() else {
+                return;
+            };
+            if endpoint.port != 0 {
+                let _ = AGENT_ENDPOINTS.remove(&endpoint);
+            }
+            let _ = AGENT_SOCKS.remove(&sock);
+        }
+        _ => {}
+    }
+}
+
+/// The socket's own address and port, as its peer sees them (`saddr_v6` is IPv4-mapped for an
+/// IPv4 socket: the tracepoint stores it so).
+#[inline(always)]
+fn local_endpoint(record: *const u8) -> Option<Endpoint> {
+    let (port_at, addr_at) =
+        (global_u32(&OFF_STATE_SPORT) as usize, global_u32(&OFF_STATE_SADDR_V6) as usize);
+    if port_at == 0 || addr_at == 0 || port_at > 128 || addr_at > 128 {
+        return None;
+    }
+    // SAFETY: reads of the tracepoint record at offsets its format file gave, through the
+    // helper, which fails cleanly instead of faulting.
+    let port = unsafe { bpf_probe_read_kernel(record.add(port_at) as *const u16) }.ok()?;
+    let addr = unsafe { bpf_probe_read_kernel(record.add(addr_at) as *const [u8; 16]) }.ok()?;
+    Some(Endpoint { addr, port, _pad: [0; 2] })
+}
+
+/// Whether the peer of a connection (its address as the socket stores it: 4 bytes for IPv4, 16
+/// for IPv6; port in host order) is one of sonde's own sockets.
+#[inline(always)]
+pub fn peer_is_agent(family: u16, addr: &[u8; 16], port: u16) -> bool {
+    let mut peer = Endpoint { addr: *addr, port, _pad: [0; 2] };
+    if family == AF_INET {
+        peer.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
+    }
+    // SAFETY: only the presence of the key is read.
+    unsafe { AGENT_ENDPOINTS.get(&peer) }.is_some()
+}
