@@ -37,8 +37,15 @@ fn chain(runtime: Runtime) -> [Guard; 3] {
     [a, b, c]
 }
 
-fn chain_spans(spans: &[ReceivedSpan]) -> Vec<ReceivedSpan> {
-    spans.iter().filter(|s| SERVICES.contains(&trace_check::service(s))).cloned().collect()
+/// The spans of the chain's own processes (another test's services may have the same names).
+fn chain_spans(spans: &[ReceivedSpan], chain: &[Guard]) -> Vec<ReceivedSpan> {
+    let pids: Vec<String> = chain.iter().map(|g| g.pid().to_string()).collect();
+    spans
+        .iter()
+        .filter(|s| SERVICES.contains(&trace_check::service(s)))
+        .filter(|s| s.resource.get("process.pid").is_some_and(|pid| pids.contains(pid)))
+        .cloned()
+        .collect()
 }
 
 /// `GET /req/{n}` on A from each of `ns`, all at once (released together by a barrier), each on a
@@ -73,7 +80,8 @@ fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
 /// is parented by another request's span, and each sequential request is one whole trace.
 async fn no_cross_links_under_concurrent_requests(runtime: Runtime) {
     let receiver = Receiver::start().await.unwrap();
-    let [a, _b, _c] = chain(runtime);
+    let chain = chain(runtime);
+    let a = &chain[0];
     // Only the chain's processes: curl and this test's own requests are not traced, so A's SERVER
     // span is each trace's root (as in tests/tests/traces.rs).
     let (sonde, _) =
@@ -94,10 +102,10 @@ async fn no_cross_links_under_concurrent_requests(runtime: Runtime) {
     }
 
     let expected = (1 + SEQUENTIAL + CONCURRENT) as usize * SPANS_PER_REQUEST;
-    receiver.wait_for(|s| chain_spans(s).len() >= expected, WAIT).await;
+    receiver.wait_for(|s| chain_spans(s, &chain).len() >= expected, WAIT).await;
     // Then a little longer, for any span still on its way.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let spans = chain_spans(&receiver.spans());
+    let spans = chain_spans(&receiver.spans(), &chain);
 
     let report = LinkReport::of(&spans);
     let broken: Vec<String> = (1..=SEQUENTIAL)
