@@ -13,9 +13,9 @@ use std::{
 
 use crate::{
     config::SdkProcesses,
-    conn::{ConnTable, Finished, select::Selector},
+    conn::{ConnInfo, ConnTable, Effects, Finished, select::Selector},
     export::SpanSink,
-    http::Exchange,
+    http::{Exchange, Started},
     intake::{self, DecodeError, Event},
     link::{Linker, SharedThreads, SpanContext},
     metrics::Metrics,
@@ -60,7 +60,8 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
-    finished: Vec<Finished>,
+    /// What the connection table gave and the pipeline has not applied yet.
+    effects: Effects,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
     outbox: Vec<Span>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
@@ -116,7 +117,7 @@ impl Pipeline {
             stats,
             sdk_processes,
             sdk_skipped: 0,
-            finished: Vec::new(),
+            effects: Effects::default(),
             outbox: Vec::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
@@ -165,8 +166,8 @@ impl Pipeline {
     /// Requests whose head was just seen get their trace context before any exchange ends. A
     /// process left to its SDK gets none: no span of sonde's may name one of its spans as parent
     /// (its own `traceparent` headers link what it calls).
-    fn link_started(&mut self) {
-        for (conn, request) in self.conns.take_started() {
+    fn link_started(&mut self, started: impl Iterator<Item = (ConnInfo, Started)>) {
+        for (conn, request) in started {
             if request.otlp_export && request.direction == sonde_common::Direction::Ingress {
                 self.otlp_receivers.insert(conn.pid);
             }
@@ -176,9 +177,9 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self) {
+    fn emit(&mut self, finished: impl Iterator<Item = Finished>) {
         let now = Instant::now();
-        for Finished { conn, exchange } in self.finished.drain(..) {
+        for Finished { conn, exchange } in finished {
             // A process that also receives OTLP (a collector, a proxy in front of one) forwards
             // what it got: only one that sends without receiving has an SDK of its own.
             if exports_traces(&exchange) && !self.otlp_receivers.contains(&conn.pid) {
@@ -231,9 +232,9 @@ impl Pipeline {
         }
         self.linker.process_exited(pid);
         self.otlp_receivers.remove(&pid);
-        self.conns.process_exited(pid, &mut self.finished);
+        self.conns.process_exited(pid, &mut self.effects);
         // Its last exchanges are assembled while its resource is still cached.
-        self.emit();
+        self.apply();
         self.processes.exited(pid);
     }
 
@@ -253,18 +254,30 @@ impl Pipeline {
                 Err(_) => false,
             };
             if over {
-                self.conns.closed_unseen(key, &mut self.finished);
+                self.conns.closed_unseen(key, &mut self.effects);
             }
         }
-        self.emit();
+        self.apply();
     }
 
-    fn forget_in_kernel(&mut self) {
+    /// Applies what the connection table gave, in the one order that is right (see
+    /// `conn::Effects`): trace context for new requests, then spans and metrics for finished
+    /// exchanges, then the notices for other stages.
+    fn apply(&mut self) {
+        let mut effects = std::mem::take(&mut self.effects);
+        self.link_started(effects.started.drain(..));
+        self.emit(effects.finished.drain(..));
+        self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
+        self.forget_in_kernel(effects.kernel_forgets.drain(..));
+        // The emptied vectors go back, with their allocations.
+        self.effects = effects;
+    }
+
+    fn forget_in_kernel(&mut self, keys: impl Iterator<Item = u64>) {
         let Some(map) = self.kernel_conns.as_mut() else {
-            self.conns.drain_kernel_forgets().for_each(drop);
             return;
         };
-        for key in self.conns.drain_kernel_forgets() {
+        for key in keys {
             // Already gone is fine: the kernel may have closed or evicted it meanwhile.
             let _ = map.remove(&key);
         }
@@ -307,25 +320,20 @@ impl intake::Sink for Pipeline {
                         self.linker.threads_shared(info.pid, SharedThreads::GoRuntime);
                     }
                 }
-                self.conns.open(&open, selected, &mut self.finished);
+                self.conns.open(&open, selected, &mut self.effects);
             }
             Event::Data { event, payload } => {
                 let direction = intake::direction_of(&event);
-                self.conns.data(&event, direction, payload, &mut self.finished);
-                self.link_started();
-                self.pending_notices.extend(self.conns.take_ciphertext_pids().map(TlsNotice::Ciphertext));
+                self.conns.data(&event, direction, payload, &mut self.effects);
             }
-            Event::Close(close) => self.conns.close(&close, &mut self.finished),
+            Event::Close(close) => self.conns.close(&close, &mut self.effects),
             Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
             Event::Mapped(header) => {
                 self.pending_notices.insert(TlsNotice::Mapped(header.tgid));
             }
             Event::Exit(exit) => self.exited(exit.header.tgid, exit.header.tid, exit.group_dead != 0),
         }
-        self.forget_in_kernel();
-        if !self.finished.is_empty() {
-            self.emit();
-        }
+        self.apply();
     }
 
     fn decode_error(&mut self, error: DecodeError) {
@@ -344,14 +352,13 @@ impl intake::Sink for Pipeline {
         self.clock = WallClock::sample();
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
             let now = monotonic_ns();
-            self.conns.sweep(now, crate::process::alive, &mut self.finished);
+            self.conns.sweep(now, crate::process::alive, &mut self.effects);
             self.linker.sweep(now);
-            self.emit();
+            self.apply();
             if let Some(metrics) = &self.metrics {
                 metrics.upkeep(crate::process::alive);
             }
             self.hand_off();
-            self.forget_in_kernel();
             let shrunk = self.conns.shrink_if_sparse();
             self.conns_high_water = self.conns_high_water.max(self.conns.len());
             if shrunk || self.conns_high_water - self.conns.len() >= RELEASE_AFTER_CLOSING {

@@ -28,6 +28,26 @@ pub struct Finished {
     pub exchange: Exchange,
 }
 
+/// What the table's work gave, for the caller to apply in this order (`Pipeline::apply`):
+/// 1. `started`: request heads, given their trace context before any exchange ends — an exchange
+///    may start and end in one chunk, and its span must find its request;
+/// 2. `finished`: exchanges that ended, made into spans and metrics;
+/// 3. `ciphertext_pids` and `kernel_forgets`: notices for the TLS hooks and the kernel's table.
+///
+/// This is where a protocol's parser output joins the data flow: the table adds, the pipeline
+/// drains, and nothing is kept here between two events.
+#[derive(Default)]
+pub struct Effects {
+    /// Requests whose head was seen, with their connection, in order.
+    pub started: Vec<(ConnInfo, Started)>,
+    pub finished: Vec<Finished>,
+    /// Processes whose connections began with TLS ciphertext that no hook decrypted.
+    pub ciphertext_pids: Vec<u32>,
+    /// (tgid, fd) keys whose kernel-side state should be forgotten, so that the kernel announces
+    /// the connection again (`Open`): connections dropped here, or data for one never heard of.
+    pub kernel_forgets: Vec<u64>,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConnStats {
     pub opened: u64,
@@ -64,18 +84,10 @@ pub struct ConnTable {
     stats: ConnStats,
     /// Exchanges of one feed, reused to spare an allocation per event.
     scratch: Vec<Exchange>,
-    /// (tgid, fd) keys whose kernel-side state should be forgotten, so that the kernel announces
-    /// the connection again (`Open`): connections we dropped, or data for one we never heard of.
-    forget_in_kernel: Vec<u64>,
     /// Keys already asked about since the last sweep: one request per key and second is enough.
     forget_requested: HashSet<u64>,
-    /// Requests whose head was seen since the caller last took them, with their connection.
-    started: Vec<(ConnInfo, Started)>,
     /// The id the next connection gets (see `ConnInfo::id`).
     next_id: u64,
-    /// Processes whose connections began with TLS ciphertext that no hook decrypted, since the
-    /// caller last took them.
-    ciphertext_pids: Vec<u32>,
 }
 
 fn requests_from(role: Role) -> Option<Direction> {
@@ -100,7 +112,7 @@ impl ConnTable {
     }
 
     /// A TCP socket first seen on (tgid, fd). `selected` says whether its data should be parsed.
-    pub fn open(&mut self, event: &ConnEvent, selected: bool, out: &mut Vec<Finished>) {
+    pub fn open(&mut self, event: &ConnEvent, selected: bool, out: &mut Effects) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         self.forget_requested.remove(&key);
         if let Some(conn) = self.conns.get_mut(&key)
@@ -118,10 +130,10 @@ impl ConnTable {
             // replaced with dup2). Requests it left unanswered may have been answered in what was
             // lost, so only exchanges that did complete are kept.
             self.stats.closes_missed += 1;
-            finish_completed(&mut old, event.header.ts_ns, out);
+            finish_completed(&mut old, event.header.ts_ns, &mut out.finished);
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            self.evict_oldest();
+            self.evict_oldest(&mut out.kernel_forgets);
         }
         self.stats.opened += 1;
         self.next_id += 1;
@@ -141,13 +153,13 @@ impl ConnTable {
         );
     }
 
-    pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Vec<Finished>) {
+    pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Effects) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         let Some(conn) = self.conns.get_mut(&key) else {
             // Its `Open` was lost: ask the kernel to announce it again (once per key and sweep).
             self.stats.data_without_open += 1;
             if self.forget_requested.insert(key) {
-                self.forget_in_kernel.push(key);
+                out.kernel_forgets.push(key);
             }
             return;
         };
@@ -175,7 +187,7 @@ impl ConnTable {
             (false, false) if event.seq == 1 && looks_like_tls(payload) => {
                 conn.ignored = true;
                 if conn.selected {
-                    self.ciphertext_pids.push(conn.info.pid);
+                    out.ciphertext_pids.push(conn.info.pid);
                 }
                 return;
             }
@@ -189,14 +201,14 @@ impl ConnTable {
         conn.http.feed(direction, chunk, &mut self.scratch);
         self.stats.parse_errors += conn.http.stats().parse_errors - errors_before;
         let info = conn.info;
-        self.started.extend(conn.http.take_started().map(|started| (info, started)));
-        out.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));
+        out.started.extend(conn.http.take_started().map(|started| (info, started)));
+        out.finished.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));
         if !conn.http.is_http() {
             conn.ignored = true;
         }
     }
 
-    pub fn close(&mut self, event: &CloseEvent, out: &mut Vec<Finished>) {
+    pub fn close(&mut self, event: &CloseEvent, out: &mut Effects) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         if let Some(mut conn) = self.conns.remove(&key) {
             self.stats.closed += 1;
@@ -205,13 +217,13 @@ impl ConnTable {
                 self.stats.sequence_gaps += 1;
                 return;
             }
-            finish(&mut conn, event.header.ts_ns, out);
+            finish(&mut conn, event.header.ts_ns, &mut out.finished);
         }
     }
 
     /// Periodic upkeep at monotonic time `now_ns`: finish responses that went quiet, forget
     /// connections of exited processes and ones silent for `FORGET_AFTER_NS`.
-    pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Vec<Finished>) {
+    pub fn sweep(&mut self, now_ns: u64, process_alive: impl Fn(u32) -> bool, out: &mut Effects) {
         self.forget_requested.clear();
         let mut gone = Vec::new();
         // Many connections share a process: ask about each pid once per sweep.
@@ -224,7 +236,8 @@ impl ConnTable {
             } else if idle >= IDLE_FLUSH_NS && !conn.flushed_idle && !conn.ignored {
                 let mut exchanges = Vec::new();
                 conn.http.flush_idle(&mut exchanges);
-                out.extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
+                out.finished
+                    .extend(exchanges.into_iter().map(|exchange| Finished { conn: conn.info, exchange }));
                 conn.flushed_idle = true;
             }
         }
@@ -238,7 +251,7 @@ impl ConnTable {
     /// `pid` exited: its connections end as if closed (the kernel closed them without a `close`
     /// call), and the kernel forgets them too. One pass over the table, once per traced process
     /// that exits.
-    pub fn process_exited(&mut self, pid: u32, out: &mut Vec<Finished>) {
+    pub fn process_exited(&mut self, pid: u32, out: &mut Effects) {
         let gone: Vec<u64> = self.conns.keys().copied().filter(|key| (key >> 32) as u32 == pid).collect();
         for key in gone {
             if self.end(key, out) {
@@ -249,13 +262,13 @@ impl ConnTable {
 
     /// Ends the connection at `key` where it was last seen: what it holds is finished, and the
     /// kernel is asked to forget it too. False when there was none.
-    fn end(&mut self, key: u64, out: &mut Vec<Finished>) -> bool {
+    fn end(&mut self, key: u64, out: &mut Effects) -> bool {
         let Some(mut conn) = self.conns.remove(&key) else {
             return false;
         };
         let ts = conn.last_seen_ns;
-        finish(&mut conn, ts, out);
-        self.forget_in_kernel.push(key);
+        finish(&mut conn, ts, &mut out.finished);
+        out.kernel_forgets.push(key);
         true
     }
 
@@ -272,13 +285,13 @@ impl ConnTable {
     /// The kernel no longer tracks this connection, or tracks another socket on its fd: its
     /// `Close` was dropped (ring buffer full). It ends as if closed, keeping only exchanges that
     /// completed (its last responses may have been lost with the close).
-    pub fn closed_unseen(&mut self, key: u64, out: &mut Vec<Finished>) {
+    pub fn closed_unseen(&mut self, key: u64, out: &mut Effects) {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
         self.stats.closes_missed += 1;
         let ts = conn.last_seen_ns;
-        finish_completed(&mut conn, ts, out);
+        finish_completed(&mut conn, ts, &mut out.finished);
     }
 
     /// Gives back the slots of a table that was much larger than it is now (a HashMap never
@@ -291,16 +304,14 @@ impl ConnTable {
         }
         self.conns.shrink_to((2 * len).max(MIN_SLOTS / 2));
         self.forget_requested.shrink_to(MIN_SLOTS / 2);
-        self.forget_in_kernel.shrink_to(MIN_SLOTS / 2);
         true
     }
 
-    fn evict_oldest(&mut self) {
+    fn evict_oldest(&mut self, forget: &mut Vec<u64>) {
         let mut ages: Vec<u64> = self.conns.values().map(|c| c.last_seen_ns).collect();
         ages.sort_unstable();
         let cutoff = ages[ages.len() / 8];
         let before = self.conns.len();
-        let forget = &mut self.forget_in_kernel;
         self.conns.retain(|key, c| {
             let keep = c.last_seen_ns > cutoff;
             if !keep {
@@ -309,22 +320,6 @@ impl ConnTable {
             keep
         });
         self.stats.evicted += (before - self.conns.len()) as u64;
-    }
-
-    /// Hands over the requests whose head was seen since the last call, in order. Take them before
-    /// the exchanges finished by the same event: an exchange may start and end in one chunk.
-    pub fn take_started(&mut self) -> std::vec::Drain<'_, (ConnInfo, Started)> {
-        self.started.drain(..)
-    }
-
-    /// Hands over the processes seen sending TLS that no hook decrypted (see `ciphertext_pids`).
-    pub fn take_ciphertext_pids(&mut self) -> std::vec::Drain<'_, u32> {
-        self.ciphertext_pids.drain(..)
-    }
-
-    /// Hands over the (tgid, fd) keys the kernel should forget (see `forget_in_kernel`).
-    pub fn drain_kernel_forgets(&mut self) -> std::vec::Drain<'_, u64> {
-        self.forget_in_kernel.drain(..)
     }
 }
 
