@@ -4,49 +4,56 @@
 
 use std::{
     collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
     config::SdkProcesses,
-    conn::{ConnInfo, ConnTable, Effects, Finished, select::Selector},
+    conn::{ConnInfo, ConnStats, ConnTable, Effects, Finished, select::Selector},
     export::SpanSink,
     http::{Exchange, Started},
     intake::{self, DecodeError, Event},
-    link::{Linker, SharedThreads, SpanContext},
+    link::{LinkStats, Linker, SharedThreads, SpanContext},
     metrics::Metrics,
     probes::{KernelConns, TlsNotice},
     process::ProcessCache,
     span::{
-        Assembler,
+        AssembleStats, Assembler,
         clock::{WallClock, monotonic_ns},
         model::Span,
     },
 };
 
-/// Counters shared with the main thread for the periodic and final reports.
-#[derive(Debug, Default)]
-pub struct PipelineStats {
-    pub events: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub connections: AtomicU64,
-    pub server_spans: AtomicU64,
-    pub client_spans: AtomicU64,
-    pub unsampled: AtomicU64,
-    pub stitched: AtomicU64,
-    pub in_process_parents: AtomicU64,
-    /// Client spans given no in-process parent, their process serving several requests on shared
-    /// threads, by `SharedThreads`.
-    pub unparented_shared: [AtomicU64; SharedThreads::COUNT],
+/// What the intake thread has counted, as of its last tick: one snapshot, published whole, read
+/// by `metrics::own` (which describes every counter once, for the log line, OTLP and Prometheus).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineCounts {
+    /// Events read from the ring buffer.
+    pub events: u64,
+    /// Ring-buffer records that could not be decoded.
+    pub decode_errors: u64,
+    /// Connections tracked now (a gauge).
+    pub connections: u64,
     /// Exchanges of processes with their own SDK, left to it (`--sdk-processes skip`).
-    pub sdk_skipped: AtomicU64,
-    pub data_without_open: AtomicU64,
-    pub sequence_gaps: AtomicU64,
-    pub parse_errors: AtomicU64,
+    pub sdk_skipped: u64,
+    pub conn: ConnStats,
+    pub link: LinkStats,
+    pub spans: AssembleStats,
+}
+
+/// The snapshot shared with the main thread.
+#[derive(Debug, Default)]
+pub struct PipelineStats(std::sync::Mutex<PipelineCounts>);
+
+impl PipelineStats {
+    pub fn read(&self) -> PipelineCounts {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, counts: PipelineCounts) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
+    }
 }
 
 pub struct Pipeline {
@@ -60,6 +67,8 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
+    events: u64,
+    decode_errors: u64,
     /// What the connection table gave and the pipeline has not applied yet.
     effects: Effects,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
@@ -117,6 +126,8 @@ impl Pipeline {
             stats,
             sdk_processes,
             sdk_skipped: 0,
+            events: 0,
+            decode_errors: 0,
             effects: Effects::default(),
             outbox: Vec::new(),
             kernel_conns,
@@ -284,28 +295,21 @@ impl Pipeline {
     }
 
     fn publish_stats(&self) {
-        let a = self.assembler.stats();
-        let c = self.conns.stats();
-        let l = self.linker.stats();
-        self.stats.server_spans.store(a.server_spans, Ordering::Relaxed);
-        self.stats.client_spans.store(a.client_spans, Ordering::Relaxed);
-        self.stats.unsampled.store(a.unsampled, Ordering::Relaxed);
-        self.stats.stitched.store(l.stitched, Ordering::Relaxed);
-        self.stats.in_process_parents.store(l.in_process, Ordering::Relaxed);
-        for (counter, value) in self.stats.unparented_shared.iter().zip(l.unparented_shared) {
-            counter.store(value, Ordering::Relaxed);
-        }
-        self.stats.sdk_skipped.store(self.sdk_skipped, Ordering::Relaxed);
-        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
-        self.stats.data_without_open.store(c.data_without_open, Ordering::Relaxed);
-        self.stats.sequence_gaps.store(c.sequence_gaps, Ordering::Relaxed);
-        self.stats.parse_errors.store(c.parse_errors, Ordering::Relaxed);
+        self.stats.publish(PipelineCounts {
+            events: self.events,
+            decode_errors: self.decode_errors,
+            connections: self.conns.len() as u64,
+            sdk_skipped: self.sdk_skipped,
+            conn: self.conns.stats(),
+            link: self.linker.stats(),
+            spans: self.assembler.stats(),
+        });
     }
 }
 
 impl intake::Sink for Pipeline {
     fn event(&mut self, event: Event<'_>) {
-        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        self.events += 1;
         match event {
             Event::Open(open) => {
                 let info = crate::conn::ConnInfo::from_event(&open);
@@ -337,9 +341,9 @@ impl intake::Sink for Pipeline {
     }
 
     fn decode_error(&mut self, error: DecodeError) {
-        let n = self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-        if n.is_power_of_two() {
-            tracing::warn!(%error, count = n + 1, "undecodable ring-buffer records");
+        self.decode_errors += 1;
+        if self.decode_errors.is_power_of_two() {
+            tracing::warn!(%error, count = self.decode_errors, "undecodable ring-buffer records");
         }
     }
 

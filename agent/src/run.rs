@@ -18,7 +18,7 @@ use crate::{
     metadata::{self, Pods},
     metrics::{
         Metrics, MetricsOptions,
-        own::{KernelCounters, MetricsExportStats, OwnSources},
+        own::{self, KernelCounters, MetricsExportStats, OwnSources},
     },
     pipeline::{Pipeline, PipelineStats},
     probes::{ProbeOptions, Probes, Programs, TlsOptions},
@@ -91,6 +91,12 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
     let kernel_counters = Arc::new(KernelCounters::default());
+    let own = OwnSources {
+        pipeline: Arc::clone(&stats),
+        export: Arc::clone(&export_stats),
+        kernel: Arc::clone(&kernel_counters),
+        metrics_export: Arc::new(MetricsExportStats::default()),
+    };
     // Metrics are derived only when something reads them.
     let metrics = (otlp_metrics.is_some() || args.prometheus_listen.is_some()).then(|| {
         let options = MetricsOptions {
@@ -98,13 +104,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             max_routes_per_service: args.max_routes_per_service,
             ..MetricsOptions::default()
         };
-        let own = OwnSources {
-            pipeline: Arc::clone(&stats),
-            export: Arc::clone(&export_stats),
-            kernel: Arc::clone(&kernel_counters),
-            metrics_export: Arc::new(MetricsExportStats::default()),
-        };
-        Metrics::new(options, own)
+        Metrics::new(options, own.clone())
     });
     let (metrics_exporter, prometheus_server) = match &metrics {
         None => (None, None),
@@ -162,7 +162,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 _ = stop_requested.notified() => break,
                 _ = signals.recv() => break,
                 _ = report.tick() => {
-                    report_counters(&probes, &stats, &export_stats, "running");
+                    report_counters(&probes, &own, "running");
                     probes.sweep();
                 }
                 Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
@@ -189,7 +189,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     if let Some(metrics_exporter) = metrics_exporter {
         runtime.block_on(metrics_exporter.shutdown(FLUSH_DEADLINE));
     }
-    report_counters(&probes, &stats, &export_stats, "stopped");
+    report_counters(&probes, &own, "stopped");
     Ok(())
 }
 
@@ -240,35 +240,13 @@ impl StopSignals {
     }
 }
 
-fn report_counters(
-    probes: &Probes,
-    stats: &PipelineStats,
-    export: &crate::export::ExportStats,
-    state: &'static str,
-) {
-    let [ring_full, active_full, copy_failed, tls_no_socket] = probes.drops();
-    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
-    tracing::info!(
-        state,
-        events = load(&stats.events),
-        server_spans = load(&stats.server_spans),
-        client_spans = load(&stats.client_spans),
-        stitched = load(&stats.stitched),
-        in_process_parents = load(&stats.in_process_parents),
-        sdk_skipped = load(&stats.sdk_skipped),
-        spans_exported = load(&export.spans_exported),
-        spans_dropped = export.spans_dropped(),
-        kernel_dropped_ring_full = ring_full,
-        kernel_dropped_active_full = active_full,
-        kernel_copy_failed = copy_failed,
-        tls_without_socket = tls_no_socket,
-        decode_errors = load(&stats.decode_errors),
-        sequence_gaps = load(&stats.sequence_gaps),
-        data_without_open = load(&stats.data_without_open),
-        unsampled = load(&stats.unsampled),
-        connections = load(&stats.connections),
-        "counters"
-    );
+/// The log line of sonde's own metrics (`metrics::own`, the same list OTLP and Prometheus read):
+/// every minute while running, and once more at exit.
+fn report_counters(probes: &Probes, own: &OwnSources, state: &'static str) {
+    own.kernel.publish(probes.drops());
+    let mut metrics = Vec::new();
+    own.collect(0, None, &mut metrics);
+    tracing::info!(state, "counters {}", own::log_line(&metrics));
 }
 
 fn init_logging(filter: &str) {

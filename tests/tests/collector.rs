@@ -117,7 +117,7 @@ fn wait_dropped(prom: SocketAddr, reason: &str, want: f64) -> f64 {
     last
 }
 
-/// A counter of sonde's last `counters` log line (at exit), e.g. `spans_dropped`.
+/// A counter of sonde's last `counters` log line (at exit), e.g. `sonde.spans.exported`.
 fn final_counter(sonde: &Sonde, name: &str) -> u64 {
     let log = sonde.stderr();
     let line = log
@@ -188,7 +188,7 @@ async fn a_refusing_collector_is_retried_with_back_off_and_what_cannot_wait_is_c
 
     sonde.stop_cleanly();
     assert_eq!(final_counter(&sonde, "spans_dropped"), 25, "{}", sonde.stderr());
-    assert_eq!(final_counter(&sonde, "spans_exported"), 10);
+    assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 10);
     assert_eq!(final_counter(&sonde, "server_spans"), 35, "every span exported or counted as dropped");
 }
 
@@ -232,7 +232,7 @@ async fn a_batch_the_collector_calls_invalid_is_dropped_and_counted_not_retried(
     let log = sonde.stderr();
     assert!(log.contains("not retryable"), "the refusal is logged as final:\n{log}");
     assert_eq!(final_counter(&sonde, "spans_dropped"), 10, "{log}");
-    assert_eq!(final_counter(&sonde, "spans_exported"), 4, "{log}");
+    assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 4, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,7 +313,7 @@ async fn a_slow_collector_costs_counted_drops_not_memory_or_the_apps_requests() 
     assert_eq!(under(&spans, "/fast").len(), 5, "{}", sonde.stderr());
 
     sonde.stop_cleanly();
-    let exported = final_counter(&sonde, "spans_exported");
+    let exported = final_counter(&sonde, "sonde.spans.exported");
     let lost = final_counter(&sonde, "spans_dropped");
     assert_eq!(exported as usize, receiver.spans().len(), "what sonde counts as exported arrived");
     assert_eq!(
@@ -353,7 +353,7 @@ async fn a_collector_that_goes_down_mid_run_gets_the_spans_when_it_is_back(trans
     assert_eq!(dropped(prom, "export_failed") + dropped(prom, "queue_full"), 0.0, "nothing lost");
 
     sonde.stop_cleanly();
-    assert_eq!(final_counter(&sonde, "spans_exported"), 9);
+    assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 9);
     assert_eq!(final_counter(&sonde, "spans_dropped"), 0);
 }
 

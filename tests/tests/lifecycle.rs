@@ -141,8 +141,8 @@ async fn an_unreachable_collector_costs_dropped_spans_not_a_crash() {
     let log = sonde.stderr();
     let counters =
         log.lines().find(|l| l.contains("counters") && l.contains("state=\"stopped\"")).expect(&log);
-    assert!(counters.contains("spans=10"), "{counters}");
-    assert!(!counters.contains("spans_dropped=0"), "drops are counted: {counters}");
+    assert!(counters.contains("sonde.spans.created{span.kind=server}=10"), "{counters}");
+    assert!(!counters.contains("sonde.spans.dropped=0"), "drops are counted: {counters}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, conn_key};
 
-use crate::http::{Chunk, Exchange, HttpConnection, Limits, Started};
+use crate::http::{Chunk, Exchange, HttpConnection, Limits, ParseStats, Started};
 
 /// Beyond this many tracked connections the least recently active are dropped.
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -57,10 +57,11 @@ pub struct ConnStats {
     pub evicted: u64,
     /// Data events that showed earlier ones of their connection were dropped.
     pub sequence_gaps: u64,
-    /// Connections replaced by a new `Open` on their fd without a `Close` seen.
+    /// Connections that ended without their `Close`: replaced by a new `Open` on their fd, or
+    /// gone from the kernel's table.
     pub closes_missed: u64,
-    /// HTTP parse errors on all connections (see `http::ParseStats::parse_errors`).
-    pub parse_errors: u64,
+    /// What the HTTP parsers of all connections counted (see `http::ParseStats`).
+    pub parse: ParseStats,
 }
 
 struct Connection {
@@ -197,9 +198,9 @@ impl ConnTable {
             return;
         }
         let chunk = Chunk { ts_ns: event.header.ts_ns, tid: event.header.tid, data: payload, len: event.len };
-        let errors_before = conn.http.stats().parse_errors;
+        let before = *conn.http.stats();
         conn.http.feed(direction, chunk, &mut self.scratch);
-        self.stats.parse_errors += conn.http.stats().parse_errors - errors_before;
+        self.stats.parse.add_since(&before, conn.http.stats());
         let info = conn.info;
         out.started.extend(conn.http.take_started().map(|started| (info, started)));
         out.finished.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));

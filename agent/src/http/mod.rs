@@ -206,7 +206,7 @@ pub enum ParseError {
 }
 
 /// Counters for self-observability.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParseStats {
     /// Garbage where a message must start, rejected or oversize heads, bad Content-Length,
     /// bad chunked framing.
@@ -225,4 +225,21 @@ pub struct ParseStats {
     pub framing_lost: u64,
     /// Captured bytes dropped while looking for a message start.
     pub skipped_bytes: u64,
+}
+
+impl ParseStats {
+    /// Adds what one connection counted between two readings of its stats, `before` and `after`
+    /// (around a feed): totals over many connections, whose parsers come and go.
+    pub fn add_since(&mut self, before: &ParseStats, after: &ParseStats) {
+        self.parse_errors += after.parse_errors.saturating_sub(before.parse_errors);
+        self.resyncs += after.resyncs.saturating_sub(before.resyncs);
+        self.dropped_requests += after.dropped_requests.saturating_sub(before.dropped_requests);
+        self.orphan_responses += after.orphan_responses.saturating_sub(before.orphan_responses);
+        self.truncated_heads += after.truncated_heads.saturating_sub(before.truncated_heads);
+        self.framing_lost += after.framing_lost.saturating_sub(before.framing_lost);
+        self.skipped_bytes += after.skipped_bytes.saturating_sub(before.skipped_bytes);
+        if after.parse_errors > before.parse_errors {
+            self.last_error = after.last_error;
+        }
+    }
 }

@@ -182,7 +182,7 @@ impl Metrics {
                 graph_waiting: store.graph.waiting(),
             }
         };
-        self.own.collect(self.start_unix_ns, &counts, &mut own);
+        self.own.collect(self.start_unix_ns, Some(&counts), &mut own);
         out.push(ResourceMetrics { resource: Arc::clone(&self.own_resource), metrics: own });
         out
     }

@@ -7,11 +7,11 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use super::model::Metric;
+use super::model::{Data, Metric};
 use crate::{
     export::ExportStats,
     pipeline::PipelineStats,
-    span::model::{KeyValue, Text},
+    span::model::{AttrValue, KeyValue, Text},
 };
 
 /// Kernel drop counters, copied from the per-CPU map by the thread that holds the probes (the
@@ -62,10 +62,16 @@ pub struct StoreCounts {
 }
 
 impl OwnSources {
-    pub fn collect(&self, start_unix_ns: u64, store: &StoreCounts, out: &mut Vec<Metric>) {
+    /// Every one of sonde's own metrics, each described once: what OTLP and Prometheus export and
+    /// what the periodic log line prints ([`log_line`]). `store`: the metrics store's own counts,
+    /// when there is a store (metrics are wanted).
+    pub fn collect(&self, start_unix_ns: u64, store: Option<&StoreCounts>, out: &mut Vec<Metric>) {
         let t = start_unix_ns;
-        let load = |c: &AtomicU64| c.load(Relaxed) as f64;
         let reason = |r: &'static str| vec![KeyValue::str("reason", r)];
+        let kind = |k: &'static str| vec![KeyValue::str("kind", k)];
+        let p = self.pipeline.read();
+        let e = &self.export;
+        let load = |c: &AtomicU64| c.load(Relaxed) as f64;
 
         let mut kernel = Metric::counter(
             "sonde.kernel.events.dropped",
@@ -75,58 +81,143 @@ impl OwnSources {
         for (counter, name) in self.kernel.dropped.iter().zip(KERNEL_DROP_REASONS) {
             kernel.push(reason(name), t, load(counter));
         }
-
-        let p = &self.pipeline;
         let mut events =
             Metric::counter("sonde.events.received", "Events read from the ring buffer.", "{event}");
-        events.push(Vec::new(), t, load(&p.events));
+        events.push(Vec::new(), t, p.events as f64);
         let mut lost = Metric::counter(
             "sonde.events.lost",
             "Events sonde received but could not use, by reason.",
             "{event}",
         );
-        lost.push(reason("undecodable"), t, load(&p.decode_errors))
-            .push(reason("sequence_gap"), t, load(&p.sequence_gaps))
-            .push(reason("data_without_open"), t, load(&p.data_without_open));
-        let mut parse = Metric::counter(
-            "sonde.http.parse_errors",
-            "Bytes on a traced connection that were not valid HTTP/1.x where a message had to be.",
-            "{error}",
-        );
-        parse.push(Vec::new(), t, load(&p.parse_errors));
+        lost.push(reason("undecodable"), t, p.decode_errors as f64)
+            .push(reason("sequence_gap"), t, p.conn.sequence_gaps as f64)
+            .push(reason("data_without_open"), t, p.conn.data_without_open as f64);
+
+        let c = &p.conn;
         let mut conns = Metric::gauge(
             "sonde.connections.tracked",
             "TCP connections sonde holds state for.",
             "{connection}",
         );
-        conns.push(Vec::new(), t, load(&p.connections));
+        conns.push(Vec::new(), t, p.connections as f64);
+        let mut opened = Metric::counter(
+            "sonde.connections.opened",
+            "TCP connections sonde began to track.",
+            "{connection}",
+        );
+        opened.push(Vec::new(), t, c.opened as f64);
+        let mut ended = Metric::counter(
+            "sonde.connections.ended",
+            "Tracked connections that ended, by how sonde learnt it: closed (a close, or their process \
+             exited), close_missed (their close was lost; the fd was reused or the kernel no longer \
+             had them), forgotten (silent too long, or over the table's limit).",
+            "{connection}",
+        );
+        ended
+            .push(reason("closed"), t, c.closed as f64)
+            .push(reason("close_missed"), t, c.closes_missed as f64)
+            .push(reason("forgotten"), t, c.evicted as f64);
+
+        let h = &c.parse;
+        let mut parse = Metric::counter(
+            "sonde.http.parse_errors",
+            "Bytes on a traced connection that were not valid HTTP/1.x where a message had to be.",
+            "{error}",
+        );
+        parse.push(Vec::new(), t, h.parse_errors as f64);
+        let mut anomalies = Metric::counter(
+            "sonde.http.anomalies",
+            "What the HTTP parsers met besides errors, by kind: resync (found a message start again \
+             after losing its place), dropped_request (too many pipelined requests waiting), \
+             orphan_response (a response with no request waiting), truncated_head (a head only partly \
+             captured), framing_lost (a capture gap hid where a message ends).",
+            "{event}",
+        );
+        anomalies
+            .push(kind("resync"), t, h.resyncs as f64)
+            .push(kind("dropped_request"), t, h.dropped_requests as f64)
+            .push(kind("orphan_response"), t, h.orphan_responses as f64)
+            .push(kind("truncated_head"), t, h.truncated_heads as f64)
+            .push(kind("framing_lost"), t, h.framing_lost as f64);
+        let mut skipped = Metric::counter(
+            "sonde.http.skipped",
+            "Captured bytes the HTTP parsers passed over while looking for a message start.",
+            "By",
+        );
+        skipped.push(Vec::new(), t, h.skipped_bytes as f64);
+
         let mut spans =
             Metric::counter("sonde.spans.created", "Spans made from HTTP exchanges, by kind.", "{span}");
-        spans.push(vec![KeyValue::str("span.kind", "server")], t, load(&p.server_spans)).push(
+        spans.push(vec![KeyValue::str("span.kind", "server")], t, p.spans.server_spans as f64).push(
             vec![KeyValue::str("span.kind", "client")],
             t,
-            load(&p.client_spans),
+            p.spans.client_spans as f64,
         );
+        let l = &p.link;
+        let mut linked = Metric::counter(
+            "sonde.spans.linked",
+            "Where spans' parents came from: traceparent (the caller's header), stitched (a client \
+             span of another process on this host), thread (the request the process was serving), \
+             none (the span starts a trace).",
+            "{span}",
+        );
+        let source = |s: &'static str| vec![KeyValue::str("source", s)];
+        linked
+            .push(source("traceparent"), t, l.from_header as f64)
+            .push(source("stitched"), t, l.stitched as f64)
+            .push(source("thread"), t, l.in_process as f64)
+            .push(source("none"), t, l.roots as f64);
         let mut unparented = Metric::counter(
             "sonde.spans.unparented",
             "Client spans given no in-process parent: their process, whose threads are shared by \
              requests, was serving several at once (by why its threads count as shared).",
             "{span}",
         );
-        for (counter, why) in p.unparented_shared.iter().zip(crate::link::SharedThreads::ALL) {
-            unparented.push(reason(why.as_str()), t, load(counter));
+        for (count, why) in l.unparented_shared.iter().zip(crate::link::SharedThreads::ALL) {
+            unparented.push(reason(why.as_str()), t, *count as f64);
         }
+        let mut invalid = Metric::counter(
+            "sonde.traceparent.invalid",
+            "traceparent headers that did not parse; their request starts a trace, as W3C Trace Context says.",
+            "{header}",
+        );
+        invalid.push(Vec::new(), t, l.invalid_traceparent as f64);
+        let mut expired = Metric::counter(
+            "sonde.requests.expired",
+            "Requests whose trace context was forgotten before their exchange ended (never answered, \
+             or over the limit of requests in progress).",
+            "{request}",
+        );
+        expired.push(Vec::new(), t, l.expired as f64);
+        let mut inherited = Metric::counter(
+            "sonde.threads.inherited",
+            "Threads started while their parent served a request, whose calls then count as that request's.",
+            "{thread}",
+        );
+        inherited.push(Vec::new(), t, l.spawned_workers as f64);
         let mut unsampled = Metric::counter(
             "sonde.spans.unsampled",
             "Exchanges whose trace the caller marked as not sampled (counted in metrics, no span).",
             "{span}",
         );
-        unsampled.push(Vec::new(), t, load(&p.unsampled));
+        unsampled.push(Vec::new(), t, p.spans.unsampled as f64);
+        let mut left = Metric::counter(
+            "sonde.exchanges.left_to_sdk",
+            "Exchanges of processes with an OpenTelemetry SDK of their own, whose spans are the SDK's \
+             (--sdk-processes skip).",
+            "{exchange}",
+        );
+        left.push(Vec::new(), t, p.sdk_skipped as f64);
 
-        let e = &self.export;
         let mut exported =
             Metric::counter("sonde.spans.exported", "Spans the OTLP collector accepted.", "{span}");
         exported.push(Vec::new(), t, load(&e.spans_exported));
+        let mut printed = Metric::counter(
+            "sonde.spans.printed",
+            "Spans handed to the terminal view (tree or JSON).",
+            "{span}",
+        );
+        printed.push(Vec::new(), t, load(&e.spans_printed));
         let mut dropped =
             Metric::counter("sonde.spans.dropped", "Spans lost on the way out, by reason.", "{span}");
         dropped
@@ -137,6 +228,18 @@ impl OwnSources {
             .push(reason("print_queue_full"), t, load(&e.spans_dropped_print_queue_full));
         let mut queue = Metric::gauge("sonde.export.queue.size", "Spans waiting for OTLP export.", "{span}");
         queue.push(Vec::new(), t, e.queue_depth() as f64);
+        let mut requests = Metric::counter(
+            "sonde.export.requests",
+            "OTLP trace export requests, by outcome: ok (accepted), failed (an attempt that failed; \
+             retried ones count once per attempt).",
+            "{request}",
+        );
+        let outcome = |o: &'static str| vec![KeyValue::str("outcome", o)];
+        requests.push(outcome("ok"), t, load(&e.export_requests_ok)).push(
+            outcome("failed"),
+            t,
+            load(&e.export_requests_failed),
+        );
 
         let m = &self.metrics_export;
         let mut points = Metric::counter(
@@ -157,52 +260,107 @@ impl OwnSources {
             "{scrape}",
         );
         scrapes.push(Vec::new(), t, load(&m.scrapes));
-        let mut overflow = Metric::counter(
-            "sonde.metrics.overflowed",
-            "Requests counted in an overflow series (`otel.metric.overflow`) or route (`/{overflow}`) \
-             because a cardinality limit was reached.",
-            "{request}",
-        );
-        overflow.push(vec![KeyValue::str("limit", "series")], t, store.series_overflowed as f64).push(
-            vec![KeyValue::str("limit", "routes")],
-            t,
-            store.routes_overflowed as f64,
-        );
-        let mut evicted = Metric::counter(
-            "sonde.metrics.processes.evicted",
-            "Processes whose RED series were forgotten to stay within the process limit (the least \
-             recently updated go first).",
-            "{process}",
-        );
-        evicted.push(Vec::new(), t, store.processes_evicted as f64);
-
-        let mut waiting = Metric::gauge(
-            "sonde.service_graph.waiting",
-            "Client and server spans waiting for the other side of their service-graph edge.",
-            "{span}",
-        );
-        waiting.push(Vec::new(), t, store.graph_waiting as f64);
 
         out.extend([
-            waiting,
             kernel,
             events,
             lost,
-            parse,
             conns,
+            opened,
+            ended,
+            parse,
+            anomalies,
+            skipped,
             spans,
+            linked,
             unparented,
+            invalid,
+            expired,
+            inherited,
             unsampled,
+            left,
             exported,
+            printed,
             dropped,
             queue,
+            requests,
             points,
             points_dropped,
             scrapes,
-            overflow,
-            evicted,
         ]);
+        if let Some(store) = store {
+            out.extend(store_metrics(t, store));
+        }
         out.extend(process_usage(t));
+    }
+}
+
+/// What the metrics store says about itself (only when metrics are wanted, and so kept).
+fn store_metrics(t: u64, store: &StoreCounts) -> [Metric; 3] {
+    let mut overflow = Metric::counter(
+        "sonde.metrics.overflowed",
+        "Requests counted in an overflow series (`otel.metric.overflow`) or route (`/{overflow}`) \
+         because a cardinality limit was reached.",
+        "{request}",
+    );
+    overflow.push(vec![KeyValue::str("limit", "series")], t, store.series_overflowed as f64).push(
+        vec![KeyValue::str("limit", "routes")],
+        t,
+        store.routes_overflowed as f64,
+    );
+    let mut evicted = Metric::counter(
+        "sonde.metrics.processes.evicted",
+        "Processes whose RED series were forgotten to stay within the process limit (the least \
+         recently updated go first).",
+        "{process}",
+    );
+    evicted.push(Vec::new(), t, store.processes_evicted as f64);
+    let mut waiting = Metric::gauge(
+        "sonde.service_graph.waiting",
+        "Client and server spans waiting for the other side of their service-graph edge.",
+        "{span}",
+    );
+    waiting.push(Vec::new(), t, store.graph_waiting as f64);
+    [waiting, overflow, evicted]
+}
+
+/// The periodic log line: every metric of `metrics` by its name, its points as
+/// `name{key=value}=N`; a metric whose points are all zero is written once as `name=0`, so that
+/// the line stays short and still names everything.
+pub fn log_line(metrics: &[Metric]) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::new();
+    for metric in metrics {
+        // Histograms are the traced processes' (RED); sonde's own are counters and gauges.
+        let (Data::Counter(points) | Data::Gauge(points)) = &metric.data else {
+            continue;
+        };
+        let nonzero: Vec<_> = points.iter().filter(|p| p.value != 0.0).collect();
+        if nonzero.is_empty() {
+            let _ = write!(line, " {}=0", metric.name);
+            continue;
+        }
+        for point in nonzero {
+            let _ = write!(line, " {}", metric.name);
+            if !point.attributes.is_empty() {
+                let labels: Vec<String> = point
+                    .attributes
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, attr_text(&kv.value)))
+                    .collect();
+                let _ = write!(line, "{{{}}}", labels.join(","));
+            }
+            let _ = write!(line, "={}", point.value);
+        }
+    }
+    line.trim_start().to_owned()
+}
+
+fn attr_text(value: &AttrValue) -> String {
+    match value {
+        AttrValue::Str(text) => text.to_string(),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Bool(b) => b.to_string(),
     }
 }
 
@@ -249,6 +407,58 @@ fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one list reaches every output: each of sonde's own metrics is in the periodic log line,
+    /// in an OTLP export and in the Prometheus exposition.
+    #[test]
+    fn every_own_metric_is_reported_on_all_three_outputs() {
+        use prost::Message as _;
+
+        let store = StoreCounts {
+            series_overflowed: 1,
+            routes_overflowed: 0,
+            processes_evicted: 0,
+            graph_waiting: 2,
+        };
+        let mut metrics = Vec::new();
+        OwnSources::default().collect(1, Some(&store), &mut metrics);
+        assert!(metrics.len() >= 25, "{} metrics", metrics.len());
+
+        let line = log_line(&metrics);
+        let resource = std::sync::Arc::new(crate::process::own_resource());
+        let resources = [crate::metrics::model::ResourceMetrics { resource, metrics: metrics.clone() }];
+        let otlp: Vec<String> = crate::export::otlp::metrics::requests(&resources, 2, usize::MAX)
+            .into_iter()
+            .flat_map(|(bytes, _)| {
+                let request =
+                    opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(
+                        bytes,
+                    )
+                    .expect("a valid request");
+                request.resource_metrics.into_iter().flat_map(|r| r.scope_metrics).flat_map(|s| s.metrics)
+            })
+            .map(|m| m.name)
+            .collect();
+        let prometheus = crate::export::prometheus::text::render(&resources);
+        for metric in &metrics {
+            assert!(
+                line.split(' ').any(|field| field.starts_with(metric.name)),
+                "{} not in the log: {line}",
+                metric.name
+            );
+            assert!(otlp.iter().any(|n| n == metric.name), "{} not in the OTLP export", metric.name);
+            let counter = matches!(metric.data, Data::Counter(_));
+            let exposed = crate::export::prometheus::text::metric_name(metric.name, metric.unit, counter);
+            assert!(
+                prometheus.contains(&format!("# TYPE {exposed} ")),
+                "{exposed} not exposed:\n{prometheus}"
+            );
+        }
+        // Zeros are written once per metric; values with their labels.
+        assert!(line.contains("sonde.events.received=0"), "{line}");
+        assert!(line.contains("sonde.metrics.overflowed{limit=series}=1"), "{line}");
+        assert!(!line.contains("limit=routes"), "{line}");
+    }
 
     #[test]
     fn cpu_ticks_count_fields_after_the_command_name() {

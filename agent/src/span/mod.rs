@@ -4,4 +4,4 @@ pub mod assemble;
 pub mod clock;
 pub mod model;
 
-pub use assemble::{AssembleOptions, Assembler};
+pub use assemble::{AssembleOptions, AssembleStats, Assembler};

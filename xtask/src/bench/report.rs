@@ -164,9 +164,11 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
     let all: Vec<&Run> = runs.iter().chain(kernel_runs).filter(|r| r.scenario == scenario.name).collect();
     let sonde_runs: Vec<&Run> = (0..rounds).filter_map(|r| of(r, Variant::Sonde)).collect();
     let counter = |r: &Run, k: &str| r.tracer.as_ref().and_then(|t| t.counters.get(k).copied()).unwrap_or(0);
+    let sum =
+        |r: &Run, name: &str| r.tracer.as_ref().map_or(0, |t| super::tracer::counter_sum(&t.counters, name));
     let cpu_per_span = |r: &Run| {
         let t = r.tracer.as_ref()?;
-        let spans = t.counters.get("spans_exported").copied().or(r.spans_received)?;
+        let spans = t.counters.get("sonde.spans.exported").copied().or(r.spans_received)?;
         (spans > 0).then(|| t.cpu_traced_us as f64 / spans as f64)
     };
     let with_counts: Vec<(f64, f64)> =
@@ -202,10 +204,16 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
         completeness_per_round_pct: Stat::of(with_counts.iter().map(|(g, a)| g / a.max(1.0) * 100.0)),
         kernel_dropped: sonde_runs
             .iter()
-            .map(|r| counter(r, "kernel_dropped_ring_full") + counter(r, "kernel_dropped_active_full"))
+            .map(|r| {
+                counter(r, "sonde.kernel.events.dropped{reason=ring_buffer_full}")
+                    + counter(r, "sonde.kernel.events.dropped{reason=connection_table_full}")
+            })
             .sum(),
-        kernel_copy_failed: sonde_runs.iter().map(|r| counter(r, "kernel_copy_failed")).sum(),
-        spans_dropped: sonde_runs.iter().map(|r| counter(r, "spans_dropped")).sum(),
+        kernel_copy_failed: sonde_runs
+            .iter()
+            .map(|r| counter(r, "sonde.kernel.events.dropped{reason=copy_failed}"))
+            .sum(),
+        spans_dropped: sonde_runs.iter().map(|r| sum(r, "sonde.spans.dropped")).sum(),
         kernel_ns_per_request: kernel_per_variant(&kernel_ns),
         kernel_ns_per_run: kernel_per_variant(&|r: &Run| {
             let k = r.kernel.as_ref()?;
@@ -215,8 +223,8 @@ pub fn summarize(scenario: &Scenario, rounds: u32, runs: &[Run], kernel_runs: &[
             .zip(kernel_of(Variant::Null, &kernel_ns))
             .map(|(k, n)| k.median / n.median),
         events_per_span: Stat::of(sonde_runs.iter().filter_map(|r| {
-            let spans = counter(r, "server_spans") + counter(r, "client_spans");
-            (spans > 0).then(|| counter(r, "events") as f64 / spans as f64)
+            let spans = sum(r, "sonde.spans.created");
+            (spans > 0).then(|| counter(r, "sonde.events.received") as f64 / spans as f64)
         })),
         busy_pct: per_variant(&|r: &Run| Some(r.noise.cpu_busy_pct)),
         collector_cpu_pct: Stat::of(sonde_runs.iter().map(|r| r.noise.collector_cpu_pct)),

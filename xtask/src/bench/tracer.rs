@@ -187,23 +187,36 @@ fn text(buf: &Arc<Mutex<String>>) -> String {
     buf.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// `… counters state="stopped" events=123 spans=100 …` → {events: 123, spans: 100, …}.
+/// `… counters sonde.events.received=9 sonde.spans.created{span.kind=server}=4 …` → each field by
+/// its name and labels, as sonde writes them (the value after the last `=`).
 fn parse_counters(line: &str) -> BTreeMap<String, u64> {
     line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .filter_map(|kv| kv.rsplit_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse::<f64>().ok()? as u64)))
         .collect()
+}
+
+/// The sum of every series of metric `name` in parsed counters (all its label sets).
+pub fn counter_sum(counters: &BTreeMap<String, u64>, name: &str) -> u64 {
+    counters
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn counters_line() {
-        let line = "2026-11-21T20:46:49Z  INFO sonde::run: counters state=\"stopped\" events=9 spans=0 \
-                    spans_exported=0 kernel_dropped_ring_full=3";
+        let line = "2026-11-21T20:46:49Z  INFO sonde::run: counters state=\"stopped\" sonde.events.received=9 \
+                    sonde.spans.exported=0 sonde.kernel.events.dropped{reason=ring_buffer_full}=3 \
+                    sonde.kernel.events.dropped{reason=copy_failed}=2";
         let c = super::parse_counters(line);
-        assert_eq!(c.get("events"), Some(&9));
-        assert_eq!(c.get("kernel_dropped_ring_full"), Some(&3));
+        assert_eq!(c.get("sonde.events.received"), Some(&9));
+        assert_eq!(c.get("sonde.kernel.events.dropped{reason=ring_buffer_full}"), Some(&3));
+        assert_eq!(super::counter_sum(&c, "sonde.kernel.events.dropped"), 5);
+        assert_eq!(super::counter_sum(&c, "sonde.kernel.events"), 0);
         assert!(!c.contains_key("state"));
     }
 }

@@ -40,10 +40,8 @@ use crate::{
 
 /// As in the bench: several seconds of spans may queue, so a slow batch is not a drop.
 const MAX_QUEUE_SPANS: u32 = 65_536;
-/// The kernel drop reasons in sonde's final `counters` line (`sonde_kernel_events_dropped_total`'s
-/// four `reason`s, docs/metrics.md).
-const KERNEL_DROP_COUNTERS: &[&str] =
-    &["kernel_dropped_ring_full", "kernel_dropped_active_full", "kernel_copy_failed", "tls_without_socket"];
+/// The kernel's drops in sonde's final `counters` line (all `reason`s, docs/metrics.md).
+const KERNEL_DROPS: &str = "sonde.kernel.events.dropped";
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -233,7 +231,7 @@ fn run(sonde: &Path, plan: &Plan) -> anyhow::Result<Report> {
         }
     }
     // sonde's final count covers the whole run; the last scrape stands in if it did not stop cleanly.
-    let final_drops: u64 = KERNEL_DROP_COUNTERS.iter().filter_map(|k| sonde_counters.get(*k)).sum();
+    let final_drops = crate::bench::tracer::counter_sum(&sonde_counters, KERNEL_DROPS);
     let scraped_drops =
         samples.last().and_then(|s| s.metric("sonde_kernel_events_dropped_total")).unwrap_or(0.0);
     let kernel_drops = (final_drops as f64).max(scraped_drops);

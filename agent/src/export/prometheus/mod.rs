@@ -7,7 +7,7 @@
 //! - the text is rendered on a blocking thread, at most once per `RENDER_EVERY`: scrapes within
 //!   that time share one rendering.
 
-mod text;
+pub(crate) mod text;
 
 use std::{
     convert::Infallible,
