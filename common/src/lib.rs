@@ -356,13 +356,21 @@ pub fn conn_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
+/// `aya::Pod`: the map values and keys the agent reads or writes. Each is `#[repr(C)]`, `Copy`, made
+/// of integers and integer arrays only (valid for any bytes), with its padding spelled out as `_pad`
+/// fields so that no byte is uninitialised (`layouts_have_no_implicit_padding` checks the sizes).
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY: u64, u64, i32, u32, five u8 and `_pad: [u8; 3]`: 32 bytes, no implicit padding.
     unsafe impl aya::Pod for ActiveIo {}
+    // SAFETY: u64, u32, three u8 and `_pad: u8`: 16 bytes, no implicit padding.
     unsafe impl aya::Pod for ConnState {}
+    // SAFETY: `[u8; 16]`, u16 and `_pad: [u8; 2]`: 20 bytes, alignment 2, no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: four u64, an i32 and four u8: 40 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsCall {}
+    // SAFETY: u64, u32 and `_pad: u32`: 16 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsKey {}
 }
 

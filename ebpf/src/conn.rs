@@ -34,10 +34,17 @@ fn process_start_ns() -> u64 {
     if leader_off == 0 || start_off == 0 {
         return 0;
     }
+    // SAFETY: a helper without arguments: it returns the address of the current task and reads
+    // no memory.
     let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: `task + leader_off` is not dereferenced here: the helper copies through the kernel's
+    // fault-tolerant copy, so an offset that does not match this kernel gives a wrong value or an
+    // error (handled), never a fault; every bit pattern is a valid pointer value to copy.
     let Ok(leader) = (unsafe { bpf_probe_read_kernel(task.add(leader_off) as *const *const u8) }) else {
         return 0;
     };
+    // SAFETY: as above: `leader` may be anything, the helper copies 8 bytes or fails, and any u64
+    // is a valid result.
     (unsafe { bpf_probe_read_kernel(leader.add(start_off) as *const u64) }).unwrap_or(0)
 }
 
@@ -70,6 +77,10 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
         return;
     }
     let key = conn_key(tgid, fd as u32);
+    // SAFETY: the reference points into the map's preallocated elements (an LRU map always
+    // preallocates), which stay mapped while the program runs; it is read once, just below, before
+    // the entry is removed. Another CPU removing or reusing the element meanwhile can only change
+    // the bytes read: `ConnState` is plain integers, valid for any bytes.
     let Some(state) = (unsafe { CONNS.get(&key) }) else {
         return;
     };
@@ -79,6 +90,7 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     if tracked {
         let event = CloseEvent {
             header: EventHeader {
+                // SAFETY: a helper without arguments that only returns the monotonic clock.
                 ts_ns: unsafe { bpf_ktime_get_ns() },
                 tgid,
                 tid,
@@ -120,6 +132,10 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     let key = conn_key(tgid, fd as u32);
     let tls = bytes == Bytes::TlsCiphertext;
     let role = match CONNS.get_ptr_mut(&key) {
+        // SAFETY: `state` is the non-null, aligned value pointer the lookup just returned, into the
+        // map's preallocated elements, which stay mapped while the program runs. Threads of one
+        // process on other CPUs may update the same entry at once; its fields are plain integers,
+        // so a race loses an update (see the `seq` note below), nothing worse.
         Some(state) => unsafe {
             if (*state).sock == sock {
                 if (*state).peer_is_agent != 0 {
@@ -146,6 +162,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     };
     let mut event = ConnEvent {
         header: EventHeader {
+            // SAFETY: a helper without arguments that only returns the monotonic clock.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid,
             tid,
@@ -187,6 +204,10 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
 #[inline(always)]
 pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
     let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
+    // SAFETY: `state` comes from the lookup just above: non-null, aligned, into the map's
+    // preallocated elements, which stay mapped while the program runs. Plain integer fields: a
+    // write racing with another thread's on another CPU loses an update (a sequence gap that user
+    // space resyncs on), it cannot go outside the value.
     unsafe {
         if (*state).sock == 0 || (*state).peer_is_agent != 0 {
             return None;
@@ -200,6 +221,10 @@ pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
 #[inline(always)]
 fn read_addresses(sock: u64, family: u16, event: &mut ConnEvent) {
     let base = sock as *const u8;
+    // SAFETY: `sock` is the `struct sock *` the socket tracepoint gave, and it is never
+    // dereferenced: every read goes through `bpf_probe_read_kernel*`, which fails (handled: the
+    // field stays 0) instead of faulting. Offsets are the fixed `sock_common` ones or the BTF ones
+    // the agent wrote (used only when non-zero); destinations are the 4- or 16-byte address arrays.
     unsafe {
         if let Ok(port) = bpf_probe_read_kernel(base.add(OFF_DPORT) as *const u16) {
             event.remote_port = u16::from_be(port);

@@ -6,6 +6,7 @@
 //! - syscall tracepoint hook set (`enter`, `on_sock_length`, `exit`): arguments are kept at
 //!   syscall entry, the socket tracepoint says whether the fd is a TCP socket, and at exit the
 //!   bytes really moved are copied.
+//!
 //! Either way a bounded prefix of the bytes goes into a data event.
 
 use aya_ebpf::helpers::{
@@ -79,6 +80,11 @@ pub fn on_sock_length(
     let Some(active) = ACTIVE_IO.get_ptr_mut(&pid_tgid) else {
         return;
     };
+    // SAFETY: `active` is the non-null, aligned value pointer the lookup just returned, into the
+    // LRU map's preallocated elements, which stay mapped while the program runs. The key is this
+    // thread's pid_tgid, so no other program writes the entry meanwhile (the same thread's hooks
+    // run one after another; were the element evicted and reused by another CPU, these writes
+    // would still land inside it); the `&mut` ends with this function.
     let active = unsafe { &mut *active };
     if active.direction != direction as u8 {
         return;
@@ -144,6 +150,8 @@ pub fn on_sock_io(direction: Direction, sock: u64, family: u16, protocol: u16, r
 /// Exit of the read/write family with the syscall's return value.
 #[inline(always)]
 pub fn exit(pid_tgid: u64, ret: i64) {
+    // SAFETY: copied out at once, before the entry is removed; the element stays mapped while the
+    // program runs, and only this thread's hooks use its pid_tgid key.
     let Some(active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
         return;
     };
@@ -177,10 +185,15 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
 /// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied.
 #[inline(always)]
 pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls: bool) {
+    // SAFETY: a helper without arguments that returns the current CPU's id (tracing programs run
+    // with migration disabled, so it stays this program's CPU).
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         return;
     };
+    // SAFETY: `scratch` is the non-null, aligned pointer to this CPU's `Scratch` slot that the
+    // lookup just returned (it fails for a CPU id past `max_entries`); array values are never
+    // freed. Programs on other CPUs use their own slot; the `&mut` ends with this function.
     let bytes = unsafe { &mut (*scratch).bytes };
     let limit = core::cmp::min(global_u32(&CAPTURE_BYTES) as u64, MAX_CAPTURE as u64);
     let want = core::cmp::min(len, limit) as usize;
@@ -193,6 +206,7 @@ pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls
     };
     let event = DataEvent {
         header: EventHeader {
+            // SAFETY: a helper without arguments that only returns the monotonic clock.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid,
             tid,
@@ -206,6 +220,8 @@ pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls
         _pad: [0; 2],
         seq,
     };
+    // SAFETY: `bytes` is `SCRATCH_BYTES` long, more than `size_of::<DataEvent>()` (`HEADER_BYTES`),
+    // and the unaligned write needs no alignment.
     unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DataEvent, event) };
     let total = HEADER_BYTES + core::cmp::min(captured, MAX_CAPTURE);
     emit::output_bytes(&bytes[..total]);
@@ -218,6 +234,9 @@ fn copy_plain(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], src: u64, want: usiz
         return 0;
     }
     let dst = &mut bytes[HEADER_BYTES..HEADER_BYTES + n];
+    // SAFETY: `src` is the process's own buffer pointer from the syscall or TLS call and is never
+    // dereferenced: the helper copies `dst.len()` bytes from user memory or fails (counted), it
+    // cannot fault; `dst` is a checked slice of the scratch buffer.
     if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
         count_drop(DropReason::CopyFailed);
         return 0;
@@ -227,7 +246,10 @@ fn copy_plain(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], src: u64, want: usiz
 
 #[inline(always)]
 fn copy_msghdr(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], msghdr: u64, want: usize) -> usize {
+    // SAFETY: `msghdr` is the process's `struct user_msghdr *` argument, never dereferenced: the
+    // helper copies from user memory or fails (handled below), and any u64 is a valid result.
     let iov = unsafe { bpf_probe_read_user((msghdr as usize + MSGHDR_IOV) as *const u64) };
+    // SAFETY: as for `iov`, 8 bytes further into the same user struct.
     let iovlen = unsafe { bpf_probe_read_user((msghdr as usize + MSGHDR_IOVLEN) as *const u64) };
     match (iov, iovlen) {
         (Ok(iov), Ok(iovlen)) => copy_iovecs(bytes, iov, iovlen, want),
@@ -246,6 +268,8 @@ fn copy_iovecs(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], iov: u64, iovcnt: u
         if i >= iovcnt || off >= want || off >= MAX_CAPTURE {
             break;
         }
+        // SAFETY: the process's iovec array, entry `i < iovcnt`, copied from user memory by the
+        // helper or not at all (counted); `Iovec` is two u64s, valid for any bytes.
         let Ok(v) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const Iovec) }) else {
             count_drop(DropReason::CopyFailed);
             break;
@@ -258,6 +282,8 @@ fn copy_iovecs(bytes: &mut [u8; crate::maps::SCRATCH_BYTES], iov: u64, iovcnt: u
         // off < MAX_CAPTURE and take <= MAX_CAPTURE: inside the 2 * MAX_CAPTURE scratch area.
         let start = HEADER_BYTES + (off & (MAX_CAPTURE - 1));
         let dst = &mut bytes[start..start + take];
+        // SAFETY: `v.base` is a user address from the process's iovec, never dereferenced: the
+        // helper copies from user memory or fails (counted); `dst` is a checked slice of scratch.
         if unsafe { bpf_probe_read_user_buf(v.base as *const u8, dst) }.is_err() {
             count_drop(DropReason::CopyFailed);
             break;

@@ -40,6 +40,11 @@ const ARG0: usize = 16;
 /// call per field, which showed in profiles of the hottest programs.
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: a load from the tracepoint's record, valid for the program run. Callers pass constant
+    // offsets of fields inside the record (its format file) and integer `T`s, valid for any bytes.
+    // The verifier only accepts constant, size-aligned context loads below `PERF_MAX_TRACE_SIZE`,
+    // the size of the per-CPU buffer the record is built in, and refuses to load a program with
+    // any other: a wrong offset reads stale bytes of that buffer, it cannot fault.
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
@@ -122,6 +127,8 @@ fn on_connect_enter(fd: u64, sockaddr: u64) {
     if !filter::traced((pid_tgid >> 32) as u32) {
         return;
     }
+    // SAFETY: `sockaddr` is connect's user pointer, never dereferenced: the helper copies two bytes
+    // of user memory or fails (then the connect is not followed).
     let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else {
         return;
     };
@@ -133,6 +140,8 @@ fn on_connect_enter(fd: u64, sockaddr: u64) {
 #[inline(always)]
 fn on_connect_exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once, before the entry is removed; the element stays mapped while the
+    // program runs, and only this thread's hooks use its pid_tgid key.
     let Some(fd) = (unsafe { ACTIVE_CONNECT.get(&pid_tgid) }).copied() else {
         return;
     };
@@ -164,12 +173,15 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if offset == 0 || offset > 64 || !filter::traced(tgid) {
         return 0;
     }
+    // SAFETY: the record's `child_pid` at the offset its format file gave (bounded to 1..=64),
+    // copied by the helper, which fails instead of faulting; any i32 is a valid result.
     let Ok(child) = (unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset) as *const i32) })
     else {
         return 0;
     };
     let event = SpawnEvent {
         header: EventHeader {
+            // SAFETY: a helper without arguments that only returns the monotonic clock.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid,
             tid: pid_tgid as u32,
@@ -201,10 +213,13 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         tid == tgid
     } else {
         // A variable offset: not a direct context load, which the verifier wants constant.
+        // SAFETY: the record's `group_dead` at the offset its format file gave (bounded to
+        // 1..=64), copied by the helper, which fails (read as 0) instead of faulting.
         (unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(offset)) }).unwrap_or(0u8) != 0
     };
     let event = ExitEvent {
         header: EventHeader {
+            // SAFETY: a helper without arguments that only returns the monotonic clock.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid,
             tid,
@@ -233,6 +248,7 @@ pub fn mmap_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let event = EventHeader {
+        // SAFETY: a helper without arguments that only returns the monotonic clock.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
         tid: pid_tgid as u32,

@@ -116,17 +116,24 @@ pub static OFF_STATE_SADDR_V6: u32 = 0;
 
 #[inline(always)]
 pub fn global_u32(g: &u32) -> u32 {
+    // SAFETY: `g` is a reference to one of the statics above: valid, aligned, initialised. The
+    // volatile read only keeps the compiler from folding in the value it was compiled with.
     unsafe { core::ptr::read_volatile(g) }
 }
 
 #[inline(always)]
 pub fn global_u64(g: &u64) -> u64 {
+    // SAFETY: as in `global_u32`: a reference to a static, read volatile so that the value the
+    // agent wrote before load is the one used.
     unsafe { core::ptr::read_volatile(g) }
 }
 
 #[inline(always)]
 pub fn count_drop(reason: sonde_common::DropReason) {
     if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: `c` is this CPU's counter of a per-CPU array, non-null and aligned (the lookup
+        // checked `reason < DROP_REASONS`); array values are never freed, and no other CPU writes
+        // this CPU's copy.
         unsafe { *c += 1 };
     }
 }

@@ -73,6 +73,8 @@ fn local_endpoint(record: *const u8) -> Option<Endpoint> {
     // SAFETY: reads of the tracepoint record at offsets its format file gave, through the
     // helper, which fails cleanly instead of faulting.
     let port = unsafe { bpf_probe_read_kernel(record.add(port_at) as *const u16) }.ok()?;
+    // SAFETY: as for `port`: 16 bytes at the record's `saddr_v6` offset (at most 128), copied by
+    // the helper or not at all; any bytes are a valid address.
     let addr = unsafe { bpf_probe_read_kernel(record.add(addr_at) as *const [u8; 16]) }.ok()?;
     Some(Endpoint { addr, port, _pad: [0; 2] })
 }

@@ -41,11 +41,17 @@ pub struct IoSyscall {
 pub fn current_io_syscall() -> Option<IoSyscall> {
     // The task's user registers, saved at kernel entry; syscalls read their arguments from
     // them and leave them as they were.
+    // SAFETY: the current task's BTF pointer is valid for the whole program run, and
+    // `bpf_task_pt_regs` only computes where that task's saved user registers are; the verifier
+    // types the result as `struct pt_regs *`.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
     if regs.is_null() {
         return None;
     }
     // Direct loads: the verifier knows `regs` is a `struct pt_regs *` from BTF.
+    // SAFETY: `regs` is non-null (checked above) and `slot` one of the constant slots of x86_64's
+    // 21-slot `struct pt_regs`; the verifier checks each load against the BTF type and runs it as a
+    // probe load, so a bad address would read 0, not fault.
     let reg = |slot: usize| unsafe { *regs.add(slot) };
     if reg(REG_CS) == USER32_CS {
         return None;

@@ -30,6 +30,8 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
         return;
     }
     if kind == TlsCallKind::Control
+        // SAFETY: the entry of this thread's pid_tgid, which only this thread's hooks write; its
+        // element stays mapped while the program runs, and one byte of it is read at once.
         && let Some(outer) = unsafe { TLS_CALLS.get(&pid_tgid) }
         && outer.kind == TlsCallKind::Data as u8
     {
@@ -59,6 +61,10 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
 fn mark_process(tgid: u32) {
     if let Some(word) = TLS_PIDS.get_ptr_mut(tgid / 64) {
         let bit = 1u64 << (tgid % 64);
+        // SAFETY: `word` is the non-null, aligned pointer to an array element the lookup just
+        // returned; array values are never freed. The read-modify-write is not atomic: racing with
+        // another CPU it can lose another process's bit, which that process's next TLS call sets
+        // again.
         unsafe {
             if *word & bit == 0 {
                 *word |= bit;
@@ -82,6 +88,9 @@ pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
     let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
         return false;
     };
+    // SAFETY: `call` is the non-null, aligned value pointer the lookup just returned, into the LRU
+    // map's preallocated elements, which stay mapped while the program runs; its key is this
+    // thread's pid_tgid, so no other thread's program writes it.
     unsafe {
         (*call).fd = fd;
         (*call).sock = sock;
@@ -94,6 +103,7 @@ pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
 #[inline(always)]
 pub fn became_tls(pid_tgid: u64) {
     if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        // SAFETY: as in `in_call`: this thread's own entry, from the lookup just above.
         unsafe { (*call).became_tls = 1 };
     }
 }
@@ -110,6 +120,8 @@ pub fn thread_exit(pid_tgid: u64) {
 #[inline(always)]
 pub fn control_return() {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: this thread's own entry (only its hooks write it), copied out at once, before it is
+    // removed; the element stays mapped while the program runs.
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
@@ -127,6 +139,8 @@ pub fn control_return() {
 #[inline(always)]
 pub fn data_return(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: this thread's own entry (only its hooks write it), copied out at once, before it is
+    // removed; the element stays mapped while the program runs.
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
@@ -140,6 +154,8 @@ pub fn data_return(ret: i64) {
         if ret != 1 {
             return;
         }
+        // SAFETY: `len_out` is the `size_t *` the process passed to the `_ex` call, never
+        // dereferenced: the helper copies 8 bytes of user memory or fails (read as 0: no event).
         unsafe { bpf_probe_read_user(call.len_out as *const u64) }.unwrap_or(0)
     } else if ret > 0 {
         ret as u64
@@ -153,6 +169,9 @@ pub fn data_return(ret: i64) {
         call.fd
     } else {
         let key = TlsKey { ssl: call.ssl, tgid, _pad: 0 };
+        // SAFETY: the fd is copied out of the element at once (`Some(&fd)`), while it stays
+        // mapped; if another CPU removed and reused it meanwhile, the i32 read is another key's
+        // fd, a wrong connection for one event, nothing unsound.
         match unsafe { TLS_SOCKETS.get(&key) } {
             Some(&fd) => fd,
             None => {
@@ -206,6 +225,8 @@ pub fn free(ssl: u64) {
 #[inline(always)]
 fn remember_socket(tgid: u32, ssl: u64, fd: i32) {
     let key = TlsKey { ssl, tgid, _pad: 0 };
+    // SAFETY: the i32 is copied out at once, while the element stays mapped; a stale read only
+    // makes the insert below happen or not.
     if unsafe { TLS_SOCKETS.get(&key) }.is_some_and(|&known| known == fd) {
         return;
     }

@@ -24,10 +24,12 @@ const HEAP_SLACK_KIB: u64 = 4 * 1024;
 /// Room for the idle connections on our end: the soft limit up to the hard one (20,000 here; a
 /// higher hard limit would need CAP_SYS_RESOURCE, which a container may not grant).
 fn raise_open_files() {
-    // SAFETY: plain get/set of our own limit.
+    // SAFETY: `rlimit` is two integers, for which all-zero bytes are a valid value.
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: plain get of our own limit into a live out-parameter.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
     limit.rlim_cur = limit.rlim_max;
+    // SAFETY: plain set of our own limit from a live, initialised struct.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "raising RLIMIT_NOFILE");
     assert!(limit.rlim_cur as usize > IDLE_CONNECTIONS + 1_000, "too few open files allowed: {limit:?}");
 }

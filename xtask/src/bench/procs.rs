@@ -72,8 +72,9 @@ impl ChildGuard {
     /// `wait4(WNOHANG)`: std's `Child::wait` does not give the rusage we need.
     fn try_reap(&mut self, pid: libc::pid_t) -> anyhow::Result<Option<(Option<i32>, Usage)>> {
         let mut status = 0;
-        // SAFETY: plain out-parameters; `pid` is our child.
+        // SAFETY: `rusage` is a C struct of integers, for which all-zero bytes are a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: plain out-parameters that live across the call; `pid` is our child.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
         if r < 0 {
             bail!("waiting for {}: {}", self.name, std::io::Error::last_os_error());
