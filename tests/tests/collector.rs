@@ -124,11 +124,15 @@ fn final_counter(sonde: &Sonde, name: &str) -> u64 {
         .lines()
         .rfind(|l| l.contains("counters") && l.contains("state=\"stopped\""))
         .unwrap_or_else(|| panic!("no final counters line:\n{log}"));
-    let prefix = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix(&prefix))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
+    // Every series of the metric, whatever its labels: `name=N` or `name{reason=…}=N`.
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|field| field.rsplit_once('='))
+        .filter(|(key, _)| *key == name || key.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter_map(|(_, value)| value.parse().ok())
+        .collect();
+    assert!(!values.is_empty(), "no {name} in {line}");
+    values.iter().sum()
 }
 
 /// The most attempts one batch can make within `window` of its first one: sonde's back-off starts
@@ -187,9 +191,13 @@ async fn a_refusing_collector_is_retried_with_back_off_and_what_cannot_wait_is_c
     assert_eq!(dropped(prom, "export_failed"), 0.0, "the retried batch was not given up");
 
     sonde.stop_cleanly();
-    assert_eq!(final_counter(&sonde, "spans_dropped"), 25, "{}", sonde.stderr());
+    assert_eq!(final_counter(&sonde, "sonde.spans.dropped"), 25, "{}", sonde.stderr());
     assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 10);
-    assert_eq!(final_counter(&sonde, "server_spans"), 35, "every span exported or counted as dropped");
+    assert_eq!(
+        final_counter(&sonde, "sonde.spans.created{span.kind=server}"),
+        35,
+        "every span exported or counted as dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +239,7 @@ async fn a_batch_the_collector_calls_invalid_is_dropped_and_counted_not_retried(
     sonde.stop_cleanly();
     let log = sonde.stderr();
     assert!(log.contains("not retryable"), "the refusal is logged as final:\n{log}");
-    assert_eq!(final_counter(&sonde, "spans_dropped"), 10, "{log}");
+    assert_eq!(final_counter(&sonde, "sonde.spans.dropped"), 10, "{log}");
     assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 4, "{log}");
 }
 
@@ -314,11 +322,11 @@ async fn a_slow_collector_costs_counted_drops_not_memory_or_the_apps_requests() 
 
     sonde.stop_cleanly();
     let exported = final_counter(&sonde, "sonde.spans.exported");
-    let lost = final_counter(&sonde, "spans_dropped");
+    let lost = final_counter(&sonde, "sonde.spans.dropped");
     assert_eq!(exported as usize, receiver.spans().len(), "what sonde counts as exported arrived");
     assert_eq!(
         exported + lost,
-        final_counter(&sonde, "server_spans"),
+        final_counter(&sonde, "sonde.spans.created{span.kind=server}"),
         "every span exported or counted as dropped:\n{}",
         sonde.stderr()
     );
@@ -354,7 +362,7 @@ async fn a_collector_that_goes_down_mid_run_gets_the_spans_when_it_is_back(trans
 
     sonde.stop_cleanly();
     assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 9);
-    assert_eq!(final_counter(&sonde, "spans_dropped"), 0);
+    assert_eq!(final_counter(&sonde, "sonde.spans.dropped"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,6 +81,10 @@ pub struct DemoServiceArgs {
     /// A service to call (address) for each request, in order (repeatable).
     #[arg(long = "call", value_name = "ADDR")]
     pub calls: Vec<std::net::SocketAddr>,
+    /// Serve nothing: send this many requests (`/checkout/1`, …) to the first `--call`, a pause
+    /// of `--delay-ms` after each, then exit — the demo's client, a process of its own.
+    #[arg(long, default_value_t = 0)]
+    pub send: u32,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,8 @@
 //! `sonde demo`: a chain of four plain local services — gateway → auth, gateway → cart →
 //! payments, payments deliberately slow — traced by sonde while a few requests go through it.
-//! The services are child processes running `sonde demo-service` (separate processes: sonde never
-//! traces itself), selected by pid so nothing else on the host shows up.
+//! The services and the client that sends the requests are child processes running `sonde
+//! demo-service` (separate processes: sonde traces neither itself nor the other end of its own
+//! connections); the services are selected by pid so nothing else on the host shows up.
 
 pub mod service;
 
@@ -72,12 +73,14 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (requests, entry) = (args.requests, gateway.addr);
     run::run_with(run_args, move |stop| {
         std::thread::spawn(move || {
-            for i in 1..=requests {
-                // sonde's own I/O is never traced: the gateway's SERVER span is each trace's root.
-                if let Err(e) = service::call(entry, &format!("/checkout/{i}")) {
-                    eprintln!("sonde demo: request {i} failed: {e}");
-                }
-                std::thread::sleep(BETWEEN_REQUESTS);
+            // A client process of its own, not traced: the gateway's SERVER span is each
+            // trace's root.
+            let sent = Command::new(&exe)
+                .args(["demo-service", "--send", &requests.to_string(), "--call", &entry.to_string()])
+                .args(["--delay-ms", &BETWEEN_REQUESTS.as_millis().to_string()])
+                .status();
+            if let Err(e) = sent {
+                eprintln!("sonde demo: the client did not run: {e}");
             }
             std::thread::sleep(LINGER);
             stop.stop();

@@ -12,6 +12,9 @@ use std::{
 use crate::config::DemoServiceArgs;
 
 pub fn run(args: DemoServiceArgs) -> anyhow::Result<()> {
+    if args.send > 0 {
+        return send(&args);
+    }
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     // The parent reads the port from the first line of stdout.
     println!("{}", listener.local_addr()?.port());
@@ -23,6 +26,19 @@ pub fn run(args: DemoServiceArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let _ = serve(stream, &calls, delay);
         });
+    }
+    Ok(())
+}
+
+/// The demo's client: its requests come from a process of its own, because sonde does not trace
+/// the other end of its own connections (a collector on the host would otherwise trace exports).
+fn send(args: &DemoServiceArgs) -> anyhow::Result<()> {
+    let entry = *args.calls.first().ok_or_else(|| anyhow::anyhow!("--send needs a --call address"))?;
+    for i in 1..=args.send {
+        if let Err(e) = call(entry, &format!("/checkout/{i}")) {
+            eprintln!("sonde demo: request {i} failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(args.delay_ms));
     }
     Ok(())
 }
