@@ -13,9 +13,12 @@ use super::{
     observe::Observation,
     route::Routes,
 };
-use crate::span::{
-    assemble::protocol_version,
-    model::{KeyValue, Resource, SpanKind, Text},
+use crate::{
+    semconv::{attr, metric},
+    span::{
+        assemble::protocol_version,
+        model::{KeyValue, Resource, SpanKind, Text},
+    },
 };
 
 /// The attributes of one server series. `server.address`/`server.port` are Opt-In for server
@@ -272,7 +275,7 @@ impl HttpMetrics {
             let server = p.server.points(p.start_unix_ns, server_attributes);
             if !server.is_empty() {
                 let mut m = Metric::histogram(
-                    "http.server.request.duration",
+                    metric::HTTP_SERVER_REQUEST_DURATION,
                     "Duration of HTTP server requests.",
                     "s",
                 );
@@ -282,7 +285,7 @@ impl HttpMetrics {
             let client = p.client.points(p.start_unix_ns, client_attributes);
             if !client.is_empty() {
                 let mut m = Metric::histogram(
-                    "http.client.request.duration",
+                    metric::HTTP_CLIENT_REQUEST_DURATION,
                     "Duration of HTTP client requests.",
                     "s",
                 );
@@ -295,24 +298,24 @@ impl HttpMetrics {
 }
 
 fn common(out: &mut Vec<KeyValue>, kind: SpanKind, method: &'static str, status: u16, minor: u8) {
-    out.push(KeyValue::str("http.request.method", method));
+    out.push(KeyValue::str(attr::HTTP_REQUEST_METHOD, method));
     if status != 0 {
-        out.push(KeyValue::int("http.response.status_code", i64::from(status)));
+        out.push(KeyValue::int(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status)));
     }
     let failed = status == 0 || crate::span::assemble::is_error_status(kind, status);
     if failed {
         let error =
             if status == 0 { Text::Static("connection_closed") } else { Text::Owned(status.to_string()) };
-        out.push(KeyValue::str("error.type", error));
+        out.push(KeyValue::str(attr::ERROR_TYPE, error));
     }
-    out.push(KeyValue::str("network.protocol.version", protocol_version(minor)));
+    out.push(KeyValue::str(attr::NETWORK_PROTOCOL_VERSION, protocol_version(minor)));
 }
 
 fn server_attributes(k: &ServerSeries) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(6);
     common(&mut out, SpanKind::Server, k.method, k.status, k.minor_version);
-    out.push(KeyValue::str("http.route", Text::Shared(Arc::clone(&k.route))));
-    out.push(KeyValue::str("url.scheme", k.scheme));
+    out.push(KeyValue::str(attr::HTTP_ROUTE, Text::Shared(Arc::clone(&k.route))));
+    out.push(KeyValue::str(attr::URL_SCHEME, k.scheme));
     out
 }
 
@@ -320,10 +323,10 @@ fn client_attributes(k: &ClientSeries) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(6);
     common(&mut out, SpanKind::Client, k.method, k.status, k.minor_version);
     if let Some(address) = &k.server_address {
-        out.push(KeyValue::str("server.address", address.clone()));
+        out.push(KeyValue::str(attr::SERVER_ADDRESS, address.clone()));
     }
     if let Some(port) = k.server_port {
-        out.push(KeyValue::int("server.port", i64::from(port)));
+        out.push(KeyValue::int(attr::SERVER_PORT, i64::from(port)));
     }
     out
 }

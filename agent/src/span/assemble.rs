@@ -18,7 +18,7 @@ use crate::{
     conn::ConnInfo,
     http::{Exchange, RequestHead},
     link::SpanContext,
-    semconv::Target,
+    semconv::{Target, attr},
 };
 
 /// Attribute values longer than this are cut (a 1 MiB URL must not become a 1 MiB attribute).
@@ -85,34 +85,35 @@ impl Assembler {
         let request = &exchange.request.head;
         let (method, method_original) = normalize_method(&request.method);
         let mut attributes = Vec::with_capacity(16);
-        attributes.push(KeyValue::str("http.request.method", method));
+        attributes.push(KeyValue::str(attr::HTTP_REQUEST_METHOD, method));
         if let Some(original) = method_original {
-            attributes.push(KeyValue::str("http.request.method_original", capped(original)));
+            attributes.push(KeyValue::str(attr::HTTP_REQUEST_METHOD_ORIGINAL, capped(original)));
         }
         // `network.protocol.name` is only due when the protocol is not `http`.
-        attributes.push(KeyValue::str("network.protocol.version", protocol_version(request.minor_version)));
+        attributes
+            .push(KeyValue::str(attr::NETWORK_PROTOCOL_VERSION, protocol_version(request.minor_version)));
         match kind {
             SpanKind::Server => self.server_attributes(exchange, conn, &mut attributes),
             _ => self.client_attributes(exchange, conn, &mut attributes),
         }
         let opt_in = self.options.opt_in_attributes;
         if opt_in {
-            attributes.push(KeyValue::str("network.transport", "tcp"));
+            attributes.push(KeyValue::str(attr::NETWORK_TRANSPORT, "tcp"));
         }
         if opt_in && exchange.request.body_bytes > 0 {
-            attributes.push(KeyValue::int("http.request.body.size", exchange.request.body_bytes as i64));
+            attributes.push(KeyValue::int(attr::HTTP_REQUEST_BODY_SIZE, exchange.request.body_bytes as i64));
         }
 
         let start = exchange.request.start_ns;
         let (end, status) = match &exchange.response {
             Some(response) => {
                 let code = response.head.status;
-                attributes.push(KeyValue::int("http.response.status_code", code as i64));
+                attributes.push(KeyValue::int(attr::HTTP_RESPONSE_STATUS_CODE, code as i64));
                 if opt_in && response.body_bytes > 0 {
-                    attributes.push(KeyValue::int("http.response.body.size", response.body_bytes as i64));
+                    attributes.push(KeyValue::int(attr::HTTP_RESPONSE_BODY_SIZE, response.body_bytes as i64));
                 }
                 let status = if is_error_status(kind, code) {
-                    attributes.push(KeyValue::str("error.type", code.to_string()));
+                    attributes.push(KeyValue::str(attr::ERROR_TYPE, code.to_string()));
                     Status::Error { message: String::new() }
                 } else {
                     Status::Unset
@@ -120,7 +121,7 @@ impl Assembler {
                 (response.end_ns, status)
             }
             None => {
-                attributes.push(KeyValue::str("error.type", "connection_closed"));
+                attributes.push(KeyValue::str(attr::ERROR_TYPE, "connection_closed"));
                 let message = match kind {
                     SpanKind::Server => "connection closed before a response was sent",
                     _ => "connection closed or reset before a response arrived",
@@ -152,27 +153,28 @@ impl Assembler {
     fn server_attributes(&mut self, exchange: &Exchange, conn: &ConnInfo, attributes: &mut Vec<KeyValue>) {
         let request = &exchange.request.head;
         let target = Target::parse(&request.target);
-        attributes.push(KeyValue::str("url.path", capped(target.path)));
+        attributes.push(KeyValue::str(attr::URL_PATH, capped(target.path)));
         if self.options.capture_query
             && let Some(q) = target.query
         {
-            attributes.push(KeyValue::str("url.query", capped(q)));
+            attributes.push(KeyValue::str(attr::URL_QUERY, capped(q)));
         }
-        attributes.push(KeyValue::str("url.scheme", scheme(conn)));
+        attributes.push(KeyValue::str(attr::URL_SCHEME, scheme(conn)));
         server_address(request, conn.local, &mut self.addresses, attributes);
         let opt_in = self.options.opt_in_attributes;
         if let Some(peer) = conn.remote {
             let address = self.addresses.text(peer.ip());
-            attributes.push(KeyValue::str("client.address", address.clone()));
-            attributes.push(KeyValue::str("network.peer.address", address));
-            attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
+            attributes.push(KeyValue::str(attr::CLIENT_ADDRESS, address.clone()));
+            attributes.push(KeyValue::str(attr::NETWORK_PEER_ADDRESS, address));
+            attributes.push(KeyValue::int(attr::NETWORK_PEER_PORT, peer.port() as i64));
             if opt_in {
-                attributes.push(KeyValue::int("client.port", peer.port() as i64));
-                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+                attributes.push(KeyValue::int(attr::CLIENT_PORT, peer.port() as i64));
+                attributes
+                    .push(KeyValue::str(attr::NETWORK_TYPE, if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
             }
         }
         if let Some(ua) = &request.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", capped(ua)));
+            attributes.push(KeyValue::str(attr::USER_AGENT_ORIGINAL, capped(ua)));
         }
     }
 
@@ -181,23 +183,24 @@ impl Assembler {
         let request = &exchange.request.head;
         server_address(request, conn.remote, &mut self.addresses, attributes);
         attributes.push(KeyValue::str(
-            "url.full",
+            attr::URL_FULL,
             capped(&full_url(request, scheme(conn), conn.remote, self.options.capture_query)),
         ));
         let opt_in = self.options.opt_in_attributes;
         if let Some(peer) = conn.remote {
-            attributes.push(KeyValue::str("network.peer.address", self.addresses.text(peer.ip())));
-            attributes.push(KeyValue::int("network.peer.port", peer.port() as i64));
+            attributes.push(KeyValue::str(attr::NETWORK_PEER_ADDRESS, self.addresses.text(peer.ip())));
+            attributes.push(KeyValue::int(attr::NETWORK_PEER_PORT, peer.port() as i64));
             if opt_in {
-                attributes.push(KeyValue::str("network.type", if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
+                attributes
+                    .push(KeyValue::str(attr::NETWORK_TYPE, if peer.is_ipv4() { "ipv4" } else { "ipv6" }));
             }
         }
         if opt_in {
             // Opt-In on client spans: `url.full` starts with it anyway.
-            attributes.push(KeyValue::str("url.scheme", scheme(conn)));
+            attributes.push(KeyValue::str(attr::URL_SCHEME, scheme(conn)));
         }
         if opt_in && let Some(ua) = &request.user_agent {
-            attributes.push(KeyValue::str("user_agent.original", capped(ua)));
+            attributes.push(KeyValue::str(attr::USER_AGENT_ORIGINAL, capped(ua)));
         }
     }
 }
@@ -258,9 +261,9 @@ fn server_address(
     out: &mut Vec<KeyValue>,
 ) {
     if let Some((address, port)) = server_endpoint(request, server_socket, addresses) {
-        out.push(KeyValue::str("server.address", address));
+        out.push(KeyValue::str(attr::SERVER_ADDRESS, address));
         if let Some(port) = port {
-            out.push(KeyValue::int("server.port", port as i64));
+            out.push(KeyValue::int(attr::SERVER_PORT, port as i64));
         }
     }
 }

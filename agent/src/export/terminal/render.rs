@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::export::json::hex;
+use crate::semconv::attr;
 use crate::span::model::{AttrValue, Span, SpanId, SpanKind, Status};
 
 const SERVICE_W: usize = 14;
@@ -97,8 +98,8 @@ fn display_name(span: &Span) -> String {
         Some(crate::span::model::AttrValue::Str(t)) => Some(t.to_string()),
         _ => None,
     };
-    let what =
-        text("url.path").or_else(|| text("url.full").map(|u| u.trim_start_matches("http://").to_owned()));
+    let what = text(attr::URL_PATH)
+        .or_else(|| text(attr::URL_FULL).map(|u| u.trim_start_matches("http://").to_owned()));
     match what {
         Some(what) if !span.name.contains(' ') => format!("{} {what}", span.name),
         _ => span.name.clone(),
@@ -179,8 +180,8 @@ fn bar(start: u64, end: u64, range: u64) -> String {
 
 /// `OK 200`, `ERROR 503`, `ERROR`.
 fn status_text(span: &Span) -> String {
-    let code = span.attributes.iter().find_map(|kv| match (&*kv.key, &kv.value) {
-        ("http.response.status_code", AttrValue::Int(c)) => Some(*c),
+    let code = span.attributes.iter().find_map(|kv| match &kv.value {
+        AttrValue::Int(c) if kv.key == attr::HTTP_RESPONSE_STATUS_CODE => Some(*c),
         _ => None,
     });
     let word = match span.status {
