@@ -63,10 +63,11 @@ pub mod globals {
     /// kernel's BTF at load time (0: unknown, and `ConnEvent::start_ns` stays 0).
     pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     pub const OFF_TASK_START_BOOTTIME: &str = "OFF_TASK_START_BOOTTIME";
-    /// Offsets of `sport` and `saddr_v6` in the `sock:inet_sock_set_state` record, read from the
+    /// Offsets of `sport`, `dport` and `saddr_v6` in the `sock:inet_sock_set_state` record, read from the
     /// tracepoint's format file at load time (0: unknown, and sonde's own connections are not
     /// recognised at their other end).
     pub const OFF_STATE_SPORT: &str = "OFF_STATE_SPORT";
+    pub const OFF_STATE_DPORT: &str = "OFF_STATE_DPORT";
     pub const OFF_STATE_SADDR_V6: &str = "OFF_STATE_SADDR_V6";
 }
 
@@ -296,14 +297,18 @@ pub struct ConnState {
     pub _pad: u8,
 }
 
-/// An address and port as the other end of a connection sees them: IPv4 as IPv4-mapped IPv6
-/// (`::ffff:a.b.c.d`), the port in host order. Key of `AGENT_ENDPOINTS`.
+/// One of sonde's own connections as its other end sees it: sonde's address and port (IPv4 as
+/// IPv4-mapped IPv6, `::ffff:a.b.c.d`) and the port sonde connected to, all ports in host order.
+/// Key of `AGENT_ENDPOINTS`. The port connected to is part of the key because another process may
+/// use the same local port towards another server (Linux shares an ephemeral port between
+/// destinations); it is the destination's port rather than its address because a DNAT (a
+/// Kubernetes Service, a hostPort) changes the address the other end sees, and seldom the port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: [u8; 16],
     pub port: u16,
-    pub _pad: [u8; 2],
+    pub peer_port: u16,
 }
 
 /// A TLS library call in progress on one thread (`TLS_CALLS`, keyed by pid_tgid), from its entry
@@ -366,7 +371,7 @@ mod pod {
     unsafe impl aya::Pod for ActiveIo {}
     // SAFETY: u64, u32, three u8 and `_pad: u8`: 16 bytes, no implicit padding.
     unsafe impl aya::Pod for ConnState {}
-    // SAFETY: `[u8; 16]`, u16 and `_pad: [u8; 2]`: 20 bytes, alignment 2, no implicit padding.
+    // SAFETY: `[u8; 16]` and two u16: 20 bytes, alignment 2, no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: four u64, an i32 and four u8: 40 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsCall {}

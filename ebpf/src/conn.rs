@@ -181,7 +181,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
         start_ns: process_start_ns(),
     };
     read_addresses(sock, family, &mut event);
-    if own::peer_is_agent(family, &event.remote_addr, event.remote_port) {
+    if own::peer_is_agent(family, &event.remote_addr, event.remote_port, event.local_port) {
         // sonde's own export (or API call): remembered, so that its later data costs one lookup,
         // and never announced.
         let state = ConnState { sock, seq: 0, role: role as u8, tls: 0, peer_is_agent: 1, _pad: 0 };

@@ -112,6 +112,8 @@ pub static OFF_TASK_START_BOOTTIME: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_STATE_SPORT: u32 = 0;
 #[unsafe(no_mangle)]
+pub static OFF_STATE_DPORT: u32 = 0;
+#[unsafe(no_mangle)]
 pub static OFF_STATE_SADDR_V6: u32 = 0;
 
 #[inline(always)]

@@ -6,7 +6,8 @@
 //! - a connect by sonde's own process (the SYN_SENT transition runs in the connecting task) files
 //!   the socket in `AGENT_SOCKS`;
 //! - once established (in softirq, any task), its local address and port — what the other end sees
-//!   as its peer — go into `AGENT_ENDPOINTS`. The other end accepts only after this transition (its
+//!   as its peer — and the port it connected to go into `AGENT_ENDPOINTS` (see `Endpoint` for why
+//!   the port connected to, not the whole 4-tuple). The other end accepts only after this transition (its
 //!   ACK is sent after it), so the entry is there before the other end's first read;
 //! - at close both go, so that a port reused by another process later is traced again.
 //!
@@ -17,7 +18,8 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use sonde_common::{AF_INET, Endpoint};
 
 use crate::maps::{
-    AGENT_ENDPOINTS, AGENT_SOCKS, AGENT_TGID, OFF_STATE_SADDR_V6, OFF_STATE_SPORT, global_u32,
+    AGENT_ENDPOINTS, AGENT_SOCKS, AGENT_TGID, OFF_STATE_DPORT, OFF_STATE_SADDR_V6, OFF_STATE_SPORT,
+    global_u32,
 };
 
 // `include/net/tcp_states.h`.
@@ -65,25 +67,34 @@ pub fn on_state_change(record: *const u8, sock: u64, old: i32, new: i32) {
 /// IPv4 socket: the tracepoint stores it so).
 #[inline(always)]
 fn local_endpoint(record: *const u8) -> Option<Endpoint> {
-    let (port_at, addr_at) =
-        (global_u32(&OFF_STATE_SPORT) as usize, global_u32(&OFF_STATE_SADDR_V6) as usize);
-    if port_at == 0 || addr_at == 0 || port_at > 128 || addr_at > 128 {
+    let port_at = global_u32(&OFF_STATE_SPORT) as usize;
+    let peer_port_at = global_u32(&OFF_STATE_DPORT) as usize;
+    let addr_at = global_u32(&OFF_STATE_SADDR_V6) as usize;
+    if port_at == 0
+        || peer_port_at == 0
+        || addr_at == 0
+        || port_at > 128
+        || peer_port_at > 128
+        || addr_at > 128
+    {
         return None;
     }
     // SAFETY: reads of the tracepoint record at offsets its format file gave, through the
     // helper, which fails cleanly instead of faulting.
     let port = unsafe { bpf_probe_read_kernel(record.add(port_at) as *const u16) }.ok()?;
+    // SAFETY: as for `port`, at the record's `dport` offset.
+    let peer_port = unsafe { bpf_probe_read_kernel(record.add(peer_port_at) as *const u16) }.ok()?;
     // SAFETY: as for `port`: 16 bytes at the record's `saddr_v6` offset (at most 128), copied by
     // the helper or not at all; any bytes are a valid address.
     let addr = unsafe { bpf_probe_read_kernel(record.add(addr_at) as *const [u8; 16]) }.ok()?;
-    Some(Endpoint { addr, port, _pad: [0; 2] })
+    Some(Endpoint { addr, port, peer_port })
 }
 
 /// Whether the peer of a connection (its address as the socket stores it: 4 bytes for IPv4, 16
-/// for IPv6; port in host order) is one of sonde's own sockets.
+/// for IPv6; ports in host order) is one of sonde's own sockets, connected to `local_port`.
 #[inline(always)]
-pub fn peer_is_agent(family: u16, addr: &[u8; 16], port: u16) -> bool {
-    let mut peer = Endpoint { addr: *addr, port, _pad: [0; 2] };
+pub fn peer_is_agent(family: u16, addr: &[u8; 16], port: u16, local_port: u16) -> bool {
+    let mut peer = Endpoint { addr: *addr, port, peer_port: local_port };
     if family == AF_INET {
         peer.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
     }

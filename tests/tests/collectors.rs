@@ -15,6 +15,23 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Export rounds to let pass: traces leave within a second, metrics every `--metrics-interval`.
 const ROUNDS: Duration = Duration::from_secs(4);
 
+/// curl POSTs an empty OTLP/HTTP export (a valid, empty protobuf message) to `url`; returns the
+/// status code it got.
+fn post_empty_export(url: &str) -> String {
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Content-Type: application/x-protobuf",
+        "--data-binary",
+        "",
+        url,
+    ]);
+    out.trim().to_owned()
+}
+
 fn is_otlp_path(path: Option<&str>) -> bool {
     path.is_some_and(|p| p.ends_with("/v1/traces") || p.ends_with("/v1/metrics"))
 }
@@ -36,21 +53,7 @@ async fn exports_leave_no_trace_at(receiver: Receiver) {
         curl(&["-o", "/dev/null", &server.url("/index.html")]);
     }
     // A client of the receiver that is not sonde: its request is the receiver's to trace.
-    let empty = std::env::temp_dir().join(format!("sonde-empty-{me}"));
-    std::fs::write(&empty, b"").unwrap();
-    let posted = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Content-Type: application/x-protobuf",
-        "--data-binary",
-        &format!("@{}", empty.display()),
-        &receiver.http_traces_url(),
-    ]);
-    let _ = std::fs::remove_file(&empty);
-    assert_eq!(posted.trim(), "200", "the receiver took curl's empty export");
+    assert_eq!(post_empty_export(&receiver.http_traces_url()), "200", "the receiver took curl's export");
     let port = server.port.to_string();
     receiver.wait_for(|s| s.iter().any(|s| s.attr("server.port").as_deref() == Some(&port)), WAIT).await;
     tokio::time::sleep(ROUNDS).await;
@@ -134,21 +137,8 @@ http {{
         "--print",
         "none",
     ]);
-    let empty = std::env::temp_dir().join(format!("sonde-empty-proxy-{pid}"));
-    std::fs::write(&empty, b"").unwrap();
-    let posted = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Content-Type: application/x-protobuf",
-        "--data-binary",
-        &format!("@{}", empty.display()),
-        &format!("http://127.0.0.1:{port}/v1/traces"),
-    ]);
-    let _ = std::fs::remove_file(&empty);
-    assert_eq!(posted.trim(), "200", "nginx forwarded the export");
+    let posted = post_empty_export(&format!("http://127.0.0.1:{port}/v1/traces"));
+    assert_eq!(posted, "200", "nginx forwarded the export");
     // Wait until the forwarded export was seen (nginx's CLIENT span of it)…
     let forwarded = |s: &ReceivedSpan| {
         s.kind_name() == "CLIENT" && s.attr("url.full").is_some_and(|u| u.ends_with("/v1/traces"))

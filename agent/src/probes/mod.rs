@@ -143,6 +143,8 @@ impl Probes {
             prereq::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
         let state_sport_offset =
             prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "sport").unwrap_or(0);
+        let state_dport_offset =
+            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "dport").unwrap_or(0);
         let state_saddr_offset =
             prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "saddr_v6").unwrap_or(0);
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
@@ -162,6 +164,7 @@ impl Probes {
             .override_global(globals::OFF_TASK_GROUP_LEADER, &task.group_leader, true)
             .override_global(globals::OFF_TASK_START_BOOTTIME, &task.start_boottime, true)
             .override_global(globals::OFF_STATE_SPORT, &state_sport_offset, true)
+            .override_global(globals::OFF_STATE_DPORT, &state_dport_offset, true)
             .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
             .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
             .map_max_entries(maps::SCRATCH, cpus)
@@ -191,7 +194,7 @@ impl Probes {
             );
         }
         attach::attach_exits(&mut ebpf, options.programs);
-        if state_sport_offset != 0 && state_saddr_offset != 0 {
+        if state_sport_offset != 0 && state_dport_offset != 0 && state_saddr_offset != 0 {
             attach::attach_own_connections(&mut ebpf, options.programs);
         } else {
             tracing::warn!(
