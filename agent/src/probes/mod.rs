@@ -236,7 +236,7 @@ impl Probes {
     /// Periodic upkeep: forget what was noted about processes that exited.
     pub fn sweep(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
-            tls.sweep(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            tls.sweep(crate::process::alive);
         }
     }
 

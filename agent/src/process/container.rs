@@ -7,15 +7,15 @@
 //! id is the last run of exactly 64 hex digits in a path: pod uids (with dashes) and shorter
 //! hex names (32 digits, as some sandboxes use) are not taken for one.
 
-/// Reads /proc/PID/cgroup; None when the process is in no container (or is gone).
-pub fn read(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    from_cgroup(&text)
+/// The container id in one cgroup path of /proc/PID/cgroup (any of a process's paths may carry
+/// it).
+pub fn from_path(path: &str) -> Option<String> {
+    last_id(path)
 }
 
-/// The container id in /proc/PID/cgroup's text (`hierarchy:controllers:path` lines; any line's
-/// path may carry it).
-pub fn from_cgroup(text: &str) -> Option<String> {
+/// The container id in /proc/PID/cgroup's text (`hierarchy:controllers:path` lines).
+#[cfg(test)]
+fn from_cgroup(text: &str) -> Option<String> {
     text.lines().filter_map(|line| line.splitn(3, ':').nth(2)).find_map(last_id)
 }
 

@@ -1,5 +1,10 @@
-//! The few /proc reads sonde needs per process. Every read may fail (the process exited, or we
-//! lack CAP_SYS_PTRACE for its environ): missing facts are `None`, never an error.
+//! The few /proc reads sonde needs per process, through the `procfs` crate. Every read may fail
+//! (the process exited, or we lack CAP_SYS_PTRACE for its environ): missing facts are `None`,
+//! never an error.
+
+use std::{collections::HashMap, ffi::OsString};
+
+use ::procfs::process::Process;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -27,11 +32,7 @@ impl ProcInfo {
 /// Nanoseconds per clock tick of /proc/PID/stat's times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
 pub fn ns_per_tick() -> u64 {
     static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *NS.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        1_000_000_000 / if hz > 0 { hz as u64 } else { 100 }
-    })
+    *NS.get_or_init(|| 1_000_000_000 / ::procfs::ticks_per_second().max(1))
 }
 
 /// Longest command line kept (attribute values must stay bounded).
@@ -39,41 +40,38 @@ const MAX_COMMAND_LINE: usize = 1024;
 
 /// `comm`: the command name from the kernel event, used when the process is already gone.
 pub fn read(pid: u32, comm: Option<&str>) -> ProcInfo {
-    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
+    let Some(process) = i32::try_from(pid).ok().and_then(|pid| Process::new(pid).ok()) else {
+        return ProcInfo::gone(comm);
+    };
+    let exe_path = process.exe().ok().map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned());
     let exe_name = exe_path.as_deref().and_then(|p| p.rsplit('/').next()).map(str::to_owned).or_else(|| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|c| c.trim().to_owned())
-            .or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned))
+        process.stat().ok().map(|s| s.comm).or_else(|| comm.filter(|c| !c.is_empty()).map(str::to_owned))
     });
-    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
-        let mut s: String = raw
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(String::from_utf8_lossy)
-            .collect::<Vec<_>>()
-            .join(" ");
+    let command_line = process.cmdline().ok().map(|args| {
+        let mut s = args.iter().filter(|a| !a.is_empty()).map(String::as_str).collect::<Vec<_>>().join(" ");
         truncate(&mut s, MAX_COMMAND_LINE);
         s
     });
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let env_service_name = env_var(&environ, b"OTEL_SERVICE_NAME");
-    let env_resource_attributes = env_var(&environ, b"OTEL_RESOURCE_ATTRIBUTES")
+    let environ = process.environ().unwrap_or_default();
+    let env_service_name = env_var(&environ, "OTEL_SERVICE_NAME");
+    let env_resource_attributes = env_var(&environ, "OTEL_RESOURCE_ATTRIBUTES")
         .map(|v| super::otel_env::resource_attributes(&v))
         .unwrap_or_default();
     let own_sdk = own_sdk(command_line.as_deref(), &environ);
     // Through /proc: the executable of a process in another mount namespace too.
     let go_runtime =
         exe_path.is_some() && super::runtime::is_go(std::path::Path::new(&format!("/proc/{pid}/exe")));
+    let container_id = process
+        .cgroups()
+        .ok()
+        .and_then(|groups| groups.into_iter().find_map(|g| super::container::from_path(&g.pathname)));
     ProcInfo {
         exe_name,
         exe_path,
         command_line: command_line.filter(|c| !c.is_empty()),
         env_service_name,
         env_resource_attributes,
-        container_id: super::container::read(pid),
+        container_id,
         own_sdk,
         go_runtime,
     }
@@ -88,36 +86,30 @@ const AGENT_VARIABLES: &[&str] =
 /// through `--require`/`-javaagent` on the command line or the runtime's options variable, .NET's
 /// through `OTEL_DOTNET_AUTO_HOME`. Deliberately not `OTEL_EXPORTER_OTLP_*`: platforms set those
 /// for every workload, SDK or not, and a process wrongly taken for instrumented would lose its spans.
-pub fn own_sdk(command_line: Option<&str>, environ: &[u8]) -> Option<String> {
+pub fn own_sdk(command_line: Option<&str>, environ: &HashMap<OsString, OsString>) -> Option<String> {
     if command_line.is_some_and(|c| c.contains("opentelemetry")) {
         return Some("its command line loads OpenTelemetry".into());
     }
     for name in AGENT_VARIABLES {
-        if env_var(environ, name.as_bytes()).is_some_and(|v| v.contains("opentelemetry")) {
+        if env_var(environ, name).is_some_and(|v| v.contains("opentelemetry")) {
             return Some(format!("{name} loads OpenTelemetry"));
         }
     }
-    env_var(environ, b"OTEL_DOTNET_AUTO_HOME").map(|_| "OTEL_DOTNET_AUTO_HOME is set".into())
+    env_var(environ, "OTEL_DOTNET_AUTO_HOME").map(|_| "OTEL_DOTNET_AUTO_HOME is set".into())
 }
 
-/// The value of `name` in a NUL-separated environ block.
-pub fn env_var(environ: &[u8], name: &[u8]) -> Option<String> {
-    environ.split(|&b| b == 0).find_map(|entry| {
-        let value = entry.strip_prefix(name)?.strip_prefix(b"=")?;
-        Some(String::from_utf8_lossy(value).into_owned())
-    })
+/// The value of `name` in a process's environment, as text.
+pub fn env_var(environ: &HashMap<OsString, OsString>, name: &str) -> Option<String> {
+    environ.get(std::ffi::OsStr::new(name)).map(|v| v.to_string_lossy().into_owned())
 }
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused pid apart.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok().map(|s| s.starttime)
 }
 
 pub fn exists(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    i32::try_from(pid).is_ok_and(|pid| Process::new(pid).is_ok())
 }
 
 fn truncate(s: &mut String, max: usize) {
@@ -134,25 +126,46 @@ fn truncate(s: &mut String, max: usize) {
 mod tests {
     use super::*;
 
+    fn environ(vars: &[(&str, &str)]) -> HashMap<OsString, OsString> {
+        vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
     #[test]
     fn env_var_matches_whole_names() {
-        let env = b"OTEL_SERVICE_NAME_X=no\0PATH=/bin\0OTEL_SERVICE_NAME=cart\0";
-        assert_eq!(env_var(env, b"OTEL_SERVICE_NAME").as_deref(), Some("cart"));
-        assert_eq!(env_var(b"", b"OTEL_SERVICE_NAME"), None);
+        let env = environ(&[("OTEL_SERVICE_NAME_X", "no"), ("PATH", "/bin"), ("OTEL_SERVICE_NAME", "cart")]);
+        assert_eq!(env_var(&env, "OTEL_SERVICE_NAME").as_deref(), Some("cart"));
+        assert_eq!(env_var(&HashMap::new(), "OTEL_SERVICE_NAME"), None);
     }
 
     #[test]
     fn own_sdk_from_how_the_process_started() {
-        let python = b"PYTHONPATH=/venv/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation:/app\0";
+        let python = environ(&[(
+            "PYTHONPATH",
+            "/venv/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation:/app",
+        )]);
         assert_eq!(
-            own_sdk(Some("python3 app.py"), python).as_deref(),
+            own_sdk(Some("python3 app.py"), &python).as_deref(),
             Some("PYTHONPATH loads OpenTelemetry")
         );
         let node = "node --require @opentelemetry/auto-instrumentations-node/register app.js";
-        assert!(own_sdk(Some(node), b"").is_some());
+        assert!(own_sdk(Some(node), &HashMap::new()).is_some());
         // A platform's exporter settings alone say nothing about the process.
-        let platform = b"OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318\0OTEL_SERVICE_NAME=cart\0";
-        assert_eq!(own_sdk(Some("python3 app.py"), platform), None);
+        let platform = environ(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "cart"),
+        ]);
+        assert_eq!(own_sdk(Some("python3 app.py"), &platform), None);
+    }
+
+    #[test]
+    fn this_process_as_read_through_procfs() {
+        let me = read(std::process::id(), None);
+        assert!(me.exe_path.is_some() && me.exe_name.is_some(), "{me:?}");
+        assert!(me.command_line.is_some(), "{me:?}");
+        assert!(!me.go_runtime);
+        assert!(exists(std::process::id()));
+        assert!(!exists(u32::MAX));
+        assert_eq!(read(u32::MAX, Some("gone")).exe_name.as_deref(), Some("gone"));
     }
 
     #[test]
