@@ -26,6 +26,7 @@
 mod stitch;
 #[cfg(test)]
 mod tests;
+mod tracestate;
 
 use std::collections::{HashMap, HashSet};
 
@@ -80,6 +81,8 @@ pub struct LinkStats {
     pub roots: u64,
     /// `traceparent` values that did not parse (the span starts a trace, as the spec says).
     pub invalid_traceparent: u64,
+    /// `tracestate` values that did not parse (discarded whole, as the spec says).
+    pub invalid_tracestate: u64,
     /// Requests forgotten before their exchange ended (bounds, or never answered).
     pub expired: u64,
     /// Threads started while their parent handled a request, and so working for it.
@@ -188,7 +191,7 @@ impl Linker {
                         parent_span_id: Some(tp.parent_id),
                         flags: tp.flags,
                         // The caller's vendor state goes on with the trace, to children too.
-                        trace_state: started.tracestate.clone().unwrap_or_default(),
+                        trace_state: self.vendor_state(started),
                     });
                 }
                 // The client's write usually precedes this read in the ring buffer; when it does
@@ -214,7 +217,7 @@ impl Linker {
                             trace_id: tp.trace_id,
                             parent_span_id: None,
                             flags: tp.flags,
-                            trace_state: started.tracestate.clone().unwrap_or_default(),
+                            trace_state: self.vendor_state(started),
                         },
                     ),
                     ClientParent::None => {
@@ -381,6 +384,15 @@ impl Linker {
             }
         }
         self.header(started).map_or(ClientParent::None, ClientParent::Header)
+    }
+
+    /// The request's `tracestate` as it goes on with the trace; an invalid one is counted and
+    /// discarded whole (see `tracestate`).
+    fn vendor_state(&mut self, started: &Started) -> String {
+        tracestate::carried(started.tracestate.as_deref()).unwrap_or_else(|()| {
+            self.stats.invalid_tracestate += 1;
+            String::new()
+        })
     }
 
     /// The request's valid `traceparent`; an invalid one is counted and, as the spec says, ignored.

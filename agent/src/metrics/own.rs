@@ -182,6 +182,12 @@ impl OwnSources {
             "{header}",
         );
         invalid.push(Vec::new(), t, l.invalid_traceparent as f64);
+        let mut invalid_state = Metric::counter(
+            "sonde.tracestate.invalid",
+            "tracestate headers that did not parse; they are discarded whole, as W3C Trace Context says.",
+            "{header}",
+        );
+        invalid_state.push(Vec::new(), t, l.invalid_tracestate as f64);
         let mut expired = Metric::counter(
             "sonde.requests.expired",
             "Requests whose trace context was forgotten before their exchange ended (never answered, \
@@ -275,6 +281,7 @@ impl OwnSources {
             linked,
             unparented,
             invalid,
+            invalid_state,
             expired,
             inherited,
             unsampled,
