@@ -87,9 +87,6 @@ pub struct Pipeline {
     pending_notices: HashSet<TlsNotice>,
     /// Where every finished exchange is counted, sampled or not (None: no metrics wanted).
     metrics: Option<Metrics>,
-    /// Processes seen receiving OTLP/HTTP exports: collectors and the proxies in front of them,
-    /// whose own exports are forwarded ones, not an SDK's.
-    otlp_receivers: HashSet<u32>,
 }
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -139,7 +136,6 @@ impl Pipeline {
             tls_notices: None,
             pending_notices: HashSet::new(),
             metrics: None,
-            otlp_receivers: HashSet::new(),
         }
     }
 
@@ -180,7 +176,7 @@ impl Pipeline {
     fn link_started(&mut self, started: impl Iterator<Item = (ConnInfo, Started)>) {
         for (conn, request) in started {
             if request.otlp_export && request.direction == sonde_common::Direction::Ingress {
-                self.otlp_receivers.insert(conn.pid);
+                self.processes.mark_otlp_receiver(conn.pid);
             }
             if !left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 self.linker.started(&conn, &request);
@@ -191,9 +187,7 @@ impl Pipeline {
     fn emit(&mut self, finished: impl Iterator<Item = Finished>) {
         let now = Instant::now();
         for Finished { conn, exchange } in finished {
-            // A process that also receives OTLP (a collector, a proxy in front of one) forwards
-            // what it got: only one that sends without receiving has an SDK of its own.
-            if exports_traces(&exchange) && !self.otlp_receivers.contains(&conn.pid) {
+            if exports_traces(&exchange) {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
             }
             // Taken in any case: a process marked mid-request leaves nothing behind in the linker.
@@ -242,7 +236,6 @@ impl Pipeline {
             return;
         }
         self.linker.process_exited(pid);
-        self.otlp_receivers.remove(&pid);
         self.conns.process_exited(pid, &mut self.effects);
         // Its last exchanges are assembled while its resource is still cached.
         self.apply();

@@ -50,6 +50,8 @@ struct Entry {
     /// `Pods::generation` when `resource` was built: a container's resource is built again when
     /// its pod may have changed (or arrived after the process was first seen).
     pods_generation: u64,
+    /// Seen receiving OTLP exports (`mark_otlp_receiver`).
+    receives_otlp: bool,
 }
 
 impl Default for ProcessCache {
@@ -155,8 +157,15 @@ impl ProcessCache {
                 log_own_sdk(pid, &info, why);
             }
             let (resource, pods_generation) = self.resource_of(pid, start_time, &info);
-            let entry =
-                Entry { start_time, info, resource, last_used: self.clock, checked_at: now, pods_generation };
+            let entry = Entry {
+                start_time,
+                info,
+                resource,
+                last_used: self.clock,
+                checked_at: now,
+                pods_generation,
+                receives_otlp: false,
+            };
             self.entries.insert(pid, entry);
         } else {
             self.refresh_pod(pid);
@@ -196,11 +205,21 @@ impl ProcessCache {
         }
     }
 
+    /// `pid` was seen receiving an OTLP export: a collector, or a proxy in front of one. What it
+    /// sends on is forwarded, not its own SDK's (see `mark_own_sdk`). Kept with the process's other
+    /// facts, so that a pid taken by another program starts without it.
+    pub fn mark_otlp_receiver(&mut self, pid: u32) {
+        self.entry(pid, None, 0);
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.receives_otlp = true;
+        }
+    }
+
     /// `pid` was seen exporting traces itself (an SDK set up in code, which nothing in how the
-    /// process started reveals).
+    /// process started reveals) — unless it receives OTLP exports too, and so forwards them.
     pub fn mark_own_sdk(&mut self, pid: u32, why: &'static str) {
         let entry = self.entry(pid, None, 0);
-        if entry.info.own_sdk.is_none() {
+        if entry.info.own_sdk.is_none() && !entry.receives_otlp {
             log_own_sdk(pid, &entry.info, why);
             if let Some(e) = self.entries.get_mut(&pid) {
                 e.info.own_sdk = Some(why.to_owned());
