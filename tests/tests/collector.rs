@@ -358,7 +358,7 @@ async fn a_collector_that_goes_down_mid_run_gets_the_spans_when_it_is_back(trans
     let log = sonde.stderr();
     assert!(log.contains("retrying with back-off"), "the outage is logged:\n{log}");
     assert!(log.contains("accepting spans again"), "and the recovery:\n{log}");
-    assert_eq!(dropped(prom, "export_failed") + dropped(prom, "queue_full"), 0.0, "nothing lost");
+    assert_eq!(dropped(prom, "export_failed") + dropped(prom, "queue_full"), 0.0, "nothing lost:\n{log}");
 
     sonde.stop_cleanly();
     assert_eq!(final_counter(&sonde, "sonde.spans.exported"), 9);

@@ -120,6 +120,9 @@ impl Decoder for EncodedRequest {
 /// refused or dropped connection as UNAVAILABLE and its own timeout as CANCELLED.
 fn classify(status: &tonic::Status) -> Failure {
     let reason = format!("gRPC {:?}: {}", status.code(), status.message());
+    if cut_off(status) {
+        return Failure::Retryable { reason, retry_after: None };
+    }
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -132,9 +135,29 @@ fn classify(status: &tonic::Status) -> Failure {
     }
 }
 
+/// A call that got no answer because its connection broke (the collector went away in the middle
+/// of the request): tonic reports it as UNKNOWN "transport error". That is no verdict of the
+/// collector's on the batch, and the batch is sent again once it is back.
+fn cut_off(status: &tonic::Status) -> bool {
+    status.code() == Code::Unknown
+        && (status.message() == "transport error"
+            || std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_cut_off_by_a_broken_connection_is_retried() {
+        let failure = classify(&tonic::Status::new(Code::Unknown, "transport error"));
+        assert!(matches!(failure, Failure::Retryable { .. }));
+        let failure = classify(&tonic::Status::new(Code::Unknown, "the collector's own error"));
+        assert!(
+            matches!(failure, Failure::Permanent { .. }),
+            "an UNKNOWN from the collector stays permanent"
+        );
+    }
 
     #[test]
     fn retryable_codes() {
