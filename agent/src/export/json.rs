@@ -62,9 +62,9 @@ fn to_json(span: &Span) -> JsonSpan<'_> {
         Status::Error { message } => ("ERROR", Some(message.as_str())),
     };
     JsonSpan {
-        trace_id: hex(&span.trace_id),
-        span_id: hex(&span.span_id),
-        parent_span_id: span.parent_span_id.as_ref().map(|p| hex(p)),
+        trace_id: span.trace_id.to_string(),
+        span_id: span.span_id.to_string(),
+        parent_span_id: span.parent_span_id.map(|p| p.to_string()),
         name: &span.name,
         kind: match span.kind {
             SpanKind::Server => "SERVER",
@@ -91,16 +91,6 @@ fn attributes(attrs: &[KeyValue]) -> Map<String, Value> {
             (kv.key.to_string(), value)
         })
         .collect()
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ impl Output<'_> {
 mod tests {
     use std::sync::Mutex;
 
+    use crate::span::model::TraceId;
+
     use super::*;
     use crate::export::json::JsonPrinter;
     use crate::export::terminal::{Style, TreePrinter};
@@ -179,7 +181,7 @@ mod tests {
         assert_eq!(out.text().matches("trace ").count(), 1);
 
         let mut other = span(&r, 3, None, SpanKind::Server, "GET /b");
-        other.trace_id = [9; 16];
+        other.trace_id = TraceId::from_bytes([9; 16]);
         tx.send(other).unwrap();
         thread.stop(Duration::from_secs(5)).await;
         let text = out.text();

@@ -118,7 +118,7 @@ mod tests {
     }
 
     fn ids(batch: &[Span]) -> Vec<u8> {
-        batch.iter().map(|s| s.span_id[0]).collect()
+        batch.iter().map(|s| s.span_id.to_bytes()[0]).collect()
     }
 
     #[tokio::test]
@@ -140,7 +140,7 @@ mod tests {
         let mut converted = 0;
         let pushed = tx.push(&spans(10), |s| {
             converted += 1;
-            s.span_id[0]
+            s.span_id.to_bytes()[0]
         });
         assert_eq!(pushed, Pushed { queued: 4, dropped_full: 6, dropped_closed: 0 });
         assert_eq!(converted, 4);

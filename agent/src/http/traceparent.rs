@@ -2,7 +2,7 @@
 //! `version-traceid-parentid-flags`, lowercase hex, e.g.
 //! `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
 
-use std::fmt::Write as _;
+use crate::span::model::{SpanId, TraceFlags, TraceId};
 
 /// Length of a version-00 value; later versions may append `-` and more fields.
 const V00_LEN: usize = 55;
@@ -10,15 +10,15 @@ const V00_LEN: usize = 55;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceParent {
     pub version: u8,
-    pub trace_id: [u8; 16],
-    pub parent_id: [u8; 8],
-    pub flags: u8,
+    pub trace_id: TraceId,
+    pub parent_id: SpanId,
+    pub flags: TraceFlags,
 }
 
 impl TraceParent {
     /// The caller recorded this trace (flag bit 0).
     pub fn sampled(&self) -> bool {
-        self.flags & 0x01 != 0
+        self.flags.is_sampled()
     }
 }
 
@@ -73,26 +73,18 @@ pub fn parse(value: &str) -> Result<TraceParent, TraceParentError> {
     if parent_id == [0; 8] {
         return Err(TraceParentError::ZeroParentId);
     }
-    Ok(TraceParent { version, trace_id, parent_id, flags })
+    Ok(TraceParent {
+        version,
+        trace_id: TraceId::from_bytes(trace_id),
+        parent_id: SpanId::from_bytes(parent_id),
+        flags: TraceFlags::new(flags),
+    })
 }
 
-/// A version-00 `traceparent` value for the given ids and flags.
-pub fn format(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> String {
-    let mut out = String::with_capacity(V00_LEN);
-    out.push_str("00-");
-    push_hex(&mut out, trace_id);
-    out.push('-');
-    push_hex(&mut out, span_id);
-    out.push('-');
-    push_hex(&mut out, &[flags]);
-    out
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
+/// A version-00 `traceparent` value for the given ids and flags (opentelemetry's ids print as
+/// zero-padded lowercase hex).
+pub fn format(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+    format!("00-{trace_id}-{span_id}-{flags:02x}")
 }
 
 fn dash(v: &[u8], at: usize, field: &'static str) -> Result<(), TraceParentError> {
@@ -119,14 +111,17 @@ fn hex<const N: usize>(digits: Option<&[u8]>, field: &'static str) -> Result<[u8
 mod tests {
     use super::*;
 
-    const TRACE: [u8; 16] =
-        [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
-    const PARENT: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+    const TRACE: TraceId = TraceId::from_bytes([
+        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
+    ]);
+    const PARENT: SpanId = SpanId::from_bytes([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
 
     #[test]
     fn values() {
         use TraceParentError::*;
-        let ok = |version, flags| Ok(TraceParent { version, trace_id: TRACE, parent_id: PARENT, flags });
+        let ok = |version, flags| {
+            Ok(TraceParent { version, trace_id: TRACE, parent_id: PARENT, flags: TraceFlags::new(flags) })
+        };
         let cases: &[(&str, &str, Result<TraceParent, TraceParentError>)] = &[
             ("sampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ok(0, 1)),
             ("unsampled", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", ok(0, 0)),
@@ -214,22 +209,30 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        let cases: &[([u8; 16], [u8; 8], u8)] = &[
+        let cases: &[(TraceId, SpanId, u8)] = &[
             (TRACE, PARENT, 1),
             (TRACE, PARENT, 0),
-            ([0xff; 16], [0x01; 8], 0xfe),
-            ([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x80; 8], 3),
+            (TraceId::from_bytes([0xff; 16]), SpanId::from_bytes([0x01; 8]), 0xfe),
+            (TraceId::from(1), SpanId::from_bytes([0x80; 8]), 3),
         ];
-        for (trace_id, span_id, flags) in cases {
-            let value = format(trace_id, span_id, *flags);
+        for &(trace_id, span_id, flags) in cases {
+            let flags = TraceFlags::new(flags);
+            let value = format(trace_id, span_id, flags);
             assert_eq!(value.len(), V00_LEN);
             let parsed = parse(&value);
             assert_eq!(
                 parsed,
-                Ok(TraceParent { version: 0, trace_id: *trace_id, parent_id: *span_id, flags: *flags }),
+                Ok(TraceParent { version: 0, trace_id, parent_id: span_id, flags }),
                 "{value}"
             );
         }
-        assert_eq!(format(&TRACE, &PARENT, 1), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            format(TRACE, PARENT, TraceFlags::SAMPLED),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            format(TraceId::from(1), SpanId::from(2), TraceFlags::new(3)),
+            format!("00-{:032x}-{:016x}-03", 1, 2)
+        );
     }
 }

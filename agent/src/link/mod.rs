@@ -35,7 +35,7 @@ use sonde_common::Direction;
 use crate::{
     conn::ConnInfo,
     http::{Exchange, Started, traceparent},
-    span::model::{SpanId, TraceId},
+    span::model::{SpanId, TraceFlags, TraceId},
 };
 use stitch::{ClientRecord, Stitcher};
 
@@ -46,13 +46,13 @@ pub struct SpanContext {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     /// W3C trace flags; bit 0 (sampled) clear → the span is not exported.
-    pub flags: u8,
+    pub flags: TraceFlags,
     pub trace_state: String,
 }
 
 impl SpanContext {
     pub fn sampled(&self) -> bool {
-        self.flags & 0x01 != 0
+        self.flags.is_sampled()
     }
 
     /// A span that starts a trace of its own.
@@ -130,7 +130,7 @@ const MAX_REQUESTS: usize = 65_536;
 struct Lineage {
     trace_id: TraceId,
     parent_span_id: Option<SpanId>,
-    flags: u8,
+    flags: TraceFlags,
     trace_state: String,
 }
 
@@ -445,19 +445,20 @@ enum ClientParent {
 
 impl Lineage {
     fn root() -> Self {
-        Self { trace_id: new_trace_id(), parent_span_id: None, flags: 0x01, trace_state: String::new() }
-    }
-}
-
-fn new_trace_id() -> TraceId {
-    loop {
-        let id = fastrand::u128(..).to_be_bytes();
-        if id != [0; 16] {
-            return id;
+        Self {
+            trace_id: new_trace_id(),
+            parent_span_id: None,
+            flags: TraceFlags::SAMPLED,
+            trace_state: String::new(),
         }
     }
 }
 
+/// Random and never all zeros (the invalid id), as W3C Trace Context asks.
+fn new_trace_id() -> TraceId {
+    TraceId::from(fastrand::u128(1..))
+}
+
 fn new_span_id() -> SpanId {
-    fastrand::u64(1..).to_be_bytes()
+    SpanId::from(fastrand::u64(1..))
 }

@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     conn::ConnInfo,
-    span::model::{SpanId, TraceId},
+    span::model::{SpanId, TraceFlags, TraceId},
 };
 
 /// (client address, server address) of one TCP connection.
@@ -26,7 +26,7 @@ pub struct ClientRecord {
     pub start_ns: u64,
     pub trace_id: TraceId,
     pub span_id: SpanId,
-    pub flags: u8,
+    pub flags: TraceFlags,
 }
 
 /// Records older than this are no longer matched: the server side would have read the request

@@ -56,10 +56,6 @@ struct Hop {
     tid: u32,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn a_chain_on_one_host_is_one_trace() {
     // curl → A (pid 10) → B (pid 20); loopback 4-tuples mirror each other.
@@ -115,10 +111,10 @@ fn a_traceparent_wins_over_stitching() {
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
     let a_client = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
     let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)).unwrap();
-    assert_eq!(hex(&b_server.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(b_server.parent_span_id.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(b_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(b_server.parent_span_id.map(|p| p.to_string()).as_deref(), Some("00f067aa0ba902b7"));
     // The client wrote that header itself: the header names its span.
-    assert_eq!(hex(&a_client.span_id), "00f067aa0ba902b7");
+    assert_eq!(a_client.span_id.to_string(), "00f067aa0ba902b7");
     assert_eq!(a_client.trace_id, b_server.trace_id);
 }
 
@@ -214,7 +210,7 @@ fn invalid_traceparents_start_new_traces_and_tracestate_follows_the_header() {
         linker.started(&front, &started(Direction::Ingress, i as u32, 11, &h));
         let ctx = linker.finished(&front, &exchange(Direction::Ingress, i as u32, 11, &h)).unwrap();
         assert_eq!(ctx.parent_span_id, None, "{bad}");
-        assert_ne!(ctx.trace_id, [0; 16]);
+        assert_ne!(ctx.trace_id, TraceId::INVALID);
     }
     assert_eq!(linker.stats().invalid_traceparent, 2);
 

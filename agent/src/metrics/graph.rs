@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn id(n: u8) -> SpanId {
-        [n; 8]
+        SpanId::from_bytes([n; 8])
     }
 
     fn client(
@@ -472,7 +472,7 @@ mod tests {
             let span = GraphSpan {
                 kind: Kind::Server,
                 span_id: id(1),
-                parent_span_id: Some((n as u64).to_le_bytes()),
+                parent_span_id: Some(SpanId::from(n as u64 + 1)),
                 service: &cart,
                 duration_s: 0.1,
                 failed: false,

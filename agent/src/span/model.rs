@@ -4,8 +4,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub type TraceId = [u8; 16];
-pub type SpanId = [u8; 8];
+/// Trace and span ids and the W3C flags are opentelemetry's own types, so every part of sonde (the
+/// linker, both encoders, the terminal view) agrees on byte order and hex form.
+pub use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
@@ -116,7 +117,7 @@ pub struct Span {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     /// W3C trace-flags (bit 0 = sampled) as received or chosen.
-    pub trace_flags: u8,
+    pub trace_flags: TraceFlags,
     /// W3C `tracestate` received with the parent, passed through unchanged.
     pub trace_state: String,
     pub name: String,

@@ -49,7 +49,7 @@ pub fn to_request(spans: &[Span]) -> ExportTraceServiceRequest {
 
 fn to_proto(span: &Span) -> trace::Span {
     let remote = span.kind == SpanKind::Server && span.parent_span_id.is_some();
-    let flags = u32::from(span.trace_flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 };
+    let flags = u32::from(span.trace_flags.to_u8()) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 };
     let kind = match span.kind {
         SpanKind::Server => trace::span::SpanKind::Server,
         SpanKind::Client => trace::span::SpanKind::Client,
@@ -61,10 +61,10 @@ fn to_proto(span: &Span) -> trace::Span {
         }
     };
     trace::Span {
-        trace_id: span.trace_id.to_vec(),
-        span_id: span.span_id.to_vec(),
+        trace_id: span.trace_id.to_bytes().to_vec(),
+        span_id: span.span_id.to_bytes().to_vec(),
         trace_state: span.trace_state.clone(),
-        parent_span_id: span.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        parent_span_id: span.parent_span_id.map(|p| p.to_bytes().to_vec()).unwrap_or_default(),
         flags,
         name: span.name.clone(),
         kind: kind as i32,
@@ -101,6 +101,7 @@ mod tests {
 
     use super::*;
     use crate::export::testutil::{resource, span};
+    use crate::span::model::TraceFlags;
 
     fn attr<'a>(attrs: &'a [common::KeyValue], key: &str) -> Option<&'a Value> {
         attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
@@ -136,22 +137,22 @@ mod tests {
     fn span_fields() {
         let r = resource(7, "svc");
         let mut root = span(&r, 1, None, SpanKind::Server, "GET /a");
-        root.trace_flags = 0x01;
+        root.trace_flags = TraceFlags::SAMPLED;
         root.trace_state = "vendor=x".into();
         root.attributes.push(KeyValue { key: "sonde.test.flag".into(), value: AttrValue::Bool(true) });
         let mut child = span(&r, 2, Some(1), SpanKind::Client, "GET");
         child.status = Status::Error { message: "HTTP 503".into() };
         let mut remote = span(&r, 3, Some(9), SpanKind::Server, "POST /b");
-        remote.trace_flags = 0;
+        remote.trace_flags = TraceFlags::NOT_SAMPLED;
 
         let req = to_request(&[root.clone(), child, remote]);
         let spans = &req.resource_spans[0].scope_spans[0].spans;
         let (p_root, p_child, p_remote) = (&spans[0], &spans[1], &spans[2]);
 
-        assert_eq!(p_root.trace_id, root.trace_id.to_vec());
-        assert_eq!(p_root.span_id, root.span_id.to_vec());
+        assert_eq!(p_root.trace_id, root.trace_id.to_bytes().to_vec());
+        assert_eq!(p_root.span_id, root.span_id.to_bytes().to_vec());
         assert!(p_root.parent_span_id.is_empty(), "no parent is empty bytes");
-        assert_eq!(p_child.parent_span_id, root.span_id.to_vec());
+        assert_eq!(p_child.parent_span_id, root.span_id.to_bytes().to_vec());
         assert_eq!(p_root.kind, trace::span::SpanKind::Server as i32);
         assert_eq!(p_child.kind, trace::span::SpanKind::Client as i32);
         assert_eq!(

@@ -114,16 +114,16 @@ fn scope_body() -> Vec<u8> {
 
 fn span_body(span: &Span, out: &mut Vec<u8>) {
     let remote = span.kind == SpanKind::Server && span.parent_span_id.is_some();
-    let flags = u32::from(span.trace_flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 };
+    let flags = u32::from(span.trace_flags.to_u8()) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 };
     let kind = match span.kind {
         SpanKind::Server => KIND_SERVER,
         SpanKind::Client => KIND_CLIENT,
     };
-    bytes_field(1, &span.trace_id, out);
-    bytes_field(2, &span.span_id, out);
+    bytes_field(1, &span.trace_id.to_bytes(), out);
+    bytes_field(2, &span.span_id.to_bytes(), out);
     bytes_field(3, span.trace_state.as_bytes(), out);
-    if let Some(parent) = &span.parent_span_id {
-        bytes_field(4, parent, out);
+    if let Some(parent) = span.parent_span_id {
+        bytes_field(4, &parent.to_bytes(), out);
     }
     bytes_field(5, span.name.as_bytes(), out);
     varint_field(6, kind, out);
@@ -220,6 +220,7 @@ mod tests {
     use super::*;
     use crate::export::otlp::convert::to_request;
     use crate::export::testutil::{resource, span};
+    use crate::span::model::TraceFlags;
 
     /// The same bytes as building opentelemetry-proto's structs and encoding them with prost.
     fn assert_same_as_prost(spans: &[Span]) {
@@ -240,7 +241,7 @@ mod tests {
     fn matches_prost_for_every_field() {
         let (a, b) = (resource(1, "frontend"), resource(2, "cart"));
         let mut root = span(&a, 1, None, SpanKind::Server, "GET /");
-        root.trace_flags = 0x01;
+        root.trace_flags = TraceFlags::SAMPLED;
         root.trace_state = "vendor=x,other=y".into();
         root.attributes.push(KeyValue { key: "sonde.flag".into(), value: AttrValue::Bool(true) });
         root.attributes.push(KeyValue { key: "sonde.off".into(), value: AttrValue::Bool(false) });
@@ -253,7 +254,7 @@ mod tests {
         child.status = Status::Error { message: "HTTP 503".into() };
         let mut error_no_message = span(&b, 2, Some(9), SpanKind::Server, "POST /cart");
         error_no_message.status = Status::Error { message: String::new() };
-        error_no_message.trace_flags = 0;
+        error_no_message.trace_flags = TraceFlags::NOT_SAMPLED;
         let mut long = span(&b, 4, None, SpanKind::Server, &"x".repeat(300));
         long.attributes.push(KeyValue::str("url.path", "/".repeat(20_000)));
         long.start_unix_ns = 0;

@@ -102,7 +102,7 @@ impl PendingTraces {
             .filter(|(_, t)| now.duration_since(t.last_seen) >= self.idle)
             .map(|(id, t)| (t.first_seen, *id))
             .collect();
-        quiet.sort();
+        quiet.sort_by_key(|&(first_seen, id)| (first_seen, id.to_bytes()));
         quiet.iter().filter_map(|(_, id)| self.remove(id)).collect()
     }
 
@@ -213,7 +213,7 @@ cart-service-… srv    └─ GET /cart/items                            ██
         let mut pending = PendingTraces::new(idle, 3);
         let other_trace = |id: u8| {
             let mut s = span(&r, id, None, SpanKind::Server, "x");
-            s.trace_id = [id; 16];
+            s.trace_id = TraceId::from_bytes([id; 16]);
             s
         };
         assert!(pending.insert(span(&r, 1, None, SpanKind::Server, "a"), t).is_empty());
@@ -224,7 +224,7 @@ cart-service-… srv    └─ GET /cart/items                            ██
         // The first trace got a span at 900 ms, so only the other one is quiet at 1.1 s.
         let quiet = pending.take_idle(t + Duration::from_millis(1100));
         assert_eq!(quiet.len(), 1);
-        assert_eq!(quiet[0][0].trace_id, [7; 16]);
+        assert_eq!(quiet[0][0].trace_id, TraceId::from_bytes([7; 16]));
         assert!(pending.take_idle(t + Duration::from_millis(1800)).is_empty());
         assert_eq!(pending.take_idle(t + Duration::from_millis(1900))[0].len(), 2);
 
@@ -234,7 +234,7 @@ cart-service-… srv    └─ GET /cart/items                            ██
         }
         let evicted = pending.insert(other_trace(4), t + Duration::from_millis(4));
         assert_eq!(evicted.len(), 1);
-        assert_eq!(evicted[0][0].trace_id, [1; 16]);
+        assert_eq!(evicted[0][0].trace_id, TraceId::from_bytes([1; 16]));
         assert_eq!(pending.take_all().len(), 3);
         assert_eq!(pending.spans, 0);
     }

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::export::json::hex;
 use crate::semconv::attr;
 use crate::span::model::{AttrValue, Span, SpanId, SpanKind, Status};
 
@@ -49,7 +48,7 @@ pub(crate) fn render_trace(out: &mut impl Write, spans: &[Span], style: Style) -
 
     let mut header = format!(
         "trace {}  {}  {} span{}  {}",
-        hex(&first.trace_id),
+        first.trace_id,
         utc_time_of_day(t0),
         spans.len(),
         if spans.len() == 1 { "" } else { "s" },
@@ -117,7 +116,7 @@ struct Row {
 /// spans caught in a parent cycle (broken ids) are printed as roots too rather than lost.
 fn tree_order(spans: &[Span]) -> Vec<Row> {
     let mut order: Vec<usize> = (0..spans.len()).collect();
-    order.sort_by_key(|&i| (spans[i].start_unix_ns, spans[i].span_id));
+    order.sort_by_key(|&i| (spans[i].start_unix_ns, spans[i].span_id.to_bytes()));
     let ids: HashMap<SpanId, usize> = order.iter().rev().map(|&i| (spans[i].span_id, i)).collect();
     let mut children: HashMap<SpanId, Vec<usize>> = HashMap::new();
     let mut roots = Vec::new();

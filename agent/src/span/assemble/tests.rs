@@ -4,7 +4,7 @@ use sonde_common::{Direction, Role};
 
 use super::*;
 use crate::http::{Request, RequestHead, Response, ResponseHead};
-use crate::span::model::AttrValue;
+use crate::span::model::{AttrValue, SpanId, TraceFlags, TraceId};
 
 fn head(method: &str, target: &str) -> RequestHead {
     RequestHead {
@@ -51,10 +51,10 @@ fn resource() -> Arc<Resource> {
 
 fn root() -> SpanContext {
     SpanContext {
-        trace_id: [7; 16],
-        span_id: [8; 8],
+        trace_id: TraceId::from_bytes([7; 16]),
+        span_id: SpanId::from_bytes([8; 8]),
         parent_span_id: None,
-        flags: 1,
+        flags: TraceFlags::SAMPLED,
         trace_state: String::new(),
     }
 }
@@ -124,16 +124,29 @@ fn five_hundreds_are_errors_four_hundreds_are_not() {
 
 #[test]
 fn the_context_is_the_span_identity_and_unsampled_traces_are_not_exported() {
-    let context = SpanContext { parent_span_id: Some([9; 8]), trace_state: "vendor=1".into(), ..root() };
+    let context = SpanContext {
+        parent_span_id: Some(SpanId::from_bytes([9; 8])),
+        trace_state: "vendor=1".into(),
+        ..root()
+    };
     let ex = exchange(head("GET", "/"), Some(200));
     let span =
         Assembler::default().span(&ex, &conn(), resource(), &WallClock::sample(), context.clone()).unwrap();
-    assert_eq!((span.trace_id, span.span_id, span.parent_span_id), ([7; 16], [8; 8], Some([9; 8])));
+    assert_eq!(
+        (span.trace_id, span.span_id, span.parent_span_id),
+        (TraceId::from_bytes([7; 16]), SpanId::from_bytes([8; 8]), Some(SpanId::from_bytes([9; 8])))
+    );
     assert_eq!(span.trace_state, "vendor=1");
     let mut assembler = Assembler::default();
     assert!(
         assembler
-            .span(&ex, &conn(), resource(), &WallClock::sample(), SpanContext { flags: 0, ..context })
+            .span(
+                &ex,
+                &conn(),
+                resource(),
+                &WallClock::sample(),
+                SpanContext { flags: TraceFlags::NOT_SAMPLED, ..context }
+            )
             .is_none()
     );
     assert_eq!(assembler.stats().unsampled, 1);
