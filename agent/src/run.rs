@@ -166,7 +166,10 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                     probes.sweep();
                 }
                 Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
-                _ = kernel_tick.tick() => kernel_counters.publish(probes.drops()),
+                _ = kernel_tick.tick() => {
+                    kernel_counters.publish(probes.drops());
+                    probes.drain_kernel_log();
+                }
             }
         }
         anyhow::Ok(())
@@ -180,6 +183,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     }
     runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
     kernel_counters.publish(probes.drops());
+    probes.drain_kernel_log();
     if let Some(watch) = pod_watch {
         watch.abort();
     }
@@ -249,11 +253,21 @@ fn report_counters(probes: &Probes, own: &OwnSources, state: &'static str) {
     tracing::info!(state, "counters {}", own::log_line(&metrics));
 }
 
+/// `filter` is `--log`, already checked by clap. `RUST_LOG` wins when set and not empty; a bad one
+/// is reported once logging is up, and `--log` used instead.
 fn init_logging(filter: &str) {
-    let asked = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let from_env = rust_log.as_deref().map(tracing_subscriber::EnvFilter::try_new);
+    let bad_rust_log = matches!(from_env, Some(Err(_)));
+    let asked = match (&rust_log, &from_env) {
+        (Some(v), Some(Ok(_))) => v.clone(),
+        _ => filter.to_owned(),
+    };
+    let mut filter = match from_env {
+        Some(Ok(from_env)) => from_env,
+        _ => tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     // kube-rs logs every failed API request at ERROR, retries included; sonde says itself when
     // the pod watch fails. Unless the filter asks for kube's own lines.
     if !asked.contains("kube") {
@@ -266,6 +280,9 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    if bad_rust_log {
+        tracing::warn!(rust_log = rust_log.as_deref().unwrap_or(""), log = %asked, "RUST_LOG is not a log filter; using --log");
+    }
 }
 
 /// Puts sonde's threads (this one, and those it starts, which inherit the policy) in

@@ -263,7 +263,7 @@ pub fn mmap_exec(ctx: TracePointContext) -> u32 {
 /// has it (4.16 on); the addresses' offsets come from the format file (see `own.rs`).
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    own::on_state_change(ctx.as_ptr() as *const u8, field(&ctx, 8), field(&ctx, 16), field(&ctx, 20));
+    own::on_state_change(&ctx, field(&ctx, 8), field(&ctx, 16), field(&ctx, 20));
     0
 }
 

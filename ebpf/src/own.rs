@@ -14,7 +14,12 @@
 //! The connection table then looks a new connection's peer up in `AGENT_ENDPOINTS` once, when it
 //! first carries data (`conn::on_data`).
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::{debug, warn};
 use sonde_common::{AF_INET, Endpoint};
 
 use crate::maps::{
@@ -27,27 +32,43 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
-/// A TCP state change of socket `sock`; `record` is the tracepoint's record, whose `sport` and
-/// `saddr_v6` sit at the offsets its format file gave.
+/// A TCP state change of socket `sock`, told by the tracepoint `ctx`, whose record has `sport`,
+/// `dport` and `saddr_v6` at the offsets its format file gave.
 #[inline(always)]
-pub fn on_state_change(record: *const u8, sock: u64, old: i32, new: i32) {
+pub fn on_state_change(ctx: &TracePointContext, sock: u64, old: i32, new: i32) {
     match new {
         TCP_SYN_SENT => {
-            if (bpf_get_current_pid_tgid() >> 32) as u32 == global_u32(&AGENT_TGID) {
+            if (bpf_get_current_pid_tgid() >> 32) as u32 == global_u32(&AGENT_TGID)
                 // Not yet bound to a port (connect picks it after this transition).
-                let _ = AGENT_SOCKS.insert(&sock, &Endpoint::default(), 0);
+                && AGENT_SOCKS.insert(&sock, &Endpoint::default(), 0).is_err()
+            {
+                warn!(ctx, "sonde's own sockets fill AGENT_SOCKS: the other end of this one may be traced");
             }
         }
         TCP_ESTABLISHED if old == TCP_SYN_SENT => {
             let Some(filed) = AGENT_SOCKS.get_ptr_mut(&sock) else {
                 return;
             };
-            let Some(endpoint) = local_endpoint(record) else {
+            let Some(endpoint) = local_endpoint(ctx.as_ptr() as *const u8) else {
                 return;
             };
             // SAFETY: `filed` points into the map's value, valid for this program run.
             unsafe { *filed = endpoint };
-            let _ = AGENT_ENDPOINTS.insert(&endpoint, &1, 0);
+            if AGENT_ENDPOINTS.insert(&endpoint, &1, 0).is_err() {
+                warn!(
+                    ctx,
+                    "sonde's own connections fill AGENT_ENDPOINTS: the other end of port {} may be traced",
+                    endpoint.port
+                );
+            } else {
+                debug!(
+                    ctx,
+                    "own connection from [{:i}]:{} to port {}: its other end is not traced",
+                    endpoint.addr,
+                    endpoint.port,
+                    endpoint.peer_port
+                );
+            }
         }
         TCP_CLOSE => {
             // SAFETY: the value is copied out before the entry is removed.
@@ -56,6 +77,10 @@ pub fn on_state_change(record: *const u8, sock: u64, old: i32, new: i32) {
             };
             if endpoint.port != 0 {
                 let _ = AGENT_ENDPOINTS.remove(&endpoint);
+                debug!(
+                    ctx,
+                    "own connection from port {} to port {} closed", endpoint.port, endpoint.peer_port
+                );
             }
             let _ = AGENT_SOCKS.remove(&sock);
         }

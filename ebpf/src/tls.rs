@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::Array,
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::debug;
 use sonde_common::{ActiveIo, Direction, DropReason, IoBuf, TlsCall, TlsCallKind, TlsKey};
 
 use crate::{
@@ -207,10 +208,11 @@ pub fn data_return(ret: i64) {
 
 /// `SSL_set_fd(ssl, fd)`.
 #[inline(always)]
-pub fn set_fd(ssl: u64, fd: i64) {
+pub fn set_fd(ctx: &ProbeContext, ssl: u64, fd: i64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if ssl != 0 && fd >= 0 && filter::traced(tgid) {
         remember_socket(tgid, ssl, fd as i32);
+        debug!(ctx, "TLS object {:x} of process {} is on fd {}", ssl, tgid, fd);
     }
 }
 
@@ -288,7 +290,7 @@ pub fn ssl_control_return(_ctx: RetProbeContext) -> u32 {
 /// `SSL_set_fd(ssl, fd)`.
 #[uprobe]
 pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
-    set_fd(arg(&ctx, 0), arg(&ctx, 1) as i32 as i64);
+    set_fd(&ctx, arg(&ctx, 0), arg(&ctx, 1) as i32 as i64);
     0
 }
 

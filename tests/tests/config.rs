@@ -93,6 +93,8 @@ fn values_run_would_refuse_fail_the_check_too_naming_their_source() {
         ("k8s-pod-label: novalue\n", "key k8s-pod-label: invalid value 'novalue'"),
         ("exclude-pid: 0\n", "key exclude-pid: invalid value '0'"),
         ("kube-api: \"not a url\"\n", "key kube-api: invalid value 'not a url'"),
+        ("log: \"sonde=[\"\n", "key log: invalid value 'sonde=['"),
+        ("capture-bytes: 100000\n", "key capture-bytes: invalid value '100000'"),
     ] {
         let file = write(&dir, "bad.yaml", text);
         for args in [vec!["config", "check", &file], vec!["run", "--config", &file]] {

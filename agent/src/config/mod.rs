@@ -183,7 +183,7 @@ pub struct RunArgs {
 
     /// Bytes of each read/write copied from the kernel (max 16384). Headers longer than this still
     /// give a span, with the fields past the cut missing.
-    #[arg(env = "SONDE_CAPTURE_BYTES", long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE)]
+    #[arg(env = "SONDE_CAPTURE_BYTES", long, value_name = "BYTES", default_value_t = sonde_common::DEFAULT_CAPTURE, value_parser = values::capture_bytes)]
     pub capture_bytes: u32,
 
     /// Size of the kernel → agent ring buffer (rounded up to a power of two). When it is full,
@@ -282,8 +282,10 @@ pub struct RunArgs {
     #[arg(env = "SONDE_MAX_QUEUE_SPANS", long, value_name = "SPANS", default_value_t = 8192)]
     pub max_queue_spans: usize,
 
-    /// Log filter for sonde's own diagnostics on stderr (also RUST_LOG), e.g. `info`, `sonde=debug`.
-    #[arg(env = "SONDE_LOG", long, value_name = "FILTER", default_value = "info")]
+    /// Log filter for sonde's own diagnostics on stderr (RUST_LOG, when set, wins), e.g. `info`,
+    /// `sonde=debug`. The kernel programs' diagnostics log under `sonde::kernel`, all at debug or
+    /// trace, so they stay off at the default level: `sonde::kernel=debug` switches them on.
+    #[arg(env = "SONDE_LOG", long, value_name = "FILTER", default_value = "info", value_parser = values::log_filter)]
     pub log: String,
 }
 

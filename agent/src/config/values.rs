@@ -14,6 +14,25 @@ pub fn http_url(value: &str) -> Result<String, String> {
     }
 }
 
+/// A log filter in `RUST_LOG` syntax (`info`, `sonde=debug,sonde::kernel=trace`).
+pub fn log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a log filter ({e}); e.g. info, or sonde=debug"))
+}
+
+/// Bytes copied per read or write: a head needs a few dozen at least, and the kernel copies at
+/// most `MAX_CAPTURE`.
+pub fn capture_bytes(value: &str) -> Result<u32, String> {
+    const MIN: u32 = 64;
+    let max = sonde_common::MAX_CAPTURE as u32;
+    match value.trim().parse::<u32>() {
+        Ok(n) if (MIN..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of bytes from {MIN} to {max}")),
+    }
+}
+
 /// A glob on a path or a file name (`*`, `?`, `[…]`).
 pub fn glob(value: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(value).map_err(|e| format!("not a valid glob: {e}"))

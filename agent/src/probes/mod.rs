@@ -20,6 +20,7 @@ macro_rules! loaded_program {
 
 mod attach;
 pub mod btf_offsets;
+mod kernel_log;
 pub mod prereq;
 pub mod tls;
 
@@ -118,6 +119,8 @@ pub struct Probes {
     ebpf: Ebpf,
     pub hooks: HookSet,
     tls: Option<tls::TlsHooks>,
+    /// The kernel programs' diagnostics, when the log filter enables any.
+    kernel_log: Option<kernel_log::KernelLog>,
 }
 
 impl Probes {
@@ -152,7 +155,9 @@ impl Probes {
         let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
+        let log_level = kernel_log::level_from_filter();
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture, true)
             .override_global(globals::FILTER_PIDS, &filter_pids, true)
@@ -221,6 +226,13 @@ impl Probes {
             }
             None => None,
         };
+        let kernel_log = (log_level != 0)
+            .then(|| {
+                kernel_log::KernelLog::start(&mut ebpf)
+                    .inspect_err(|error| tracing::warn!(%error, "the kernel programs' log cannot be read"))
+                    .ok()
+            })
+            .flatten();
         // Loading parsed the kernel's BTF: megabytes, freed now.
         crate::heap::release_freed();
         tracing::info!(
@@ -230,7 +242,14 @@ impl Probes {
             tls_libraries = tls.as_ref().map_or(0, tls::TlsHooks::hooked_libraries),
             "kernel programs attached"
         );
-        Ok(Self { ebpf, hooks, tls })
+        Ok(Self { ebpf, hooks, tls, kernel_log })
+    }
+
+    /// Logs what the kernel programs wrote to their log since the last call.
+    pub fn drain_kernel_log(&mut self) {
+        if let Some(log) = self.kernel_log.as_mut() {
+            log.drain();
+        }
     }
 
     /// Periodic upkeep: forget what was noted about processes that exited.
