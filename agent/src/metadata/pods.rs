@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use crate::span::model::KeyValue;
+use crate::{semconv::resource, span::model::KeyValue};
 
 /// Pods kept at most (a node runs a few hundred at most; a bound against a misbehaving API).
 const MAX_PODS: usize = 4096;
@@ -40,25 +40,25 @@ impl PodMeta {
     /// The `k8s.*` resource attributes of a process in `container` of this pod.
     pub fn attributes(&self, container: &str) -> Vec<KeyValue> {
         let mut out = vec![
-            KeyValue::str("k8s.namespace.name", self.namespace.clone()),
-            KeyValue::str("k8s.pod.name", self.name.clone()),
-            KeyValue::str("k8s.pod.uid", self.uid.clone()),
-            KeyValue::str("k8s.node.name", self.node.clone()),
+            KeyValue::str(resource::K8S_NAMESPACE_NAME, self.namespace.clone()),
+            KeyValue::str(resource::K8S_POD_NAME, self.name.clone()),
+            KeyValue::str(resource::K8S_POD_UID, self.uid.clone()),
+            KeyValue::str(resource::K8S_NODE_NAME, self.node.clone()),
         ];
         if let Some((_, name)) = self.containers.iter().find(|(id, _)| id == container) {
-            out.push(KeyValue::str("k8s.container.name", name.clone()));
+            out.push(KeyValue::str(resource::K8S_CONTAINER_NAME, name.clone()));
         }
         if let Some(rs) = &self.replicaset {
-            out.push(KeyValue::str("k8s.replicaset.name", rs.clone()));
+            out.push(KeyValue::str(resource::K8S_REPLICASET_NAME, rs.clone()));
         }
         if let Some((kind, name)) = &self.workload {
             let key = match kind.as_str() {
-                "Deployment" => Some("k8s.deployment.name"),
-                "StatefulSet" => Some("k8s.statefulset.name"),
-                "DaemonSet" => Some("k8s.daemonset.name"),
-                "Job" => Some("k8s.job.name"),
-                "CronJob" => Some("k8s.cronjob.name"),
-                "ReplicaSet" => Some("k8s.replicaset.name"),
+                "Deployment" => Some(resource::K8S_DEPLOYMENT_NAME),
+                "StatefulSet" => Some(resource::K8S_STATEFULSET_NAME),
+                "DaemonSet" => Some(resource::K8S_DAEMONSET_NAME),
+                "Job" => Some(resource::K8S_JOB_NAME),
+                "CronJob" => Some(resource::K8S_CRONJOB_NAME),
+                "ReplicaSet" => Some(resource::K8S_REPLICASET_NAME),
                 _ => None,
             };
             if let Some(key) = key.filter(|k| !out.iter().any(|kv| kv.key == *k)) {

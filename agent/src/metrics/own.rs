@@ -11,6 +11,7 @@ use super::model::{Data, Metric};
 use crate::{
     export::ExportStats,
     pipeline::PipelineStats,
+    semconv::metric,
     span::model::{AttrValue, KeyValue, Text},
 };
 
@@ -381,7 +382,7 @@ fn process_usage(start_unix_ns: u64) -> Vec<Metric> {
         std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(cpu_ticks)
         && ticks > 0
     {
-        let mut cpu = Metric::counter("process.cpu.time", "CPU time sonde used.", "s");
+        let mut cpu = Metric::counter(metric::PROCESS_CPU_TIME, "CPU time sonde used.", "s");
         let state = |s: &'static str| vec![KeyValue::str("cpu.mode", Text::Static(s))];
         cpu.push(state("user"), start_unix_ns, user as f64 / ticks as f64).push(
             state("system"),
@@ -396,7 +397,7 @@ fn process_usage(start_unix_ns: u64) -> Vec<Metric> {
     if let Some(pages) = resident
         && page > 0
     {
-        let mut rss = Metric::gauge("process.memory.usage", "sonde's resident memory.", "By");
+        let mut rss = Metric::gauge(metric::PROCESS_MEMORY_USAGE, "sonde's resident memory.", "By");
         rss.push(Vec::new(), start_unix_ns, (pages * page as u64) as f64);
         out.push(rss);
     }

@@ -13,6 +13,7 @@ use std::{
 
 use crate::{
     metadata::{PodMeta, Pods},
+    semconv::resource,
     span::model::{KeyValue, Resource},
 };
 
@@ -269,8 +270,11 @@ pub fn build_resource(
     host_name: &str,
     pod: Option<(&PodMeta, &str)>,
 ) -> Resource {
-    let from_attributes =
-        info.env_resource_attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
+    let from_attributes = info
+        .env_resource_attributes
+        .iter()
+        .find(|(k, _)| k == resource::SERVICE_NAME)
+        .map(|(_, v)| v.clone());
     let from_pod = pod.and_then(|(p, _)| p.service_name()).map(str::to_owned);
     let service_name = [info.env_service_name.clone(), from_attributes, from_pod]
         .into_iter()
@@ -278,25 +282,25 @@ pub fn build_resource(
         .find(|s| !s.is_empty())
         .unwrap_or_else(|| info.exe_name.clone().unwrap_or_else(|| format!("pid-{pid}")));
     let mut attributes = vec![
-        KeyValue::str("service.name", service_name.clone()),
+        KeyValue::str(resource::SERVICE_NAME, service_name.clone()),
         // One instance per process on a host: what tells two processes of one service apart
         // (their metric series above all). The start time (clock ticks after boot) keeps a
         // reused pid from continuing an exited process's series.
-        KeyValue::str("service.instance.id", format!("{host_name}:{pid}:{start_time}")),
-        KeyValue::int("process.pid", pid as i64),
-        KeyValue::str("host.name", host_name.to_owned()),
-        KeyValue::str("telemetry.sdk.name", "sonde"),
-        KeyValue::str("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::str("telemetry.sdk.language", "rust"),
+        KeyValue::str(resource::SERVICE_INSTANCE_ID, format!("{host_name}:{pid}:{start_time}")),
+        KeyValue::int(resource::PROCESS_PID, pid as i64),
+        KeyValue::str(resource::HOST_NAME, host_name.to_owned()),
+        KeyValue::str(resource::TELEMETRY_SDK_NAME, "sonde"),
+        KeyValue::str(resource::TELEMETRY_SDK_VERSION, env!("CARGO_PKG_VERSION")),
+        KeyValue::str(resource::TELEMETRY_SDK_LANGUAGE, "rust"),
     ];
     if let Some(name) = &info.exe_name {
-        attributes.push(KeyValue::str("process.executable.name", name.clone()));
+        attributes.push(KeyValue::str(resource::PROCESS_EXECUTABLE_NAME, name.clone()));
     }
     if let Some(path) = &info.exe_path {
-        attributes.push(KeyValue::str("process.executable.path", path.clone()));
+        attributes.push(KeyValue::str(resource::PROCESS_EXECUTABLE_PATH, path.clone()));
     }
     if let Some(cmd) = &info.command_line {
-        attributes.push(KeyValue::str("process.command_line", cmd.clone()));
+        attributes.push(KeyValue::str(resource::PROCESS_COMMAND_LINE, cmd.clone()));
     }
     if let Some(id) = &info.container_id {
         attributes.push(KeyValue::str("container.id", id.clone()));
