@@ -92,7 +92,7 @@ pub fn run_traceparent(input: &[u8]) {
         return;
     };
     if let Ok(tp) = http::traceparent::parse(value) {
-        let formatted = http::traceparent::format(&tp.trace_id, &tp.parent_id, tp.flags);
+        let formatted = http::traceparent::format(tp.trace_id, tp.parent_id, tp.flags);
         let again = http::traceparent::parse(&formatted);
         assert_eq!(
             again.map(|t| (t.trace_id, t.parent_id, t.flags)),
@@ -109,8 +109,13 @@ pub fn run_traceparent(input: &[u8]) {
         let mut trace_id = [0u8; 16];
         trace_id.copy_from_slice(&t[..16]);
         let parent_id = [*p0, *p1, *p2, *p3, *p4, *p5, *p6, *p7];
-        let parsed =
-            http::traceparent::parse(&http::traceparent::format(&trace_id, &parent_id, *flags));
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+        let formatted = http::traceparent::format(
+            TraceId::from_bytes(trace_id),
+            SpanId::from_bytes(parent_id),
+            TraceFlags::new(*flags),
+        );
+        let parsed = http::traceparent::parse(&formatted);
         let zero = trace_id == [0; 16] || parent_id == [0; 8];
         assert_eq!(parsed.is_ok(), !zero);
     }

@@ -2,7 +2,8 @@
 //! `version-traceid-parentid-flags`, lowercase hex, e.g.
 //! `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
 
-use crate::span::model::{SpanId, TraceFlags, TraceId};
+// opentelemetry's own id types, named directly: the fuzz harness compiles this module alone.
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
 /// Length of a version-00 value; later versions may append `-` and more fields.
 const V00_LEN: usize = 55;
