@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         Command::NullProbe(args) => sonde::run::null_probe(args),
         Command::Demo(args) => sonde::demo::demo(args),
         Command::DemoService(args) => sonde::demo::service::run(args),
+        Command::CheckKernel => sonde::run::check_kernel(),
         Command::Config(ConfigCommand::Check { file }) => {
             sonde::config::load::check(&file).map(|effective| print!("{effective}"))
         }

@@ -197,6 +197,34 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
     Ok(())
 }
 
+/// `sonde check-kernel`: the kernel's features, the hook set `run` would choose, and every
+/// program through the verifier.
+pub fn check_kernel() -> anyhow::Result<()> {
+    init_logging("warn");
+    let (features, programs) = crate::probes::check_programs()?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel {}: {features}", release.trim());
+    match crate::probes::choose_hooks(crate::probes::HookChoice::Auto, &features) {
+        Ok(set) => println!("hooks: {set}"),
+        Err(e) => println!("hooks: none ({e})"),
+    }
+    let mut unexpected = Vec::new();
+    for p in &programs {
+        match &p.refused {
+            None => println!("program {}: loaded", p.name),
+            Some(why) if p.needs_missing_feature => {
+                println!("program {}: refused, as expected without its feature ({why})", p.name)
+            }
+            Some(why) => {
+                println!("program {}: REFUSED ({why})", p.name);
+                unexpected.push(p.name.as_str());
+            }
+        }
+    }
+    anyhow::ensure!(unexpected.is_empty(), "this kernel's verifier refused {}", unexpected.join(", "));
+    Ok(())
+}
+
 /// `sonde null-probe`: the same hooks with counting-only programs, until a signal.
 pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
     init_logging("info");

@@ -69,6 +69,29 @@ pub mod globals {
     pub const OFF_STATE_SPORT: &str = "OFF_STATE_SPORT";
     pub const OFF_STATE_DPORT: &str = "OFF_STATE_DPORT";
     pub const OFF_STATE_SADDR_V6: &str = "OFF_STATE_SADDR_V6";
+    /// A [`FdWalk`](super::FdWalk): the offsets that lead from the current task to the socket
+    /// behind an fd, from the kernel's BTF; all zero unless the hook set finds sockets that way.
+    pub const FD_WALK: &str = "FD_WALK";
+}
+
+/// Byte offsets, from the running kernel's BTF, of the fields on the way from the current task to
+/// the `struct sock` behind one of its fds: `task->files->fdt->fd[fd]` is a `struct file`, whose
+/// `private_data` is a `struct socket` when the file is a socket (and its `file` points back),
+/// whose `sk` is the `struct sock`. Used by the syscall hook set on kernels without the socket
+/// tracepoints (before 6.3). `task_files == 0`: the walk is off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdWalk {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_type: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_protocol: u32,
 }
 
 /// Which kind of event follows the header.
@@ -249,7 +272,8 @@ pub struct ExitEvent {
 pub struct ActiveIo {
     /// User pointer: the buffer, or the iovec array, or the msghdr.
     pub buf: u64,
-    /// Set by the `sock:sock_{send,recv}_length` tracepoint when the fd is a TCP socket.
+    /// The TCP socket behind the fd: set by the `sock:sock_{send,recv}_length` tracepoint, or
+    /// found at exit by walking the task's fd table (`FdWalk`).
     pub sock: u64,
     pub fd: i32,
     /// iovec count for readv/writev.
@@ -258,7 +282,7 @@ pub struct ActiveIo {
     pub direction: u8,
     /// An [`IoBuf`].
     pub buf_kind: u8,
-    /// 1 when the socket tracepoint saw a TCP socket (and not a MSG_PEEK).
+    /// 1 once `sock` is known to be a TCP socket.
     pub is_tcp: u8,
     pub family: u8,
     /// 1 for a MSG_TRUNC read: TCP discarded the bytes, the buffer holds none of them.
@@ -377,6 +401,8 @@ mod pod {
     unsafe impl aya::Pod for TlsCall {}
     // SAFETY: u64, u32 and `_pad: u32`: 16 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsKey {}
+    // SAFETY: ten u32: 40 bytes, no implicit padding.
+    unsafe impl aya::Pod for FdWalk {}
 }
 
 #[cfg(test)]
@@ -397,6 +423,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);
+        assert_eq!(size_of::<FdWalk>(), 40);
     }
 
     #[test]

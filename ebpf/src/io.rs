@@ -5,7 +5,8 @@
 //!   program run per socket read or write, no state between hooks, nothing for other fds.
 //! - syscall tracepoint hook set (`enter`, `on_sock_length`, `exit`): arguments are kept at
 //!   syscall entry, the socket tracepoint says whether the fd is a TCP socket, and at exit the
-//!   bytes really moved are copied.
+//!   bytes really moved are copied. Without socket tracepoints (before 6.3) the exit finds the
+//!   socket itself, by walking the task's fd table (`fdsock`).
 //!
 //! Either way a bounded prefix of the bytes goes into a data event.
 
@@ -20,7 +21,7 @@ use sonde_common::{
 
 use crate::{
     conn::{self, Bytes},
-    emit, filter,
+    emit, fdsock, filter,
     maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
     syscalls, tls,
 };
@@ -41,12 +42,19 @@ struct Iovec {
 const MSGHDR_IOV: usize = 16;
 const MSGHDR_IOVLEN: usize = 24;
 
-/// Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg.
+/// Entry of read/write/readv/writev/recvfrom/sendto/recvmsg/sendmsg; `flags` are a receive's
+/// `MSG_*` flags (0 for the others).
 #[inline(always)]
-pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction, kind: IoBuf) {
+pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, flags: u64, direction: Direction, kind: IoBuf) {
     let tgid = (pid_tgid >> 32) as u32;
     let fd = fd as i64 as i32;
     if fd < 0 || !filter::traced(tgid) {
+        return;
+    }
+    // The socket tracepoint, when there is one, says the same from the flags it sees.
+    let flags = flags as i32;
+    let receive = direction == Direction::Ingress;
+    if receive && flags & MSG_PEEK != 0 {
         return;
     }
     let active = ActiveIo {
@@ -58,7 +66,7 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, direction: Direction
         buf_kind: kind as u8,
         is_tcp: 0,
         family: 0,
-        length_only: 0,
+        length_only: (receive && flags & MSG_TRUNC != 0) as u8,
         _pad: [0; 3],
     };
     if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
@@ -152,12 +160,21 @@ pub fn on_sock_io(direction: Direction, sock: u64, family: u16, protocol: u16, r
 pub fn exit(pid_tgid: u64, ret: i64) {
     // SAFETY: copied out at once, before the entry is removed; the element stays mapped while the
     // program runs, and only this thread's hooks use its pid_tgid key.
-    let Some(active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
+    let Some(mut active) = (unsafe { ACTIVE_IO.get(&pid_tgid) }).copied() else {
         return;
     };
     let _ = ACTIVE_IO.remove(&pid_tgid);
-    if active.is_tcp == 0 || ret <= 0 {
+    if ret <= 0 {
         return;
+    }
+    if active.is_tcp == 0 {
+        // No socket tracepoint said so; on kernels without them, ask the fd table.
+        let Some((sock, family)) = fdsock::tcp_socket(active.fd) else {
+            return;
+        };
+        active.sock = sock;
+        active.family = family as u8;
+        active.is_tcp = 1;
     }
     capture(pid_tgid, &active, ret as u64);
 }

@@ -1,19 +1,23 @@
 //! sonde's kernel programs. Entry points are thin: they read the hook's arguments and call the
 //! shared bodies in `io` (read/write family) and `conn` (accept/connect/close).
 //!
-//! Two hook sets carry the same bodies; the agent attaches one of them. Both use
-//! `sock:sock_{send,recv}_length` (kernel ≥ 6.3), which fire only for socket reads and writes, and
-//! the `syscalls/` tracepoints of accept, accept4, connect and close.
-//! - socket hook set (x86_64): the socket tracepoints capture the data themselves, reading the
-//!   syscall's arguments from the task's saved registers (`syscalls.rs`). No hook on the read and
-//!   write syscalls at all, so file, pipe and other fd I/O costs nothing.
-//! - syscall tracepoint hook set (any architecture): entry and exit tracepoints of each
-//!   read/write-family syscall, with the socket tracepoints in between saying which fds are TCP.
+//! Three hook sets carry the same bodies; the agent attaches one of them. All use the `syscalls/`
+//! tracepoints of accept, accept4, connect and close.
+//! - socket hook set (x86_64, kernel ≥ 6.3): `sock:sock_{send,recv}_length`, which fire only for
+//!   socket reads and writes, capture the data themselves, reading the syscall's arguments from
+//!   the task's saved registers (`syscalls.rs`). No hook on the read and write syscalls at all, so
+//!   file, pipe and other fd I/O costs nothing.
+//! - syscall tracepoint hook set (any architecture, kernel ≥ 6.3): entry and exit tracepoints of
+//!   each read/write-family syscall, with the socket tracepoints in between saying which fds are
+//!   TCP.
+//! - fd-walk hook set (any kernel with the BPF ring buffer, 5.8 on): the same entry and exit
+//!   tracepoints; at exit the socket behind the fd is found in the task's fd table (`fdsock.rs`).
 #![no_std]
 #![no_main]
 
 mod conn;
 mod emit;
+mod fdsock;
 mod filter;
 mod io;
 mod maps;
@@ -59,12 +63,15 @@ fn ret(ctx: &TracePointContext) -> i64 {
 }
 
 /// One entry and one exit tracepoint per read/write-family syscall. `$count` is the argument that
-/// holds the iovec count (only meaningful for `IoBuf::Iovec`).
+/// holds the iovec count (only meaningful for `IoBuf::Iovec`), `$flags` the one with the `MSG_*`
+/// flags of a receive (None: the syscall has none).
 macro_rules! io_tracepoints {
-    ($enter:ident, $exit:ident, $dir:expr, $kind:expr, $count:expr) => {
+    ($enter:ident, $exit:ident, $dir:expr, $kind:expr, $count:expr, $flags:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            io::enter(bpf_get_current_pid_tgid(), arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, $count), $dir, $kind);
+            let flags: Option<usize> = $flags;
+            let flags = flags.map_or(0, |n| arg(&ctx, n));
+            io::enter(bpf_get_current_pid_tgid(), arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, $count), flags, $dir, $kind);
             0
         }
 
@@ -76,16 +83,18 @@ macro_rules! io_tracepoints {
     };
 }
 
-io_tracepoints!(sys_enter_read, sys_exit_read, Direction::Ingress, IoBuf::Plain, 2);
-io_tracepoints!(sys_enter_recvfrom, sys_exit_recvfrom, Direction::Ingress, IoBuf::Plain, 2);
-io_tracepoints!(sys_enter_readv, sys_exit_readv, Direction::Ingress, IoBuf::Iovec, 2);
-io_tracepoints!(sys_enter_recvmsg, sys_exit_recvmsg, Direction::Ingress, IoBuf::Msghdr, 2);
-io_tracepoints!(sys_enter_write, sys_exit_write, Direction::Egress, IoBuf::Plain, 2);
-io_tracepoints!(sys_enter_sendto, sys_exit_sendto, Direction::Egress, IoBuf::Plain, 2);
-io_tracepoints!(sys_enter_writev, sys_exit_writev, Direction::Egress, IoBuf::Iovec, 2);
-io_tracepoints!(sys_enter_sendmsg, sys_exit_sendmsg, Direction::Egress, IoBuf::Msghdr, 2);
+io_tracepoints!(sys_enter_read, sys_exit_read, Direction::Ingress, IoBuf::Plain, 2, None);
+// recvfrom(fd, buf, size, flags, addr, addr_len)
+io_tracepoints!(sys_enter_recvfrom, sys_exit_recvfrom, Direction::Ingress, IoBuf::Plain, 2, Some(3));
+io_tracepoints!(sys_enter_readv, sys_exit_readv, Direction::Ingress, IoBuf::Iovec, 2, None);
+// recvmsg(fd, msg, flags)
+io_tracepoints!(sys_enter_recvmsg, sys_exit_recvmsg, Direction::Ingress, IoBuf::Msghdr, 2, Some(2));
+io_tracepoints!(sys_enter_write, sys_exit_write, Direction::Egress, IoBuf::Plain, 2, None);
+io_tracepoints!(sys_enter_sendto, sys_exit_sendto, Direction::Egress, IoBuf::Plain, 2, None);
+io_tracepoints!(sys_enter_writev, sys_exit_writev, Direction::Egress, IoBuf::Iovec, 2, None);
+io_tracepoints!(sys_enter_sendmsg, sys_exit_sendmsg, Direction::Egress, IoBuf::Msghdr, 2, None);
 // sendfile(out_fd, in_fd, offset, count): a static file server's response body.
-io_tracepoints!(sys_enter_sendfile64, sys_exit_sendfile64, Direction::Egress, IoBuf::None, 3);
+io_tracepoints!(sys_enter_sendfile64, sys_exit_sendfile64, Direction::Egress, IoBuf::None, 3, None);
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {

@@ -271,6 +271,19 @@ async fn connection_opened_before_sonde_started() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn classic_syscall_tracepoints_work_as_the_fallback() {
+    per_syscall_hooks_trace_from_the_next_read("tracepoints", "hooks=syscall tracepoints kernel=").await;
+}
+
+/// The hook set of kernels before 6.3: no socket tracepoint, the socket behind each fd found in the
+/// task's fd table. Files, pipes and UDP must not be taken for TCP (the python app reads files).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fd_table_walk_finds_the_sockets_without_socket_tracepoints() {
+    per_syscall_hooks_trace_from_the_next_read("fd-walk", "hooks=syscall tracepoints with the fd-table walk").await;
+}
+
+/// With `--hooks HOOKS` (entry and exit tracepoints of each syscall), a connection whose server
+/// was already blocked in read() when sonde attached is traced from its next read on.
+async fn per_syscall_hooks_trace_from_the_next_read(hooks: &str, log: &str) {
     use std::io::Write;
     let receiver = Receiver::start().await.unwrap();
     let server = harness::python_app(&[]);
@@ -278,8 +291,8 @@ async fn classic_syscall_tracepoints_work_as_the_fallback() {
     conn.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     read_ok_reply(&mut conn);
 
-    let sonde = sonde_grpc(&receiver, server.port, &["--hooks", "tracepoints"]);
-    assert!(sonde.stderr().contains("hooks=syscall tracepoints"), "{}", sonde.stderr());
+    let sonde = sonde_grpc(&receiver, server.port, &["--hooks", hooks]);
+    assert!(sonde.stderr().contains(log), "{}", sonde.stderr());
     // The server thread was already blocked in read() when sonde attached: with per-syscall
     // tracepoints that read's arguments are unknown, so /lost cannot be seen; /seen can.
     for path in ["/lost", "/seen"] {

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod kernels;
 mod run;
 mod setup;
 mod sh;
@@ -59,6 +60,9 @@ enum Task {
     /// default), sampling sonde's RSS, kernel map sizes and own metrics; fails when they grow
     /// (root needed). See docs/reliability.md.
     Soak(soak::Options),
+    /// Set up and run the kernel matrix: the matrix tests on Debian's 5.10, 6.1 and 6.12 kernels
+    /// under QEMU and on the running kernel, printed as a table (root needed). See docs/kernels.md.
+    Kernels(kernels::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run::run("run", &args),
         Task::Demo { args } => run::run("demo", &args),
+        Task::Kernels(options) => kernels::run(&options),
         Task::Test { fuzz_seconds } => test::all(fuzz_seconds),
         Task::Fuzz { minutes, target } => {
             setup::all()?;

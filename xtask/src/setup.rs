@@ -168,7 +168,7 @@ fn rotel() -> anyhow::Result<()> {
 }
 
 /// Installs `packages` (pip name, version) unless exactly these versions are there.
-fn pip_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+pub fn pip_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let query = format!(
         "import importlib.metadata as m; print(' '.join(m.version(p) for p in {:?}))",
         packages.iter().map(|(p, _)| *p).collect::<Vec<_>>()
@@ -199,7 +199,7 @@ fn node_sdk() -> anyhow::Result<()> {
     sh::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
-fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
+pub fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = packages
         .iter()
         .copied()

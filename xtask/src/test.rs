@@ -1,10 +1,11 @@
 //! `cargo xtask test`: every check CI makes, in order of cost — formatting, lints, unit tests, the
-//! deploy/ checks, the privileged integration tests against the real binary, a few seconds of the bench harness (it
+//! deploy/ checks, the privileged integration tests against the real binary, the kernel matrix's
+//! quick subset on 5.10 and 6.1, a few seconds of the bench harness (it
 //! must still produce numbers; what they are is not tested), then a short fuzzing run.
 
 use std::process::Command;
 
-use crate::{bench, build, fuzz, setup, sh, soak};
+use crate::{bench, build, fuzz, kernels, setup, sh, soak};
 
 pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
     setup::all()?;
@@ -30,6 +31,7 @@ pub fn all(fuzz_seconds: u32) -> anyhow::Result<()> {
     let sonde = build::release()?;
     deploy(&sonde)?;
     privileged(&sonde)?;
+    kernels::ci()?;
     bench::smoke(&sonde)?;
     soak::smoke(&sonde)?;
     fuzz::run(fuzz::TARGETS, std::time::Duration::from_secs(fuzz_seconds.into()))

@@ -44,6 +44,11 @@ pub enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Say what this kernel offers sonde (the features probed, the hook set `run` would choose)
+    /// and load every kernel program without attaching it: a program this kernel's verifier
+    /// refuses is named with the verifier's reason, and the exit status is non-zero unless each
+    /// refused program needs a feature the kernel lacks (root needed).
+    CheckKernel,
 }
 
 #[derive(Debug, Subcommand)]

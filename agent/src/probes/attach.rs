@@ -48,11 +48,14 @@ const SOCK_CAPTURE_HOOKS: &[Hook] = &[
     hook("sock", "sock_recv_length", "sock_recv_capture"),
 ];
 
-/// Syscall tracepoint hook set: entry and exit of every read/write-family syscall, the socket
-/// tracepoints in between.
-const SYSCALL_IO_HOOKS: &[Hook] = &[
+/// Syscall tracepoint hook set: the socket tracepoints between the syscalls' entry and exit.
+const SOCK_LENGTH_HOOKS: &[Hook] = &[
     hook("sock", "sock_send_length", "sock_send_length"),
     hook("sock", "sock_recv_length", "sock_recv_length"),
+];
+
+/// Syscall tracepoint and fd-walk hook sets: entry and exit of every read/write-family syscall.
+const SYSCALL_IO_HOOKS: &[Hook] = &[
     syscall("sys_enter_read"),
     syscall("sys_exit_read"),
     syscall("sys_enter_recvfrom"),
@@ -73,26 +76,26 @@ const SYSCALL_IO_HOOKS: &[Hook] = &[
     syscall("sys_exit_sendfile64"),
 ];
 
-/// The tracepoints both hook sets need that older kernels lack (added in 6.3).
+/// Whether `program` reads the task's saved registers (`bpf_task_pt_regs`, 5.15 on): the socket
+/// set's capture programs, which a kernel without that helper refuses to load.
+pub fn needs_task_regs(program: &str) -> bool {
+    SOCK_CAPTURE_HOOKS.iter().any(|h| h.program == program)
+}
+
+/// The tracepoints the socket and syscall tracepoint hook sets need (added in 6.3).
 pub const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
 
-/// Attaches the chosen hook set; returns the set in use.
-pub fn attach(ebpf: &mut Ebpf, choice: HookChoice, programs: Programs) -> Result<HookSet, ProbeError> {
-    let set = match choice {
-        HookChoice::Tracepoints => HookSet::Tracepoints,
-        HookChoice::Sock => HookSet::Sock,
-        // The socket set reads x86_64's saved registers.
-        HookChoice::Auto if std::env::consts::ARCH != "x86_64" => HookSet::Tracepoints,
-        HookChoice::Auto => match attach_set(ebpf, HookSet::Sock, programs) {
-            Ok(()) => return Ok(HookSet::Sock),
-            Err(e) => {
-                tracing::info!(error = %e, "socket hook set unavailable; using syscall tracepoints");
-                HookSet::Tracepoints
-            }
-        },
-    };
-    attach_set(ebpf, set, programs)?;
-    Ok(set)
+/// Attaches the `chosen` hook set; returns the set in use. Chosen by `auto`, the socket set falls
+/// back to the syscall tracepoints if the kernel refuses it after all (a verifier that differs).
+pub fn attach(ebpf: &mut Ebpf, chosen: HookSet, choice: HookChoice, programs: Programs) -> Result<HookSet, ProbeError> {
+    match attach_set(ebpf, chosen, programs) {
+        Err(e) if chosen == HookSet::Sock && choice == HookChoice::Auto => {
+            tracing::info!(error = %e, "socket hook set unavailable; using syscall tracepoints");
+            attach_set(ebpf, HookSet::Tracepoints, programs)?;
+            Ok(HookSet::Tracepoints)
+        }
+        result => result.map(|()| chosen),
+    }
 }
 
 /// Thread starts (`sched:sched_process_fork`), for calls made by worker threads: optional — without
@@ -162,12 +165,13 @@ pub fn attach_tls_helpers(ebpf: &mut Ebpf, programs: Programs) {
 
 /// Attaches every hook of `set`, or none: on an error the ones already attached are detached.
 fn attach_set(ebpf: &mut Ebpf, set: HookSet, programs: Programs) -> Result<(), ProbeError> {
-    let io_hooks = match set {
-        HookSet::Sock => SOCK_CAPTURE_HOOKS,
-        HookSet::Tracepoints => SYSCALL_IO_HOOKS,
+    let (io_hooks, between): (&[Hook], &[Hook]) = match set {
+        HookSet::Sock => (SOCK_CAPTURE_HOOKS, &[]),
+        HookSet::Tracepoints => (SYSCALL_IO_HOOKS, SOCK_LENGTH_HOOKS),
+        HookSet::FdWalk => (SYSCALL_IO_HOOKS, &[]),
     };
     let mut attached: Vec<(&'static str, TracePointLinkId)> = Vec::new();
-    for hook in io_hooks.iter().chain(CONN_HOOKS) {
+    for hook in between.iter().chain(io_hooks).chain(CONN_HOOKS) {
         let program = match programs {
             Programs::Sonde => hook.program,
             Programs::NullProbe => "null_tracepoint",

@@ -1,6 +1,8 @@
-//! Offsets of the IPv6 address fields of `struct sock`, read from the running kernel's BTF.
+//! Offsets of kernel struct fields the programs read, from the running kernel's BTF: the IPv6
+//! addresses of `struct sock`, the task fields behind process start times, and the way from a task
+//! to the socket behind one of its fds.
 //!
-//! Rust eBPF has no CO-RE field relocations, so the agent resolves the two offsets it needs here
+//! Rust eBPF has no CO-RE field relocations, so the agent resolves the offsets it needs here
 //! and passes them to the programs as globals. The BTF walk is deliberately minimal: it reads the
 //! type section just far enough to find one struct's members (format: kernel
 //! Documentation/bpf/btf.rst). aya-obj parses BTF too but keeps member access crate-private.
@@ -15,6 +17,8 @@ pub enum BtfError {
     Malformed(&'static str),
     #[error("struct {0} not found in the kernel's BTF")]
     StructNotFound(&'static str),
+    #[error("struct {structure} has no member {member} in the kernel's BTF")]
+    MemberNotFound { structure: &'static str, member: &'static str },
 }
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -50,6 +54,25 @@ pub fn task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
         members.get(name).copied().ok_or(BtfError::StructNotFound("task_struct.group_leader/start_boottime"))
     };
     Ok(TaskOffsets { group_leader: get("group_leader")?, start_boottime: get("start_boottime")? })
+}
+
+/// The offsets of `sonde_common::FdWalk`, for kernels without the socket tracepoints.
+pub fn fd_walk_offsets(data: &[u8]) -> Result<sonde_common::FdWalk, BtfError> {
+    let field = |structure: &'static str, member: &'static str| -> Result<u32, BtfError> {
+        struct_members(data, structure)?.get(member).copied().ok_or(BtfError::MemberNotFound { structure, member })
+    };
+    Ok(sonde_common::FdWalk {
+        task_files: field("task_struct", "files")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdt_max_fds: field("fdtable", "max_fds")?,
+        fdt_fd: field("fdtable", "fd")?,
+        file_private_data: field("file", "private_data")?,
+        socket_type: field("socket", "type")?,
+        socket_file: field("socket", "file")?,
+        socket_sk: field("socket", "sk")?,
+        sock_family: field("sock_common", "skc_family")?,
+        sock_protocol: field("sock", "sk_protocol")?,
+    })
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -141,6 +164,21 @@ mod tests {
         let offsets = sock_offsets(&data).unwrap();
         assert!(offsets.v6_daddr >= 16);
         assert_eq!(offsets.v6_rcv_saddr, offsets.v6_daddr + 16);
+    }
+
+    #[test]
+    fn finds_the_way_from_a_task_to_its_sockets_on_this_kernel() {
+        let Ok(data) = vmlinux() else {
+            eprintln!("SKIPPED: {VMLINUX_BTF} not readable here");
+            return;
+        };
+        let o = fd_walk_offsets(&data).unwrap();
+        // Layouts every supported kernel shares: `files_struct` opens with its count and a flag,
+        // `sock_common` with the 16-byte v4 block, and `socket.file` follows `type`.
+        assert!(o.task_files > 0 && o.files_fdt > 0 && o.fdt_fd > o.fdt_max_fds);
+        assert_eq!(o.sock_family, 16);
+        assert!(o.socket_file > o.socket_type && o.socket_sk > o.socket_file);
+        assert!(o.sock_protocol > o.sock_family);
     }
 
     #[test]

@@ -20,11 +20,20 @@ macro_rules! loaded_program {
 
 mod attach;
 pub mod btf_offsets;
+mod features;
+mod hooks;
 mod kernel_log;
 pub mod prereq;
 pub mod tls;
 
 pub use attach::Programs;
+pub use features::Features;
+pub use hooks::{HookChoice, HookSet};
+
+/// The hook set `choice` gives on a kernel with `features`, on this architecture.
+pub fn choose_hooks(choice: HookChoice, features: &Features) -> Result<HookSet, prereq::PrereqError> {
+    hooks::choose(choice, features, std::env::consts::ARCH == "x86_64")
+}
 pub use tls::TlsOptions;
 
 use aya::{
@@ -36,34 +45,6 @@ use sonde_common::{DROP_REASONS, MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globa
 
 /// The kernel object built by `build.rs` (empty when the build was skipped with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
-
-/// Which hooks see socket reads and writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum HookChoice {
-    /// The socket hook set where the kernel allows it (x86_64), else syscall tracepoints.
-    Auto,
-    /// Capture in the socket tracepoints, with the syscall's arguments read from the task's saved
-    /// registers: one program run per socket read or write, nothing for any other syscall.
-    Sock,
-    /// Entry and exit tracepoints of each read/write syscall (`syscalls/sys_{enter,exit}_*`):
-    /// works on every architecture, costs a map update per read or write of any fd.
-    Tracepoints,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookSet {
-    Sock,
-    Tracepoints,
-}
-
-impl std::fmt::Display for HookSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HookSet::Sock => "socket tracepoints",
-            HookSet::Tracepoints => "syscall tracepoints",
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -87,6 +68,8 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("reading the kernel's BTF: {0}")]
     Btf(#[from] aya::BtfError),
+    #[error("the fd-table walk: {0}")]
+    FdWalk(#[from] btf_offsets::BtfError),
 }
 
 /// The words of the kernel's pid bitmap that have a bit set (pids ≥ `PID_LIMIT` cannot exist).
@@ -129,54 +112,20 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         prereq::check_capabilities()?;
-        prereq::check_kernel()?;
         prereq::ensure_tracefs()?;
-        for tp in attach::SOCK_TRACEPOINTS {
-            if !prereq::tracepoint_exists("sock", tp) {
-                return Err(prereq::PrereqError::MissingTracepoint(tp).into());
-            }
-        }
         prereq::raise_memlock();
+        let features = Features::detect();
+        let chosen = choose_hooks(options.hooks, &features)?;
+        // The walk's offsets are written into the programs, so it is decided before load.
+        let fd_walk = match chosen {
+            HookSet::FdWalk => btf_offsets::fd_walk_offsets(&btf_offsets::vmlinux()?)?,
+            HookSet::Sock | HookSet::Tracepoints => sonde_common::FdWalk::default(),
+        };
 
-        let (v6, task) = kernel_offsets();
-        let agent_tgid = std::process::id();
-        let fork_child_offset =
-            prereq::tracepoint_field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
-        let exit_group_dead_offset =
-            prereq::tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
-        let state_sport_offset =
-            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "sport").unwrap_or(0);
-        let state_dport_offset =
-            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "dport").unwrap_or(0);
-        let state_saddr_offset =
-            prereq::tracepoint_field_offset("sock", "inet_sock_set_state", "saddr_v6").unwrap_or(0);
-        let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
-        let filter_pids: u32 = (!options.pids.is_empty()).into();
-        let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
-        let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
         let log_level = kernel_log::level_from_filter();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .override_global(globals::AGENT_TGID, &agent_tgid, true)
-            .override_global(globals::CAPTURE_BYTES, &capture, true)
-            .override_global(globals::FILTER_PIDS, &filter_pids, true)
-            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-            .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
-            .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
-            .override_global(globals::OFF_FORK_CHILD_PID, &fork_child_offset, true)
-            .override_global(globals::OFF_EXIT_GROUP_DEAD, &exit_group_dead_offset, true)
-            .override_global(globals::OFF_TASK_GROUP_LEADER, &task.group_leader, true)
-            .override_global(globals::OFF_TASK_START_BOOTTIME, &task.start_boottime, true)
-            .override_global(globals::OFF_STATE_SPORT, &state_sport_offset, true)
-            .override_global(globals::OFF_STATE_DPORT, &state_dport_offset, true)
-            .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
-            .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
-            .map_max_entries(maps::SCRATCH, cpus)
-            .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
-            .map_max_entries(maps::TLS_PIDS, if options.tls.is_some() { PID_BITMAP_WORDS } else { 1 })
-            .map_max_entries(maps::TLS_EXCLUDED, if tls_excludes { PID_BITMAP_WORDS } else { 1 })
-            .load(EBPF_OBJECT)?;
+        let Loaded { mut ebpf, fork_child_offset, state_offsets } = load_object(options, &fd_walk, log_level)?;
+        let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
             let mut selected: BpfArray<_, u64> = BpfArray::try_from(
@@ -190,7 +139,7 @@ impl Probes {
             }
         }
 
-        let hooks = attach::attach(&mut ebpf, options.hooks, options.programs)?;
+        let hooks = attach::attach(&mut ebpf, chosen, options.hooks, options.programs)?;
         if fork_child_offset != 0 {
             attach::attach_thread_starts(&mut ebpf, options.programs);
         } else {
@@ -199,7 +148,7 @@ impl Probes {
             );
         }
         attach::attach_exits(&mut ebpf, options.programs);
-        if state_sport_offset != 0 && state_dport_offset != 0 && state_saddr_offset != 0 {
+        if state_offsets {
             attach::attach_own_connections(&mut ebpf, options.programs);
         } else {
             tracing::warn!(
@@ -237,6 +186,7 @@ impl Probes {
         crate::heap::release_freed();
         tracing::info!(
             hooks = %hooks,
+            kernel = %features,
             programs = ?options.programs,
             capture_bytes = capture,
             tls_libraries = tls.as_ref().map_or(0, tls::TlsHooks::hooked_libraries),
@@ -317,6 +267,126 @@ pub enum TlsNotice {
 
 /// The kernel struct offsets the programs need, from the kernel's BTF; zeros (and a warning
 /// saying what is lost) for what cannot be found.
+/// The object loaded (not attached), with what the programs need written in before load.
+struct Loaded {
+    ebpf: Ebpf,
+    /// Where `child_pid` sits in the `sched_process_fork` record (0: the field is missing).
+    fork_child_offset: u32,
+    /// Whether the `inet_sock_set_state` record has the fields `own.rs` reads.
+    state_offsets: bool,
+}
+
+/// Loads the object with its globals (offsets from the kernel's BTF and tracepoint formats, the
+/// options, the fd-table walk's offsets, the kernel log level) and map sizes. Programs are loaded
+/// into the kernel later, on first use.
+fn load_object(options: &ProbeOptions, fd_walk: &sonde_common::FdWalk, log_level: u8) -> Result<Loaded, ProbeError> {
+    let (v6, task) = kernel_offsets();
+    let agent_tgid = std::process::id();
+    let field = |category: &str, tracepoint: &str, field: &str| {
+        prereq::tracepoint_field_offset(category, tracepoint, field).unwrap_or(0)
+    };
+    let fork_child_offset = field("sched", "sched_process_fork", "child_pid");
+    let exit_group_dead_offset = field("sched", "sched_process_exit", "group_dead");
+    let state_sport_offset = field("sock", "inet_sock_set_state", "sport");
+    let state_dport_offset = field("sock", "inet_sock_set_state", "dport");
+    let state_saddr_offset = field("sock", "inet_sock_set_state", "saddr_v6");
+    let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
+    let filter_pids: u32 = (!options.pids.is_empty()).into();
+    let wakeup_bytes: u64 = (ring_size(options.ring_bytes) / 16) as u64;
+    let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
+    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256).max(1);
+    let ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .override_global(globals::AGENT_TGID, &agent_tgid, true)
+        .override_global(globals::CAPTURE_BYTES, &capture, true)
+        .override_global(globals::FILTER_PIDS, &filter_pids, true)
+        .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+        .override_global(globals::OFF_V6_DADDR, &v6.v6_daddr, true)
+        .override_global(globals::OFF_V6_RCV_SADDR, &v6.v6_rcv_saddr, true)
+        .override_global(globals::OFF_FORK_CHILD_PID, &fork_child_offset, true)
+        .override_global(globals::OFF_EXIT_GROUP_DEAD, &exit_group_dead_offset, true)
+        .override_global(globals::OFF_TASK_GROUP_LEADER, &task.group_leader, true)
+        .override_global(globals::OFF_TASK_START_BOOTTIME, &task.start_boottime, true)
+        .override_global(globals::OFF_STATE_SPORT, &state_sport_offset, true)
+        .override_global(globals::OFF_STATE_DPORT, &state_dport_offset, true)
+        .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
+        .override_global(globals::FD_WALK, fd_walk, true)
+        .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
+        .map_max_entries(maps::SCRATCH, cpus)
+        .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
+        .map_max_entries(maps::TLS_PIDS, if options.tls.is_some() { PID_BITMAP_WORDS } else { 1 })
+        .map_max_entries(maps::TLS_EXCLUDED, if tls_excludes { PID_BITMAP_WORDS } else { 1 })
+        .load(EBPF_OBJECT)?;
+    Ok(Loaded {
+        ebpf,
+        fork_child_offset,
+        state_offsets: state_sport_offset != 0 && state_dport_offset != 0 && state_saddr_offset != 0,
+    })
+}
+
+/// One program of the object, as this kernel's verifier took it (`sonde check-kernel`).
+pub struct ProgramCheck {
+    pub name: String,
+    /// None: loaded; else the verifier's (or the loader's) refusal.
+    pub refused: Option<String>,
+    /// The program needs a feature this kernel lacks, so its refusal is expected.
+    pub needs_missing_feature: bool,
+}
+
+/// Loads every program of the object, as the most demanding configuration would (the fd-table
+/// walk's offsets and every kernel log statement on, so that the verifier sees that code too),
+/// without attaching any. The kernel's features come back beside the programs.
+pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    prereq::check_capabilities()?;
+    prereq::ensure_tracefs()?;
+    prereq::raise_memlock();
+    let features = Features::detect();
+    let fd_walk = btf_offsets::vmlinux()
+        .and_then(|data| btf_offsets::fd_walk_offsets(&data))
+        .unwrap_or_default();
+    let options = ProbeOptions {
+        hooks: HookChoice::Auto,
+        capture_bytes: MAX_CAPTURE as u32,
+        ring_bytes: 1 << 20,
+        pids: vec![1],
+        programs: Programs::Sonde,
+        tls: Some(TlsOptions { exclude: vec![glob::Pattern::new("/nonexistent/*").expect("a valid glob")], exported_only: false }),
+    };
+    let mut loaded = load_object(&options, &fd_walk, aya_log::Level::Trace as u8)?;
+    let mut checks = Vec::new();
+    for (name, program) in loaded.ebpf.programs_mut() {
+        let result = match program {
+            aya::programs::Program::TracePoint(p) => p.load(),
+            aya::programs::Program::UProbe(p) => p.load(),
+            _ => continue,
+        };
+        checks.push(ProgramCheck {
+            name: name.to_owned(),
+            // The verifier's log is long; its last lines say why.
+            refused: result.err().map(|e| verifier_summary(&e)),
+            needs_missing_feature: attach::needs_task_regs(name) && !features.task_regs,
+        });
+    }
+    checks.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((features, checks))
+}
+
+/// The error and the last lines of the verifier's log, if any.
+fn verifier_summary(error: &ProgramError) -> String {
+    let text = match error {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("{io_error}: {}", tail.join(" / "))
+        }
+        other => other.to_string(),
+    };
+    text.chars().take(600).collect()
+}
+
 fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {
     const NO_IPV6: &str = "IPv6 addresses will be missing from spans";
     const NO_START: &str = "process start times are not read: a process that exits and has its pid taken within a poll may be described by its successor's /proc";

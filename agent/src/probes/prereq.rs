@@ -10,14 +10,12 @@ pub enum PrereqError {
          (e.g. `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep sonde`)"
     )]
     Capabilities { missing: String },
-    #[error("kernel {found} is too old: sonde needs Linux {needed} or newer ({why})")]
-    KernelTooOld { found: String, needed: &'static str, why: &'static str },
+    #[error("this kernel lacks {what}: {why}")]
+    Missing { what: &'static str, why: &'static str },
     #[error(
         "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {source} (mount it with `mount -t tracefs tracefs /sys/kernel/tracing`)"
     )]
     Tracefs { source: std::io::Error },
-    #[error("tracepoint {0} does not exist on this kernel")]
-    MissingTracepoint(&'static str),
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -59,25 +57,6 @@ pub fn check_capabilities() -> Result<(), PrereqError> {
         }
     }
     if missing.is_empty() { Ok(()) } else { Err(PrereqError::Capabilities { missing: missing.join(", ") }) }
-}
-
-/// (major, minor) of the running kernel.
-pub fn kernel_version() -> Option<(u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut parts = release.trim().split(['.', '-']);
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-pub fn check_kernel() -> Result<(), PrereqError> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    match kernel_version() {
-        Some(v) if v < (6, 3) => Err(PrereqError::KernelTooOld {
-            found: release.trim().to_owned(),
-            needed: "6.3",
-            why: "the sock:sock_send_length/sock_recv_length tracepoints tell TCP sockets from other fds",
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Mounts tracefs where it is missing (container images and minimal hosts often lack it).

@@ -1,0 +1,330 @@
+//! `cargo xtask kernels`: the kernel matrix. Each Debian kernel boots under QEMU (KVM when the CPU
+//! offers it, TCG otherwise) with the host's root filesystem shared read-only (virtme-ng), and the
+//! privileged tests chosen for the matrix run inside the guest against the real sonde binary; the
+//! running kernel runs them directly. Prints a kernel × test table and fails if any cell failed.
+//!
+//! Kernels come from Debian's archive as `linux-image-*-amd64-unsigned` packages (the generic
+//! flavour: it has the 9p modules virtme-ng needs), unpacked under `KERNEL_CACHE` with their
+//! modules linked into /lib/modules, so the guest finds them on the shared root.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{build, setup, sh};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Kernels to run: 5.10, 6.1, 6.12, host (repeatable; default: all of them).
+    #[arg(long = "kernel", value_name = "SPEC")]
+    kernels: Vec<String>,
+    /// Only the quick subset of tests (what `cargo xtask test` runs on 5.10 and 6.1).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// A Debian kernel of the matrix: the newest package named `prefix…-amd64-unsigned`.
+struct Debian {
+    spec: &'static str,
+    prefix: &'static str,
+}
+
+const DEBIAN: &[Debian] = &[
+    Debian { spec: "5.10", prefix: "linux-image-5.10.0-" },
+    Debian { spec: "6.1", prefix: "linux-image-6.1.0-" },
+    Debian { spec: "6.12", prefix: "linux-image-6.12." },
+];
+
+/// bullseye has 5.10, bookworm 6.1, bookworm-backports 6.12.
+const SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
+";
+
+const KERNEL_CACHE: &str = "/var/cache/sonde/kernels";
+
+/// The tests of the matrix, as (test binary, test name): what sonde does on 6.18, each once.
+/// Quick ones run in CI.
+const TESTS: &[(&str, &str, bool)] = &[
+    ("programs", "every_program_passes_the_verifier_or_its_feature_is_missing", true),
+    ("server_spans", "python_http_server_gets_one_span_per_request", true),
+    ("traces", "a_chain_of_plain_services_is_one_trace", true),
+    ("tls", "python_https_server_and_curl_get_server_and_client_spans", true),
+    ("lifecycle", "kill_9_leaves_no_programs_or_maps_behind", true),
+    ("traces", "calls_from_a_worker_thread_belong_to_the_request_that_started_it", false),
+    ("collectors", "exports_to_a_traced_collector_over_ipv4_make_no_spans_or_metrics", false),
+    ("reuse", "a_reused_pid_starts_clean", false),
+    ("server_spans", "ipv6_peers_have_their_addresses", false),
+];
+
+/// What `cargo xtask kernels` needs beyond the tests' own tools.
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "debian-archive-keyring"];
+const VIRTME_NG: (&str, &str) = ("virtme-ng", "1.42");
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    setup::all()?;
+    let specs: Vec<String> = if options.kernels.is_empty() {
+        DEBIAN.iter().map(|d| d.spec.to_owned()).chain(["host".to_owned()]).collect()
+    } else {
+        options.kernels.clone()
+    };
+    let table = matrix(&specs, options.quick)?;
+    print_table(&table);
+    let failed: Vec<String> = table
+        .iter()
+        .flat_map(|(kernel, cells)| {
+            cells.iter().filter(|(_, ok)| !**ok).map(move |(test, _)| format!("{test} on {kernel}"))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("the kernel matrix failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The CI subset: the quick tests on the oldest kernel and on the LTS most nodes run.
+pub fn ci() -> anyhow::Result<()> {
+    run(&Options { kernels: vec!["5.10".into(), "6.1".into()], quick: true })
+}
+
+type Table = BTreeMap<String, BTreeMap<String, bool>>;
+
+fn matrix(specs: &[String], quick: bool) -> anyhow::Result<Table> {
+    for spec in specs {
+        if spec != "host" && !DEBIAN.iter().any(|d| d.spec == spec) {
+            bail!("unknown kernel {spec:?}: the matrix has 5.10, 6.1, 6.12 and host");
+        }
+    }
+    if specs.iter().any(|s| s != "host") {
+        setup::apt_packages(APT_PACKAGES)?;
+        setup::pip_packages(&[VIRTME_NG])?;
+    }
+    let sonde = build::release()?;
+    let binaries = test_binaries()?;
+    let tests: Vec<(PathBuf, &str, &str)> = TESTS
+        .iter()
+        .filter(|(_, _, q)| *q || !quick)
+        .map(|&(binary, name, _)| {
+            let path = binaries.get(binary).with_context(|| format!("no test binary {binary}"))?;
+            Ok((path.clone(), binary, name))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let script = guest_script(&sonde, &tests)?;
+    let mut table = Table::new();
+    for spec in specs {
+        let started = Instant::now();
+        let output = if spec == "host" {
+            sh::output(Command::new("bash").arg(&script))?
+        } else {
+            let vmlinuz = debian_kernel(DEBIAN.iter().find(|d| d.spec == spec).expect("checked above"))?;
+            boot(&vmlinuz, &script)?
+        };
+        let (release, cells) = parse(&output);
+        eprintln!("kernel {spec} ({release}): {} tests in {:.0?}", cells.len(), started.elapsed());
+        if cells.len() != tests.len() || cells.values().any(|ok| !ok) {
+            eprintln!("{}", output.lines().filter(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"));
+        }
+        let mut row: BTreeMap<String, bool> =
+            tests.iter().map(|(_, binary, name)| (format!("{binary}::{name}"), false)).collect();
+        row.extend(cells);
+        table.insert(format!("{spec} ({release})"), row);
+    }
+    Ok(table)
+}
+
+/// The integration tests' executables by name, built without running them.
+fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let out = sh::output(sh::cargo().args(["test", "-p", "sonde-tests", "--no-run", "--message-format=json"]))?;
+    let mut binaries = BTreeMap::new();
+    for line in out.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(path)) = (
+            message.pointer("/target/name").and_then(|v| v.as_str()),
+            message.get("executable").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        binaries.insert(name.to_owned(), PathBuf::from(path));
+    }
+    Ok(binaries)
+}
+
+/// A script that runs each test once and prints `MATRIX <binary>::<name> ok|FAILED`, with the
+/// failing test's output indented below it. Inside a guest the host's files are there but not its
+/// environment, so PATH is written in.
+fn guest_script(sonde: &Path, tests: &[(PathBuf, &str, &str)]) -> anyhow::Result<PathBuf> {
+    let dir = sh::root().join("target/kernels");
+    std::fs::create_dir_all(&dir)?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut script = format!(
+        "#!/bin/bash\nset -u\nexport PATH='{path}' SONDE_BIN='{}' RUST_BACKTRACE=1\n\
+         ip link set lo up 2>/dev/null\n\
+         mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
+         echo \"MATRIX-KERNEL $(uname -r)\"\n",
+        sonde.display()
+    );
+    for (binary_path, binary, name) in tests {
+        let log = format!("/tmp/sonde-matrix-{binary}-{name}.log");
+        script.push_str(&format!(
+            "if timeout 900 '{}' --exact '{name}' --test-threads=1 >'{log}' 2>&1 && grep -q '1 passed' '{log}'; \
+             then echo 'MATRIX {binary}::{name} ok'; \
+             else echo 'MATRIX {binary}::{name} FAILED'; tail -n 60 '{log}' | sed 's/^/    | /'; fi\n",
+            binary_path.display()
+        ));
+    }
+    let file = dir.join("run-tests.sh");
+    std::fs::write(&file, script)?;
+    Ok(file)
+}
+
+/// `MATRIX-KERNEL` and `MATRIX` lines of a run: the kernel release, and test → passed.
+fn parse(output: &str) -> (String, BTreeMap<String, bool>) {
+    let release = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("MATRIX-KERNEL "))
+        .unwrap_or("did not boot")
+        .to_owned();
+    let cells = output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("MATRIX "))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(test, status)| (test.to_owned(), status == "ok"))
+        .collect();
+    (release, cells)
+}
+
+fn print_table(table: &Table) {
+    let tests: Vec<&String> = table.values().flat_map(|row| row.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let width = tests.iter().map(|t| t.len()).max().unwrap_or(4).max(4);
+    let kernels: Vec<&String> = table.keys().collect();
+    print!("{:width$}", "test");
+    for k in &kernels {
+        print!("  {k}");
+    }
+    println!();
+    for test in tests {
+        print!("{test:width$}");
+        for k in &kernels {
+            let cell = match table[*k].get(test) {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None => "-",
+            };
+            print!("  {cell:<w$}", w = k.len());
+        }
+        println!();
+    }
+}
+
+/// Boots `vmlinuz` with the host's root filesystem and runs `script`; returns what it printed.
+/// QEMU's exit status is not the script's: the caller reads the `MATRIX` lines.
+fn boot(vmlinuz: &Path, script: &Path) -> anyhow::Result<String> {
+    let mut vng = Command::new("python3");
+    vng.args(["-c", "import sys; from virtme_ng.run import main; sys.argv[0] = 'vng'; sys.exit(main())"])
+        .args(["-v", "--run"])
+        .arg(vmlinuz)
+        .args(["--memory", "3G", "--cpus", "2", "--exec"])
+        .arg(format!("bash {}", script.display()));
+    if !kvm_usable() {
+        vng.arg("--disable-kvm");
+    }
+    eprintln!("+ {}", sh::describe(&vng));
+    let out = vng.output().context("starting virtme-ng")?;
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// KVM needs /dev/kvm and a CPU with virtualisation extensions (a guest often has the device
+/// without them).
+fn kvm_usable() -> bool {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    Path::new("/dev/kvm").exists() && cpu.split_whitespace().any(|w| w == "vmx" || w == "svm")
+}
+
+/// The newest package of `kernel` unpacked under `KERNEL_CACHE` (downloaded once), its modules
+/// linked into /lib/modules; returns its vmlinuz.
+fn debian_kernel(kernel: &Debian) -> anyhow::Result<PathBuf> {
+    let cache = Path::new(KERNEL_CACHE);
+    let lists = cache.join("lists");
+    std::fs::create_dir_all(lists.join("partial"))?;
+    let sources = cache.join("sources.list");
+    std::fs::write(&sources, SOURCES)?;
+    let apt_options = [
+        format!("-oDir::Etc::sourcelist={}", sources.display()),
+        "-oDir::Etc::sourceparts=-".to_owned(),
+        format!("-oDir::State::Lists={}", lists.display()),
+        format!("-oDir::Cache={}", cache.join("apt").display()),
+    ];
+    let fresh = std::fs::metadata(lists.join("lock"))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or(Duration::MAX) < Duration::from_secs(24 * 3600));
+    let has_lists = std::fs::read_dir(&lists)?.flatten().any(|e| e.file_name().to_string_lossy().ends_with("Packages"));
+    if !(fresh && has_lists) {
+        sh::run(Command::new("apt-get").args(&apt_options).args(["update", "-qq"]))?;
+    }
+    let names = sh::output(Command::new("apt-cache").args(&apt_options).args(["pkgnames", kernel.prefix]))?;
+    let package = names
+        .lines()
+        .filter(|n| n.ends_with("-amd64-unsigned") && !n.contains("-rt-") && !n.contains("-cloud-"))
+        .max_by_key(|n| version_key(n))
+        .with_context(|| format!("no {}*-amd64-unsigned package in Debian's lists", kernel.prefix))?
+        .to_owned();
+    let release = package.trim_start_matches("linux-image-").trim_end_matches("-unsigned").to_owned();
+    let root = cache.join(&package);
+    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+    if !vmlinuz.exists() {
+        let download = cache.join("download");
+        std::fs::create_dir_all(&download)?;
+        sh::run(Command::new("apt-get").args(&apt_options).args(["download", "-qq", &package]).current_dir(&download))?;
+        let deb = std::fs::read_dir(&download)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_"))))
+            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+        let unpacking = cache.join(format!("{package}.partial"));
+        let _ = std::fs::remove_dir_all(&unpacking);
+        sh::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacking))?;
+        sh::run(Command::new("depmod").arg("-b").arg(&unpacking).arg(&release))?;
+        std::fs::rename(&unpacking, &root)?;
+        let _ = std::fs::remove_file(&deb);
+    }
+    let modules = Path::new("/lib/modules").join(&release);
+    if std::fs::symlink_metadata(&modules).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&modules)?;
+    }
+    if !modules.exists() {
+        std::fs::create_dir_all("/lib/modules")?;
+        std::os::unix::fs::symlink(root.join("lib/modules").join(&release), &modules)
+            .with_context(|| format!("linking {}", modules.display()))?;
+    }
+    Ok(vmlinuz)
+}
+
+/// Orders package names by the numbers in them: `5.10.0-32` after `5.10.0-9`.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_package_wins_by_its_numbers() {
+        let names = ["linux-image-5.10.0-9-amd64-unsigned", "linux-image-5.10.0-32-amd64-unsigned"];
+        assert_eq!(names.iter().max_by_key(|n| version_key(n)), Some(&names[1]));
+    }
+
+    #[test]
+    fn results_are_read_from_the_matrix_lines() {
+        let out = "[  1.0] boot noise\nMATRIX-KERNEL 6.1.0-50-amd64\nMATRIX a::b ok\nMATRIX a::c FAILED\n    | why\n";
+        let (release, cells) = parse(out);
+        assert_eq!(release, "6.1.0-50-amd64");
+        assert_eq!(cells.into_iter().collect::<Vec<_>>(), [("a::b".to_owned(), true), ("a::c".to_owned(), false)]);
+    }
+}
