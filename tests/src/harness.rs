@@ -11,6 +11,15 @@ use std::{
 };
 
 /// The binary under test: `SONDE_BIN` (set by `cargo xtask test`) or the workspace's release build.
+/// `d` stretched by `SONDE_TEST_PATIENCE` (a factor, default 1): the kernel matrix runs the tests
+/// in emulated guests whose root filesystem is shared over 9p, where starting a Python server
+/// takes ten seconds. Every wait in the harness is a deadline for something to happen, never a
+/// fixed sleep, so a larger factor only makes a failure slower to report.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("SONDE_TEST_PATIENCE").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0);
+    d.mul_f64(factor.clamp(1.0, 100.0))
+}
+
 pub fn sonde_bin() -> PathBuf {
     std::env::var_os("SONDE_BIN")
         .map(PathBuf::from)
@@ -80,7 +89,7 @@ impl Sonde {
         let stderr = collect(child.stderr.take().expect("piped stderr"));
         let stdout = collect(child.stdout.take().expect("piped stdout"));
         let sonde = Sonde { child: Some(child), stderr, stdout };
-        sonde.wait_started(Instant::now() + Duration::from_secs(60))
+        sonde.wait_started(Instant::now() + patience(Duration::from_secs(60)))
     }
 
     fn wait_started(mut self, deadline: Instant) -> Sonde {
@@ -119,7 +128,7 @@ impl Sonde {
         let mut child = self.child.take().expect("sonde already stopped");
         // SAFETY: signalling our own child by its pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
         loop {
             if let Some(status) = child.try_wait().expect("waiting for sonde") {
                 // Let the readers catch the last lines.
@@ -189,7 +198,7 @@ pub fn wait_listening(port: u16) {
 
 pub fn wait_listening_on(ip: &str, port: u16) {
     let ip: std::net::IpAddr = ip.parse().expect("an IP address");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patience(Duration::from_secs(20));
     while TcpStream::connect((ip, port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -481,7 +490,7 @@ pub fn open_connections(pid: u32, listeners: usize) -> usize {
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; its last answer.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patience(timeout);
     while Instant::now() < deadline {
         if cond() {
             return true;

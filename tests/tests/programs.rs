@@ -16,7 +16,9 @@ fn every_program_passes_the_verifier_or_its_feature_is_missing() {
     // The object's programs: the read/write family's 18 tracepoints, connection life cycle, the
     // socket sets, fork/exit/mmap/state hooks, the TLS uprobes and the null probe's.
     assert!(programs.len() >= 35, "too few programs checked:\n{stdout}");
-    for always in ["sys_exit_read", "sys_enter_connect", "sched_process_exit", "inet_sock_set_state", "ssl_set_fd"] {
+    for always in
+        ["sys_exit_read", "sys_enter_connect", "sched_process_exit", "inet_sock_set_state", "ssl_set_fd"]
+    {
         assert!(
             programs.iter().any(|l| l.starts_with(&format!("program {always}: loaded"))),
             "{always} did not load:\n{stdout}"

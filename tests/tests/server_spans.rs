@@ -278,7 +278,8 @@ async fn classic_syscall_tracepoints_work_as_the_fallback() {
 /// task's fd table. Files, pipes and UDP must not be taken for TCP (the python app reads files).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fd_table_walk_finds_the_sockets_without_socket_tracepoints() {
-    per_syscall_hooks_trace_from_the_next_read("fd-walk", "hooks=syscall tracepoints with the fd-table walk").await;
+    per_syscall_hooks_trace_from_the_next_read("fd-walk", "hooks=syscall tracepoints with the fd-table walk")
+        .await;
 }
 
 /// With `--hooks HOOKS` (entry and exit tracepoints of each syscall), a connection whose server

@@ -87,7 +87,12 @@ pub const SOCK_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
 
 /// Attaches the `chosen` hook set; returns the set in use. Chosen by `auto`, the socket set falls
 /// back to the syscall tracepoints if the kernel refuses it after all (a verifier that differs).
-pub fn attach(ebpf: &mut Ebpf, chosen: HookSet, choice: HookChoice, programs: Programs) -> Result<HookSet, ProbeError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    chosen: HookSet,
+    choice: HookChoice,
+    programs: Programs,
+) -> Result<HookSet, ProbeError> {
     match attach_set(ebpf, chosen, programs) {
         Err(e) if chosen == HookSet::Sock && choice == HookChoice::Auto => {
             tracing::info!(error = %e, "socket hook set unavailable; using syscall tracepoints");

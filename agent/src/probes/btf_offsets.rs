@@ -59,7 +59,10 @@ pub fn task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
 /// The offsets of `sonde_common::FdWalk`, for kernels without the socket tracepoints.
 pub fn fd_walk_offsets(data: &[u8]) -> Result<sonde_common::FdWalk, BtfError> {
     let field = |structure: &'static str, member: &'static str| -> Result<u32, BtfError> {
-        struct_members(data, structure)?.get(member).copied().ok_or(BtfError::MemberNotFound { structure, member })
+        struct_members(data, structure)?
+            .get(member)
+            .copied()
+            .ok_or(BtfError::MemberNotFound { structure, member })
     };
     Ok(sonde_common::FdWalk {
         task_files: field("task_struct", "files")?,

@@ -115,7 +115,11 @@ mod tests {
             (linux_5_10, true, HookSet::FdWalk),
         ];
         for (features, x86_64, want) in cases {
-            assert_eq!(choose(HookChoice::Auto, &features, x86_64).unwrap(), want, "{features} x86_64={x86_64}");
+            assert_eq!(
+                choose(HookChoice::Auto, &features, x86_64).unwrap(),
+                want,
+                "{features} x86_64={x86_64}"
+            );
         }
     }
 

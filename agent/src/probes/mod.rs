@@ -124,7 +124,8 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
-        let Loaded { mut ebpf, fork_child_offset, state_offsets } = load_object(options, &fd_walk, log_level)?;
+        let Loaded { mut ebpf, fork_child_offset, state_offsets } =
+            load_object(options, &fd_walk, log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -279,7 +280,11 @@ struct Loaded {
 /// Loads the object with its globals (offsets from the kernel's BTF and tracepoint formats, the
 /// options, the fd-table walk's offsets, the kernel log level) and map sizes. Programs are loaded
 /// into the kernel later, on first use.
-fn load_object(options: &ProbeOptions, fd_walk: &sonde_common::FdWalk, log_level: u8) -> Result<Loaded, ProbeError> {
+fn load_object(
+    options: &ProbeOptions,
+    fd_walk: &sonde_common::FdWalk,
+    log_level: u8,
+) -> Result<Loaded, ProbeError> {
     let (v6, task) = kernel_offsets();
     let agent_tgid = std::process::id();
     let field = |category: &str, tracepoint: &str, field: &str| {
@@ -344,16 +349,18 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     prereq::ensure_tracefs()?;
     prereq::raise_memlock();
     let features = Features::detect();
-    let fd_walk = btf_offsets::vmlinux()
-        .and_then(|data| btf_offsets::fd_walk_offsets(&data))
-        .unwrap_or_default();
+    let fd_walk =
+        btf_offsets::vmlinux().and_then(|data| btf_offsets::fd_walk_offsets(&data)).unwrap_or_default();
     let options = ProbeOptions {
         hooks: HookChoice::Auto,
         capture_bytes: MAX_CAPTURE as u32,
         ring_bytes: 1 << 20,
         pids: vec![1],
         programs: Programs::Sonde,
-        tls: Some(TlsOptions { exclude: vec![glob::Pattern::new("/nonexistent/*").expect("a valid glob")], exported_only: false }),
+        tls: Some(TlsOptions {
+            exclude: vec![glob::Pattern::new("/nonexistent/*").expect("a valid glob")],
+            exported_only: false,
+        }),
     };
     let mut loaded = load_object(&options, &fd_walk, aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();

@@ -576,7 +576,7 @@ impl Receiver {
         timeout: Duration,
     ) -> Vec<ReceivedSpan> {
         let mut changed = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + crate::harness::patience(timeout);
         loop {
             changed.mark_unchanged();
             let spans = self.spans();
@@ -599,7 +599,7 @@ impl Receiver {
         timeout: Duration,
     ) -> Vec<ReceivedPoint> {
         let mut changed = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + crate::harness::patience(timeout);
         loop {
             changed.mark_unchanged();
             let points = self.points();
