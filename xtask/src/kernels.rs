@@ -131,7 +131,12 @@ fn matrix(specs: &[String], quick: bool) -> anyhow::Result<Table> {
             boot(&vmlinuz, &guest_script(&sonde, &tests, patience)?)?
         };
         let (release, cells) = parse(&output);
-        eprintln!("kernel {spec} ({release}): {} tests in {:.0?}", cells.len(), started.elapsed());
+        let hooks = output.lines().find_map(|l| l.trim().strip_prefix("MATRIX-HOOKS ")).unwrap_or("?");
+        eprintln!(
+            "kernel {spec} ({release}): hooks={hooks}, {} tests in {:.0?}",
+            cells.len(),
+            started.elapsed()
+        );
         if cells.len() != tests.len() || cells.values().any(|ok| !ok) {
             eprintln!("{}", output.lines().filter(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"));
         }
@@ -177,7 +182,8 @@ fn guest_script(sonde: &Path, tests: &[(PathBuf, &str, &str)], patience: u32) ->
         "#!/bin/bash\nset -u\nexport PATH='{path}' SONDE_BIN='{}' RUST_BACKTRACE=1 SONDE_TEST_PATIENCE={patience}\n\
          ip link set lo up 2>/dev/null\n\
          mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
-         echo \"MATRIX-KERNEL $(uname -r)\"\n",
+         echo \"MATRIX-KERNEL $(uname -r)\"\n\
+         echo \"MATRIX-HOOKS $(\"$SONDE_BIN\" check-kernel 2>/dev/null | sed -n 's/^hooks: //p')\"\n",
         sonde.display()
     );
     for (binary_path, binary, name) in tests {
