@@ -71,7 +71,15 @@ macro_rules! io_tracepoints {
         pub fn $enter(ctx: TracePointContext) -> u32 {
             let flags: Option<usize> = $flags;
             let flags = flags.map_or(0, |n| arg(&ctx, n));
-            io::enter(bpf_get_current_pid_tgid(), arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, $count), flags, $dir, $kind);
+            io::enter(
+                bpf_get_current_pid_tgid(),
+                arg(&ctx, 0),
+                arg(&ctx, 1),
+                arg(&ctx, $count),
+                flags,
+                $dir,
+                $kind,
+            );
             0
         }
 
