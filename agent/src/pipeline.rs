@@ -8,13 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sonde_common::Verdict;
+
 use crate::{
     config::SdkProcesses,
     conn::{ConnInfo, ConnStats, ConnTable, Effects, Finished, select::Selector},
     export::SpanSink,
     http::{Exchange, Started},
     intake::{self, DecodeError, Event},
-    link::{LinkStats, Linker, SharedThreads, SpanContext},
+    link::{LinkStats, Linker, SharedThreads, sampler::Sampler},
     metrics::Metrics,
     probes::{KernelConns, TlsNotice},
     process::ProcessCache,
@@ -24,6 +26,9 @@ use crate::{
         model::Span,
     },
 };
+
+/// `BPF_EXIST`: update an element only if it is there (a closed connection is not brought back).
+const BPF_EXIST: u64 = 2;
 
 /// What the intake thread has counted, as of its last tick: one snapshot, published whole, read
 /// by `metrics::own` (which describes every counter once, for the log line, OTLP and Prometheus).
@@ -37,6 +42,8 @@ pub struct PipelineCounts {
     pub connections: u64,
     /// Exchanges of processes with their own SDK, left to it (`--sdk-processes skip`).
     pub sdk_skipped: u64,
+    /// Connections the kernel was told to stop copying (`Effects::kernel_verdicts`).
+    pub kernel_verdicts: u64,
     pub conn: ConnStats,
     pub link: LinkStats,
     pub spans: AssembleStats,
@@ -67,6 +74,7 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
+    kernel_verdicts: u64,
     events: u64,
     decode_errors: u64,
     /// What the connection table gave and the pipeline has not applied yet.
@@ -123,6 +131,7 @@ impl Pipeline {
             stats,
             sdk_processes,
             sdk_skipped: 0,
+            kernel_verdicts: 0,
             events: 0,
             decode_errors: 0,
             effects: Effects::default(),
@@ -148,6 +157,12 @@ impl Pipeline {
     /// Counts every finished exchange in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Which traces are exported (the default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.linker = Linker::new(sampler);
         self
     }
 
@@ -202,7 +217,7 @@ impl Pipeline {
                 continue;
             }
             // Unknown to the linker (forgotten under its bounds): a trace of its own.
-            let context = context.unwrap_or_else(SpanContext::root);
+            let context = context.unwrap_or_else(|| self.linker.root_context());
             let resource = self.processes.resource(conn.pid);
             if let Some(metrics) = &self.metrics {
                 metrics.record(&exchange, &conn, &resource, Some(&context), now);
@@ -273,6 +288,7 @@ impl Pipeline {
         self.emit(effects.finished.drain(..));
         self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
+        self.verdicts_to_kernel(effects.kernel_verdicts.drain(..));
         // The emptied vectors go back, with their allocations.
         self.effects = effects;
     }
@@ -287,12 +303,36 @@ impl Pipeline {
         }
     }
 
+    /// Tells the kernel which connections not to copy any more. Read, then written back whole: a
+    /// kernel update in between (a sequence number, a TLS mark) may be lost, which costs one
+    /// duplicate `BecameTls` at worst, since an ignored connection's numbers are not checked.
+    /// The socket check keeps the verdict off a new connection that took the fd meanwhile.
+    fn verdicts_to_kernel(&mut self, verdicts: impl Iterator<Item = (u64, u64, Verdict)>) {
+        let Some(map) = self.kernel_conns.as_mut() else {
+            return;
+        };
+        for (key, sock, verdict) in verdicts {
+            let Ok(mut state) = map.get(&key, 0) else {
+                continue;
+            };
+            // A connection the kernel already refused by its first bytes is left as it is.
+            if state.sock != sock || state.verdict != Verdict::Copy as u8 {
+                continue;
+            }
+            state.verdict = verdict as u8;
+            if map.insert(key, state, BPF_EXIST).is_ok() {
+                self.kernel_verdicts += 1;
+            }
+        }
+    }
+
     fn publish_stats(&self) {
         self.stats.publish(PipelineCounts {
             events: self.events,
             decode_errors: self.decode_errors,
             connections: self.conns.len() as u64,
             sdk_skipped: self.sdk_skipped,
+            kernel_verdicts: self.kernel_verdicts,
             conn: self.conns.stats(),
             link: self.linker.stats(),
             spans: self.assembler.stats(),

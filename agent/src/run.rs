@@ -54,7 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Result<()> {
     init_logging(&args.log);
     yield_to_traced_processes();
-    let Settings { otlp, otlp_metrics, metrics_interval, print, selector } =
+    let Settings { otlp, otlp_metrics, metrics_interval, print, selector, sampler } =
         Settings::resolve(&args, |key| std::env::var(key).ok())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -134,7 +134,8 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             .spawn(move || {
                 let mut pipeline =
                     Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes)
-                        .with_tls_notices(tls_notices);
+                        .with_tls_notices(tls_notices)
+                        .with_sampler(sampler);
                 if let Some(metrics) = metrics {
                     pipeline = pipeline.with_metrics(metrics);
                 }
@@ -167,7 +168,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 }
                 Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
                 _ = kernel_tick.tick() => {
-                    kernel_counters.publish(probes.drops());
+                    kernel_counters.publish(probes.kernel_reading());
                     probes.drain_kernel_log();
                 }
             }
@@ -182,7 +183,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         tracing::error!("the intake thread panicked");
     }
     runtime.block_on(exporter.shutdown(FLUSH_DEADLINE));
-    kernel_counters.publish(probes.drops());
+    kernel_counters.publish(probes.kernel_reading());
     probes.drain_kernel_log();
     if let Some(watch) = pod_watch {
         watch.abort();
@@ -275,7 +276,7 @@ impl StopSignals {
 /// The log line of sonde's own metrics (`metrics::own`, the same list OTLP and Prometheus read):
 /// every minute while running, and once more at exit.
 fn report_counters(probes: &Probes, own: &OwnSources, state: &'static str) {
-    own.kernel.publish(probes.drops());
+    own.kernel.publish(probes.kernel_reading());
     let mut metrics = Vec::new();
     own.collect(0, None, &mut metrics);
     tracing::info!(state, "counters {}", own::log_line(&metrics));

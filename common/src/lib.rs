@@ -5,6 +5,8 @@
 //! `#[repr(C)]` with explicit padding so both sides agree byte for byte.
 #![no_std]
 
+pub mod first_bytes;
+
 /// Largest number of payload bytes one data event can carry (a power of two: the kernel side masks
 /// lengths with `MAX_CAPTURE - 1` so the verifier can bound them).
 pub const MAX_CAPTURE: usize = 16 * 1024;
@@ -37,6 +39,7 @@ pub mod maps {
     pub const TLS_EXCLUDED: &str = "TLS_EXCLUDED";
     pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
     pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
+    pub const COUNTS: &str = "COUNTS";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.
@@ -174,6 +177,19 @@ pub enum DropReason {
     TlsNoSocket = 3,
 }
 pub const DROP_REASONS: u32 = 4;
+
+/// What the kernel side counts besides drops; index into the per-CPU `COUNTS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelCount {
+    /// Payload bytes copied into the ring buffer.
+    BytesCopied = 0,
+    /// Bytes that moved on connections with a [`Verdict`], not copied.
+    BytesNotCopied = 1,
+    /// Connections whose first bytes of a direction start nothing sonde parses.
+    ConnsRefusedByFirstBytes = 2,
+}
+pub const KERNEL_COUNTS: u32 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -318,7 +334,44 @@ pub struct ConnState {
     /// 1 when the other end is one of sonde's own sockets (an export to a collector on this host):
     /// nothing of the connection is sent, ever.
     pub peer_is_agent: u8,
-    pub _pad: u8,
+    /// A [`Verdict`]: whether the socket's bytes are still copied.
+    pub verdict: u8,
+    /// One bit per [`Direction`] (`1 << direction`): the first bytes of that direction are still to
+    /// be looked at. Set only for a connection seen from its start (accept/connect).
+    pub unprobed: u8,
+    pub _pad: [u8; 7],
+}
+
+impl ConnState {
+    /// A connection as accept/connect leave it, before any data: its role, both directions to probe.
+    pub const fn with_role(role: Role) -> Self {
+        Self {
+            sock: 0,
+            seq: 0,
+            role: role as u8,
+            tls: 0,
+            peer_is_agent: 0,
+            verdict: 0,
+            unprobed: 0,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// Whether the bytes of a connection's socket are still copied to user space. Only a new socket on
+/// the fd starts over: a verdict is never undone mid-stream.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Copied.
+    Copy = 0,
+    /// The kernel saw the first bytes of a direction, and they start no message of a protocol
+    /// sonde parses (binary, TLS ciphertext outside a hooked library): socket bytes are no longer
+    /// copied. Plaintext from the TLS library hooks still is.
+    FirstBytes = 1,
+    /// User space said it will not parse the connection (not selected, not a protocol it parses,
+    /// TLS no hook decrypts): nothing more of it is copied, TLS plaintext included.
+    Unwanted = 2,
 }
 
 /// One of sonde's own connections as its other end sees it: sonde's address and port (IPv4 as
@@ -393,7 +446,7 @@ mod pod {
     use super::*;
     // SAFETY: u64, u64, i32, u32, five u8 and `_pad: [u8; 3]`: 32 bytes, no implicit padding.
     unsafe impl aya::Pod for ActiveIo {}
-    // SAFETY: u64, u32, three u8 and `_pad: u8`: 16 bytes, no implicit padding.
+    // SAFETY: u64, u32, five u8 and `_pad: [u8; 7]`: 24 bytes, no implicit padding.
     unsafe impl aya::Pod for ConnState {}
     // SAFETY: `[u8; 16]` and two u16: 20 bytes, alignment 2, no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
@@ -419,7 +472,7 @@ mod tests {
         assert_eq!(size_of::<SpawnEvent>(), 32);
         assert_eq!(size_of::<ExitEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
-        assert_eq!(size_of::<ConnState>(), 16);
+        assert_eq!(size_of::<ConnState>(), 24);
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);

@@ -6,16 +6,21 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_buf,
 };
 use sonde_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, Role, conn_key,
+    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, KernelCount, Role, Verdict,
+    conn_key,
 };
 
 use crate::{
     emit,
     maps::{
-        CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, global_u32,
+        CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, count,
+        global_u32,
     },
     own,
 };
+
+/// Both directions' bits of `ConnState::unprobed`.
+const BOTH_DIRECTIONS: u8 = 0b11;
 
 // `struct sock_common` starts with these fields in every kernel since 3.x (their order is part of
 // the hash-table lookup fast path), so their offsets need no BTF: skc_daddr, skc_rcv_saddr,
@@ -65,7 +70,7 @@ fn remember_role(tgid: u32, fd: i64, role: Role) {
     if fd < 0 {
         return;
     }
-    let state = ConnState { sock: 0, seq: 0, role: role as u8, tls: 0, peer_is_agent: 0, _pad: 0 };
+    let state = ConnState::with_role(role);
     // Overwrites a stale entry for a reused fd: the next data event then sees a new socket.
     let _ = CONNS.insert(&conn_key(tgid, fd as u32), &state, 0);
 }
@@ -116,21 +121,34 @@ pub enum Bytes {
 
 /// What to do with bytes that moved on a connection.
 pub enum Outcome {
-    /// Send them, with this sequence number.
-    Send(u32),
-    /// Nothing to send: TLS ciphertext, or the `Open` did not fit in the ring (then the socket
-    /// stays unrecorded, so the next data tries again, and this data is not worth sending).
+    /// Send them, with this sequence number. `probe`: they are the first of their direction on a
+    /// connection seen from its start, so they also decide whether it is worth copying (`probed`).
+    Send { seq: u32, probe: bool },
+    /// Nothing to send: TLS ciphertext, a connection with a verdict, or the `Open` did not fit in
+    /// the ring (then the socket stays unrecorded, so the next data tries again, and this data is
+    /// not worth sending).
     Skip,
     /// TLS ciphertext that made the connection TLS (new, or known until now as plaintext).
     BecameTls,
 }
 
-/// Data moved on a TCP socket `sock` through (tgid, fd). Emits `Open` first the time this socket
-/// is seen on this fd — including connections that existed before sonde started.
+/// `len` bytes moved in `direction` on a TCP socket `sock` through (tgid, fd). Emits `Open` first
+/// the time this socket is seen on this fd — including connections that existed before sonde
+/// started.
 #[inline(always)]
-pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Bytes) -> Outcome {
+pub fn on_data(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    sock: u64,
+    family: u16,
+    direction: u8,
+    len: u64,
+    bytes: Bytes,
+) -> Outcome {
     let key = conn_key(tgid, fd as u32);
     let tls = bytes == Bytes::TlsCiphertext;
+    let bit = 1u8 << (direction & 1);
     let role = match CONNS.get_ptr_mut(&key) {
         // SAFETY: `state` is the non-null, aligned value pointer the lookup just returned, into the
         // map's preallocated elements, which stay mapped while the program runs. Threads of one
@@ -149,10 +167,14 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
                 if (*state).tls != 0 {
                     return Outcome::Skip;
                 }
+                if (*state).verdict != Verdict::Copy as u8 {
+                    count(KernelCount::BytesNotCopied, len);
+                    return Outcome::Skip;
+                }
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
-                return Outcome::Send((*state).seq);
+                return Outcome::Send { seq: (*state).seq, probe: (*state).unprobed & bit != 0 };
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
@@ -184,7 +206,7 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     if own::peer_is_agent(family, &event.remote_addr, event.remote_port, event.local_port) {
         // sonde's own export (or API call): remembered, so that its later data costs one lookup,
         // and never announced.
-        let state = ConnState { sock, seq: 0, role: role as u8, tls: 0, peer_is_agent: 1, _pad: 0 };
+        let state = ConnState { sock, peer_is_agent: 1, ..ConnState::with_role(role) };
         let _ = CONNS.insert(&key, &state, 0);
         return Outcome::Skip;
     }
@@ -193,16 +215,41 @@ pub fn on_data(tgid: u32, tid: u32, fd: i32, sock: u64, family: u16, bytes: Byte
     }
     // A TLS connection's first plaintext event gets number 1.
     let seq = if tls { 0 } else { 1 };
-    let state = ConnState { sock, seq, role: role as u8, tls: tls as u8, peer_is_agent: 0, _pad: 0 };
+    // Only a connection seen from its first byte can be judged by its first bytes: one that existed
+    // before sonde started may be in the middle of a body.
+    let unprobed = if role == Role::Unknown || tls { 0 } else { BOTH_DIRECTIONS };
+    let state = ConnState { sock, seq, tls: tls as u8, unprobed, ..ConnState::with_role(role) };
     let _ = CONNS.insert(&key, &state, 0);
-    if tls { Outcome::BecameTls } else { Outcome::Send(seq) }
+    if tls { Outcome::BecameTls } else { Outcome::Send { seq, probe: unprobed != 0 } }
 }
 
-/// TLS plaintext for (tgid, fd): the sequence number for its data event; the connection is
-/// marked TLS from now on. None when the connection was never announced (its socket is known only
-/// through its ciphertext, and none was seen).
+/// The first bytes of `direction` on (tgid, fd) were looked at: `starts` says whether they begin a
+/// message of a protocol sonde parses. If not, the socket's bytes are no longer copied.
 #[inline(always)]
-pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
+pub fn probed(tgid: u32, fd: i32, sock: u64, direction: u8, starts: bool) {
+    let Some(state) = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
+        return;
+    };
+    // SAFETY: as in `on_data`: the lookup's non-null, aligned pointer into preallocated elements;
+    // plain integer fields, so a racing update loses a write at worst.
+    unsafe {
+        if (*state).sock != sock {
+            return;
+        }
+        (*state).unprobed &= !(1u8 << (direction & 1));
+        if !starts && (*state).verdict == Verdict::Copy as u8 {
+            (*state).verdict = Verdict::FirstBytes as u8;
+            count(KernelCount::ConnsRefusedByFirstBytes, 1);
+        }
+    }
+}
+
+/// `len` bytes of TLS plaintext for (tgid, fd): `Send` with the sequence number for its data
+/// event (the connection is marked TLS from now on), or `Skip` when user space does not want the
+/// connection. None when the connection was never announced (its socket is known only through its
+/// ciphertext, and none was seen).
+#[inline(always)]
+pub fn on_tls_data(tgid: u32, fd: i32, len: u64) -> Option<Outcome> {
     let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
     // SAFETY: `state` comes from the lookup just above: non-null, aligned, into the map's
     // preallocated elements, which stay mapped while the program runs. Plain integer fields: a
@@ -212,9 +259,14 @@ pub fn on_tls_data(tgid: u32, fd: i32) -> Option<u32> {
         if (*state).sock == 0 || (*state).peer_is_agent != 0 {
             return None;
         }
+        // A `FirstBytes` verdict judged the ciphertext; the plaintext is what sonde wants.
+        if (*state).verdict == Verdict::Unwanted as u8 {
+            count(KernelCount::BytesNotCopied, len);
+            return Some(Outcome::Skip);
+        }
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Some((*state).seq)
+        Some(Outcome::Send { seq: (*state).seq, probe: false })
     }
 }
 

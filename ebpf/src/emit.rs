@@ -40,10 +40,13 @@ pub fn output_now<T>(event: &T) -> bool {
     true
 }
 
-/// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer.
+/// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer; false (and counted) when
+/// it is full.
 #[inline(always)]
-pub fn output_bytes(bytes: &[u8]) {
+pub fn output_bytes(bytes: &[u8]) -> bool {
     if EVENTS.output::<[u8]>(bytes, wakeup_flags(bytes.len() as u64)).is_err() {
         count_drop(DropReason::RingFull);
+        return false;
     }
+    true
 }

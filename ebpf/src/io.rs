@@ -16,13 +16,14 @@ use aya_ebpf::helpers::{
 };
 use sonde_common::{
     AF_INET, AF_INET6, ActiveIo, DataEvent, Direction, DropReason, EventHeader, EventKind, IoBuf,
-    MAX_CAPTURE, MAX_IOVECS,
+    KernelCount, MAX_CAPTURE, MAX_IOVECS,
+    first_bytes::{PROBE_BYTES, may_start_message},
 };
 
 use crate::{
     conn::{self, Bytes},
     emit, fdsock, filter,
-    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count_drop, global_u32},
+    maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count, count_drop, global_u32},
     syscalls, tls,
 };
 
@@ -192,22 +193,33 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     } else {
         Bytes::Plain
     };
-    match conn::on_data(tgid, tid, active.fd, active.sock, family, bytes) {
-        conn::Outcome::Send(seq) => emit_data(tgid, tid, active, len, seq, false),
+    match conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes) {
+        conn::Outcome::Send { seq, probe } => {
+            if let Some(starts) = emit_data(tgid, tid, active, len, seq, false, probe) {
+                conn::probed(tgid, active.fd, active.sock, active.direction, starts);
+            }
+        }
         conn::Outcome::BecameTls => tls::became_tls(pid_tgid),
         conn::Outcome::Skip => {}
     }
 }
 
-/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied.
+/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied. With `probe`,
+/// and some bytes copied, whether they may begin a message sonde parses (`first_bytes`).
 #[inline(always)]
-pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls: bool) {
+pub fn emit_data(
+    tgid: u32,
+    tid: u32,
+    active: &ActiveIo,
+    len: u64,
+    seq: u32,
+    tls: bool,
+    probe: bool,
+) -> Option<bool> {
     // SAFETY: a helper without arguments that returns the current CPU's id (tracing programs run
     // with migration disabled, so it stays this program's CPU).
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
-        return;
-    };
+    let scratch = SCRATCH.get_ptr_mut(cpu)?;
     // SAFETY: `scratch` is the non-null, aligned pointer to this CPU's `Scratch` slot that the
     // lookup just returned (it fails for a CPU id past `max_entries`); array values are never
     // freed. Programs on other CPUs use their own slot; the `&mut` ends with this function.
@@ -240,8 +252,19 @@ pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, seq: u32, tls
     // SAFETY: `bytes` is `SCRATCH_BYTES` long, more than `size_of::<DataEvent>()` (`HEADER_BYTES`),
     // and the unaligned write needs no alignment.
     unsafe { core::ptr::write_unaligned(bytes.as_mut_ptr() as *mut DataEvent, event) };
-    let total = HEADER_BYTES + core::cmp::min(captured, MAX_CAPTURE);
-    emit::output_bytes(&bytes[..total]);
+    let captured = core::cmp::min(captured, MAX_CAPTURE);
+    let total = HEADER_BYTES + captured;
+    let starts = if probe && captured > 0 {
+        let mut first = [0u8; PROBE_BYTES];
+        first.copy_from_slice(&bytes[HEADER_BYTES..HEADER_BYTES + PROBE_BYTES]);
+        Some(may_start_message(&first, captured))
+    } else {
+        None
+    };
+    if emit::output_bytes(&bytes[..total]) {
+        count(KernelCount::BytesCopied, captured as u64);
+    }
+    starts
 }
 
 #[inline(always)]

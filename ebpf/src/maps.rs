@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sonde_common::{ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, MAX_CAPTURE, TlsCall, TlsKey};
+use sonde_common::{
+    ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, TlsCall,
+    TlsKey,
+};
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
 /// live entries long before the map is full — an in-flight syscall would vanish without a trace.
@@ -19,6 +22,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// Per-CPU counters indexed by `DropReason`.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Per-CPU counters indexed by `KernelCount`: what was copied, and what was not.
+#[map]
+pub static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTS, 0);
 
 /// tgids to trace when `FILTER_PIDS` is set: a bitmap, word `tgid / 64`, bit `tgid % 64`. An array
 /// lookup is inlined by the verifier — a hash lookup here cost ~120 ns on every socket read and
@@ -141,6 +148,15 @@ pub fn global_u64(g: &u64) -> u64 {
     // SAFETY: as in `global_u32`: a reference to a static, read volatile so that the value the
     // agent wrote before load is the one used.
     unsafe { core::ptr::read_volatile(g) }
+}
+
+#[inline(always)]
+pub fn count(what: KernelCount, n: u64) {
+    if let Some(c) = COUNTS.get_ptr_mut(what as u32) {
+        // SAFETY: as in `count_drop`: this CPU's slot of a per-CPU array, checked in bounds by the
+        // lookup, never freed, written by no other CPU.
+        unsafe { *c += n };
+    }
 }
 
 #[inline(always)]

@@ -181,9 +181,13 @@ pub fn data_return(ret: i64) {
             }
         }
     };
-    let Some(seq) = conn::on_tls_data(tgid, fd) else {
-        count_drop(DropReason::TlsNoSocket);
-        return;
+    let seq = match conn::on_tls_data(tgid, fd, len) {
+        Some(conn::Outcome::Send { seq, .. }) => seq,
+        Some(_) => return,
+        None => {
+            count_drop(DropReason::TlsNoSocket);
+            return;
+        }
     };
     if call.became_tls != 0 {
         // SSL_set_fd and the handshake normally tell which socket an object uses; for one set up
@@ -203,7 +207,7 @@ pub fn data_return(ret: i64) {
         length_only: 0,
         _pad: [0; 3],
     };
-    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, seq, true);
+    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, seq, true, false);
 }
 
 /// `SSL_set_fd(ssl, fd)`.

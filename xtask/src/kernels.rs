@@ -62,6 +62,7 @@ const TESTS: &[(&str, &str, bool)] = &[
     ("traces", "a_chain_of_plain_services_is_one_trace", true),
     ("tls", "python_https_server_and_curl_get_server_and_client_spans", true),
     ("lifecycle", "kill_9_leaves_no_programs_or_maps_behind", true),
+    ("copy_cost", "connections_sonde_cannot_parse_stop_being_copied", true),
     ("traces", "calls_from_a_worker_thread_belong_to_the_request_that_started_it", false),
     ("collectors", "exports_to_a_traced_collector_over_ipv4_make_no_spans_or_metrics", false),
     ("reuse", "a_reused_pid_starts_clean", false),

@@ -32,6 +32,8 @@ pub(crate) const OTEL_ENV: &[(&str, &[&str])] = &[
     ("otlp-protocol", &["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]),
     ("otlp-metrics", &["OTEL_METRICS_EXPORTER"]),
     ("metrics-interval", &["OTEL_METRIC_EXPORT_INTERVAL"]),
+    ("traces-sampler", &["OTEL_TRACES_SAMPLER"]),
+    ("traces-sampler-arg", &["OTEL_TRACES_SAMPLER_ARG"]),
 ];
 
 /// Flags that are not configuration.

@@ -219,6 +219,20 @@ pub struct RunArgs {
     #[arg(env = "SONDE_SDK_PROCESSES", long, value_enum, value_name = "MODE", default_value_t = SdkProcesses::Skip)]
     pub sdk_processes: SdkProcesses,
 
+    /// Which traces are exported, as OpenTelemetry SDKs sample: `always_on`, `always_off`,
+    /// `traceidratio`, `parentbased_always_on`, `parentbased_always_off` or
+    /// `parentbased_traceidratio`. The ratio is decided on the trace id, so every sonde (and every
+    /// SDK with the same ratio) keeps the same traces; `parentbased_*` follow the caller's
+    /// `traceparent` when there is one. RED metrics and the service graph count every request.
+    /// Default: OTEL_TRACES_SAMPLER, else `parentbased_always_on`.
+    #[arg(env = "SONDE_TRACES_SAMPLER", long, value_enum, value_name = "SAMPLER")]
+    pub traces_sampler: Option<crate::link::sampler::SamplerName>,
+
+    /// The ratio of the `*traceidratio` samplers, from 0 to 1 (e.g. 0.1 keeps one trace in ten).
+    /// Default: OTEL_TRACES_SAMPLER_ARG, else 1.
+    #[arg(env = "SONDE_TRACES_SAMPLER_ARG", long, value_name = "RATIO", value_parser = values::ratio)]
+    pub traces_sampler_arg: Option<f64>,
+
     /// HTTPS: `on` hooks OpenSSL (`libssl.so.3`, `libssl.so.1.1`) wherever processes load it and
     /// reads the plaintext there; `off` leaves TLS alone (its connections give no spans). Each
     /// hooked call costs the calling thread about 1–5 µs (uprobes trap into the kernel).

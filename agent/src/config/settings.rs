@@ -6,13 +6,16 @@
 
 use std::time::Duration;
 
-use super::{OnOff, RunArgs};
+use clap::ValueEnum as _;
+
+use super::{OnOff, RunArgs, values};
 use crate::{
     conn::select::{Criteria, Selector},
     export::{
         ConfigError, OtlpConfig, PrintMode, Signal,
         config::{metrics_interval, otlp_metrics_enabled},
     },
+    link::sampler::{Sampler, SamplerName},
 };
 
 pub struct Settings {
@@ -25,6 +28,8 @@ pub struct Settings {
     pub print: PrintMode,
     /// Which connections are traced (the selection flags and their exclusions).
     pub selector: Selector,
+    /// Which traces are exported.
+    pub sampler: Sampler,
 }
 
 impl Settings {
@@ -42,8 +47,29 @@ impl Settings {
             otlp_metrics,
             metrics_interval: metrics_interval(args.metrics_interval, &env)?,
             selector: Selector::new(&include(args), &exclude(args)),
+            sampler: sampler(args, &env)?,
         })
     }
+}
+
+/// The flags, else OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG as an SDK reads them (names in
+/// any case; unset or empty means the default). A value an SDK would refuse is an error here
+/// rather than a silent fallback: sampling every trace by mistake can overload a collector.
+fn sampler(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Sampler, ConfigError> {
+    let set = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+    let name = match (args.traces_sampler, set("OTEL_TRACES_SAMPLER")) {
+        (Some(name), _) => Some(name),
+        (None, Some(value)) => {
+            Some(SamplerName::from_str(value.trim(), true).map_err(|_| ConfigError::BadSampler { value })?)
+        }
+        (None, None) => None,
+    };
+    let ratio = match (args.traces_sampler_arg, set("OTEL_TRACES_SAMPLER_ARG")) {
+        (Some(ratio), _) => Some(ratio),
+        (None, Some(value)) => Some(values::ratio(&value).map_err(|_| ConfigError::BadSamplerArg { value })?),
+        (None, None) => None,
+    };
+    Ok(name.map_or_else(Sampler::default, |name| Sampler::new(name, ratio)))
 }
 
 fn include(args: &RunArgs) -> Criteria {
@@ -85,6 +111,33 @@ mod tests {
         let Command::Run(args) = cli.command else { unreachable!() };
         let env = |key: &str| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string());
         Settings::resolve(&args, env)
+    }
+
+    #[test]
+    fn sampler_from_flags_then_otel_variables() {
+        use crate::link::sampler::Rule;
+        assert_eq!(resolve(&[], &[]).unwrap().sampler, Sampler::default());
+        let vars = [("OTEL_TRACES_SAMPLER", "TraceIdRatio"), ("OTEL_TRACES_SAMPLER_ARG", " 0.25 ")];
+        let from_env = resolve(&[], &vars).unwrap().sampler;
+        assert_eq!(from_env, Sampler { parent_based: false, rule: Rule::Ratio(0.25) });
+        let flags = ["--traces-sampler", "parentbased_traceidratio", "--traces-sampler-arg", "0.5"];
+        let from_flags = resolve(&flags, &vars).unwrap().sampler;
+        assert_eq!(from_flags, Sampler { parent_based: true, rule: Rule::Ratio(0.5) });
+        let no_arg = resolve(&["--traces-sampler", "traceidratio"], &[]).unwrap().sampler;
+        assert_eq!(no_arg.rule, Rule::Ratio(1.0), "the spec's default ratio");
+
+        for (vars, named) in [
+            (vec![("OTEL_TRACES_SAMPLER", "jaeger_remote")], "OTEL_TRACES_SAMPLER"),
+            (
+                vec![("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (vec![("OTEL_TRACES_SAMPLER_ARG", "one")], "OTEL_TRACES_SAMPLER_ARG"),
+        ] {
+            let error = resolve(&[], &vars).err().expect("refused").to_string();
+            assert!(error.starts_with(named), "{error}");
+        }
+        assert!(crate::config::Cli::try_parse_from(["sonde", "run", "--traces-sampler-arg", "2"]).is_err());
     }
 
     #[test]

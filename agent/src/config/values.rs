@@ -37,3 +37,11 @@ pub fn capture_bytes(value: &str) -> Result<u32, String> {
 pub fn glob(value: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(value).map_err(|e| format!("not a valid glob: {e}"))
 }
+
+/// A sampling ratio: a number from 0 to 1.
+pub fn ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("expected a ratio from 0 to 1, e.g. 0.1".to_owned()),
+    }
+}

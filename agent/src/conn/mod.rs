@@ -11,7 +11,7 @@ pub use info::ConnInfo;
 
 use std::collections::{HashMap, HashSet};
 
-use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, conn_key};
+use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, Verdict, conn_key};
 
 use crate::http::{Chunk, Exchange, HttpConnection, Limits, ParseStats, Started};
 
@@ -32,7 +32,8 @@ pub struct Finished {
 /// 1. `started`: request heads, given their trace context before any exchange ends — an exchange
 ///    may start and end in one chunk, and its span must find its request;
 /// 2. `finished`: exchanges that ended, made into spans and metrics;
-/// 3. `ciphertext_pids` and `kernel_forgets`: notices for the TLS hooks and the kernel's table.
+/// 3. `ciphertext_pids`, `kernel_forgets` and `kernel_verdicts`: notices for the TLS hooks and the
+///    kernel's table.
 ///
 /// This is where a protocol's parser output joins the data flow: the table adds, the pipeline
 /// drains, and nothing is kept here between two events.
@@ -46,6 +47,9 @@ pub struct Effects {
     /// (tgid, fd) keys whose kernel-side state should be forgotten, so that the kernel announces
     /// the connection again (`Open`): connections dropped here, or data for one never heard of.
     pub kernel_forgets: Vec<u64>,
+    /// (tgid, fd) key, socket and verdict of connections sonde will not parse: the kernel stops
+    /// copying their bytes (only if it still holds that socket on the fd).
+    pub kernel_verdicts: Vec<(u64, u64, Verdict)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -74,7 +78,8 @@ struct Connection {
     last_seen_ns: u64,
     /// Passed the port/process filter.
     selected: bool,
-    /// Not selected, not HTTP, or TLS that no hook decrypts: data is ignored.
+    /// Not selected, not HTTP, or TLS that no hook decrypts: data is ignored (and the kernel told,
+    /// see `refuse`).
     ignored: bool,
     flushed_idle: bool,
 }
@@ -139,19 +144,20 @@ impl ConnTable {
         self.stats.opened += 1;
         self.next_id += 1;
         let info = ConnInfo { id: self.next_id, ..ConnInfo::from_event(event) };
-        self.conns.insert(
-            key,
-            Connection {
-                http: HttpConnection::new(requests_from(info.role), Limits::default()),
-                info,
-                sock: event.sock,
-                next_seq: 1,
-                last_seen_ns: event.header.ts_ns,
-                selected,
-                ignored: !selected,
-                flushed_idle: false,
-            },
-        );
+        let mut conn = Connection {
+            http: HttpConnection::new(requests_from(info.role), Limits::default()),
+            info,
+            sock: event.sock,
+            next_seq: 1,
+            last_seen_ns: event.header.ts_ns,
+            selected,
+            ignored: false,
+            flushed_idle: false,
+        };
+        if !selected {
+            refuse(key, &mut conn, Verdict::Unwanted, out);
+        }
+        self.conns.insert(key, conn);
     }
 
     pub fn data(&mut self, event: &DataEvent, direction: Direction, payload: &[u8], out: &mut Effects) {
@@ -186,7 +192,8 @@ impl ConnTable {
             // Ciphertext of a TLS connection, sent before the kernel knew: parsed once, as plaintext.
             (false, true) => return,
             (false, false) if event.seq == 1 && looks_like_tls(payload) => {
-                conn.ignored = true;
+                // Its plaintext may still come, once the process's TLS library is hooked.
+                refuse(key, conn, Verdict::FirstBytes, out);
                 if conn.selected {
                     out.ciphertext_pids.push(conn.info.pid);
                 }
@@ -205,7 +212,7 @@ impl ConnTable {
         out.started.extend(conn.http.take_started().map(|started| (info, started)));
         out.finished.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));
         if !conn.http.is_http() {
-            conn.ignored = true;
+            refuse(key, conn, Verdict::Unwanted, out);
         }
     }
 
@@ -213,7 +220,9 @@ impl ConnTable {
         let key = conn_key(event.header.tgid, event.header.fd as u32);
         if let Some(mut conn) = self.conns.remove(&key) {
             self.stats.closed += 1;
-            if event.last_seq.wrapping_add(1) != conn.next_seq {
+            // An ignored connection's numbers mean nothing: writing the verdict may have put back
+            // an older one.
+            if !conn.ignored && event.last_seq.wrapping_add(1) != conn.next_seq {
                 // The last events were dropped: unanswered requests may well have been answered.
                 self.stats.sequence_gaps += 1;
                 return;
@@ -321,6 +330,15 @@ impl ConnTable {
             keep
         });
         self.stats.evicted += (before - self.conns.len()) as u64;
+    }
+}
+
+/// sonde will not parse `conn` (any more): its data is ignored here, and the kernel is told to stop
+/// copying it.
+fn refuse(key: u64, conn: &mut Connection, verdict: Verdict, out: &mut Effects) {
+    if !conn.ignored {
+        conn.ignored = true;
+        out.kernel_verdicts.push((key, conn.sock, verdict));
     }
 }
 

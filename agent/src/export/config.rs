@@ -70,6 +70,12 @@ pub enum ConfigError {
         "OTEL_METRICS_EXPORTER: {value:?} is not an exporter sonde knows (\"otlp\", \"none\", \"prometheus\", \"console\", comma-separated; for a Prometheus endpoint use --prometheus-listen)"
     )]
     BadMetricsExporter { value: String },
+    #[error(
+        "OTEL_TRACES_SAMPLER: {value:?} is not a sampler sonde knows (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)"
+    )]
+    BadSampler { value: String },
+    #[error("OTEL_TRACES_SAMPLER_ARG: {value:?} is not a ratio from 0 to 1")]
+    BadSamplerArg { value: String },
 }
 
 /// The SDK's default for `OTEL_METRIC_EXPORT_INTERVAL`.

@@ -11,6 +11,11 @@ use super::{Chunk, Direction, Exchange, Limits, MessageKind, ParseStats, Started
 /// first chunk after a turn of the conversation begins a request or a response, so an HTTP
 /// connection joined mid-message is in sync after one or two turns.
 const TURNS_BEFORE_NOT_HTTP: u32 = 4;
+/// With the role unknown, this many bytes moving without a message start at any chunk start also
+/// make it another protocol: a one-way stream has no turns, and until the parser gives up, the
+/// kernel copies it. An HTTP connection joined in the middle of a body longer than this is lost
+/// (its later requests too), the price of not copying every bulk stream on the node.
+const BYTES_BEFORE_NOT_HTTP: u64 = 4 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
@@ -18,6 +23,7 @@ enum Life {
     Learning {
         last: Option<Direction>,
         turns: u32,
+        moved: u64,
     },
     Http,
     /// Another protocol from the start.
@@ -45,7 +51,7 @@ impl HttpConnection {
     pub fn new(requests_from: Option<Direction>, limits: Limits) -> Self {
         let max_head_bytes = limits.max_head_bytes.max(64);
         let known = requests_from.is_some();
-        let life = if known { Life::Http } else { Life::Learning { last: None, turns: 0 } };
+        let life = if known { Life::Http } else { Life::Learning { last: None, turns: 0, moved: 0 } };
         let requests_from = requests_from.unwrap_or(Direction::Ingress);
         Self {
             life,
@@ -76,7 +82,7 @@ impl HttpConnection {
         }
         match self.life {
             Life::Http => {}
-            Life::Learning { last, turns } => {
+            Life::Learning { last, turns, moved } => {
                 let requests_from = if head::check_start(MessageKind::Request, chunk.data) == StartCheck::Yes
                 {
                     direction
@@ -84,12 +90,13 @@ impl HttpConnection {
                     opposite(direction)
                 } else {
                     let turns = turns + u32::from(last.is_some_and(|d| d != direction));
+                    let moved = moved + u64::from(chunk.len);
                     self.pairing.stats_mut().skipped_bytes += captured;
-                    self.life = if turns >= TURNS_BEFORE_NOT_HTTP {
+                    self.life = if turns >= TURNS_BEFORE_NOT_HTTP || moved >= BYTES_BEFORE_NOT_HTTP {
                         self.stop(Life::NotHttp);
                         Life::NotHttp
                     } else {
-                        Life::Learning { last: Some(direction), turns }
+                        Life::Learning { last: Some(direction), turns, moved }
                     };
                     return;
                 };
@@ -142,7 +149,8 @@ impl HttpConnection {
     /// True while feeding the connection may still yield exchanges. False, for good, once it
     /// switched protocols (101, CONNECT tunnel), once it turned out to be another protocol (with a
     /// known role: its first bytes do not start an HTTP/1.x request; with an unknown role: the
-    /// conversation turned around four times without any chunk starting an HTTP message), and
+    /// conversation turned around four times, or 4 MiB moved, without any chunk starting an HTTP
+    /// message), and
     /// after `close`. The caller may then stop feeding it; feeding it anyway is cheap and harmless.
     pub fn is_http(&self) -> bool {
         matches!(self.life, Life::Learning { .. } | Life::Http)

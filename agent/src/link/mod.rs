@@ -23,6 +23,7 @@
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
 //! 3. none: it starts a trace.
 
+pub mod sampler;
 mod stitch;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use crate::{
     http::{Exchange, Started, traceparent},
     span::model::{SpanId, TraceFlags, TraceId},
 };
+use sampler::Sampler;
 use stitch::{ClientRecord, Stitcher};
 
 /// The identity a span is exported with.
@@ -53,18 +55,6 @@ pub struct SpanContext {
 impl SpanContext {
     pub fn sampled(&self) -> bool {
         self.flags.is_sampled()
-    }
-
-    /// A span that starts a trace of its own.
-    pub fn root() -> Self {
-        let lineage = Lineage::root();
-        Self {
-            trace_id: lineage.trace_id,
-            span_id: new_span_id(),
-            parent_span_id: None,
-            flags: lineage.flags,
-            trace_state: lineage.trace_state,
-        }
     }
 }
 
@@ -157,12 +147,30 @@ pub struct Linker {
     /// Processes whose threads are shared by requests, and how that was learnt.
     shared: HashMap<u32, SharedThreads>,
     stitcher: Stitcher,
+    /// Decides, where a trace enters, whether it is exported.
+    sampler: Sampler,
     stats: LinkStats,
 }
 
 impl Linker {
+    pub fn new(sampler: Sampler) -> Self {
+        Self { sampler, ..Self::default() }
+    }
+
     pub fn stats(&self) -> LinkStats {
         self.stats
+    }
+
+    /// The context of a span that starts a trace of its own.
+    pub fn root_context(&self) -> SpanContext {
+        let lineage = self.root();
+        SpanContext {
+            trace_id: lineage.trace_id,
+            span_id: new_span_id(),
+            parent_span_id: None,
+            flags: lineage.flags,
+            trace_state: lineage.trace_state,
+        }
     }
 
     /// A request head was just seen on `conn`.
@@ -189,7 +197,7 @@ impl Linker {
                     request.lineage = Some(Lineage {
                         trace_id: tp.trace_id,
                         parent_span_id: Some(tp.parent_id),
-                        flags: tp.flags,
+                        flags: self.sampler.decide(tp.trace_id, Some(tp.flags)),
                         // The caller's vendor state goes on with the trace, to children too.
                         trace_state: self.vendor_state(started),
                     });
@@ -216,13 +224,13 @@ impl Linker {
                         Lineage {
                             trace_id: tp.trace_id,
                             parent_span_id: None,
-                            flags: tp.flags,
+                            flags: self.sampler.decide(tp.trace_id, Some(tp.flags)),
                             trace_state: self.vendor_state(started),
                         },
                     ),
                     ClientParent::None => {
                         self.stats.roots += 1;
-                        (span_id, Lineage::root())
+                        (span_id, self.root())
                     }
                 };
                 if let Some(tuple) = stitch::client_side_key(conn) {
@@ -414,7 +422,7 @@ impl Linker {
         self.try_stitch(request);
         if request.lineage.is_none() {
             self.stats.roots += 1;
-            request.lineage = Some(Lineage::root());
+            request.lineage = Some(self.root());
         }
     }
 
@@ -443,12 +451,14 @@ enum ClientParent {
     None,
 }
 
-impl Lineage {
-    fn root() -> Self {
-        Self {
-            trace_id: new_trace_id(),
+impl Linker {
+    /// A new trace, sampled or not as the sampler says.
+    fn root(&self) -> Lineage {
+        let trace_id = new_trace_id();
+        Lineage {
+            trace_id,
             parent_span_id: None,
-            flags: TraceFlags::SAMPLED,
+            flags: self.sampler.decide(trace_id, None),
             trace_state: String::new(),
         }
     }

@@ -7,6 +7,8 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use sonde_common::KernelCount;
+
 use super::model::{Data, Metric};
 use crate::{
     export::ExportStats,
@@ -15,11 +17,20 @@ use crate::{
     span::model::{AttrValue, KeyValue, Text},
 };
 
-/// Kernel drop counters, copied from the per-CPU map by the thread that holds the probes (the
-/// map is not shared across threads), in `sonde_common::DropReason` order.
+/// Kernel counters, copied from the per-CPU maps by the thread that holds the probes (the maps
+/// are not shared across threads): drops in `sonde_common::DropReason` order, the rest in
+/// `sonde_common::KernelCount` order.
 #[derive(Debug, Default)]
 pub struct KernelCounters {
     pub dropped: [AtomicU64; KERNEL_DROP_REASONS.len()],
+    pub counts: [AtomicU64; sonde_common::KERNEL_COUNTS as usize],
+}
+
+/// One reading of the kernel's counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelReading {
+    pub drops: [u64; KERNEL_DROP_REASONS.len()],
+    pub counts: [u64; sonde_common::KERNEL_COUNTS as usize],
 }
 
 /// `reason` values of `sonde.kernel.events.dropped`, in `DropReason` order.
@@ -27,10 +38,17 @@ pub const KERNEL_DROP_REASONS: [&str; sonde_common::DROP_REASONS as usize] =
     ["ring_buffer_full", "connection_table_full", "copy_failed", "tls_without_socket"];
 
 impl KernelCounters {
-    pub fn publish(&self, drops: [u64; KERNEL_DROP_REASONS.len()]) {
-        for (counter, value) in self.dropped.iter().zip(drops) {
+    pub fn publish(&self, reading: KernelReading) {
+        for (counter, value) in self.dropped.iter().zip(reading.drops) {
             counter.store(value, Relaxed);
         }
+        for (counter, value) in self.counts.iter().zip(reading.counts) {
+            counter.store(value, Relaxed);
+        }
+    }
+
+    fn count(&self, what: KernelCount) -> f64 {
+        self.counts[what as usize].load(Relaxed) as f64
     }
 }
 
@@ -82,6 +100,32 @@ impl OwnSources {
         for (counter, name) in self.kernel.dropped.iter().zip(KERNEL_DROP_REASONS) {
             kernel.push(reason(name), t, load(counter));
         }
+        let k = &self.kernel;
+        let mut copied = Metric::counter(
+            "sonde.kernel.copied",
+            "Payload bytes the kernel programs copied for sonde, a cost paid by the traced threads.",
+            "By",
+        );
+        copied.push(Vec::new(), t, k.count(KernelCount::BytesCopied));
+        let mut not_copied = Metric::counter(
+            "sonde.kernel.not_copied",
+            "Bytes that moved on connections sonde does not parse, which the kernel programs no longer \
+             copy.",
+            "By",
+        );
+        not_copied.push(Vec::new(), t, k.count(KernelCount::BytesNotCopied));
+        let mut not_parsed = Metric::counter(
+            "sonde.connections.not_parsed",
+            "Connections whose bytes stopped being copied, by who decided: first_bytes (the kernel: the \
+             first bytes of a direction start no message sonde parses), agent (sonde, after reading \
+             them: not selected, not a protocol it parses, TLS that no hook decrypts).",
+            "{connection}",
+        );
+        not_parsed.push(reason("first_bytes"), t, k.count(KernelCount::ConnsRefusedByFirstBytes)).push(
+            reason("agent"),
+            t,
+            p.kernel_verdicts as f64,
+        );
         let mut events =
             Metric::counter("sonde.events.received", "Events read from the ring buffer.", "{event}");
         events.push(Vec::new(), t, p.events as f64);
@@ -204,7 +248,8 @@ impl OwnSources {
         inherited.push(Vec::new(), t, l.spawned_workers as f64);
         let mut unsampled = Metric::counter(
             "sonde.spans.unsampled",
-            "Exchanges whose trace the caller marked as not sampled (counted in metrics, no span).",
+            "Exchanges whose trace is not sampled, by the caller's traceparent or by the sampler \
+             (--traces-sampler): counted in metrics, no span made.",
             "{span}",
         );
         unsampled.push(Vec::new(), t, p.spans.unsampled as f64);
@@ -270,6 +315,9 @@ impl OwnSources {
 
         out.extend([
             kernel,
+            copied,
+            not_copied,
+            not_parsed,
             events,
             lost,
             conns,

@@ -41,7 +41,9 @@ use aya::{
     maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use sonde_common::{DROP_REASONS, MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globals, maps};
+use sonde_common::{MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globals, maps};
+
+use crate::metrics::own::KernelReading;
 
 /// The kernel object built by `build.rs` (empty when the build was skipped with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
@@ -247,13 +249,17 @@ impl Probes {
         array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
 
-    /// Kernel-side drops per `DropReason`, summed over CPUs.
-    pub fn drops(&self) -> [u64; DROP_REASONS as usize] {
-        let mut out = [0u64; DROP_REASONS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
+    /// The kernel side's counters, summed over CPUs: drops per `DropReason`, and the rest per
+    /// `KernelCount`.
+    pub fn kernel_reading(&self) -> KernelReading {
+        let mut reading = KernelReading::default();
+        for (i, slot) in reading.drops.iter_mut().enumerate() {
             *slot = self.per_cpu_sum(maps::DROPS, i as u32);
         }
-        out
+        for (i, slot) in reading.counts.iter_mut().enumerate() {
+            *slot = self.per_cpu_sum(maps::COUNTS, i as u32);
+        }
+        reading
     }
 }
 

@@ -43,7 +43,7 @@ pub struct AssembleOptions {
 pub struct AssembleStats {
     pub server_spans: u64,
     pub client_spans: u64,
-    /// The trace is not sampled (the caller's traceparent said so): the span is not exported.
+    /// The trace is not sampled (the caller's traceparent or the sampler said so): no span is made.
     pub unsampled: u64,
 }
 

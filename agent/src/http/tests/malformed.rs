@@ -109,6 +109,20 @@ fn unknown_role_stays_open_for_a_long_one_way_stream() {
 }
 
 #[test]
+fn unknown_role_gives_up_after_megabytes_without_a_message_start() {
+    // A bulk stream of another protocol joined mid-way: no turn ever comes, the bytes do.
+    let mut run = Run::new(None);
+    let mut rng = Prng::new(4);
+    let mib = rng.bytes(1 << 20);
+    for i in 0..3 {
+        run.feed(View::Client, &[Feed::cut(Server, i, &mib, 4096)]);
+    }
+    assert!(run.conn.is_http(), "3 MiB: still joining");
+    run.feed(View::Client, &[Feed::cut(Server, 3, &mib, 4096)]);
+    assert!(!run.conn.is_http(), "4 MiB without a message start is another protocol");
+}
+
+#[test]
 fn http_09_gives_nothing() {
     let feeds = [
         Feed::whole(Client, at(1), b"GET /\r\n"),

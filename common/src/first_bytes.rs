@@ -1,0 +1,74 @@
+//! The kernel's side of "a connection sonde cannot parse costs nothing": the first bytes of each
+//! direction of a connection seen from its start either may begin a message of a protocol sonde
+//! parses, or they may not, and then the connection's socket bytes stop being copied
+//! (`Verdict::FirstBytes`). The test is deliberately looser than the parsers in user space, which
+//! refuse the rest themselves (`Verdict::Unwanted`): a wrong "no" here loses a connection's spans,
+//! a wrong "yes" costs a few copies until user space has looked. Each protocol sonde learns to
+//! parse adds its first bytes here.
+
+/// How many first bytes are looked at.
+pub const PROBE_BYTES: usize = 8;
+
+/// Whether the first `n` bytes of a direction (`n` ≥ 1, at most `PROBE_BYTES` of them looked at)
+/// may begin a message sonde parses. HTTP/1.x: a request line begins with a method token of
+/// capital letters and a space (`GET `, `OPTIONS `, and HTTP/2's preface `PRI `), a status line
+/// with `HTTP/`. Bytes that end while still capitals are a prefix of one: a first read of one
+/// byte is never refused.
+#[inline(always)]
+pub fn may_start_message(bytes: &[u8; PROBE_BYTES], n: usize) -> bool {
+    for i in 0..PROBE_BYTES {
+        if i >= n {
+            return true;
+        }
+        let b = bytes[i];
+        if b.is_ascii_uppercase() {
+            continue;
+        }
+        return i > 0 && (b == b' ' || (i == 4 && b == b'/' && bytes[..4] == *b"HTTP"));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(bytes: &[u8]) -> bool {
+        let mut first = [0u8; PROBE_BYTES];
+        let n = bytes.len().min(PROBE_BYTES);
+        first[..n].copy_from_slice(&bytes[..n]);
+        may_start_message(&first, n)
+    }
+
+    #[test]
+    fn http_starts_pass_whole_or_cut_short() {
+        for start in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"OPTIONS * HTTP/1.1",
+            b"PROPFIND /x HTTP/1.1",
+            b"HTTP/1.1 200 OK",
+            b"PRI * HTTP/2.0",
+        ] {
+            for n in 1..=start.len() {
+                assert!(check(&start[..n]), "{:?}", core::str::from_utf8(&start[..n]));
+            }
+        }
+    }
+
+    #[test]
+    fn other_protocols_are_refused() {
+        for other in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01"[..], // TLS ClientHello
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",      // PostgreSQL SSLRequest (no parser yet)
+            b"abcdefghijklmnopqrstuvwxyz234567",      // iperf3's cookie
+            b"220 smtp.example ESMTP",                // a server speaks first
+            b"SSH-2.0-OpenSSH_9.2",
+            b"get / HTTP/1.1",
+            b" GET /",
+            b"HTTPS/1.1",
+            b"GET\t/",
+        ] {
+            assert!(!check(other), "{:?}", other);
+        }
+    }
+}
