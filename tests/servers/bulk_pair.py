@@ -5,6 +5,7 @@ answered with a line on stdout once done:
   connect          open the connection (with `--connect-now` it is open before the first command,
                    e.g. before sonde starts)
   send N           send N MiB of random bytes from the client end; the server end reads them all
+  close            close both ends (their fd numbers are free for the next connection)
   http PORT PATH   GET PATH from 127.0.0.1:PORT, writing the request's first byte alone, then the
                    rest 300 ms later; answers with the response's status line
 """
@@ -73,5 +74,10 @@ for line in sys.stdin:
     elif words[0] == "send":
         send(int(words[1]))
         print("sent", flush=True)
+    elif words[0] == "close":
+        for end in pair:
+            end.close()
+        pair = None
+        print("closed", flush=True)
     elif words[0] == "http":
         print(http(int(words[1]), words[2]), flush=True)

@@ -4,7 +4,8 @@
 //! - A connection made before sonde started (it cannot be judged by its first bytes): user space
 //!   gives up on it, tells the kernel (`agent`), and the copying stops there too.
 //! - An HTTP request whose first write (and the server's first read) is one byte still gives both
-//!   its spans: a first read that is short is never refused.
+//!   its spans: a first read that is short is never refused. Its client socket takes the fd number
+//!   of a refused connection just closed: a verdict ends with its socket.
 //!
 //! The kernel's byte counters are sonde's own metrics (`sonde_kernel_copied_bytes_total`,
 //! `sonde_kernel_not_copied_bytes_total`); only the processes started here are traced.
@@ -158,7 +159,8 @@ async fn connections_sonde_cannot_parse_stop_being_copied() {
     assert!(told, "sonde told the kernel about both ends of the old connection: {now:?}");
     send_uncopied(&mut old, 16, prom);
 
-    // HTTP beside them, begun with a one-byte write and read.
+    // HTTP beside them, begun with a one-byte write and read, on the fd a refused connection held.
+    assert_eq!(fresh.run("close"), "closed");
     let status = fresh.run(&format!("http {} /one-byte", app.port));
     assert!(status.starts_with("HTTP/1.") && status.contains(" 200"), "{status}");
     // Server spans have `url.path`, client spans `url.full`.

@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// What `cargo xtask bench` drives and reads: wrk for saturation, bpftool for BPF run-time stats,
 /// openssl for the HTTPS scenarios' certificate.
-const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "openssl"];
+const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "openssl", "iperf3"];
 /// The fixed-rate load generator (Debian's `hey` reports latency to 0.1 ms only and tops out below
 /// 20k req/s here). It does not build without its TLS feature, so the default features stay.
 const OHA_VERSION: &str = "1.16.0";

@@ -4,6 +4,7 @@
 //! about the numbers (docs/performance.md says what they are and how to read them).
 
 // The soak (`cargo xtask soak`) reuses the workload, collector, load generator and tracer.
+mod bulk;
 pub(crate) mod collector;
 pub(crate) mod kstats;
 pub(crate) mod load;
@@ -82,6 +83,9 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     }
     let report = run(&sonde, profile, opts)?;
     println!("\n{}", report::table(&report.summaries));
+    if let Some(bulk) = &report.bulk {
+        println!("{}\n", bulk::line(bulk));
+    }
     let all: Vec<Run> = report.runs.iter().chain(&report.kernel_runs).cloned().collect();
     println!("{}", report::noise_note(&all));
     let path = match &opts.json {
@@ -132,6 +136,9 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
         ];
         anyhow::ensure!(numbers.iter().all(|n| n.is_some_and(f64::is_finite)), "bench smoke {name}: {s:#?}");
     }
+    let bulk = report.bulk.as_ref().context("bench smoke: no bulk scenario")?;
+    println!("{}", bulk::line(bulk));
+    anyhow::ensure!(bulk.ratio.is_finite() && bulk.gbit_off > 0.0, "bench smoke bulk: {bulk:#?}");
     Ok(())
 }
 
@@ -155,6 +162,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             otlp_endpoint: &collector.endpoint,
             max_queue_spans: MAX_QUEUE_SPANS,
             extra_args: &opts.sonde_args,
+            node_wide: false,
         },
         collector: &collector,
         url: nginx.url(),
@@ -201,6 +209,14 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             }
         }
     }
+    let wants_bulk =
+        opts.only.is_empty() || opts.only.iter().any(|text| "bulk non-HTTP TCP".contains(text.as_str()));
+    let bulk = if profile.bulk_rounds > 0 && wants_bulk {
+        nginx.check_alive()?;
+        Some(bulk::run(&ctx.tracer, profile.bulk_rounds, profile.bulk_run, (nginx_cpus, load_cpus))?)
+    } else {
+        None
+    };
     machine.loadavg_after = machine::loadavg();
     let summaries =
         profile.scenarios.iter().map(|s| report::summarize(s, profile.rounds, &runs, &kernel_runs)).collect();
@@ -216,6 +232,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         summaries,
         runs,
         kernel_runs,
+        bulk,
     })
 }
 

@@ -253,6 +253,8 @@ pub struct Report {
     pub runs: Vec<Run>,
     /// The pass with BPF run-time statistics on (null probe and sonde, once per scenario).
     pub kernel_runs: Vec<Run>,
+    /// Bulk non-HTTP TCP with sonde tracing the whole node.
+    pub bulk: Option<super::bulk::BulkSummary>,
 }
 
 /// The table printed at the end (Markdown, so it pastes into docs/performance.md).

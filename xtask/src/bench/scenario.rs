@@ -54,6 +54,9 @@ pub struct Profile {
     /// Untimed load before the first round of a scenario (connections, caches, CPU frequency).
     pub warmup: Duration,
     pub scenarios: Vec<Scenario>,
+    /// Rounds of bulk non-HTTP TCP (iperf3) with sonde tracing the whole node, and their length.
+    pub bulk_rounds: u32,
+    pub bulk_run: Duration,
 }
 
 impl Profile {
@@ -66,6 +69,8 @@ impl Profile {
             kernel_run: Duration::from_secs(4),
             warmup: Duration::from_secs(2),
             scenarios: ALL.to_vec(),
+            bulk_rounds: 3,
+            bulk_run: Duration::from_secs(4),
         }
     }
 
@@ -79,6 +84,8 @@ impl Profile {
             kernel_run: Duration::from_secs(1),
             warmup: Duration::from_secs(1),
             scenarios: ALL.to_vec(),
+            bulk_rounds: 2,
+            bulk_run: Duration::from_secs(2),
         }
     }
 
@@ -92,6 +99,8 @@ impl Profile {
             kernel_run: Duration::from_secs(1),
             warmup: Duration::ZERO,
             scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone()],
+            bulk_rounds: 1,
+            bulk_run: Duration::from_secs(1),
         }
     }
 }

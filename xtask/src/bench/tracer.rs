@@ -35,6 +35,7 @@ impl Variant {
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct TracerOptions<'a> {
     pub sonde: &'a Path,
     pub hooks: &'a str,
@@ -45,6 +46,8 @@ pub struct TracerOptions<'a> {
     pub max_queue_spans: u32,
     /// `--sonde-arg`s, appended to `sonde run`'s.
     pub extra_args: &'a [String],
+    /// Trace every process, as a DaemonSet does, instead of nginx's side only.
+    pub node_wide: bool,
 }
 
 /// A running `sonde run` or `sonde null-probe`.
@@ -89,16 +92,19 @@ impl Tracer {
         match variant {
             Variant::Off => return Ok(None),
             Variant::Null => cmd.args(["null-probe", "--hooks", opts.hooks]),
-            Variant::Sonde => cmd
-                .args(["run", "--print", "none", "--hooks", opts.hooks])
-                // --pid is enforced in the kernel: only nginx's side is traced (as for a service
-                // whose clients are elsewhere), and other TCP traffic on a shared machine stays
-                // out. --port alone filters in user space, after every TCP byte was copied.
-                .args(["--pid", &opts.nginx_pid.to_string(), "--port", &opts.nginx_port.to_string()])
-                .args(["--port", &opts.nginx_tls_port.to_string()])
-                .args(["--otlp-endpoint", opts.otlp_endpoint, "--otlp-protocol", "grpc"])
-                .args(["--max-queue-spans", &opts.max_queue_spans.to_string()])
-                .args(opts.extra_args),
+            Variant::Sonde => {
+                cmd.args(["run", "--print", "none", "--hooks", opts.hooks]);
+                if !opts.node_wide {
+                    // --pid is enforced in the kernel: only nginx's side is traced (as for a
+                    // service whose clients are elsewhere), and other TCP traffic on a shared
+                    // machine stays out. --port alone filters in user space.
+                    cmd.args(["--pid", &opts.nginx_pid.to_string(), "--port", &opts.nginx_port.to_string()])
+                        .args(["--port", &opts.nginx_tls_port.to_string()]);
+                }
+                cmd.args(["--otlp-endpoint", opts.otlp_endpoint, "--otlp-protocol", "grpc"])
+                    .args(["--max-queue-spans", &opts.max_queue_spans.to_string()])
+                    .args(opts.extra_args)
+            }
         };
         cmd.env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

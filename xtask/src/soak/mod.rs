@@ -163,6 +163,7 @@ fn run(sonde: &Path, plan: &Plan) -> anyhow::Result<Report> {
         otlp_endpoint: &collector.endpoint,
         max_queue_spans: MAX_QUEUE_SPANS,
         extra_args: &extra_args,
+        node_wide: false,
     };
     let mut tracer = Tracer::start(Variant::Sonde, &tracer_opts)?.context("sonde did not start")?;
     machine.foreign_bpf_programs = kstats::foreign_programs(&[tracer.pid()]);

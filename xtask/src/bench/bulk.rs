@@ -1,0 +1,137 @@
+//! The bulk scenario: TCP traffic sonde cannot parse (iperf3 over loopback, one stream) with
+//! sonde tracing the whole node (no `--pid`), as a DaemonSet does, against no tracing, in
+//! interleaved rounds. What it shows: whether sonde's kernel side stops copying a connection that
+//! is not HTTP — the throughput ratio, and the kernel's own count of bytes copied and not copied.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{
+    procs::{self, ChildGuard},
+    tracer::{Tracer, TracerOptions, TracerResult, Variant, counter_sum},
+};
+
+/// One round of one variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct BulkRun {
+    pub round: u32,
+    pub variant: Variant,
+    pub gbit_per_s: f64,
+    pub tracer: Option<TracerResult>,
+}
+
+/// The rounds, and their medians.
+#[derive(Clone, Debug, Serialize)]
+pub struct BulkSummary {
+    pub runs: Vec<BulkRun>,
+    pub gbit_off: f64,
+    pub gbit_sonde: f64,
+    /// Median of the per-round ratios sonde ÷ off.
+    pub ratio: f64,
+    /// sonde's CPU per second of traffic, median, ms.
+    pub sonde_cpu_ms_per_s: f64,
+    /// What sonde's kernel side copied and did not copy, median bytes per round.
+    pub copied_bytes: u64,
+    pub not_copied_bytes: u64,
+}
+
+/// `rounds` rounds of `run` seconds, off and sonde alternating their order.
+pub fn run(
+    opts: &TracerOptions,
+    rounds: u32,
+    run: Duration,
+    cpus: (Option<&str>, Option<&str>),
+) -> anyhow::Result<BulkSummary> {
+    let node_wide = TracerOptions { node_wide: true, ..*opts };
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let mut order = [Variant::Off, Variant::Sonde];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for variant in order {
+            let tracer = Tracer::start(variant, &node_wide)?;
+            let gbit_per_s = iperf3(run, cpus)?;
+            let tracer = tracer.map(Tracer::stop).transpose()?;
+            eprintln!(
+                "bench: bulk non-HTTP TCP round {} {:<5} {gbit_per_s:>6.2} Gbit/s",
+                round + 1,
+                variant.label()
+            );
+            runs.push(BulkRun { round, variant, gbit_per_s, tracer });
+        }
+    }
+    Ok(summarize(runs, run))
+}
+
+fn summarize(runs: Vec<BulkRun>, run: Duration) -> BulkSummary {
+    let of = |v: Variant| runs.iter().filter(move |r| r.variant == v);
+    let gbit = |v: Variant| median(of(v).map(|r| r.gbit_per_s).collect());
+    let ratios = (0..runs.iter().map(|r| r.round + 1).max().unwrap_or(0))
+        .filter_map(|round| {
+            let at = |v: Variant| runs.iter().find(|r| r.round == round && r.variant == v);
+            Some(at(Variant::Sonde)?.gbit_per_s / at(Variant::Off)?.gbit_per_s)
+        })
+        .collect();
+    let traced: Vec<&TracerResult> = of(Variant::Sonde).filter_map(|r| r.tracer.as_ref()).collect();
+    let per_round = |f: &dyn Fn(&TracerResult) -> f64| median(traced.iter().map(|t| f(t)).collect());
+    BulkSummary {
+        gbit_off: gbit(Variant::Off),
+        gbit_sonde: gbit(Variant::Sonde),
+        ratio: median(ratios),
+        sonde_cpu_ms_per_s: per_round(&|t| t.cpu_traced_us as f64 / 1e3 / run.as_secs_f64()),
+        copied_bytes: per_round(&|t| counter_sum(&t.counters, "sonde.kernel.copied") as f64) as u64,
+        not_copied_bytes: per_round(&|t| counter_sum(&t.counters, "sonde.kernel.not_copied") as f64) as u64,
+        runs,
+    }
+}
+
+/// One iperf3 run over loopback (server on the first CPU set, client on the second): Gbit/s
+/// received.
+fn iperf3(run: Duration, (server_cpus, client_cpus): (Option<&str>, Option<&str>)) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let mut server = ChildGuard::spawn(
+        "iperf3 -s",
+        procs::pinned(server_cpus, "iperf3").args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()]),
+    )?;
+    procs::wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+    let secs = run.as_secs().max(1).to_string();
+    let mut client = procs::pinned(client_cpus, "iperf3");
+    client.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &secs, "-J"]);
+    let out = procs::run_bounded("iperf3 -c", &mut client, run + Duration::from_secs(30))?;
+    let _ = server.terminate(Duration::from_secs(5));
+    let report: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON report")?;
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3's report has no end.sum_received.bits_per_second")?;
+    Ok(bits / 1e9)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 { xs[mid] } else { (xs[mid - 1] + xs[mid]) / 2.0 }
+}
+
+/// The line printed under the main table.
+pub fn line(s: &BulkSummary) -> String {
+    format!(
+        "bulk non-HTTP TCP (iperf3, sonde node-wide): {:.2} → {:.2} Gbit/s, ×{:.3}; sonde CPU {:.1} ms/s; \
+         kernel copied {} KiB, not copied {} MiB per round",
+        s.gbit_off,
+        s.gbit_sonde,
+        s.ratio,
+        s.sonde_cpu_ms_per_s,
+        s.copied_bytes / 1024,
+        s.not_copied_bytes >> 20
+    )
+}
