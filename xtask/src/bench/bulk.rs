@@ -3,7 +3,11 @@
 //! interleaved rounds. What it shows: whether sonde's kernel side stops copying a connection that
 //! is not HTTP — the throughput ratio, and the kernel's own count of bytes copied and not copied.
 
-use std::time::Duration;
+use std::{
+    process::Stdio,
+    sync::PoisonError,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -12,6 +16,9 @@ use super::{
     procs::{self, ChildGuard},
     tracer::{Tracer, TracerOptions, TracerResult, Variant, counter_sum},
 };
+
+/// The scenario's name, for `--only`.
+pub const NAME: &str = "bulk non-HTTP TCP";
 
 /// One round of one variant.
 #[derive(Clone, Debug, Serialize)]
@@ -55,11 +62,7 @@ pub fn run(
             let tracer = Tracer::start(variant, &node_wide)?;
             let gbit_per_s = iperf3(run, cpus)?;
             let tracer = tracer.map(Tracer::stop).transpose()?;
-            eprintln!(
-                "bench: bulk non-HTTP TCP round {} {:<5} {gbit_per_s:>6.2} Gbit/s",
-                round + 1,
-                variant.label()
-            );
+            eprintln!("bench: {NAME} round {} {:<5} {gbit_per_s:>6.2} Gbit/s", round + 1, variant.label());
             runs.push(BulkRun { round, variant, gbit_per_s, tracer });
         }
     }
@@ -92,11 +95,17 @@ fn summarize(runs: Vec<BulkRun>, run: Duration) -> BulkSummary {
 /// received.
 fn iperf3(run: Duration, (server_cpus, client_cpus): (Option<&str>, Option<&str>)) -> anyhow::Result<f64> {
     let port = free_port()?;
-    let mut server = ChildGuard::spawn(
-        "iperf3 -s",
-        procs::pinned(server_cpus, "iperf3").args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()]),
-    )?;
-    procs::wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+    let mut command = procs::pinned(server_cpus, "iperf3");
+    command.args(["-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::piped());
+    let mut server = ChildGuard::spawn("iperf3 -s", &mut command)?;
+    // Not a test connection: `-1` would take it for the one client it serves.
+    let said = procs::collect(server.child_mut().stdout.take().context("piped stdout")?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said.lock().unwrap_or_else(PoisonError::into_inner).contains("Server listening") {
+        server.check_alive()?;
+        anyhow::ensure!(Instant::now() < deadline, "iperf3 -s did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let secs = run.as_secs().max(1).to_string();
     let mut client = procs::pinned(client_cpus, "iperf3");
     client.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &secs, "-J"]);
@@ -125,7 +134,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// The line printed under the main table.
 pub fn line(s: &BulkSummary) -> String {
     format!(
-        "bulk non-HTTP TCP (iperf3, sonde node-wide): {:.2} → {:.2} Gbit/s, ×{:.3}; sonde CPU {:.1} ms/s; \
+        "{NAME} (iperf3, sonde node-wide): {:.2} → {:.2} Gbit/s, ×{:.3}; sonde CPU {:.1} ms/s; \
          kernel copied {} KiB, not copied {} MiB per round",
         s.gbit_off,
         s.gbit_sonde,

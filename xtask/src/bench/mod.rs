@@ -79,7 +79,14 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     };
     if !opts.only.is_empty() {
         profile.scenarios.retain(|s| opts.only.iter().any(|text| s.name.contains(text.as_str())));
-        anyhow::ensure!(!profile.scenarios.is_empty(), "no scenario matches --only {:?}", opts.only);
+        if !opts.only.iter().any(|text| bulk::NAME.contains(text.as_str())) {
+            profile.bulk_rounds = 0;
+        }
+        anyhow::ensure!(
+            !profile.scenarios.is_empty() || profile.bulk_rounds > 0,
+            "no scenario matches --only {:?}",
+            opts.only
+        );
     }
     let report = run(&sonde, profile, opts)?;
     println!("\n{}", report::table(&report.summaries));
