@@ -96,7 +96,9 @@ fn summarize(runs: Vec<BulkRun>, run: Duration) -> BulkSummary {
 fn iperf3(run: Duration, (server_cpus, client_cpus): (Option<&str>, Option<&str>)) -> anyhow::Result<f64> {
     let port = free_port()?;
     let mut command = procs::pinned(server_cpus, "iperf3");
-    command.args(["-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::piped());
+    command
+        .args(["-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::piped());
     let mut server = ChildGuard::spawn("iperf3 -s", &mut command)?;
     // Not a test connection: `-1` would take it for the one client it serves.
     let said = procs::collect(server.child_mut().stdout.take().context("piped stdout")?);
