@@ -120,16 +120,43 @@ pub enum Bytes {
 }
 
 /// What to do with bytes that moved on a connection.
-pub enum Outcome {
-    /// Send them, with this sequence number. `probe`: they are the first of their direction on a
-    /// connection seen from its start, so they also decide whether it is worth copying (`probed`).
-    Send { seq: u32, probe: bool },
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Action {
+    /// Send them, with `Outcome::seq`.
+    Send,
     /// Nothing to send: TLS ciphertext, a connection with a verdict, or the `Open` did not fit in
     /// the ring (then the socket stays unrecorded, so the next data tries again, and this data is
     /// not worth sending).
     Skip,
     /// TLS ciphertext that made the connection TLS (new, or known until now as plaintext).
     BecameTls,
+    /// TLS plaintext of a connection never announced (see `on_tls_data`).
+    NoConnection,
+}
+
+/// An [`Action`] and, for `Send`, the event's sequence number and whether its bytes are the first
+/// of their direction on a connection seen from its start (then they also decide whether it is
+/// worth copying: `probed`). Every byte is always written, with no padding: kernels before 6.3
+/// refuse a program that reads stack bytes never written, and copying an enum with fields, or a
+/// struct with padding, does that.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Outcome {
+    pub action: Action,
+    pub probe: bool,
+    _pad: u16,
+    pub seq: u32,
+}
+
+impl Outcome {
+    const SKIP: Outcome = Outcome { action: Action::Skip, probe: false, _pad: 0, seq: 0 };
+    const BECAME_TLS: Outcome = Outcome { action: Action::BecameTls, probe: false, _pad: 0, seq: 0 };
+    const NO_CONNECTION: Outcome = Outcome { action: Action::NoConnection, probe: false, _pad: 0, seq: 0 };
+
+    fn send(seq: u32, probe: bool) -> Outcome {
+        Outcome { action: Action::Send, probe, _pad: 0, seq }
+    }
 }
 
 /// `len` bytes moved in `direction` on a TCP socket `sock` through (tgid, fd). Emits `Open` first
@@ -157,24 +184,24 @@ pub fn on_data(
         Some(state) => unsafe {
             if (*state).sock == sock {
                 if (*state).peer_is_agent != 0 {
-                    return Outcome::Skip;
+                    return Outcome::SKIP;
                 }
                 if tls {
                     let was = (*state).tls;
                     (*state).tls = 1;
-                    return if was == 0 { Outcome::BecameTls } else { Outcome::Skip };
+                    return if was == 0 { Outcome::BECAME_TLS } else { Outcome::SKIP };
                 }
                 if (*state).tls != 0 {
-                    return Outcome::Skip;
+                    return Outcome::SKIP;
                 }
                 if (*state).verdict != Verdict::Copy as u8 {
                     count(KernelCount::BytesNotCopied, len);
-                    return Outcome::Skip;
+                    return Outcome::SKIP;
                 }
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
-                return Outcome::Send { seq: (*state).seq, probe: (*state).unprobed & bit != 0 };
+                return Outcome::send((*state).seq, (*state).unprobed & bit != 0);
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
@@ -208,10 +235,10 @@ pub fn on_data(
         // and never announced.
         let state = ConnState { sock, peer_is_agent: 1, ..ConnState::with_role(role) };
         let _ = CONNS.insert(&key, &state, 0);
-        return Outcome::Skip;
+        return Outcome::SKIP;
     }
     if !emit::output(&event) {
-        return Outcome::Skip;
+        return Outcome::SKIP;
     }
     // A TLS connection's first plaintext event gets number 1.
     let seq = if tls { 0 } else { 1 };
@@ -220,7 +247,7 @@ pub fn on_data(
     let unprobed = if role == Role::Unknown || tls { 0 } else { BOTH_DIRECTIONS };
     let state = ConnState { sock, seq, tls: tls as u8, unprobed, ..ConnState::with_role(role) };
     let _ = CONNS.insert(&key, &state, 0);
-    if tls { Outcome::BecameTls } else { Outcome::Send { seq, probe: unprobed != 0 } }
+    if tls { Outcome::BECAME_TLS } else { Outcome::send(seq, unprobed != 0) }
 }
 
 /// The first bytes of `direction` on (tgid, fd) were looked at: `starts` says whether they begin a
@@ -245,28 +272,30 @@ pub fn probed(tgid: u32, fd: i32, sock: u64, direction: u8, starts: bool) {
 }
 
 /// `len` bytes of TLS plaintext for (tgid, fd): `Send` with the sequence number for its data
-/// event (the connection is marked TLS from now on), or `Skip` when user space does not want the
-/// connection. None when the connection was never announced (its socket is known only through its
+/// event (the connection is marked TLS from now on), `Skip` when user space does not want the
+/// connection, `NoConnection` when it was never announced (its socket is known only through its
 /// ciphertext, and none was seen).
 #[inline(always)]
-pub fn on_tls_data(tgid: u32, fd: i32, len: u64) -> Option<Outcome> {
-    let state = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32))?;
+pub fn on_tls_data(tgid: u32, fd: i32, len: u64) -> Outcome {
+    let Some(state) = CONNS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
+        return Outcome::NO_CONNECTION;
+    };
     // SAFETY: `state` comes from the lookup just above: non-null, aligned, into the map's
     // preallocated elements, which stay mapped while the program runs. Plain integer fields: a
     // write racing with another thread's on another CPU loses an update (a sequence gap that user
     // space resyncs on), it cannot go outside the value.
     unsafe {
         if (*state).sock == 0 || (*state).peer_is_agent != 0 {
-            return None;
+            return Outcome::NO_CONNECTION;
         }
         // A `FirstBytes` verdict judged the ciphertext; the plaintext is what sonde wants.
         if (*state).verdict == Verdict::Unwanted as u8 {
             count(KernelCount::BytesNotCopied, len);
-            return Some(Outcome::Skip);
+            return Outcome::SKIP;
         }
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Some(Outcome::Send { seq: (*state).seq, probe: false })
+        Outcome::send((*state).seq, false)
     }
 }
 

@@ -193,14 +193,15 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     } else {
         Bytes::Plain
     };
-    match conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes) {
-        conn::Outcome::Send { seq, probe } => {
-            if let Some(starts) = emit_data(tgid, tid, active, len, seq, false, probe) {
+    let outcome = conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes);
+    match outcome.action {
+        conn::Action::Send => {
+            if let Some(starts) = emit_data(tgid, tid, active, len, outcome.seq, false, outcome.probe) {
                 conn::probed(tgid, active.fd, active.sock, active.direction, starts);
             }
         }
-        conn::Outcome::BecameTls => tls::became_tls(pid_tgid),
-        conn::Outcome::Skip => {}
+        conn::Action::BecameTls => tls::became_tls(pid_tgid),
+        conn::Action::Skip | conn::Action::NoConnection => {}
     }
 }
 

@@ -181,13 +181,14 @@ pub fn data_return(ret: i64) {
             }
         }
     };
-    let seq = match conn::on_tls_data(tgid, fd, len) {
-        Some(conn::Outcome::Send { seq, .. }) => seq,
-        Some(_) => return,
-        None => {
+    let outcome = conn::on_tls_data(tgid, fd, len);
+    let seq = match outcome.action {
+        conn::Action::Send => outcome.seq,
+        conn::Action::NoConnection => {
             count_drop(DropReason::TlsNoSocket);
             return;
         }
+        _ => return,
     };
     if call.became_tls != 0 {
         // SSL_set_fd and the handshake normally tell which socket an object uses; for one set up

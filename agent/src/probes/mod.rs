@@ -387,17 +387,19 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     Ok((features, checks))
 }
 
-/// The error and the last lines of the verifier's log, if any.
+/// The error and the last lines of the verifier's log, if any: 4 of them, or as many as
+/// SONDE_VERIFIER_LOG_LINES says (for whoever has to find out why a kernel refused a program).
 fn verifier_summary(error: &ProgramError) -> String {
+    let lines = std::env::var("SONDE_VERIFIER_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(4);
     let text = match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect::<Vec<_>>().into_iter().rev().collect();
             format!("{io_error}: {}", tail.join(" / "))
         }
         other => other.to_string(),
     };
-    text.chars().take(600).collect()
+    if lines > 4 { text } else { text.chars().take(600).collect() }
 }
 
 fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {
