@@ -394,7 +394,8 @@ fn verifier_summary(error: &ProgramError) -> String {
     let text = match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(lines).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> =
+                log.lines().rev().take(lines).collect::<Vec<_>>().into_iter().rev().collect();
             format!("{io_error}: {}", tail.join(" / "))
         }
         other => other.to_string(),
