@@ -14,11 +14,11 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sonde_tests::{
-    harness::{self, Sonde, eventually, patience},
+    harness::{self, Sonde, eventually},
     prometheus,
     receiver::Receiver,
 };
@@ -112,22 +112,39 @@ fn counters(prom: SocketAddr) -> Counters {
 /// reading that includes them (both ends of the pair are traced: 2 × `mib` MiB not copied, but for
 /// the first write and read of a connection just refused).
 fn send_uncopied(pair: &mut BulkPair, mib: u32, prom: SocketAddr) -> Counters {
-    let before = counters(prom);
+    let before = settled(prom);
     assert_eq!(pair.run(&format!("send {mib}")), "sent");
     let moved = 2.0 * f64::from(mib) * MIB - 2.0 * BLOCK;
     let mut now = before;
-    let settled = eventually(patience(Duration::from_secs(10)), || {
+    let settled = eventually(Duration::from_secs(10), || {
         now = counters(prom);
         now.not_copied - before.not_copied >= moved
     });
     assert!(settled, "{} MiB moved, not copied: {before:?} → {now:?}", 2 * mib);
     assert!(
         now.copied - before.copied < AFTER_REFUSAL,
-        "{} MiB moved on a refused connection, yet {} bytes were copied",
+        "{} MiB moved on a refused connection, yet {} bytes were copied: {before:?} → {now:?}",
         2 * mib,
         now.copied - before.copied
     );
     now
+}
+
+/// The counters once the kernel's byte counts have stayed put for longer than sonde takes to
+/// publish a new reading (every second): what was copied before now is all in them.
+fn settled(prom: SocketAddr) -> Counters {
+    let mut last = counters(prom);
+    let mut since = Instant::now();
+    let still = eventually(Duration::from_secs(30), || {
+        let now = counters(prom);
+        if (now.copied, now.not_copied) != (last.copied, last.not_copied) {
+            since = Instant::now();
+        }
+        last = now;
+        since.elapsed() >= Duration::from_millis(1500)
+    });
+    assert!(still, "the kernel's byte counts never settled: {last:?}");
+    last
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,7 +169,7 @@ async fn connections_sonde_cannot_parse_stop_being_copied() {
     // HTTP message start, and the kernel stops there.
     assert_eq!(old.run("send 8"), "sent");
     let mut now = fresh_counts;
-    let told = eventually(patience(Duration::from_secs(10)), || {
+    let told = eventually(Duration::from_secs(10), || {
         now = counters(prom);
         now.refused_by_agent >= 2.0
     });
