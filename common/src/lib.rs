@@ -343,7 +343,8 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    /// A connection as accept/connect leave it, before any data: its role, both directions to probe.
+    /// A connection as accept/connect leave it, before any data: its role alone. Its first data
+    /// fills in the socket and, for a known role, the directions to probe.
     pub const fn with_role(role: Role) -> Self {
         Self {
             sock: 0,

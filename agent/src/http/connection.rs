@@ -150,8 +150,8 @@ impl HttpConnection {
     /// switched protocols (101, CONNECT tunnel), once it turned out to be another protocol (with a
     /// known role: its first bytes do not start an HTTP/1.x request; with an unknown role: the
     /// conversation turned around four times, or 4 MiB moved, without any chunk starting an HTTP
-    /// message), and
-    /// after `close`. The caller may then stop feeding it; feeding it anyway is cheap and harmless.
+    /// message), and after `close`. The caller may then stop feeding it; feeding it anyway is cheap
+    /// and harmless.
     pub fn is_http(&self) -> bool {
         matches!(self.life, Life::Learning { .. } | Life::Http)
     }

@@ -173,6 +173,17 @@ impl Linker {
         }
     }
 
+    /// A new trace, sampled or not as the sampler says.
+    fn root(&self) -> Lineage {
+        let trace_id = new_trace_id();
+        Lineage {
+            trace_id,
+            parent_span_id: None,
+            flags: self.sampler.decide(trace_id, None),
+            trace_state: String::new(),
+        }
+    }
+
     /// A request head was just seen on `conn`.
     pub fn started(&mut self, conn: &ConnInfo, started: &Started) {
         if self.requests.len() >= MAX_REQUESTS {
@@ -449,19 +460,6 @@ enum ClientParent {
     Handling(Lineage),
     Header(traceparent::TraceParent),
     None,
-}
-
-impl Linker {
-    /// A new trace, sampled or not as the sampler says.
-    fn root(&self) -> Lineage {
-        let trace_id = new_trace_id();
-        Lineage {
-            trace_id,
-            parent_span_id: None,
-            flags: self.sampler.decide(trace_id, None),
-            trace_state: String::new(),
-        }
-    }
 }
 
 /// Random and never all zeros (the invalid id), as W3C Trace Context asks.

@@ -387,10 +387,18 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     Ok((features, checks))
 }
 
-/// The error and the last lines of the verifier's log, if any: 4 of them, or as many as
-/// SONDE_VERIFIER_LOG_LINES says (for whoever has to find out why a kernel refused a program).
+/// Lines of a refused program's verifier log that `check-kernel` prints unless
+/// SONDE_VERIFIER_LOG_LINES asks for more.
+const VERIFIER_LOG_LINES: usize = 4;
+
+/// The error and the last lines of the verifier's log, if any: `VERIFIER_LOG_LINES` of them,
+/// shortened to one line's worth, or as many as SONDE_VERIFIER_LOG_LINES says, whole (for whoever
+/// has to find out why a kernel refused a program).
 fn verifier_summary(error: &ProgramError) -> String {
-    let lines = std::env::var("SONDE_VERIFIER_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(4);
+    let lines = std::env::var("SONDE_VERIFIER_LOG_LINES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(VERIFIER_LOG_LINES);
     let text = match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
@@ -400,7 +408,7 @@ fn verifier_summary(error: &ProgramError) -> String {
         }
         other => other.to_string(),
     };
-    if lines > 4 { text } else { text.chars().take(600).collect() }
+    if lines > VERIFIER_LOG_LINES { text } else { text.chars().take(600).collect() }
 }
 
 fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{
     procs::{self, ChildGuard},
+    report::Stat,
     tracer::{Tracer, TracerOptions, TracerResult, Variant, counter_sum},
 };
 
@@ -124,13 +125,8 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.sort_by(f64::total_cmp);
-    let mid = xs.len() / 2;
-    if xs.len() % 2 == 1 { xs[mid] } else { (xs[mid - 1] + xs[mid]) / 2.0 }
+fn median(xs: Vec<f64>) -> f64 {
+    Stat::of(xs).map_or(f64::NAN, |s| s.median)
 }
 
 /// The line printed under the main table.

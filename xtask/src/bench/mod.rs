@@ -216,9 +216,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             }
         }
     }
-    let wants_bulk =
-        opts.only.is_empty() || opts.only.iter().any(|text| "bulk non-HTTP TCP".contains(text.as_str()));
-    let bulk = if profile.bulk_rounds > 0 && wants_bulk {
+    let bulk = if profile.bulk_rounds > 0 {
         nginx.check_alive()?;
         Some(bulk::run(&ctx.tracer, profile.bulk_rounds, profile.bulk_run, (nginx_cpus, load_cpus))?)
     } else {
