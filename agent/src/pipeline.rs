@@ -3,7 +3,7 @@
 //! locks, and the export queue is the only hand-off (non-blocking, drops counted).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use crate::{
     export::SpanSink,
     http::{Exchange, Started},
     intake::{self, DecodeError, Event},
-    link::{LinkStats, Linker, SharedThreads, sampler::Sampler},
+    link::{Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, sampler::Sampler},
     metrics::Metrics,
     probes::{KernelConns, TlsNotice},
     process::ProcessCache,
@@ -81,6 +81,8 @@ pub struct Pipeline {
     effects: Effects,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
     outbox: Vec<Span>,
+    /// Exchanges whose server request waits for its same-host client (`Link::Later`).
+    awaiting_parent: HashMap<RequestKey, Finished>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
     kernel_conns: Option<KernelConns>,
     last_process_sweep: Instant,
@@ -136,6 +138,7 @@ impl Pipeline {
             decode_errors: 0,
             effects: Effects::default(),
             outbox: Vec::new(),
+            awaiting_parent: HashMap::new(),
             kernel_conns,
             last_process_sweep: Instant::now(),
             last_reconcile: Instant::now(),
@@ -206,7 +209,7 @@ impl Pipeline {
                 self.processes.mark_own_sdk(conn.pid, "it exports OTLP/HTTP traces");
             }
             // Taken in any case: a process marked mid-request leaves nothing behind in the linker.
-            let context = self.linker.finished(&conn, &exchange);
+            let link = self.linker.finished(&conn, &exchange);
             if left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 // Its spans are the SDK's, its requests still count (outside the service graph,
                 // which pairs sonde's spans).
@@ -216,15 +219,38 @@ impl Pipeline {
                 self.sdk_skipped += 1;
                 continue;
             }
-            // Unknown to the linker (forgotten under its bounds): a trace of its own.
-            let context = context.unwrap_or_else(|| self.linker.root_context());
-            let resource = self.processes.resource(conn.pid);
-            if let Some(metrics) = &self.metrics {
-                metrics.record(&exchange, &conn, &resource, Some(&context), now);
+            let context = match link {
+                Link::Now(context) => context,
+                Link::Later(key) => {
+                    self.awaiting_parent.insert(key, Finished { conn, exchange });
+                    continue;
+                }
+                // Unknown to the linker (forgotten under its bounds): a trace of its own.
+                Link::Unknown => self.linker.root_context(),
+            };
+            self.export(&conn, &exchange, context, now);
+        }
+    }
+
+    /// Exchanges that waited for their parent, now that the linker knows it.
+    fn emit_late(&mut self) {
+        let now = Instant::now();
+        let late: Vec<(RequestKey, SpanContext)> = self.linker.take_late().collect();
+        for (key, context) in late {
+            if let Some(Finished { conn, exchange }) = self.awaiting_parent.remove(&key) {
+                self.export(&conn, &exchange, context, now);
             }
-            if let Some(span) = self.assembler.span(&exchange, &conn, resource, &self.clock, context) {
-                self.outbox.push(span);
-            }
+        }
+    }
+
+    /// The span and the metrics of one exchange.
+    fn export(&mut self, conn: &ConnInfo, exchange: &Exchange, context: SpanContext, now: Instant) {
+        let resource = self.processes.resource(conn.pid);
+        if let Some(metrics) = &self.metrics {
+            metrics.record(exchange, conn, &resource, Some(&context), now);
+        }
+        if let Some(span) = self.assembler.span(exchange, conn, resource, &self.clock, context) {
+            self.outbox.push(span);
         }
     }
 
@@ -252,8 +278,11 @@ impl Pipeline {
         }
         self.linker.process_exited(pid);
         self.conns.process_exited(pid, &mut self.effects);
-        // Its last exchanges are assembled while its resource is still cached.
+        // Its last exchanges are assembled while its resource is still cached, those waiting for
+        // their client too.
         self.apply();
+        self.linker.stop_waiting(Some(pid));
+        self.emit_late();
         self.processes.exited(pid);
     }
 
@@ -285,6 +314,7 @@ impl Pipeline {
     fn apply(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
         self.link_started(effects.started.drain(..));
+        self.emit_late();
         self.emit(effects.finished.drain(..));
         self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
@@ -381,12 +411,17 @@ impl intake::Sink for Pipeline {
     }
 
     fn drained(&mut self) {
+        self.linker.expire_late(monotonic_ns());
+        self.emit_late();
         self.hand_off_if_due();
         self.send_notices();
     }
 
     fn tick(&mut self) {
         self.clock = WallClock::sample();
+        // A quiet ring calls no `drained`.
+        self.linker.expire_late(monotonic_ns());
+        self.emit_late();
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
             let now = monotonic_ns();
             self.conns.sweep(now, crate::process::alive, &mut self.effects);
@@ -424,6 +459,8 @@ impl intake::Sink for Pipeline {
     }
 
     fn stopped(&mut self) {
+        self.linker.stop_waiting(None);
+        self.emit_late();
         self.hand_off();
         self.publish_stats();
     }

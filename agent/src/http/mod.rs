@@ -106,6 +106,9 @@ pub struct Started {
     /// Direction the request travelled (see [`Exchange::request_direction`]).
     pub direction: Direction,
     pub ordinal: u32,
+    /// The connection was seen from its first byte and nothing of it was lost: `ordinal` is the
+    /// request's position on the connection, the same its other end counts (when traced too).
+    pub from_start: bool,
     pub tid: u32,
     pub start_ns: u64,
     /// Method and target, hashed: the same request seen from its client and its server side

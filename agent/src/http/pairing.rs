@@ -77,6 +77,8 @@ pub(super) struct Pairing {
     upgraded: bool,
     /// Request heads seen so far: the next one's ordinal.
     heads: u32,
+    /// Every request of the connection was counted in `heads` (see `Started::from_start`).
+    from_start: bool,
     /// Requests whose head completed since the caller last took them.
     started: Vec<Started>,
 }
@@ -94,6 +96,7 @@ impl Pairing {
             not_http: false,
             upgraded: false,
             heads: 0,
+            from_start: strict_first_start,
             started: Vec::new(),
         }
     }
@@ -115,8 +118,12 @@ impl Pairing {
         self.heads
     }
 
+    /// Requests were counted before a restart. Still counted from the connection's start only
+    /// if none were and this pairing sees the connection from its first byte (a TLS connection
+    /// taken over by its library hooks before any plaintext); after lost bytes it never is.
     pub(super) fn continue_ordinals_from(&mut self, next: u32) {
         self.heads = next;
+        self.from_start &= next == 0;
     }
 
     pub(super) fn pending(&self) -> usize {
@@ -289,6 +296,7 @@ impl<'a> Sink<'a> {
                 p.started.push(Started {
                     direction: p.request_direction,
                     ordinal,
+                    from_start: p.from_start,
                     tid: self.tid,
                     start_ns,
                     fingerprint: Started::fingerprint_of(&head),

@@ -7,7 +7,8 @@
 //! 2. the CLIENT span of the same request in another traced process on this host, found by the
 //!    connection's 4-tuple and the request's method and target ("same-host stitching", see
 //!    [`stitch`]);
-//! 3. none: it starts a trace.
+//! 3. none: it starts a trace — once it is certain that no client span will come: a server
+//!    request that ends before its same-host client was seen waits for it a little ([`late`]).
 //!
 //! A CLIENT span's parent, in this order:
 //! 1. the server request the process is working on, when that is certain:
@@ -23,13 +24,17 @@
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
 //! 3. none: it starts a trace.
 
+mod late;
 pub mod sampler;
 mod stitch;
 #[cfg(test)]
 mod tests;
 mod tracestate;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use sonde_common::Direction;
 
@@ -38,6 +43,7 @@ use crate::{
     http::{Exchange, Started, traceparent},
     span::model::{SpanId, TraceFlags, TraceId},
 };
+use late::LateStitch;
 use sampler::Sampler;
 use stitch::{ClientRecord, Stitcher};
 
@@ -108,12 +114,26 @@ impl SharedThreads {
 }
 
 /// A request, by connection and position on it.
-type RequestKey = (u64, u32);
+pub type RequestKey = (u64, u32);
+
+/// What the linker says of an exchange that ended.
+#[derive(Debug)]
+pub enum Link {
+    /// Export it with this context.
+    Now(SpanContext),
+    /// A server request still waiting for its same-host client: its context comes out of
+    /// [`Linker::take_late`] under this key, within `late::GRACE_NS` of event time.
+    Later(RequestKey),
+    /// Its request is not known here (forgotten under the bounds, or left to an SDK).
+    Unknown,
+}
 
 /// Requests older than this whose exchange never ended are forgotten.
 const REQUEST_TTL_NS: u64 = 15 * 60 * 1_000_000_000;
 /// At most this many requests in progress are held; beyond it the oldest are forgotten.
 const MAX_REQUESTS: usize = 65_536;
+/// Addresses seen on this host's end of traced connections; beyond it the set starts over.
+const MAX_LOCAL_ADDRESSES: usize = 4096;
 
 /// The trace a request belongs to, without its own span id.
 #[derive(Clone, Debug)]
@@ -135,6 +155,8 @@ struct InProgress {
     /// What stitching needs to find this (server) request's client: the client's 4-tuple key.
     upstream: Option<stitch::TupleKey>,
     fingerprint: u64,
+    /// Its position on a connection seen whole (`Started::from_start`).
+    position: Option<u32>,
 }
 
 #[derive(Default)]
@@ -147,6 +169,14 @@ pub struct Linker {
     /// Processes whose threads are shared by requests, and how that was learnt.
     shared: HashMap<u32, SharedThreads>,
     stitcher: Stitcher,
+    /// Server requests that ended before their client was seen, and those since resolved.
+    late: LateStitch,
+    resolved_late: Vec<(RequestKey, SpanContext)>,
+    /// The newest event time seen: waiting requests expire by it (see `expire_late`).
+    horizon_ns: u64,
+    /// IP addresses of this host's end of traced connections: a peer with one of them (or a
+    /// loopback one) may be a traced client whose record is still to come.
+    local_addresses: HashSet<IpAddr>,
     /// Decides, where a trace enters, whether it is exported.
     sampler: Sampler,
     stats: LinkStats,
@@ -191,6 +221,14 @@ impl Linker {
         }
         let key = (conn.id, started.ordinal);
         let span_id = new_span_id();
+        let position = started.from_start.then_some(started.ordinal);
+        self.horizon_ns = self.horizon_ns.max(started.start_ns);
+        if let Some(local) = conn.local {
+            if self.local_addresses.len() >= MAX_LOCAL_ADDRESSES {
+                self.local_addresses.clear();
+            }
+            self.local_addresses.insert(local.ip());
+        }
         match started.direction {
             Direction::Ingress => {
                 let mut request = InProgress {
@@ -202,6 +240,7 @@ impl Linker {
                     lineage: None,
                     upstream: stitch::server_side_key(conn),
                     fingerprint: started.fingerprint,
+                    position,
                 };
                 if let Some(tp) = self.header(started) {
                     self.stats.from_header += 1;
@@ -245,16 +284,22 @@ impl Linker {
                     }
                 };
                 if let Some(tuple) = stitch::client_side_key(conn) {
-                    self.stitcher.record(
-                        tuple,
-                        ClientRecord {
-                            fingerprint: started.fingerprint,
-                            start_ns: started.start_ns,
-                            trace_id: lineage.trace_id,
-                            span_id,
-                            flags: lineage.flags,
-                        },
-                    );
+                    let record = ClientRecord {
+                        fingerprint: started.fingerprint,
+                        position,
+                        start_ns: started.start_ns,
+                        trace_id: lineage.trace_id,
+                        span_id,
+                        flags: lineage.flags,
+                    };
+                    match self.late.take(&tuple, started.fingerprint, position) {
+                        Some((server_key, mut server)) => {
+                            self.stats.stitched += 1;
+                            server.lineage = Some(record.lineage());
+                            self.resolved_late.extend(server.context().map(|c| (server_key, c)));
+                        }
+                        None => self.stitcher.record(tuple, record),
+                    }
                 }
                 self.requests.insert(
                     key,
@@ -267,6 +312,7 @@ impl Linker {
                         lineage: Some(lineage),
                         upstream: None,
                         fingerprint: started.fingerprint,
+                        position,
                     },
                 );
             }
@@ -287,31 +333,82 @@ impl Linker {
         }
     }
 
-    /// The exchange ended: the context its span is exported with. None when its request is not
-    /// known here (forgotten under the bounds); the caller then starts a trace for it.
-    pub fn finished(&mut self, conn: &ConnInfo, exchange: &Exchange) -> Option<SpanContext> {
+    /// The exchange ended: the context its span is exported with, now or (a server request whose
+    /// same-host client may still come) later. `Unknown` when its request is not known here; the
+    /// caller then starts a trace for it.
+    pub fn finished(&mut self, conn: &ConnInfo, exchange: &Exchange) -> Link {
         let key = (conn.id, exchange.request.ordinal);
-        let mut request = self.requests.remove(&key)?;
+        let ended_ns = exchange.response.as_ref().map_or(exchange.request.end_ns, |r| r.end_ns);
+        self.horizon_ns = self.horizon_ns.max(ended_ns);
+        let Some(mut request) = self.requests.remove(&key) else {
+            return Link::Unknown;
+        };
         if request.direction == Direction::Ingress {
             self.stop_serving(request.pid, &key);
         }
         if request.direction != exchange.request_direction {
-            return None;
+            return Link::Unknown;
         }
         if request.direction == Direction::Ingress {
             if self.handling.get(&(request.pid, request.tid)) == Some(&key) {
                 self.handling.remove(&(request.pid, request.tid));
             }
+            self.try_stitch(&mut request);
+            // Only a request with a known place on its connection can be matched late; beyond
+            // the table's room it starts its trace now (a missing link, never a wrong one).
+            if request.lineage.is_none()
+                && request.position.is_some()
+                && let Some(upstream) = request.upstream
+                && self.late.has_room()
+                && self.client_may_be_local(conn)
+            {
+                self.late.wait(upstream, key, request, ended_ns);
+                return Link::Later(key);
+            }
             self.resolve(&mut request);
         }
-        let lineage = request.lineage?;
-        Some(SpanContext {
-            trace_id: lineage.trace_id,
-            span_id: request.span_id,
-            parent_span_id: lineage.parent_span_id,
-            flags: lineage.flags,
-            trace_state: lineage.trace_state,
-        })
+        request.context().map_or(Link::Unknown, Link::Now)
+    }
+
+    /// Contexts of server requests that waited for their client (`Link::Later`), since the last
+    /// call: stitched, or given up on and starting traces of their own.
+    pub fn take_late(&mut self) -> std::vec::Drain<'_, (RequestKey, SpanContext)> {
+        self.resolved_late.drain(..)
+    }
+
+    /// Gives up on waiting requests whose grace ended: by the newest event seen, or by the clock
+    /// (`now_ns`, monotonic) a grace later, for a ring that went quiet.
+    pub fn expire_late(&mut self, now_ns: u64) {
+        if self.late.len() == 0 {
+            return;
+        }
+        let horizon = self.horizon_ns.max(now_ns.saturating_sub(late::GRACE_NS));
+        let mut expired = Vec::new();
+        self.late.expire(horizon, &mut expired);
+        self.start_traces(expired);
+    }
+
+    /// Gives up on every waiting request (of `pid` only, with Some): the agent stops, or the
+    /// process is gone.
+    pub fn stop_waiting(&mut self, pid: Option<u32>) {
+        let mut given_up = Vec::new();
+        self.late.give_up(pid, &mut given_up);
+        self.start_traces(given_up);
+    }
+
+    /// Requests given up on start traces of their own. The stitcher is not asked again: a record
+    /// filed after a request ended is not its client's (see `late`).
+    fn start_traces(&mut self, requests: Vec<(RequestKey, InProgress)>) {
+        for (key, mut request) in requests {
+            self.stats.roots += 1;
+            request.lineage = Some(self.root());
+            self.resolved_late.extend(request.context().map(|c| (key, c)));
+        }
+    }
+
+    /// Whether `conn`'s client may be a traced process on this host, whose record can still come.
+    fn client_may_be_local(&self, conn: &ConnInfo) -> bool {
+        conn.remote.is_some_and(|peer| peer.ip().is_loopback() || self.local_addresses.contains(&peer.ip()))
     }
 
     /// A thread exited: a thread that gets its id later does not work for the request it read.
@@ -444,14 +541,35 @@ impl Linker {
         let Some(tuple) = request.upstream else {
             return;
         };
-        if let Some(client) = self.stitcher.take(&tuple, request.fingerprint) {
+        if let Some(client) = self.stitcher.take(&tuple, request.fingerprint, request.position) {
             self.stats.stitched += 1;
-            request.lineage = Some(Lineage {
-                trace_id: client.trace_id,
-                parent_span_id: Some(client.span_id),
-                flags: client.flags,
-                trace_state: String::new(),
-            });
+            request.lineage = Some(client.lineage());
+        }
+    }
+}
+
+impl InProgress {
+    /// Its span's context; None while its lineage is still open.
+    fn context(self) -> Option<SpanContext> {
+        let lineage = self.lineage?;
+        Some(SpanContext {
+            trace_id: lineage.trace_id,
+            span_id: self.span_id,
+            parent_span_id: lineage.parent_span_id,
+            flags: lineage.flags,
+            trace_state: lineage.trace_state,
+        })
+    }
+}
+
+impl ClientRecord {
+    /// The lineage of the server request this client request caused.
+    fn lineage(&self) -> Lineage {
+        Lineage {
+            trace_id: self.trace_id,
+            parent_span_id: Some(self.span_id),
+            flags: self.flags,
+            trace_state: String::new(),
         }
     }
 }

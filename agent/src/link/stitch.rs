@@ -23,6 +23,8 @@ pub type TupleKey = (SocketAddr, SocketAddr);
 #[derive(Clone, Copy, Debug)]
 pub struct ClientRecord {
     pub fingerprint: u64,
+    /// Its position on a connection seen whole (`Started::from_start`).
+    pub position: Option<u32>,
     pub start_ns: u64,
     pub trace_id: TraceId,
     pub span_id: SpanId,
@@ -64,10 +66,20 @@ impl Stitcher {
         queue.push_back(record);
     }
 
-    /// The oldest record on `tuple` for the same method and target, removing it and any older.
-    pub fn take(&mut self, tuple: &TupleKey, fingerprint: u64) -> Option<ClientRecord> {
+    /// The oldest record on `tuple` for the same method and target — and the same position on the
+    /// connection, when both ends know it — removing it and any older.
+    pub fn take(
+        &mut self,
+        tuple: &TupleKey,
+        fingerprint: u64,
+        position: Option<u32>,
+    ) -> Option<ClientRecord> {
         let queue = self.waiting.get_mut(tuple)?;
-        let at = queue.iter().position(|r| r.fingerprint == fingerprint)?;
+        let same_place = |r: &ClientRecord| match (r.position, position) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let at = queue.iter().position(|r| r.fingerprint == fingerprint && same_place(r))?;
         let record = queue.drain(..=at).next_back();
         if queue.is_empty() {
             self.waiting.remove(tuple);

@@ -1,7 +1,7 @@
 use sonde_common::{Direction, Role};
 
 use super::*;
-use crate::http::{Request, RequestHead, Response, ResponseHead};
+use crate::http::{Exchange, Request, RequestHead, Response, ResponseHead};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -27,6 +27,7 @@ fn started(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Sta
     Started {
         direction,
         ordinal,
+        from_start: true,
         tid,
         start_ns: 1_000,
         fingerprint: Started::fingerprint_of(h),
@@ -46,6 +47,22 @@ fn exchange(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Ex
             end_ns: 2_000,
             body_bytes: 0,
         }),
+    }
+}
+
+/// The exchange's context: at once, or (a server request waiting for its client) once the
+/// linker gives up waiting.
+fn finish(linker: &mut Linker, conn: &ConnInfo, exchange: &Exchange) -> SpanContext {
+    match linker.finished(conn, exchange) {
+        Link::Now(context) => context,
+        Link::Later(key) => {
+            linker.stop_waiting(None);
+            let late: Vec<_> = linker.take_late().collect();
+            assert_eq!(late.len(), 1);
+            assert_eq!(late[0].0, key);
+            late[0].1.clone()
+        }
+        Link::Unknown => panic!("the linker does not know the request"),
     }
 }
 
@@ -72,9 +89,9 @@ fn a_chain_on_one_host_is_one_trace() {
     linker.started(&a.back, &started(Direction::Egress, 0, a.tid, &hb));
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &hb));
 
-    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &hb)).unwrap();
-    let a_client = linker.finished(&a.back, &exchange(Direction::Egress, 0, a.tid, &hb)).unwrap();
-    let a_server = linker.finished(&a.front, &exchange(Direction::Ingress, 0, a.tid, &ha)).unwrap();
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &hb));
+    let a_client = finish(&mut linker, &a.back, &exchange(Direction::Egress, 0, a.tid, &hb));
+    let a_server = finish(&mut linker, &a.front, &exchange(Direction::Ingress, 0, a.tid, &ha));
 
     assert_eq!(a_server.parent_span_id, None, "A's server span is the root");
     assert_eq!(a_client.parent_span_id, Some(a_server.span_id), "in-process parent");
@@ -95,8 +112,8 @@ fn the_server_side_may_arrive_before_its_client() {
     let mut linker = Linker::default();
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
     linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
-    let a_client = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
-    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)).unwrap();
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
     assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
     assert_eq!(b_server.trace_id, a_client.trace_id);
 }
@@ -109,8 +126,8 @@ fn a_traceparent_wins_over_stitching() {
     let mut linker = Linker::default();
     linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
-    let a_client = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
-    let b_server = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)).unwrap();
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
     assert_eq!(b_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(b_server.parent_span_id.map(|p| p.to_string()).as_deref(), Some("00f067aa0ba902b7"));
     // The client wrote that header itself: the header names its span.
@@ -127,10 +144,10 @@ fn keep_alive_requests_pair_in_order_and_by_method_and_target() {
     linker.started(&a_back, &started(Direction::Egress, 0, 11, &h1));
     linker.started(&a_back, &started(Direction::Egress, 1, 11, &h2));
     // B joined late (sonde started mid-connection): its ordinals are not A's.
-    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h2));
-    let one = linker.finished(&a_back, &exchange(Direction::Egress, 0, 11, &h1)).unwrap();
-    let two = linker.finished(&a_back, &exchange(Direction::Egress, 1, 11, &h2)).unwrap();
-    let b = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h2)).unwrap();
+    linker.started(&b_front, &Started { from_start: false, ..started(Direction::Ingress, 0, 21, &h2) });
+    let one = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h1));
+    let two = finish(&mut linker, &a_back, &exchange(Direction::Egress, 1, 11, &h2));
+    let b = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h2));
     assert_eq!(b.parent_span_id, Some(two.span_id));
     assert_ne!(one.trace_id, two.trace_id, "two client calls without a server request are two traces");
     assert_eq!(linker.stitcher.len(), 0, "the skipped record went with the match");
@@ -148,17 +165,17 @@ fn threads_keep_their_own_server_requests() {
     linker.started(&front2, &started(Direction::Ingress, 0, 12, &h));
     linker.started(&back2, &started(Direction::Egress, 0, 12, &h));
     linker.started(&back, &started(Direction::Egress, 0, 11, &h));
-    let c1 = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &h)).unwrap();
-    let c2 = linker.finished(&back2, &exchange(Direction::Egress, 0, 12, &h)).unwrap();
-    let s1 = linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).unwrap();
-    let s2 = linker.finished(&front2, &exchange(Direction::Ingress, 0, 12, &h)).unwrap();
+    let c1 = finish(&mut linker, &back, &exchange(Direction::Egress, 0, 11, &h));
+    let c2 = finish(&mut linker, &back2, &exchange(Direction::Egress, 0, 12, &h));
+    let s1 = finish(&mut linker, &front, &exchange(Direction::Ingress, 0, 11, &h));
+    let s2 = finish(&mut linker, &front2, &exchange(Direction::Ingress, 0, 12, &h));
     assert_eq!(c1.parent_span_id, Some(s1.span_id));
     assert_eq!(c2.parent_span_id, Some(s2.span_id));
     assert_ne!(s1.trace_id, s2.trace_id);
 
     // Answered: the thread's next call has no parent.
     linker.started(&back, &started(Direction::Egress, 1, 11, &h));
-    let later = linker.finished(&back, &exchange(Direction::Egress, 1, 11, &h)).unwrap();
+    let later = finish(&mut linker, &back, &exchange(Direction::Egress, 1, 11, &h));
     assert_eq!(later.parent_span_id, None);
 }
 
@@ -181,10 +198,10 @@ fn a_thread_or_process_that_exits_leaves_nothing_to_a_newcomer_with_its_id() {
     // The next thread 11 of pid 10, and the next process 20, call out.
     let call = conn(3, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
     linker.started(&call, &started(Direction::Egress, 0, 11, &h));
-    assert_eq!(linker.finished(&call, &exchange(Direction::Egress, 0, 11, &h)).unwrap().parent_span_id, None);
+    assert_eq!(finish(&mut linker, &call, &exchange(Direction::Egress, 0, 11, &h)).parent_span_id, None);
     let call = conn(4, 20, Role::Client, "127.0.0.1:40003", "127.0.0.1:8001");
     linker.started(&call, &started(Direction::Egress, 0, 20, &h));
-    assert_eq!(linker.finished(&call, &exchange(Direction::Egress, 0, 20, &h)).unwrap().parent_span_id, None);
+    assert_eq!(finish(&mut linker, &call, &exchange(Direction::Egress, 0, 20, &h)).parent_span_id, None);
 }
 
 #[test]
@@ -196,8 +213,8 @@ fn unsampled_callers_keep_their_children_unsampled() {
     let mut linker = Linker::default();
     linker.started(&front, &started(Direction::Ingress, 0, 11, &hs));
     linker.started(&back, &started(Direction::Egress, 0, 11, &hc));
-    assert!(!linker.finished(&back, &exchange(Direction::Egress, 0, 11, &hc)).unwrap().sampled());
-    assert!(!linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &hs)).unwrap().sampled());
+    assert!(!finish(&mut linker, &back, &exchange(Direction::Egress, 0, 11, &hc)).sampled());
+    assert!(!finish(&mut linker, &front, &exchange(Direction::Ingress, 0, 11, &hs)).sampled());
 }
 
 #[test]
@@ -208,7 +225,7 @@ fn invalid_traceparents_start_new_traces_and_tracestate_follows_the_header() {
     {
         let h = head("/", Some(bad));
         linker.started(&front, &started(Direction::Ingress, i as u32, 11, &h));
-        let ctx = linker.finished(&front, &exchange(Direction::Ingress, i as u32, 11, &h)).unwrap();
+        let ctx = finish(&mut linker, &front, &exchange(Direction::Ingress, i as u32, 11, &h));
         assert_eq!(ctx.parent_span_id, None, "{bad}");
         assert_ne!(ctx.trace_id, TraceId::INVALID);
     }
@@ -220,15 +237,15 @@ fn invalid_traceparents_start_new_traces_and_tracestate_follows_the_header() {
     let call = head("/down", None);
     linker.started(&front, &started(Direction::Ingress, 2, 11, &h));
     linker.started(&back, &started(Direction::Egress, 0, 11, &call));
-    let child = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &call)).unwrap();
-    let ctx = linker.finished(&front, &exchange(Direction::Ingress, 2, 11, &h)).unwrap();
+    let child = finish(&mut linker, &back, &exchange(Direction::Egress, 0, 11, &call));
+    let ctx = finish(&mut linker, &front, &exchange(Direction::Ingress, 2, 11, &h));
     assert_eq!(ctx.trace_state, "vendor=1");
     assert_eq!(child.trace_state, "vendor=1", "children carry the trace's vendor state on");
 
     // tracestate without a valid traceparent is ignored, as the spec says.
     h.traceparent = Some("garbage".into());
     linker.started(&front, &started(Direction::Ingress, 3, 11, &h));
-    assert_eq!(linker.finished(&front, &exchange(Direction::Ingress, 3, 11, &h)).unwrap().trace_state, "");
+    assert_eq!(finish(&mut linker, &front, &exchange(Direction::Ingress, 3, 11, &h)).trace_state, "");
 }
 
 #[test]
@@ -243,7 +260,7 @@ fn unfinished_requests_expire() {
     assert!(linker.requests.is_empty() && linker.handling.is_empty());
     assert_eq!(linker.stitcher.len(), 0);
     assert_eq!(linker.stats().expired, 2);
-    assert!(linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).is_none());
+    assert!(matches!(linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)), Link::Unknown));
 }
 
 #[test]
@@ -256,17 +273,17 @@ fn a_thread_started_while_handling_a_request_works_for_it() {
     linker.started(&front, &started(Direction::Ingress, 0, 11, &h));
     linker.spawned(10, 11, 12);
     linker.started(&back, &started(Direction::Egress, 0, 12, &h));
-    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 12, &h)).unwrap();
-    let server = linker.finished(&front, &exchange(Direction::Ingress, 0, 11, &h)).unwrap();
+    let call = finish(&mut linker, &back, &exchange(Direction::Egress, 0, 12, &h));
+    let server = finish(&mut linker, &front, &exchange(Direction::Ingress, 0, 11, &h));
     assert_eq!(call.parent_span_id, Some(server.span_id));
     assert_eq!(linker.stats().spawned_workers, 1);
 
     // The request is answered: the worker's later calls are its own.
     linker.started(&back, &started(Direction::Egress, 1, 12, &h));
-    let later = linker.finished(&back, &exchange(Direction::Egress, 1, 12, &h)).unwrap();
+    let later = finish(&mut linker, &back, &exchange(Direction::Egress, 1, 12, &h));
     assert_eq!(later.parent_span_id, None);
     linker.started(&back, &started(Direction::Egress, 2, 99, &h));
-    assert_eq!(linker.finished(&back, &exchange(Direction::Egress, 2, 99, &h)).unwrap().parent_span_id, None);
+    assert_eq!(finish(&mut linker, &back, &exchange(Direction::Egress, 2, 99, &h)).parent_span_id, None);
 }
 
 /// An event loop reads a second request before answering the first: its next call may be made
@@ -283,15 +300,15 @@ fn a_thread_serving_two_requests_at_once_parents_no_call() {
     linker.started(&front_a, &started(Direction::Ingress, 0, 11, &ha));
     linker.started(&front_b, &started(Direction::Ingress, 0, 11, &hb));
     linker.started(&back, &started(Direction::Egress, 0, 11, &hc));
-    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 11, &hc)).unwrap();
+    let call = finish(&mut linker, &back, &exchange(Direction::Egress, 0, 11, &hc));
     assert_eq!(call.parent_span_id, None, "made for /a or /b: nobody can tell");
     assert_eq!(linker.stats().unparented_shared[SharedThreads::EventLoop as usize], 1);
 
     // With one request left in progress, the process can only be working for it.
-    let a = linker.finished(&front_a, &exchange(Direction::Ingress, 0, 11, &ha)).unwrap();
+    let a = finish(&mut linker, &front_a, &exchange(Direction::Ingress, 0, 11, &ha));
     linker.started(&back, &started(Direction::Egress, 1, 11, &hc));
-    let call = linker.finished(&back, &exchange(Direction::Egress, 1, 11, &hc)).unwrap();
-    let b = linker.finished(&front_b, &exchange(Direction::Ingress, 0, 11, &hb)).unwrap();
+    let call = finish(&mut linker, &back, &exchange(Direction::Egress, 1, 11, &hc));
+    let b = finish(&mut linker, &front_b, &exchange(Direction::Ingress, 0, 11, &hb));
     assert_eq!(call.parent_span_id, Some(b.span_id));
     assert_eq!(call.trace_id, b.trace_id);
     assert_ne!(a.trace_id, b.trace_id);
@@ -312,8 +329,8 @@ fn a_go_program_parents_calls_only_while_it_serves_one_request() {
     // One request at a time: its calls are its own, whichever thread writes them.
     linker.started(&front_a, &started(Direction::Ingress, 0, 11, &ha));
     linker.started(&back, &started(Direction::Egress, 0, 13, &hc));
-    let call = linker.finished(&back, &exchange(Direction::Egress, 0, 13, &hc)).unwrap();
-    let a = linker.finished(&front_a, &exchange(Direction::Ingress, 0, 11, &ha)).unwrap();
+    let call = finish(&mut linker, &back, &exchange(Direction::Egress, 0, 13, &hc));
+    let a = finish(&mut linker, &front_a, &exchange(Direction::Ingress, 0, 11, &ha));
     assert_eq!(call.parent_span_id, Some(a.span_id));
 
     // Two at once, each read by its own thread: the writing thread says nothing.
@@ -323,9 +340,127 @@ fn a_go_program_parents_calls_only_while_it_serves_one_request() {
     linker.started(&back, &started(Direction::Egress, 1, 12, &hc));
     linker.started(&back, &started(Direction::Egress, 2, 14, &hc));
     for ordinal in [1, 2] {
-        let call = linker.finished(&back, &exchange(Direction::Egress, ordinal, 12, &hc)).unwrap();
+        let call = finish(&mut linker, &back, &exchange(Direction::Egress, ordinal, 12, &hc));
         assert_eq!(call.parent_span_id, None);
     }
     assert_eq!(linker.stats().unparented_shared[SharedThreads::GoRuntime as usize], 2);
     assert_eq!(linker.stats().spawned_workers, 0, "the runtime's threads work for nobody");
+}
+
+/// A connection A (pid 10) → B (pid 20) on this host, as each end sees it.
+fn same_host_pair() -> (ConnInfo, ConnInfo) {
+    (
+        conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001"),
+        conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001"),
+    )
+}
+
+#[test]
+fn a_server_request_that_ends_before_its_client_is_seen_waits_for_it() {
+    // B, woken by A's write, preempted A on its CPU and answered before A's write was recorded.
+    let (a_back, b_front) = same_host_pair();
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    let Link::Later(key) = linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)) else {
+        panic!("B's request waits for its client");
+    };
+    assert_eq!(linker.take_late().count(), 0);
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    let late: Vec<_> = linker.take_late().collect();
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    assert_eq!(late.len(), 1);
+    let (late_key, b_server) = &late[0];
+    assert_eq!(*late_key, key);
+    assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
+    assert_eq!(b_server.trace_id, a_client.trace_id);
+    assert_eq!(linker.stats().stitched, 1);
+    assert_eq!(linker.stitcher.len(), 0, "the record went to the waiting request");
+}
+
+#[test]
+fn a_waiting_request_takes_only_the_client_request_at_its_position() {
+    // A's first request was lost with a full ring; its second, same method and target, came
+    // after B had answered the first: it is not the first one's parent.
+    let (a_back, b_front) = same_host_pair();
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    assert!(matches!(linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)), Link::Later(_)));
+    // The gap made A's parser start over: its ordinals no longer say positions.
+    linker.started(&a_back, &Started { from_start: false, ..started(Direction::Egress, 0, 11, &h) });
+    assert_eq!(linker.take_late().count(), 0);
+    linker.stop_waiting(None);
+    let late: Vec<_> = linker.take_late().collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].1.parent_span_id, None, "B's request starts a trace");
+    assert_eq!(linker.stats().stitched, 0);
+}
+
+#[test]
+fn waiting_ends_a_grace_later_in_event_time_or_by_the_clock_when_events_stop() {
+    let (a_back, b_front) = same_host_pair();
+    let (h, other) = (head("/b", None), head("/other", None));
+    let mut linker = Linker::default();
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    assert!(matches!(linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)), Link::Later(_)));
+    let ended = 2_000;
+    linker.expire_late(ended + late::GRACE_NS);
+    assert_eq!(linker.take_late().count(), 0, "the clock allows a second grace");
+    // Events go on: one a grace after B's answer ends the wait.
+    let later = Started { start_ns: ended + late::GRACE_NS, ..started(Direction::Egress, 0, 11, &other) };
+    linker.started(&a_back, &later);
+    linker.expire_late(0);
+    let late: Vec<_> = linker.take_late().collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].1.parent_span_id, None);
+
+    // No events: the clock ends it.
+    let mut linker = Linker::default();
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    assert!(matches!(linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)), Link::Later(_)));
+    linker.expire_late(ended + 2 * late::GRACE_NS);
+    assert_eq!(linker.take_late().count(), 1);
+}
+
+#[test]
+fn only_requests_from_addresses_of_this_host_wait() {
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    let remote = conn(3, 20, Role::Server, "10.0.0.5:8001", "10.0.0.9:40001");
+    linker.started(&remote, &started(Direction::Ingress, 0, 21, &h));
+    let Link::Now(context) = linker.finished(&remote, &exchange(Direction::Ingress, 0, 21, &h)) else {
+        panic!("a peer elsewhere is not waited for");
+    };
+    assert_eq!(context.parent_span_id, None);
+    // Once 10.0.0.9 is seen as this host's end of a connection (a pod on this node), it is waited for.
+    let pod = conn(4, 30, Role::Client, "10.0.0.9:40002", "10.0.0.5:8001");
+    linker.started(&pod, &started(Direction::Egress, 0, 31, &head("/x", None)));
+    linker.started(&remote, &started(Direction::Ingress, 1, 21, &h));
+    assert!(matches!(linker.finished(&remote, &exchange(Direction::Ingress, 1, 21, &h)), Link::Later(_)));
+}
+
+#[test]
+fn a_stitch_in_time_also_needs_the_same_position_when_both_ends_know_it() {
+    let (a_back, b_front) = same_host_pair();
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    linker.started(&a_back, &started(Direction::Egress, 1, 11, &h));
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    assert_eq!(b_server.parent_span_id, None);
+}
+
+#[test]
+fn at_most_so_many_requests_wait() {
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    for id in 0..=late::MAX_WAITING as u64 {
+        let port = 20_000 + id as u16;
+        let front = conn(id, 20, Role::Server, "127.0.0.1:8001", &format!("127.0.0.1:{port}"));
+        linker.started(&front, &started(Direction::Ingress, 0, 21, &h));
+        let link = linker.finished(&front, &exchange(Direction::Ingress, 0, 21, &h));
+        let waits = (id as usize) < late::MAX_WAITING;
+        assert_eq!(matches!(link, Link::Later(_)), waits, "request {id}");
+    }
 }
