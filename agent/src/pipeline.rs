@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_common::Verdict;
+use sonde_common::{SkipTo, Verdict};
 
 use crate::{
     config::SdkProcesses,
@@ -18,7 +18,7 @@ use crate::{
     intake::{self, DecodeError, Event},
     link::{Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, sampler::Sampler},
     metrics::Metrics,
-    probes::{KernelConns, TlsNotice},
+    probes::{KernelTables, TlsNotice},
     process::ProcessCache,
     span::{
         AssembleStats, Assembler,
@@ -44,6 +44,8 @@ pub struct PipelineCounts {
     pub sdk_skipped: u64,
     /// Connections the kernel was told to stop copying (`Effects::kernel_verdicts`).
     pub kernel_verdicts: u64,
+    /// Body ends the kernel was told (`Effects::kernel_skips`).
+    pub kernel_skips: u64,
     pub conn: ConnStats,
     pub link: LinkStats,
     pub spans: AssembleStats,
@@ -75,6 +77,7 @@ pub struct Pipeline {
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
     kernel_verdicts: u64,
+    kernel_skips: u64,
     events: u64,
     decode_errors: u64,
     /// What the connection table gave and the pipeline has not applied yet.
@@ -84,7 +87,7 @@ pub struct Pipeline {
     /// Exchanges whose server request waits for its same-host client (`Link::Later`).
     awaiting_parent: HashMap<RequestKey, Finished>,
     /// Where forgotten connections are also removed, so the kernel announces them again.
-    kernel_conns: Option<KernelConns>,
+    kernel: Option<KernelTables>,
     last_process_sweep: Instant,
     last_reconcile: Instant,
     last_conn_sweep: Instant,
@@ -119,7 +122,7 @@ impl Pipeline {
         selector: Selector,
         sink: SpanSink,
         stats: Arc<PipelineStats>,
-        kernel_conns: Option<KernelConns>,
+        kernel: Option<KernelTables>,
         sdk_processes: SdkProcesses,
     ) -> Self {
         Self {
@@ -134,12 +137,13 @@ impl Pipeline {
             sdk_processes,
             sdk_skipped: 0,
             kernel_verdicts: 0,
+            kernel_skips: 0,
             events: 0,
             decode_errors: 0,
             effects: Effects::default(),
             outbox: Vec::new(),
             awaiting_parent: HashMap::new(),
-            kernel_conns,
+            kernel,
             last_process_sweep: Instant::now(),
             last_reconcile: Instant::now(),
             last_conn_sweep: Instant::now(),
@@ -291,7 +295,7 @@ impl Pipeline {
     /// tracks, or tracks with another socket on the fd, is over. Only quiet connections are
     /// asked about — one map lookup each, every `RECONCILE_EVERY`.
     fn reconcile_with_kernel(&mut self) {
-        let Some(map) = &self.kernel_conns else {
+        let Some(map) = self.kernel.as_ref().map(|k| &k.conns) else {
             return;
         };
         for (key, sock) in self.conns.quiet(monotonic_ns(), QUIET_NS) {
@@ -319,12 +323,13 @@ impl Pipeline {
         self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
         self.verdicts_to_kernel(effects.kernel_verdicts.drain(..));
+        self.skips_to_kernel(effects.kernel_skips.drain(..));
         // The emptied vectors go back, with their allocations.
         self.effects = effects;
     }
 
     fn forget_in_kernel(&mut self, keys: impl Iterator<Item = u64>) {
-        let Some(map) = self.kernel_conns.as_mut() else {
+        let Some(map) = self.kernel.as_mut().map(|k| &mut k.conns) else {
             return;
         };
         for key in keys {
@@ -338,7 +343,7 @@ impl Pipeline {
     /// duplicate `BecameTls` at worst, since an ignored connection's numbers are not checked.
     /// The socket check keeps the verdict off a new connection that took the fd meanwhile.
     fn verdicts_to_kernel(&mut self, verdicts: impl Iterator<Item = (u64, u64, Verdict)>) {
-        let Some(map) = self.kernel_conns.as_mut() else {
+        let Some(map) = self.kernel.as_mut().map(|k| &mut k.conns) else {
             return;
         };
         for (key, sock, verdict) in verdicts {
@@ -356,6 +361,19 @@ impl Pipeline {
         }
     }
 
+    /// Tells the kernel where bodies end, so that it skips the calls before. The kernel checks the
+    /// socket, and drops the entry when the fd is closed or gets a new socket.
+    fn skips_to_kernel(&mut self, skips: impl Iterator<Item = (u64, SkipTo)>) {
+        let Some(map) = self.kernel.as_mut().map(|k| &mut k.skips) else {
+            return;
+        };
+        for (key, skip) in skips {
+            if map.insert(key, skip, 0).is_ok() {
+                self.kernel_skips += 1;
+            }
+        }
+    }
+
     fn publish_stats(&self) {
         self.stats.publish(PipelineCounts {
             events: self.events,
@@ -363,6 +381,7 @@ impl Pipeline {
             connections: self.conns.len() as u64,
             sdk_skipped: self.sdk_skipped,
             kernel_verdicts: self.kernel_verdicts,
+            kernel_skips: self.kernel_skips,
             conn: self.conns.stats(),
             link: self.linker.stats(),
             spans: self.assembler.stats(),

@@ -77,7 +77,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         }),
     })?;
     let ring = probes.take_events()?;
-    let kernel_conns = probes.take_conns()?;
+    let kernel_tables = probes.take_tables()?;
 
     let export_options = ExportOptions {
         otlp: otlp.clone(),
@@ -133,7 +133,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             .name("sonde-intake".into())
             .spawn(move || {
                 let mut pipeline =
-                    Pipeline::new(assembler, selector, sink, stats, Some(kernel_conns), args.sdk_processes)
+                    Pipeline::new(assembler, selector, sink, stats, Some(kernel_tables), args.sdk_processes)
                         .with_tls_notices(tls_notices)
                         .with_sampler(sampler);
                 if let Some(metrics) = metrics {

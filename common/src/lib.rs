@@ -30,6 +30,7 @@ pub mod maps {
     pub const NULL_HITS: &str = "NULL_HITS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
     pub const CONNS: &str = "CONNS";
+    pub const SKIPS: &str = "SKIPS";
     pub const ACTIVE_IO: &str = "ACTIVE_IO";
     pub const ACTIVE_CONNECT: &str = "ACTIVE_CONNECT";
     pub const SCRATCH: &str = "SCRATCH";
@@ -188,8 +189,10 @@ pub enum KernelCount {
     BytesNotCopied = 1,
     /// Connections whose first bytes of a direction start nothing sonde parses.
     ConnsRefusedByFirstBytes = 2,
+    /// Body bytes user space knew the length of, moved without an event (see [`SkipTo`]).
+    BodyBytesSkipped = 3,
 }
-pub const KERNEL_COUNTS: u32 = 3;
+pub const KERNEL_COUNTS: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -220,6 +223,10 @@ pub struct DataEvent {
     /// Per-connection sequence number (1 for the first data after `Open`): a gap tells user space
     /// that events of this connection were dropped, so its parser state cannot be trusted.
     pub seq: u32,
+    /// Bytes of this direction the socket moved before this call, counted from the first the
+    /// kernel saw (0 for TLS plaintext). More than user space counted: the kernel skipped them,
+    /// as user space asked (`SkipTo`), without an event.
+    pub offset: u64,
 }
 
 #[repr(C)]
@@ -340,6 +347,8 @@ pub struct ConnState {
     /// be looked at. Set only for a connection seen from its start (accept/connect).
     pub unprobed: u8,
     pub _pad: [u8; 7],
+    /// Bytes the socket moved so far, per [`Direction`] (`DataEvent::offset`).
+    pub moved: [u64; 2],
 }
 
 impl ConnState {
@@ -355,9 +364,26 @@ impl ConnState {
             verdict: 0,
             unprobed: 0,
             _pad: [0; 7],
+            moved: [0; 2],
         }
     }
 }
+
+/// User space, per (tgid, fd): the bytes of socket `sock` before `until[direction]` (in
+/// `DataEvent::offset` terms) are the body of a message whose length it knows, and need no event.
+/// The kernel skips a call that lies wholly before that point and reports the one that reaches it,
+/// so the message's end keeps its time; user space reads the skipped bytes from the next event's
+/// offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkipTo {
+    pub sock: u64,
+    pub until: [u64; 2],
+}
+
+/// Calls moving fewer bytes than this are never skipped: they cost less to report than the lookup
+/// that would skip them, and a connection of small messages never pays for it.
+pub const SKIP_MIN_CALL_BYTES: u64 = 1024;
 
 /// Whether the bytes of a connection's socket are still copied to user space. Only a new socket on
 /// the fd starts over: a verdict is never undone mid-stream.
@@ -447,8 +473,10 @@ mod pod {
     use super::*;
     // SAFETY: u64, u64, i32, u32, five u8 and `_pad: [u8; 3]`: 32 bytes, no implicit padding.
     unsafe impl aya::Pod for ActiveIo {}
-    // SAFETY: u64, u32, five u8 and `_pad: [u8; 7]`: 24 bytes, no implicit padding.
+    // SAFETY: u64, u32, five u8, `_pad: [u8; 7]` and `[u64; 2]`: 40 bytes, no implicit padding.
     unsafe impl aya::Pod for ConnState {}
+    // SAFETY: u64 and `[u64; 2]`: 24 bytes, no padding.
+    unsafe impl aya::Pod for SkipTo {}
     // SAFETY: `[u8; 16]` and two u16: 20 bytes, alignment 2, no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: four u64, an i32 and four u8: 40 bytes, no implicit padding.
@@ -467,13 +495,14 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<DataEvent>(), 40);
+        assert_eq!(size_of::<DataEvent>(), 48);
         assert_eq!(size_of::<ConnEvent>(), 96);
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(size_of::<SpawnEvent>(), 32);
         assert_eq!(size_of::<ExitEvent>(), 32);
         assert_eq!(size_of::<ActiveIo>(), 32);
-        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<ConnState>(), 40);
+        assert_eq!(size_of::<SkipTo>(), 24);
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);

@@ -6,14 +6,14 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_buf,
 };
 use sonde_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, KernelCount, Role, Verdict,
-    conn_key,
+    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, KernelCount, Role,
+    SKIP_MIN_CALL_BYTES, Verdict, conn_key,
 };
 
 use crate::{
     emit,
     maps::{
-        CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, count,
+        CONNS, OFF_TASK_GROUP_LEADER, OFF_TASK_START_BOOTTIME, OFF_V6_DADDR, OFF_V6_RCV_SADDR, SKIPS, count,
         global_u32,
     },
     own,
@@ -92,6 +92,8 @@ pub fn on_close(tgid: u32, tid: u32, fd: i64) {
     // A connection to sonde itself was never announced: nothing to close.
     let (tracked, last_seq) = (state.sock != 0 && state.peer_is_agent == 0, state.seq);
     let _ = CONNS.remove(&key);
+    // The fd's next socket starts at offset 0: a body end left here would skip its first bytes.
+    let _ = SKIPS.remove(&key);
     if tracked {
         let event = CloseEvent {
             header: EventHeader {
@@ -135,11 +137,11 @@ pub enum Action {
     NoConnection,
 }
 
-/// An [`Action`] and, for `Send`, the event's sequence number and whether its bytes are the first
-/// of their direction on a connection seen from its start (then they also decide whether it is
-/// worth copying: `probed`). Every byte is always written, with no padding: kernels before 6.3
-/// refuse a program that reads stack bytes never written, and copying an enum with fields, or a
-/// struct with padding, does that.
+/// An [`Action`] and, for `Send`, the event's sequence number, its bytes' offset in their
+/// direction, and whether they are the first of their direction on a connection seen from its
+/// start (then they also decide whether it is worth copying: `probed`). Every byte is always
+/// written, with no padding: kernels before 6.3 refuse a program that reads stack bytes never
+/// written, and copying an enum with fields, or a struct with padding, does that.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Outcome {
@@ -147,15 +149,20 @@ pub struct Outcome {
     pub probe: bool,
     _pad: u16,
     pub seq: u32,
+    pub offset: u64,
 }
 
 impl Outcome {
-    const SKIP: Outcome = Outcome { action: Action::Skip, probe: false, _pad: 0, seq: 0 };
-    const BECAME_TLS: Outcome = Outcome { action: Action::BecameTls, probe: false, _pad: 0, seq: 0 };
-    const NO_CONNECTION: Outcome = Outcome { action: Action::NoConnection, probe: false, _pad: 0, seq: 0 };
+    const SKIP: Outcome = Outcome::nothing(Action::Skip);
+    const BECAME_TLS: Outcome = Outcome::nothing(Action::BecameTls);
+    const NO_CONNECTION: Outcome = Outcome::nothing(Action::NoConnection);
 
-    fn send(seq: u32, probe: bool) -> Outcome {
-        Outcome { action: Action::Send, probe, _pad: 0, seq }
+    const fn nothing(action: Action) -> Outcome {
+        Outcome { action, probe: false, _pad: 0, seq: 0, offset: 0 }
+    }
+
+    fn send(seq: u32, probe: bool, offset: u64) -> Outcome {
+        Outcome { action: Action::Send, probe, _pad: 0, seq, offset }
     }
 }
 
@@ -198,10 +205,17 @@ pub fn on_data(
                     count(KernelCount::BytesNotCopied, len);
                     return Outcome::SKIP;
                 }
+                let d = (direction & 1) as usize;
+                let offset = (*state).moved[d];
+                (*state).moved[d] = offset.wrapping_add(len);
+                if len >= SKIP_MIN_CALL_BYTES && inside_known_body(key, sock, d, offset.wrapping_add(len)) {
+                    count(KernelCount::BodyBytesSkipped, len);
+                    return Outcome::SKIP;
+                }
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
-                return Outcome::send((*state).seq, (*state).unprobed & bit != 0);
+                return Outcome::send((*state).seq, (*state).unprobed & bit != 0, offset);
             }
             // sock 0: accept/connect told us the role. Another socket: the fd was reused without a
             // close we saw (dup2, close_range), so the old role does not apply.
@@ -245,9 +259,25 @@ pub fn on_data(
     // Only a connection seen from its first byte can be judged by its first bytes: one that existed
     // before sonde started may be in the middle of a body.
     let unprobed = if role == Role::Unknown || tls { 0 } else { BOTH_DIRECTIONS };
-    let state = ConnState { sock, seq, tls: tls as u8, unprobed, ..ConnState::with_role(role) };
+    let mut state = ConnState { sock, seq, tls: tls as u8, unprobed, ..ConnState::with_role(role) };
+    state.moved[(direction & 1) as usize] = len;
     let _ = CONNS.insert(&key, &state, 0);
-    if tls { Outcome::BECAME_TLS } else { Outcome::send(seq, unprobed != 0) }
+    // A body end user space gave for the fd's previous socket says nothing about this one.
+    let _ = SKIPS.remove(&key);
+    if tls { Outcome::BECAME_TLS } else { Outcome::send(seq, unprobed != 0, 0) }
+}
+
+/// Whether a call of `direction` on (tgid, fd) that ends at `end` lies wholly inside a body user
+/// space knows the length of (`SkipTo`). The call that reaches the body's end is reported.
+#[inline(always)]
+fn inside_known_body(key: u64, sock: u64, direction: usize, end: u64) -> bool {
+    // SAFETY: the lookup's reference points into the LRU map's preallocated elements, which stay
+    // mapped while the program runs; user space rewriting the entry meanwhile can only change the
+    // integers read (any value is valid: a wrong one copies or skips one call).
+    match unsafe { SKIPS.get(&key) } {
+        Some(skip) => skip.sock == sock && end < skip.until[direction],
+        None => false,
+    }
 }
 
 /// The first bytes of `direction` on (tgid, fd) were looked at: `starts` says whether they begin a
@@ -295,7 +325,7 @@ pub fn on_tls_data(tgid: u32, fd: i32, len: u64) -> Outcome {
         }
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Outcome::send((*state).seq, false)
+        Outcome::send((*state).seq, false, 0)
     }
 }
 

@@ -196,7 +196,8 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let outcome = conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes);
     match outcome.action {
         conn::Action::Send => {
-            if let Some(starts) = emit_data(tgid, tid, active, len, outcome.seq, false, outcome.probe) {
+            let at = (outcome.seq, outcome.offset);
+            if let Some(starts) = emit_data(tgid, tid, active, len, at, false, outcome.probe) {
                 conn::probed(tgid, active.fd, active.sock, active.direction, starts);
             }
         }
@@ -205,15 +206,16 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     }
 }
 
-/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied. With `probe`,
-/// and some bytes copied, whether they may begin a message sonde parses (`first_bytes`).
+/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied, numbered `seq`
+/// on its connection and starting `offset` bytes into its direction. With `probe`, and some bytes
+/// copied, whether they may begin a message sonde parses (`first_bytes`).
 #[inline(always)]
 pub fn emit_data(
     tgid: u32,
     tid: u32,
     active: &ActiveIo,
     len: u64,
-    seq: u32,
+    (seq, offset): (u32, u64),
     tls: bool,
     probe: bool,
 ) -> Option<bool> {
@@ -249,6 +251,7 @@ pub fn emit_data(
         tls: tls as u8,
         _pad: [0; 2],
         seq,
+        offset,
     };
     // SAFETY: `bytes` is `SCRATCH_BYTES` long, more than `size_of::<DataEvent>()` (`HEADER_BYTES`),
     // and the unaligned write needs no alignment.

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sonde_common::{
-    ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, TlsCall,
-    TlsKey,
+    ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, SkipTo,
+    TlsCall, TlsKey,
 };
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
@@ -37,6 +37,12 @@ pub static SELECTED_PIDS: Array<u64> = Array::with_max_entries(1, 0);
 /// (tgid << 32 | fd) → connection state. LRU: a close we never saw must not leak an entry forever.
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, NO_COMMON_LRU);
+
+/// (tgid << 32 | fd) → where a body whose length user space knows ends: the calls before it are
+/// not reported (see `SkipTo`). Written by user space only; the kernel removes an entry when its
+/// fd is closed or gets a new socket. LRU: an entry evicted early only means bytes are copied.
+#[map]
+pub static SKIPS: LruHashMap<u64, SkipTo> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// pid_tgid → arguments of an in-flight read/write-family syscall, from entry to exit (syscall
 /// tracepoint hook set only; the socket hook set needs no state between hooks). LRU: a

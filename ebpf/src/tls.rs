@@ -208,7 +208,7 @@ pub fn data_return(ret: i64) {
         length_only: 0,
         _pad: [0; 3],
     };
-    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, seq, true, false);
+    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, (seq, 0), true, false);
 }
 
 /// `SSL_set_fd(ssl, fd)`.

@@ -1,6 +1,7 @@
 """A plain HTTP/1.1 service with no tracing code, for sonde's integration tests.
 
 GET  /status/<code>  answers with that status and a short body
+GET  /bytes/<n>      answers with n bytes (Content-Length), written 1 MiB at a time
 POST /upload         reads the body (Content-Length or chunked) and answers with its size
 anything else        200 "ok"
 Usage: python3 app.py PORT [--tls CERT KEY]   (--tls: HTTPS through Python's ssl module, i.e. OpenSSL)
@@ -39,6 +40,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/status/"):
             code = int(self.path.split("/")[2].split("?")[0])
             self.reply(code, b"status %d\n" % code)
+        elif self.path.startswith("/bytes/"):
+            left = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(left))
+            self.end_headers()
+            block = b"x" * (1 << 20)
+            while left > 0:
+                self.wfile.write(block[:left])
+                left -= min(left, len(block))
         else:
             self.reply(200, b"ok\n")
 

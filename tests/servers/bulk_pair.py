@@ -8,6 +8,8 @@ answered with a line on stdout once done:
   close            close both ends (their fd numbers are free for the next connection)
   http PORT PATH   GET PATH from 127.0.0.1:PORT, writing the request's first byte alone, then the
                    rest 300 ms later; answers with the response's status line
+  get PORT PATH    GET PATH from 127.0.0.1:PORT, reading the reply 64 KiB at a time until the
+                   server closes; answers with the response's status line and the reply's size
 """
 
 import random
@@ -63,6 +65,19 @@ def http(port, path):
     return reply.split(b"\r\n", 1)[0].decode()
 
 
+def get(port, path):
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n".encode())
+        first = b""
+        size = 0
+        while chunk := conn.recv(BLOCK):
+            if not first:
+                first = chunk
+            size += len(chunk)
+    status = first.split(b"\r\n", 1)[0].decode()
+    return f"{status} {size}"
+
+
 if "--connect-now" in sys.argv:
     pair = connect()
 print("ready", flush=True)
@@ -81,3 +96,5 @@ for line in sys.stdin:
         print("closed", flush=True)
     elif words[0] == "http":
         print(http(int(words[1]), words[2]), flush=True)
+    elif words[0] == "get":
+        print(get(int(words[1]), words[2]), flush=True)

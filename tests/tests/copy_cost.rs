@@ -6,6 +6,8 @@
 //! - An HTTP request whose first write (and the server's first read) is one byte still gives both
 //!   its spans: a first read that is short is never refused. Its client socket takes the fd number
 //!   of a refused connection just closed: a verdict ends with its socket.
+//! - A 100 MiB response body, whose length its head gives, is not copied: the kernel skips the
+//!   calls inside it, and both spans still count every byte and end when the body does.
 //!
 //! The kernel's byte counters are sonde's own metrics (`sonde_kernel_copied_bytes_total`,
 //! `sonde_kernel_not_copied_bytes_total`); only the processes started here are traced.
@@ -86,6 +88,7 @@ impl Drop for BulkPair {
 struct Counters {
     copied: f64,
     not_copied: f64,
+    body_skipped: f64,
     refused_by_first_bytes: f64,
     refused_by_agent: f64,
 }
@@ -103,6 +106,7 @@ fn counters(prom: SocketAddr) -> Counters {
     Counters {
         copied: value("sonde_kernel_copied_bytes_total", None),
         not_copied: value("sonde_kernel_not_copied_bytes_total", None),
+        body_skipped: value("sonde_kernel_body_skipped_bytes_total", None),
         refused_by_first_bytes: value("sonde_connections_not_parsed_total", Some("first_bytes")),
         refused_by_agent: value("sonde_connections_not_parsed_total", Some("agent")),
     }
@@ -193,5 +197,44 @@ async fn connections_sonde_cannot_parse_stop_being_copied() {
     for span in spans.iter().filter(one_byte) {
         assert_eq!(span.attr("http.response.status_code").as_deref(), Some("200"), "{span:?}");
     }
+    sonde.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_body_is_not_copied_and_its_spans_are_whole() {
+    const BODY: u64 = 100 << 20;
+    /// What the 100 MiB may still copy, both ends together: heads, the calls made before sonde
+    /// told the kernel where the body ends (milliseconds of a loopback transfer), the last call.
+    const COPIED_AT_MOST: f64 = 2.0 * MIB;
+    let receiver = Receiver::start().await.unwrap();
+    let app = harness::python_app(&[("OTEL_SERVICE_NAME", "long-body")]);
+    let mut client = BulkPair::start(false);
+    let (mut sonde, prom) = Sonde::start_exporting(
+        &receiver.grpc_endpoint(),
+        "grpc",
+        &["--pid", &app.pid().to_string(), "--pid", &client.pid(), "--opt-in-attributes"],
+    );
+    let before = settled(prom);
+    let path = format!("/bytes/{BODY}");
+    let reply = client.run(&format!("get {} {path}", app.port));
+    assert!(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let whole = |s: &&sonde_tests::receiver::ReceivedSpan| {
+        s.attr("url.path").as_deref() == Some(path.as_str())
+            || s.attr("url.full").is_some_and(|u| u.ends_with(path.as_str()))
+    };
+    receiver.wait_for(|spans| spans.iter().filter(whole).count() >= 2, Duration::from_secs(20)).await;
+    let now = settled(prom);
+    let spans = receiver.spans();
+    let mut kinds: Vec<&str> = spans.iter().filter(whole).map(|s| s.kind_name()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["CLIENT", "SERVER"]);
+    for span in spans.iter().filter(whole) {
+        assert_eq!(span.attr("http.response.body.size"), Some(BODY.to_string()), "{span:?}");
+    }
+    let copied = now.copied - before.copied;
+    assert!(copied < COPIED_AT_MOST, "{copied} bytes copied for a 100 MiB body: {before:?} → {now:?}");
+    let skipped = now.body_skipped - before.body_skipped;
+    // Calls made before the kernel was told are reported (copying their first 8 KiB): a few MiB.
+    assert!(skipped >= 0.9 * 2.0 * BODY as f64, "{skipped} body bytes skipped: {before:?} → {now:?}");
     sonde.stop_cleanly();
 }

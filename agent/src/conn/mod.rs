@@ -6,12 +6,14 @@
 
 mod info;
 pub mod select;
+mod skip;
 
 pub use info::ConnInfo;
+use skip::BodySkip;
 
 use std::collections::{HashMap, HashSet};
 
-use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, Verdict, conn_key};
+use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, SkipTo, Verdict, conn_key};
 
 use crate::http::{Chunk, Exchange, HttpConnection, Limits, ParseStats, Started};
 
@@ -50,6 +52,9 @@ pub struct Effects {
     /// (tgid, fd) key, socket and verdict of connections sonde will not parse: the kernel stops
     /// copying their bytes (only if it still holds that socket on the fd).
     pub kernel_verdicts: Vec<(u64, u64, Verdict)>,
+    /// (tgid, fd) key and where the bodies in progress end: the kernel need not report the calls
+    /// before (see `skip`).
+    pub kernel_skips: Vec<(u64, SkipTo)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,6 +80,8 @@ struct Connection {
     http: HttpConnection,
     /// The kernel's sequence number expected on the next data event.
     next_seq: u32,
+    /// Body bytes the kernel skips, and how to read its offsets.
+    body_skip: BodySkip,
     last_seen_ns: u64,
     /// Passed the port/process filter.
     selected: bool,
@@ -129,6 +136,7 @@ impl ConnTable {
             // same socket again: same connection, parser state intact, numbering restarts. With a
             // role, accept/connect just happened: a new socket that got the freed one's address.
             conn.next_seq = 1;
+            conn.body_skip.restart_counts();
             return;
         }
         if let Some(mut old) = self.conns.remove(&key) {
@@ -149,6 +157,7 @@ impl ConnTable {
             info,
             sock: event.sock,
             next_seq: 1,
+            body_skip: BodySkip::default(),
             last_seen_ns: event.header.ts_ns,
             selected,
             ignored: false,
@@ -204,10 +213,23 @@ impl ConnTable {
         if conn.ignored {
             return;
         }
-        let chunk = Chunk { ts_ns: event.header.ts_ns, tid: event.header.tid, data: payload, len: event.len };
+        let (ts_ns, tid) = (event.header.ts_ns, event.header.tid);
         let before = *conn.http.stats();
-        conn.http.feed(direction, chunk, &mut self.scratch);
+        let mut skipped = conn.body_skip.skipped_before(event, direction);
+        while skipped > 0 {
+            // Bytes the kernel moved unreported: to the parser, uncaptured ones.
+            let len = skipped.min(u64::from(u32::MAX)) as u32;
+            conn.http.feed(direction, Chunk { ts_ns, tid, data: &[], len }, &mut self.scratch);
+            skipped -= u64::from(len);
+        }
+        conn.http.feed(direction, Chunk { ts_ns, tid, data: payload, len: event.len }, &mut self.scratch);
         self.stats.parse.add_since(&before, conn.http.stats());
+        if !conn.info.tls
+            && let Some(skip) =
+                conn.body_skip.body_ahead(direction, conn.http.body_left(direction), conn.sock)
+        {
+            out.kernel_skips.push((key, skip));
+        }
         let info = conn.info;
         out.started.extend(conn.http.take_started().map(|started| (info, started)));
         out.finished.extend(self.scratch.drain(..).map(|exchange| Finished { conn: conn.info, exchange }));

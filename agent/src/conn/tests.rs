@@ -48,6 +48,36 @@ fn data_from(
         tls: tls as u8,
         _pad: [0; 2],
         seq,
+        offset: 0,
+    };
+    table.data(&event, direction, bytes, out);
+}
+
+/// A call that moved `len` bytes, `offset` bytes into its direction, of which `bytes` were copied.
+fn data_at(
+    table: &mut ConnTable,
+    seq: u32,
+    direction: Direction,
+    bytes: &[u8],
+    len: u32,
+    offset: u64,
+    out: &mut Effects,
+) {
+    let event = DataEvent {
+        header: EventHeader {
+            ts_ns: 10 + seq as u64,
+            tgid: 100,
+            tid: 100,
+            fd: 5,
+            kind: EventKind::Data as u32,
+        },
+        len,
+        captured: bytes.len() as u32,
+        direction: direction as u8,
+        tls: 0,
+        _pad: [0; 2],
+        seq,
+        offset,
     };
     table.data(&event, direction, bytes, out);
 }
@@ -270,4 +300,31 @@ fn ciphertext_without_hooks_makes_no_exchange() {
     close(&mut table, 5, 3, &mut out);
     assert!(out.finished.is_empty());
     assert_eq!(out.ciphertext_pids.drain(..).count(), 1);
+}
+
+#[test]
+fn a_long_body_is_skipped_by_the_kernel_and_counted_whole() {
+    const BODY: u64 = 100 << 20;
+    let mut table = ConnTable::default();
+    let mut out = Effects::default();
+    table.open(&open_event(5, SOCK), true, &mut out);
+    data_at(&mut table, 1, Direction::Ingress, REQUEST, REQUEST.len() as u32, 0, &mut out);
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+    let first = [head.as_bytes(), &[b'x'; 1000]].concat();
+    data_at(&mut table, 2, Direction::Egress, &first, 65536, 0, &mut out);
+    // The kernel is told where the body ends: after the 64 KiB this call moved.
+    let body_end = head.len() as u64 + BODY;
+    assert_eq!(out.kernel_skips.len(), 1);
+    assert_eq!(out.kernel_skips[0].1.until, [0, body_end]);
+    assert_eq!(out.kernel_skips[0].1.sock, SOCK);
+    assert!(out.finished.is_empty());
+    // It reports the call that reaches the end, numbered next: all between was body.
+    let last_offset = body_end - 4096;
+    data_at(&mut table, 3, Direction::Egress, &[b'x'; 100], 4096, last_offset, &mut out);
+    assert_eq!(out.finished.len(), 1, "the response ended with the reported call");
+    let response = out.finished[0].exchange.response.as_ref().unwrap();
+    assert_eq!(response.body_bytes, BODY);
+    assert_eq!(response.end_ns, 13, "the time of the call that reached the end");
+    assert_eq!(table.stats().sequence_gaps, 0);
+    assert_eq!(out.kernel_skips.len(), 1, "a body end is given once");
 }

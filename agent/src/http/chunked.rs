@@ -68,6 +68,14 @@ impl Chunked {
         Self { state: State::Size { value: 0, digits: 0 }, line_bytes: 0, max_line_bytes }
     }
 
+    /// Data bytes of the current chunk still to come (None outside chunk data).
+    pub(super) fn data_left(&self) -> Option<u64> {
+        match self.state {
+            State::Data { left } => Some(left),
+            _ => None,
+        }
+    }
+
     /// Consumes body bytes from the front of `data`.
     pub(super) fn advance(&mut self, data: &[u8]) -> Result<Progress, Violation> {
         let mut used = 0;

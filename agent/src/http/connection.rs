@@ -161,6 +161,16 @@ impl HttpConnection {
         self.pairing.seen_start()
     }
 
+    /// Body bytes still to come in `direction` that the message's framing announced (see
+    /// `Stream::body_left`); None when not known, or the connection is not (yet) parsed as HTTP.
+    pub fn body_left(&self, direction: Direction) -> Option<u64> {
+        if self.life != Life::Http {
+            return None;
+        }
+        let stream = if direction == self.requests_from { &self.requests } else { &self.responses };
+        stream.body_left()
+    }
+
     /// Requests waiting for their response (or for the end of their own body).
     pub fn pending_requests(&self) -> usize {
         self.pairing.pending()

@@ -75,6 +75,16 @@ impl Stream {
         State::Head { scan: 0, start_ns: 0, started: false }
     }
 
+    /// Body bytes of the current message still to come, when its framing says how many: the rest
+    /// of a Content-Length body, or of the chunk a chunked body is in.
+    pub(super) fn body_left(&self) -> Option<u64> {
+        match &self.state {
+            State::Length { left } => Some(*left),
+            State::Chunked(decoder) => decoder.data_left(),
+            _ => None,
+        }
+    }
+
     /// Bytes held for a head in progress.
     pub(super) fn buffered(&self) -> usize {
         self.buf.capacity()

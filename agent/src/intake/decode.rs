@@ -76,8 +76,16 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind() {
-        let data =
-            DataEvent { header: header(1), len: 10, captured: 3, direction: 1, tls: 0, _pad: [0; 2], seq: 1 };
+        let data = DataEvent {
+            header: header(1),
+            len: 10,
+            captured: 3,
+            direction: 1,
+            tls: 0,
+            _pad: [0; 2],
+            seq: 1,
+            offset: 0,
+        };
         let mut raw = bytes_of(&data);
         raw.extend_from_slice(b"abcdef");
         match decode(&raw).unwrap() {
@@ -118,8 +126,16 @@ mod tests {
     fn rejects_bad_records() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
         assert_eq!(decode(&bytes_of(&header(99))).unwrap_err(), DecodeError::UnknownKind(99));
-        let data =
-            DataEvent { header: header(1), len: 10, captured: 9, direction: 0, tls: 0, _pad: [0; 2], seq: 1 };
+        let data = DataEvent {
+            header: header(1),
+            len: 10,
+            captured: 9,
+            direction: 0,
+            tls: 0,
+            _pad: [0; 2],
+            seq: 1,
+            offset: 0,
+        };
         assert!(matches!(decode(&bytes_of(&data)), Err(DecodeError::BadCapture { .. })));
         assert!(matches!(decode(&bytes_of(&header(2))), Err(DecodeError::Short { .. })));
     }

@@ -114,6 +114,13 @@ impl OwnSources {
             "By",
         );
         not_copied.push(Vec::new(), t, k.count(KernelCount::BytesNotCopied));
+        let mut body_skipped = Metric::counter(
+            "sonde.kernel.body_skipped",
+            "Body bytes whose length sonde knew from the message's framing, moved without an event \
+             (the kernel was told where the body ends).",
+            "By",
+        );
+        body_skipped.push(Vec::new(), t, k.count(KernelCount::BodyBytesSkipped));
         let mut not_parsed = Metric::counter(
             "sonde.connections.not_parsed",
             "Connections whose bytes stopped being copied, by who decided: first_bytes (the kernel: the \
@@ -317,6 +324,7 @@ impl OwnSources {
             kernel,
             copied,
             not_copied,
+            body_skipped,
             not_parsed,
             events,
             lost,

@@ -97,8 +97,13 @@ pub struct ProbeOptions {
     pub tls: Option<TlsOptions>,
 }
 
-/// The kernel's per-(tgid, fd) connection state (`CONNS`).
-pub type KernelConns = BpfHashMap<MapData, u64, sonde_common::ConnState>;
+/// The kernel's per-(tgid, fd) tables that user space writes to.
+pub struct KernelTables {
+    /// Connection state (`CONNS`): forgotten entries, verdicts.
+    pub conns: BpfHashMap<MapData, u64, sonde_common::ConnState>,
+    /// Where bodies end (`SKIPS`).
+    pub skips: BpfHashMap<MapData, u64, sonde_common::SkipTo>,
+}
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -228,10 +233,17 @@ impl Probes {
         RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
     }
 
-    /// The kernel's connection table, for the intake thread to forget entries (can be taken once).
-    pub fn take_conns(&mut self) -> Result<KernelConns, ProbeError> {
-        let map = self.ebpf.take_map(maps::CONNS).ok_or(ProbeError::MissingMap(maps::CONNS))?;
-        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::CONNS, source })
+    /// The kernel's tables the intake thread writes to (can be taken once).
+    pub fn take_tables(&mut self) -> Result<KernelTables, ProbeError> {
+        Ok(KernelTables { conns: self.take_hash_map(maps::CONNS)?, skips: self.take_hash_map(maps::SKIPS)? })
+    }
+
+    fn take_hash_map<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<MapData, u64, V>, ProbeError> {
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+        BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
     /// Hits counted by the null probe, summed over CPUs.
