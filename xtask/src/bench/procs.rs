@@ -223,13 +223,21 @@ mod tests {
     fn cpu_time_counts_this_process_to_the_microsecond() {
         let pid = std::process::id();
         let before = super::cpu_time(pid).expect("own CPU time");
-        let start = std::time::Instant::now();
+        // Busy for 30 ms of this thread's CPU time (not wall time: on a loaded machine the loop may
+        // get a fraction of a CPU).
+        let thread_cpu = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        };
+        let start = thread_cpu();
         let mut x = 1u64;
-        while start.elapsed() < std::time::Duration::from_millis(30) {
+        while thread_cpu() - start < std::time::Duration::from_millis(30) {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         let spent = super::cpu_time(pid).expect("own CPU time") - before;
-        // A tick-based count would move in 10 ms steps; the busy loop ran ~30 ms of CPU.
+        // A tick-based count would move in 10 ms steps; the busy loop ran 30 ms of CPU.
         assert!(!spent.as_nanos().is_multiple_of(10_000_000), "{spent:?}");
         assert!(spent >= std::time::Duration::from_millis(20), "{spent:?}");
     }
