@@ -346,7 +346,10 @@ pub struct ConnState {
     /// One bit per [`Direction`] (`1 << direction`): the first bytes of that direction are still to
     /// be looked at. Set only for a connection seen from its start (accept/connect).
     pub unprobed: u8,
-    pub _pad: [u8; 7],
+    /// 1 once a large call woke user space early for this connection's body (see the kernel's
+    /// `WAKE_CALL_BYTES`); 0 again when a skipped body ends.
+    pub woken: u8,
+    pub _pad: [u8; 6],
     /// Bytes the socket moved so far, per [`Direction`] (`DataEvent::offset`).
     pub moved: [u64; 2],
 }
@@ -363,7 +366,8 @@ impl ConnState {
             peer_is_agent: 0,
             verdict: 0,
             unprobed: 0,
-            _pad: [0; 7],
+            woken: 0,
+            _pad: [0; 6],
             moved: [0; 2],
         }
     }
@@ -473,7 +477,7 @@ mod pod {
     use super::*;
     // SAFETY: u64, u64, i32, u32, five u8 and `_pad: [u8; 3]`: 32 bytes, no implicit padding.
     unsafe impl aya::Pod for ActiveIo {}
-    // SAFETY: u64, u32, five u8, `_pad: [u8; 7]` and `[u64; 2]`: 40 bytes, no implicit padding.
+    // SAFETY: u64, u32, six u8, `_pad: [u8; 6]` and `[u64; 2]`: 40 bytes, no implicit padding.
     unsafe impl aya::Pod for ConnState {}
     // SAFETY: u64 and `[u64; 2]`: 24 bytes, no padding.
     unsafe impl aya::Pod for SkipTo {}

@@ -40,11 +40,12 @@ pub fn output_now<T>(event: &T) -> bool {
     true
 }
 
-/// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer; false (and counted) when
-/// it is full.
+/// Copy `bytes` (a prefix of the scratch buffer) into the ring buffer, waking the reader now with
+/// `wake`; false (and counted) when it is full.
 #[inline(always)]
-pub fn output_bytes(bytes: &[u8]) -> bool {
-    if EVENTS.output::<[u8]>(bytes, wakeup_flags(bytes.len() as u64)).is_err() {
+pub fn output_bytes(bytes: &[u8], wake: bool) -> bool {
+    let flags = if wake { BPF_RB_FORCE_WAKEUP as u64 } else { wakeup_flags(bytes.len() as u64) };
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_drop(DropReason::RingFull);
         return false;
     }

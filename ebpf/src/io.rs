@@ -196,8 +196,14 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let outcome = conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes);
     match outcome.action {
         conn::Action::Send => {
-            let at = (outcome.seq, outcome.offset);
-            if let Some(starts) = emit_data(tgid, tid, active, len, at, false, outcome.probe) {
+            let how = DataEventHow {
+                seq: outcome.seq,
+                offset: outcome.offset,
+                tls: false,
+                probe: outcome.probe,
+                wake: outcome.wake,
+            };
+            if let Some(starts) = emit_data(tgid, tid, active, len, how) {
                 conn::probed(tgid, active.fd, active.sock, active.direction, starts);
             }
         }
@@ -206,19 +212,25 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     }
 }
 
-/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied, numbered `seq`
-/// on its connection and starting `offset` bytes into its direction. With `probe`, and some bytes
-/// copied, whether they may begin a message sonde parses (`first_bytes`).
+/// How a data event is numbered and sent.
+pub struct DataEventHow {
+    /// Its number on the connection.
+    pub seq: u32,
+    /// Where its bytes start in their direction (0 for TLS plaintext).
+    pub offset: u64,
+    /// TLS plaintext from the library hooks.
+    pub tls: bool,
+    /// Its first bytes decide whether the connection is worth copying (`first_bytes`).
+    pub probe: bool,
+    /// Wake user space now rather than when the ring fills (see `conn::Outcome::wake`).
+    pub wake: bool,
+}
+
+/// The data event for `len` bytes at `active.buf`, a bounded prefix of them copied. With
+/// `how.probe`, and some bytes copied, whether they may begin a message sonde parses.
 #[inline(always)]
-pub fn emit_data(
-    tgid: u32,
-    tid: u32,
-    active: &ActiveIo,
-    len: u64,
-    (seq, offset): (u32, u64),
-    tls: bool,
-    probe: bool,
-) -> Option<bool> {
+pub fn emit_data(tgid: u32, tid: u32, active: &ActiveIo, len: u64, how: DataEventHow) -> Option<bool> {
+    let DataEventHow { seq, offset, tls, probe, wake } = how;
     // SAFETY: a helper without arguments that returns the current CPU's id (tracing programs run
     // with migration disabled, so it stays this program's CPU).
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -265,7 +277,7 @@ pub fn emit_data(
     } else {
         None
     };
-    if emit::output_bytes(&bytes[..total]) {
+    if emit::output_bytes(&bytes[..total], wake) {
         count(KernelCount::BytesCopied, captured as u64);
     }
     starts

@@ -208,7 +208,8 @@ pub fn data_return(ret: i64) {
         length_only: 0,
         _pad: [0; 3],
     };
-    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, (seq, 0), true, false);
+    let how = io::DataEventHow { seq, offset: 0, tls: true, probe: false, wake: false };
+    io::emit_data(tgid, pid_tgid as u32, &plaintext, len, how);
 }
 
 /// `SSL_set_fd(ssl, fd)`.

@@ -14,26 +14,17 @@ use serde::Serialize;
 
 use super::{
     procs::{self, ChildGuard},
-    report::Stat,
-    tracer::{Tracer, TracerOptions, TracerResult, Variant, counter_sum},
+    rounds::{self, RoundRun},
+    tracer::{TracerOptions, Variant, counter_sum},
 };
 
 /// The scenario's name, for `--only`.
 pub const NAME: &str = "bulk non-HTTP TCP";
 
-/// One round of one variant.
-#[derive(Clone, Debug, Serialize)]
-pub struct BulkRun {
-    pub round: u32,
-    pub variant: Variant,
-    pub gbit_per_s: f64,
-    pub tracer: Option<TracerResult>,
-}
-
-/// The rounds, and their medians.
+/// The rounds (Gbit/s each), and their medians.
 #[derive(Clone, Debug, Serialize)]
 pub struct BulkSummary {
-    pub runs: Vec<BulkRun>,
+    pub runs: Vec<RoundRun>,
     pub gbit_off: f64,
     pub gbit_sonde: f64,
     /// Median of the per-round ratios sonde ÷ off.
@@ -52,44 +43,21 @@ pub fn run(
     run: Duration,
     cpus: (Option<&str>, Option<&str>),
 ) -> anyhow::Result<BulkSummary> {
-    let node_wide = TracerOptions { node_wide: true, ..*opts };
-    let mut runs = Vec::new();
-    for round in 0..rounds {
-        let mut order = [Variant::Off, Variant::Sonde];
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for variant in order {
-            let tracer = Tracer::start(variant, &node_wide)?;
-            let gbit_per_s = iperf3(run, cpus)?;
-            let tracer = tracer.map(Tracer::stop).transpose()?;
-            eprintln!("bench: {NAME} round {} {:<5} {gbit_per_s:>6.2} Gbit/s", round + 1, variant.label());
-            runs.push(BulkRun { round, variant, gbit_per_s, tracer });
-        }
-    }
-    Ok(summarize(runs, run))
-}
-
-fn summarize(runs: Vec<BulkRun>, run: Duration) -> BulkSummary {
-    let of = |v: Variant| runs.iter().filter(move |r| r.variant == v);
-    let gbit = |v: Variant| median(of(v).map(|r| r.gbit_per_s).collect());
-    let ratios = (0..runs.iter().map(|r| r.round + 1).max().unwrap_or(0))
-        .filter_map(|round| {
-            let at = |v: Variant| runs.iter().find(|r| r.round == round && r.variant == v);
-            Some(at(Variant::Sonde)?.gbit_per_s / at(Variant::Off)?.gbit_per_s)
-        })
-        .collect();
-    let traced: Vec<&TracerResult> = of(Variant::Sonde).filter_map(|r| r.tracer.as_ref()).collect();
-    let per_round = |f: &dyn Fn(&TracerResult) -> f64| median(traced.iter().map(|t| f(t)).collect());
-    BulkSummary {
-        gbit_off: gbit(Variant::Off),
-        gbit_sonde: gbit(Variant::Sonde),
-        ratio: median(ratios),
-        sonde_cpu_ms_per_s: per_round(&|t| t.cpu_traced_us as f64 / 1e3 / run.as_secs_f64()),
-        copied_bytes: per_round(&|t| counter_sum(&t.counters, "sonde.kernel.copied") as f64) as u64,
-        not_copied_bytes: per_round(&|t| counter_sum(&t.counters, "sonde.kernel.not_copied") as f64) as u64,
+    let runs = rounds::node_wide(NAME, "Gbit/s", opts, rounds, || iperf3(run, cpus))?;
+    Ok(BulkSummary {
+        gbit_off: rounds::median_value(&runs, Variant::Off),
+        gbit_sonde: rounds::median_value(&runs, Variant::Sonde),
+        ratio: rounds::ratio(&runs),
+        sonde_cpu_ms_per_s: rounds::traced_median(&runs, |t| {
+            t.cpu_traced_us as f64 / 1e3 / run.as_secs_f64()
+        }),
+        copied_bytes: rounds::traced_median(&runs, |t| counter_sum(&t.counters, "sonde.kernel.copied") as f64)
+            as u64,
+        not_copied_bytes: rounds::traced_median(&runs, |t| {
+            counter_sum(&t.counters, "sonde.kernel.not_copied") as f64
+        }) as u64,
         runs,
-    }
+    })
 }
 
 /// One iperf3 run over loopback (server on the first CPU set, client on the second): Gbit/s
@@ -123,10 +91,6 @@ fn iperf3(run: Duration, (server_cpus, client_cpus): (Option<&str>, Option<&str>
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn median(xs: Vec<f64>) -> f64 {
-    Stat::of(xs).map_or(f64::NAN, |s| s.median)
 }
 
 /// The line printed under the main table.

@@ -6,6 +6,7 @@
 // The soak (`cargo xtask soak`) reuses the workload, collector, load generator and tracer.
 mod bulk;
 pub(crate) mod collector;
+mod download;
 pub(crate) mod kstats;
 pub(crate) mod load;
 pub(crate) mod machine;
@@ -13,6 +14,7 @@ pub(crate) mod nginx;
 pub(crate) mod procs;
 mod receiver;
 mod report;
+mod rounds;
 mod scenario;
 pub(crate) mod tracer;
 
@@ -79,11 +81,15 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     };
     if !opts.only.is_empty() {
         profile.scenarios.retain(|s| opts.only.iter().any(|text| s.name.contains(text.as_str())));
-        if !opts.only.iter().any(|text| bulk::NAME.contains(text.as_str())) {
+        let named = |name: &str| opts.only.iter().any(|text| name.contains(text.as_str()));
+        if !named(bulk::NAME) {
             profile.bulk_rounds = 0;
         }
+        if !named(download::NAME) {
+            profile.download_rounds = 0;
+        }
         anyhow::ensure!(
-            !profile.scenarios.is_empty() || profile.bulk_rounds > 0,
+            !profile.scenarios.is_empty() || profile.bulk_rounds > 0 || profile.download_rounds > 0,
             "no scenario matches --only {:?}",
             opts.only
         );
@@ -92,6 +98,9 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     println!("\n{}", report::table(&report.summaries));
     if let Some(bulk) = &report.bulk {
         println!("{}\n", bulk::line(bulk));
+    }
+    if let Some(download) = &report.download {
+        println!("{}\n", download::line(download));
     }
     let all: Vec<Run> = report.runs.iter().chain(&report.kernel_runs).cloned().collect();
     println!("{}", report::noise_note(&all));
@@ -146,6 +155,12 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
     let bulk = report.bulk.as_ref().context("bench smoke: no bulk scenario")?;
     println!("{}", bulk::line(bulk));
     anyhow::ensure!(bulk.ratio.is_finite() && bulk.gbit_off > 0.0, "bench smoke bulk: {bulk:#?}");
+    let download = report.download.as_ref().context("bench smoke: no download scenario")?;
+    println!("{}", download::line(download));
+    anyhow::ensure!(
+        download.ratio.is_finite() && download.events_per_span.is_finite(),
+        "bench smoke download: {download:#?}"
+    );
     Ok(())
 }
 
@@ -222,6 +237,12 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     } else {
         None
     };
+    let download = if profile.download_rounds > 0 {
+        nginx.check_alive()?;
+        Some(download::run(&ctx.tracer, profile.download_rounds, &nginx, load_cpus)?)
+    } else {
+        None
+    };
     machine.loadavg_after = machine::loadavg();
     let summaries =
         profile.scenarios.iter().map(|s| report::summarize(s, profile.rounds, &runs, &kernel_runs)).collect();
@@ -238,6 +259,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         runs,
         kernel_runs,
         bulk,
+        download,
     })
 }
 

@@ -79,6 +79,16 @@ http {{
         format!("http://127.0.0.1:{}/index.html", self.port)
     }
 
+    /// The URL of a file of `bytes` zeros (sparse: it takes no disk), made on first use.
+    pub fn large_file_url(&self, bytes: u64) -> anyhow::Result<String> {
+        let name = format!("zeros-{bytes}.bin");
+        let path = self.dir.join(&name);
+        if !path.exists() {
+            std::fs::File::create(&path)?.set_len(bytes)?;
+        }
+        Ok(format!("http://127.0.0.1:{}/{name}", self.port))
+    }
+
     pub fn tls_url(&self) -> String {
         format!("https://127.0.0.1:{}/index.html", self.tls_port)
     }

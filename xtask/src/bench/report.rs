@@ -255,6 +255,8 @@ pub struct Report {
     pub kernel_runs: Vec<Run>,
     /// Bulk non-HTTP TCP with sonde tracing the whole node.
     pub bulk: Option<super::bulk::BulkSummary>,
+    /// Large downloads with sonde tracing the whole node.
+    pub download: Option<super::download::DownloadSummary>,
 }
 
 /// The table printed at the end (Markdown, so it pastes into docs/performance.md).

@@ -57,6 +57,8 @@ pub struct Profile {
     /// Rounds of bulk non-HTTP TCP (iperf3) with sonde tracing the whole node, and their length.
     pub bulk_rounds: u32,
     pub bulk_run: Duration,
+    /// Rounds of large downloads (nginx → curl) with sonde tracing the whole node.
+    pub download_rounds: u32,
 }
 
 impl Profile {
@@ -71,6 +73,7 @@ impl Profile {
             scenarios: ALL.to_vec(),
             bulk_rounds: 3,
             bulk_run: Duration::from_secs(4),
+            download_rounds: 3,
         }
     }
 
@@ -86,6 +89,7 @@ impl Profile {
             scenarios: ALL.to_vec(),
             bulk_rounds: 2,
             bulk_run: Duration::from_secs(2),
+            download_rounds: 2,
         }
     }
 
@@ -101,6 +105,7 @@ impl Profile {
             scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone()],
             bulk_rounds: 1,
             bulk_run: Duration::from_secs(1),
+            download_rounds: 1,
         }
     }
 }
