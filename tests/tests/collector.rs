@@ -339,6 +339,14 @@ async fn a_collector_that_goes_down_mid_run_gets_the_spans_when_it_is_back(trans
     requests(app.port, "/before", 3).await;
     let spans = arrived(&receiver, "/before", 3).await;
     assert_eq!(under(&spans, "/before").len(), 3, "{}", sonde.stderr());
+    // Down only once sonde knows they arrived: a collector that stops between taking an export and
+    // answering it gets it again later (OTLP retries a failed export), which is not under test here.
+    let answered = eventually(WAIT, || value(&scrape(prom), "sonde_spans_exported_total", &[]) == Some(3.0));
+    assert!(
+        answered,
+        "sonde saw the first 3 spans accepted: {:?}",
+        value(&scrape(prom), "sonde_spans_exported_total", &[])
+    );
 
     // The collector goes away: its ports close and the connection sonde holds is shut.
     let (grpc, http) = (receiver.grpc_addr(), receiver.http_addr());
