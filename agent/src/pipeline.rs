@@ -44,8 +44,6 @@ pub struct PipelineCounts {
     pub sdk_skipped: u64,
     /// Connections the kernel was told to stop copying (`Effects::kernel_verdicts`).
     pub kernel_verdicts: u64,
-    /// Body ends the kernel was told (`Effects::kernel_skips`).
-    pub kernel_skips: u64,
     pub conn: ConnStats,
     pub link: LinkStats,
     pub spans: AssembleStats,
@@ -77,7 +75,6 @@ pub struct Pipeline {
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
     kernel_verdicts: u64,
-    kernel_skips: u64,
     events: u64,
     decode_errors: u64,
     /// What the connection table gave and the pipeline has not applied yet.
@@ -86,7 +83,8 @@ pub struct Pipeline {
     outbox: Vec<Span>,
     /// Exchanges whose server request waits for its same-host client (`Link::Later`).
     awaiting_parent: HashMap<RequestKey, Finished>,
-    /// Where forgotten connections are also removed, so the kernel announces them again.
+    /// The kernel's tables: connections forgotten (so the kernel announces them again) or refused,
+    /// and where bodies end.
     kernel: Option<KernelTables>,
     last_process_sweep: Instant,
     last_reconcile: Instant,
@@ -137,7 +135,6 @@ impl Pipeline {
             sdk_processes,
             sdk_skipped: 0,
             kernel_verdicts: 0,
-            kernel_skips: 0,
             events: 0,
             decode_errors: 0,
             effects: Effects::default(),
@@ -362,15 +359,14 @@ impl Pipeline {
     }
 
     /// Tells the kernel where bodies end, so that it skips the calls before. The kernel checks the
-    /// socket, and drops the entry when the fd is closed or gets a new socket.
+    /// socket, and drops the entry when the fd is closed or gets a new socket. A failed write only
+    /// means the body's calls are reported as before.
     fn skips_to_kernel(&mut self, skips: impl Iterator<Item = (u64, SkipTo)>) {
         let Some(map) = self.kernel.as_mut().map(|k| &mut k.skips) else {
             return;
         };
         for (key, skip) in skips {
-            if map.insert(key, skip, 0).is_ok() {
-                self.kernel_skips += 1;
-            }
+            let _ = map.insert(key, skip, 0);
         }
     }
 
@@ -381,7 +377,6 @@ impl Pipeline {
             connections: self.conns.len() as u64,
             sdk_skipped: self.sdk_skipped,
             kernel_verdicts: self.kernel_verdicts,
-            kernel_skips: self.kernel_skips,
             conn: self.conns.stats(),
             link: self.linker.stats(),
             spans: self.assembler.stats(),

@@ -59,15 +59,9 @@ impl LateStitch {
         position: Option<u32>,
     ) -> Option<(RequestKey, InProgress)> {
         let position = position?;
-        let queue = self.by_upstream.get_mut(upstream)?;
-        let at = queue
-            .iter()
-            .position(|w| w.request.fingerprint == fingerprint && w.request.position == Some(position))?;
-        let waiting = queue.remove(at)?;
-        if queue.is_empty() {
-            self.by_upstream.remove(upstream);
-        }
-        self.len -= 1;
+        let waiting = self.take_first(upstream, |w| {
+            w.request.fingerprint == fingerprint && w.request.position == Some(position)
+        })?;
         Some((waiting.key, waiting.request))
     }
 
@@ -78,8 +72,8 @@ impl LateStitch {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(request) = self.remove(&upstream, key) {
-                out.push((key, request));
+            if let Some(waiting) = self.take_first(&upstream, |w| w.key == key) {
+                out.push((key, waiting.request));
             }
         }
     }
@@ -88,26 +82,24 @@ impl LateStitch {
     pub fn give_up(&mut self, pid: Option<u32>, out: &mut Vec<(RequestKey, InProgress)>) {
         let deadlines = std::mem::take(&mut self.deadlines);
         for (deadline, upstream, key) in deadlines {
-            let of_pid = self.by_upstream.get(&upstream).is_some_and(|queue| {
-                queue.iter().any(|w| w.key == key && pid.is_none_or(|pid| w.request.pid == pid))
-            });
-            if of_pid && let Some(request) = self.remove(&upstream, key) {
-                out.push((key, request));
-            } else {
-                self.deadlines.push_back((deadline, upstream, key));
+            let of_pid = |w: &Waiting| w.key == key && pid.is_none_or(|pid| w.request.pid == pid);
+            match self.take_first(&upstream, of_pid) {
+                Some(waiting) => out.push((key, waiting.request)),
+                None => self.deadlines.push_back((deadline, upstream, key)),
             }
         }
     }
 
-    fn remove(&mut self, upstream: &TupleKey, key: RequestKey) -> Option<InProgress> {
+    /// Removes and returns the first request waiting on `upstream` that `which` picks.
+    fn take_first(&mut self, upstream: &TupleKey, which: impl Fn(&Waiting) -> bool) -> Option<Waiting> {
         let queue = self.by_upstream.get_mut(upstream)?;
-        let at = queue.iter().position(|w| w.key == key)?;
+        let at = queue.iter().position(which)?;
         let waiting = queue.remove(at)?;
         if queue.is_empty() {
             self.by_upstream.remove(upstream);
         }
         self.len -= 1;
-        Some(waiting.request)
+        Some(waiting)
     }
 
     pub fn len(&self) -> usize {

@@ -365,7 +365,9 @@ impl Linker {
                 self.late.wait(upstream, key, request, ended_ns);
                 return Link::Later(key);
             }
-            self.resolve(&mut request);
+            if request.lineage.is_none() {
+                self.start_trace(&mut request);
+            }
         }
         request.context().map_or(Link::Unknown, Link::Now)
     }
@@ -400,10 +402,14 @@ impl Linker {
     /// filed after a request ended is not its client's (see `late`).
     fn start_traces(&mut self, requests: Vec<(RequestKey, InProgress)>) {
         for (key, mut request) in requests {
-            self.stats.roots += 1;
-            request.lineage = Some(self.root());
+            self.start_trace(&mut request);
             self.resolved_late.extend(request.context().map(|c| (key, c)));
         }
+    }
+
+    fn start_trace(&mut self, request: &mut InProgress) {
+        self.stats.roots += 1;
+        request.lineage = Some(self.root());
     }
 
     /// Whether `conn`'s client may be a traced process on this host, whose record can still come.
@@ -529,8 +535,7 @@ impl Linker {
         }
         self.try_stitch(request);
         if request.lineage.is_none() {
-            self.stats.roots += 1;
-            request.lineage = Some(self.root());
+            self.start_trace(request);
         }
     }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{
     procs::{self, ChildGuard},
     rounds::{self, RoundRun},
-    tracer::{TracerOptions, Variant, counter_sum},
+    tracer::{TracerOptions, Variant},
 };
 
 /// The scenario's name, for `--only`.
@@ -51,11 +51,8 @@ pub fn run(
         sonde_cpu_ms_per_s: rounds::traced_median(&runs, |t| {
             t.cpu_traced_us as f64 / 1e3 / run.as_secs_f64()
         }),
-        copied_bytes: rounds::traced_median(&runs, |t| counter_sum(&t.counters, "sonde.kernel.copied") as f64)
-            as u64,
-        not_copied_bytes: rounds::traced_median(&runs, |t| {
-            counter_sum(&t.counters, "sonde.kernel.not_copied") as f64
-        }) as u64,
+        copied_bytes: rounds::traced_counter(&runs, "sonde.kernel.copied"),
+        not_copied_bytes: rounds::traced_counter(&runs, "sonde.kernel.not_copied"),
         runs,
     })
 }

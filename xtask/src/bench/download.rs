@@ -42,17 +42,16 @@ pub fn run(
 ) -> anyhow::Result<DownloadSummary> {
     let url = nginx.large_file_url(FILE_BYTES)?;
     let runs = rounds::node_wide(NAME, "GB/s", opts, rounds, || download(&url, cpus))?;
-    let counter =
-        |name: &'static str| move |t: &super::tracer::TracerResult| counter_sum(&t.counters, name) as f64;
     Ok(DownloadSummary {
         gb_per_s_off: rounds::median_value(&runs, Variant::Off),
         gb_per_s_sonde: rounds::median_value(&runs, Variant::Sonde),
         ratio: rounds::ratio(&runs),
         events_per_span: rounds::traced_median(&runs, |t| {
-            counter("sonde.events.received")(t) / counter("sonde.spans.created")(t).max(1.0)
+            let events = counter_sum(&t.counters, "sonde.events.received") as f64;
+            events / (counter_sum(&t.counters, "sonde.spans.created") as f64).max(1.0)
         }),
-        copied_bytes: rounds::traced_median(&runs, counter("sonde.kernel.copied")) as u64,
-        body_skipped_bytes: rounds::traced_median(&runs, counter("sonde.kernel.body_skipped")) as u64,
+        copied_bytes: rounds::traced_counter(&runs, "sonde.kernel.copied"),
+        body_skipped_bytes: rounds::traced_counter(&runs, "sonde.kernel.body_skipped"),
         runs,
     })
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     report::Stat,
-    tracer::{Tracer, TracerOptions, TracerResult, Variant},
+    tracer::{Tracer, TracerOptions, TracerResult, Variant, counter_sum},
 };
 
 /// One run of one variant.
@@ -66,6 +66,11 @@ pub fn ratio(runs: &[RoundRun]) -> f64 {
 /// The median over the traced runs of `f` of sonde's own report.
 pub fn traced_median(runs: &[RoundRun], f: impl Fn(&TracerResult) -> f64) -> f64 {
     median(runs.iter().filter_map(|r| r.tracer.as_ref()).map(f).collect())
+}
+
+/// The median over the traced runs of one of sonde's own counters (summed over its attributes).
+pub fn traced_counter(runs: &[RoundRun], name: &str) -> u64 {
+    traced_median(runs, |t| counter_sum(&t.counters, name) as f64) as u64
 }
 
 fn median(xs: Vec<f64>) -> f64 {
