@@ -24,6 +24,7 @@ use crate::{
         AssembleStats, Assembler,
         clock::{WallClock, monotonic_ns},
         model::Span,
+        shed::Shedder,
     },
 };
 
@@ -42,11 +43,23 @@ pub struct PipelineCounts {
     pub connections: u64,
     /// Exchanges of processes with their own SDK, left to it (`--sdk-processes skip`).
     pub sdk_skipped: u64,
+    /// Exchanges that ended and were counted (request metrics, when on), sampled or not: server
+    /// side, then client side.
+    pub exchanges_ended: ExchangeCounts,
+    /// Sampled spans not made because sonde was falling behind (`span::shed`).
+    pub spans_shed: u64,
     /// Connections the kernel was told to stop copying (`Effects::kernel_verdicts`).
     pub kernel_verdicts: u64,
     pub conn: ConnStats,
     pub link: LinkStats,
     pub spans: AssembleStats,
+}
+
+/// Exchanges by the side sonde saw them from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExchangeCounts {
+    pub server: u64,
+    pub client: u64,
 }
 
 /// The snapshot shared with the main thread.
@@ -74,6 +87,7 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     sdk_processes: SdkProcesses,
     sdk_skipped: u64,
+    exchanges_ended: ExchangeCounts,
     kernel_verdicts: u64,
     events: u64,
     decode_errors: u64,
@@ -98,7 +112,19 @@ pub struct Pipeline {
     pending_notices: HashSet<TlsNotice>,
     /// Where every finished exchange is counted, sampled or not (None: no metrics wanted).
     metrics: Option<Metrics>,
+    /// Fewer spans while the ring buffer fills (see `span::shed`).
+    shedder: Shedder,
+    /// The ring was more than `BACKLOG` full when the last drain began: what is read is behind
+    /// the clock.
+    backlogged: bool,
+    /// When the kernel wrote the newest event read so far.
+    newest_event_ns: u64,
 }
+
+/// A backlog beyond which the time of the events read, not the clock, says how long a connection
+/// or a request has been silent: their next events may be waiting in the ring. Woken at a
+/// sixteenth, a reader that keeps up starts its drains not far above that.
+const BACKLOG: f64 = 1.0 / 8.0;
 
 const PROCESS_SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often connections silent for `QUIET_NS` are checked against the kernel's table.
@@ -134,6 +160,7 @@ impl Pipeline {
             stats,
             sdk_processes,
             sdk_skipped: 0,
+            exchanges_ended: ExchangeCounts::default(),
             kernel_verdicts: 0,
             events: 0,
             decode_errors: 0,
@@ -149,6 +176,9 @@ impl Pipeline {
             tls_notices: None,
             pending_notices: HashSet::new(),
             metrics: None,
+            shedder: Shedder::default(),
+            backlogged: false,
+            newest_event_ns: 0,
         }
     }
 
@@ -214,6 +244,7 @@ impl Pipeline {
             if left_to_sdk(self.sdk_processes, &mut self.processes, conn.pid) {
                 // Its spans are the SDK's, its requests still count (outside the service graph,
                 // which pairs sonde's spans).
+                self.count_ended(&exchange);
                 if let Some(metrics) = &self.metrics {
                     metrics.record(&exchange, &conn, &self.processes.resource(conn.pid), None, now);
                 }
@@ -247,11 +278,45 @@ impl Pipeline {
     /// The span and the metrics of one exchange.
     fn export(&mut self, conn: &ConnInfo, exchange: &Exchange, context: SpanContext, now: Instant) {
         let resource = self.processes.resource(conn.pid);
+        self.count_ended(exchange);
         if let Some(metrics) = &self.metrics {
             metrics.record(exchange, conn, &resource, Some(&context), now);
         }
+        // An unsampled trace is the assembler's to count.
+        if context.sampled() && !self.shedder.keeps(context.trace_id) {
+            return;
+        }
         if let Some(span) = self.assembler.span(exchange, conn, resource, &self.clock, context) {
             self.outbox.push(span);
+        }
+    }
+
+    /// The time silences are measured against: the clock, or while the ring is backlogged the
+    /// time of the newest event read (what came after is still waiting to be read).
+    fn events_now_ns(&self) -> u64 {
+        if self.backlogged { self.newest_event_ns } else { monotonic_ns() }
+    }
+
+    /// Makes fewer spans while the ring fills, and says when that starts and ends.
+    fn shed_if_behind(&mut self, fill: f64) {
+        let before = self.shedder.share();
+        self.shedder.update(fill, Instant::now());
+        let after = self.shedder.share();
+        if before == 1.0 && after < 1.0 {
+            tracing::warn!(
+                ring_fill = format!("{:.0} %", fill * 100.0),
+                "falling behind the kernel's events: making spans for fewer traces, still counting \
+                 every request in the metrics (sonde.spans.shed)"
+            );
+        } else if before < 1.0 && after == 1.0 {
+            tracing::info!(shed = self.shedder.shed(), "caught up: making every sampled span again");
+        }
+    }
+
+    fn count_ended(&mut self, exchange: &Exchange) {
+        match exchange.request_direction {
+            sonde_common::Direction::Ingress => self.exchanges_ended.server += 1,
+            sonde_common::Direction::Egress => self.exchanges_ended.client += 1,
         }
     }
 
@@ -295,6 +360,11 @@ impl Pipeline {
         let Some(map) = self.kernel.as_ref().map(|k| &k.conns) else {
             return;
         };
+        if self.backlogged {
+            // The kernel's table is as of now, what is read is not: a connection closed since
+            // may still have events waiting.
+            return;
+        }
         for (key, sock) in self.conns.quiet(monotonic_ns(), QUIET_NS) {
             let over = match map.get(&key, 0) {
                 Ok(state) => state.sock != sock,
@@ -376,6 +446,8 @@ impl Pipeline {
             decode_errors: self.decode_errors,
             connections: self.conns.len() as u64,
             sdk_skipped: self.sdk_skipped,
+            exchanges_ended: self.exchanges_ended,
+            spans_shed: self.shedder.shed(),
             kernel_verdicts: self.kernel_verdicts,
             conn: self.conns.stats(),
             link: self.linker.stats(),
@@ -387,6 +459,7 @@ impl Pipeline {
 impl intake::Sink for Pipeline {
     fn event(&mut self, event: Event<'_>) {
         self.events += 1;
+        self.newest_event_ns = self.newest_event_ns.max(event.ts_ns());
         match event {
             Event::Open(open) => {
                 let info = crate::conn::ConnInfo::from_event(&open);
@@ -424,8 +497,13 @@ impl intake::Sink for Pipeline {
         }
     }
 
+    fn backlog(&mut self, fill: f64) {
+        self.backlogged = fill > BACKLOG;
+        self.shed_if_behind(fill);
+    }
+
     fn drained(&mut self) {
-        self.linker.expire_late(monotonic_ns());
+        self.linker.expire_late(self.events_now_ns());
         self.emit_late();
         self.hand_off_if_due();
         self.send_notices();
@@ -434,10 +512,10 @@ impl intake::Sink for Pipeline {
     fn tick(&mut self) {
         self.clock = WallClock::sample();
         // A quiet ring calls no `drained`.
-        self.linker.expire_late(monotonic_ns());
+        self.linker.expire_late(self.events_now_ns());
         self.emit_late();
         if self.last_conn_sweep.elapsed() >= CONN_SWEEP_EVERY {
-            let now = monotonic_ns();
+            let now = self.events_now_ns();
             self.conns.sweep(now, crate::process::alive, &mut self.effects);
             self.linker.sweep(now);
             self.apply();

@@ -77,6 +77,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         }),
     })?;
     let ring = probes.take_events()?;
+    let ring_bytes = u64::from(crate::probes::ring_size(args.ring_buffer_bytes));
     let kernel_tables = probes.take_tables()?;
 
     let export_options = ExportOptions {
@@ -142,7 +143,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 if let Some(pods) = pods {
                     pipeline = pipeline.with_pods(pods);
                 }
-                intake::run(ring, &mut pipeline, &stop, TICK);
+                intake::run(ring, ring_bytes, &mut pipeline, &stop, TICK);
             })
             .context("starting the intake thread")?
     };

@@ -2,11 +2,11 @@
 //! that start a trace are not exported, one whose caller's `traceparent` says sampled is (with its
 //! trace id), one whose caller says not sampled is not — and the RED metrics count every one.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use sonde_tests::{
     harness::{self, Sonde, curl},
-    receiver::{ReceivedPoint, Receiver},
+    receiver::{ReceivedPoint, Receiver, server_requests_counted},
 };
 
 const TRACE_ID: &str = "5d6e6c0a3b8f4a0f9e7c2b1a09f8e7d6";
@@ -38,7 +38,7 @@ async fn sampling_drops_spans_not_requests() {
     curl(&["-o", "/dev/null", "-H", &caller("00"), &app.url("/caller-says-no")]);
     curl(&["-o", "/dev/null", "-H", &caller("01"), &app.url("/caller-says-yes")]);
 
-    let counted = |points: &[ReceivedPoint]| requests_counted(points, &pid);
+    let counted = |points: &[ReceivedPoint]| server_requests_counted(points, &pid);
     let points = receiver.wait_for_points(|p| counted(p) >= 12, Duration::from_secs(20)).await;
     assert_eq!(counted(&points), 12, "every request is counted, sampled or not");
     let spans = receiver
@@ -52,18 +52,4 @@ async fn sampling_drops_spans_not_requests() {
     assert_eq!(paths, ["/caller-says-yes"], "only the trace its caller sampled is exported");
     assert_eq!(ours[0].trace_id_hex(), TRACE_ID);
     sonde.stop_cleanly();
-}
-
-/// Requests of process `pid` in `http.server.request.duration`: the newest count of each series
-/// (cumulative), summed.
-fn requests_counted(points: &[ReceivedPoint], pid: &str) -> u64 {
-    let mut series: BTreeMap<&BTreeMap<String, String>, u64> = BTreeMap::new();
-    for p in points.iter().filter(|p| {
-        p.metric == "http.server.request.duration"
-            && p.resource.get("process.pid").map(String::as_str) == Some(pid)
-    }) {
-        let count = series.entry(&p.attributes).or_default();
-        *count = (*count).max(p.count);
-    }
-    series.values().sum()
 }

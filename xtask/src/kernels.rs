@@ -67,6 +67,7 @@ const TESTS: &[(&str, &str, bool)] = &[
     ("collectors", "exports_to_a_traced_collector_over_ipv4_make_no_spans_or_metrics", false),
     ("reuse", "a_reused_pid_starts_clean", false),
     ("server_spans", "ipv6_peers_have_their_addresses", false),
+    ("overload", "a_full_ring_sheds_spans_and_still_counts_every_request", false),
 ];
 
 /// What `cargo xtask kernels` needs beyond the tests' own tools.

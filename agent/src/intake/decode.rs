@@ -18,6 +18,20 @@ pub enum Event<'a> {
     Exit(ExitEvent),
 }
 
+impl Event<'_> {
+    /// When the kernel wrote it (`CLOCK_MONOTONIC`, ns).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Data { event, .. } => event.header.ts_ns,
+            Event::Open(e) => e.header.ts_ns,
+            Event::Close(e) => e.header.ts_ns,
+            Event::Spawn(e) => e.header.ts_ns,
+            Event::Mapped(header) => header.ts_ns,
+            Event::Exit(e) => e.header.ts_ns,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is too short for a {what}")]

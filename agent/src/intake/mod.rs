@@ -1,9 +1,12 @@
 //! Intake: the ring buffer the kernel programs fill, drained by one thread that decodes each record
 //! and hands it on. Wake-ups are batched in the kernel, so the reader also polls on a short timer.
 
+mod catch_up;
 mod decode;
+mod fill;
 
 pub use decode::{DecodeError, Event, decode, direction as direction_of};
+pub use fill::RingFill;
 
 use std::{
     os::fd::AsRawFd,
@@ -25,10 +28,12 @@ const DRAIN_BATCH: usize = 4096;
 /// At shutdown, what is in the ring is drained for at most this long (traffic goes on meanwhile).
 const STOP_DRAIN: Duration = Duration::from_secs(1);
 
-/// What the reader calls: `event` per record, `drained` after each run of records (up to
-/// `DRAIN_BATCH`: a natural point to hand on what they produced), `tick` about every
-/// `tick_every` (timeouts, stats), and `stopped` once, after the last record.
+/// What the reader calls: `backlog` before each run of records with the share of the ring they
+/// fill, `event` per record, `drained` after each run (up to `DRAIN_BATCH`: a natural point to
+/// hand on what they produced), `tick` about every `tick_every` (timeouts, stats), and `stopped`
+/// once, after the last record.
 pub trait Sink {
+    fn backlog(&mut self, fill: f64);
     fn event(&mut self, event: Event<'_>);
     fn decode_error(&mut self, error: DecodeError);
     fn drained(&mut self);
@@ -36,14 +41,29 @@ pub trait Sink {
     fn stopped(&mut self);
 }
 
-/// Drains `ring` into `sink` until `stop` is set; then drains what is left (bounded) and returns.
-pub fn run(mut ring: RingBuf<MapData>, sink: &mut impl Sink, stop: &AtomicBool, tick_every: Duration) {
+/// Drains `ring` (of `capacity` bytes) into `sink` until `stop` is set; then drains what is left
+/// (bounded) and returns.
+pub fn run(
+    mut ring: RingBuf<MapData>,
+    capacity: u64,
+    sink: &mut impl Sink,
+    stop: &AtomicBool,
+    tick_every: Duration,
+) {
     let fd = ring.as_raw_fd();
+    let fill = RingFill::new(fd, capacity)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read the ring buffer's fill: no span shedding"))
+        .ok();
+    let mut catch_up = catch_up::CatchUp::default();
     let mut last_tick = Instant::now();
     let mut stop_deadline = None;
     loop {
         if stop_deadline.is_none() && stop.load(Ordering::Relaxed) {
             stop_deadline = Some(Instant::now() + STOP_DRAIN);
+        }
+        if let Some(fill) = fill.as_ref().map(RingFill::fraction) {
+            catch_up.update(fill, Instant::now());
+            sink.backlog(fill);
         }
         let mut drained = 0;
         while drained < DRAIN_BATCH

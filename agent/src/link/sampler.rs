@@ -78,7 +78,9 @@ impl Sampler {
 }
 
 impl Rule {
-    fn keeps(self, trace_id: TraceId) -> bool {
+    /// Whether a trace with no parent is kept. A ratio keeps the trace ids whose low 63 bits are
+    /// below it, so the ids kept at one ratio are kept at every higher one.
+    pub fn keeps(self, trace_id: TraceId) -> bool {
         match self {
             Rule::AlwaysOn => true,
             Rule::AlwaysOff => false,

@@ -260,6 +260,25 @@ impl OwnSources {
             "{span}",
         );
         unsampled.push(Vec::new(), t, p.spans.unsampled as f64);
+        let mut shed = Metric::counter(
+            "sonde.spans.shed",
+            "Spans of sampled traces not made because sonde was falling behind the kernel's events \
+             (its ring buffer filling): chosen by trace id, their exchanges still counted in the \
+             request metrics.",
+            "{span}",
+        );
+        shed.push(Vec::new(), t, p.spans_shed as f64);
+        let mut exchanges = Metric::counter(
+            "sonde.exchanges.ended",
+            "HTTP exchanges that ended, by span kind: each is counted in the request metrics, \
+             whether its trace is sampled or not.",
+            "{exchange}",
+        );
+        exchanges.push(vec![KeyValue::str("span.kind", "server")], t, p.exchanges_ended.server as f64).push(
+            vec![KeyValue::str("span.kind", "client")],
+            t,
+            p.exchanges_ended.client as f64,
+        );
         let mut left = Metric::counter(
             "sonde.exchanges.left_to_sdk",
             "Exchanges of processes with an OpenTelemetry SDK of their own, whose spans are the SDK's \
@@ -342,6 +361,8 @@ impl OwnSources {
             expired,
             inherited,
             unsampled,
+            shed,
+            exchanges,
             left,
             exported,
             printed,

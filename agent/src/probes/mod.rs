@@ -448,7 +448,8 @@ fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {
     (sock, task)
 }
 
-fn ring_size(requested: u32) -> u32 {
+/// The ring buffer's size for a requested one.
+pub fn ring_size(requested: u32) -> u32 {
     requested.max(4096).checked_next_power_of_two().unwrap_or(1 << 31)
 }
 

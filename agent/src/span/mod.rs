@@ -3,5 +3,6 @@
 pub mod assemble;
 pub mod clock;
 pub mod model;
+pub mod shed;
 
 pub use assemble::{AssembleOptions, AssembleStats, Assembler};

@@ -162,6 +162,20 @@ impl ReceivedPoint {
     }
 }
 
+/// Requests of process `pid` in `http.server.request.duration`: the newest count of each series
+/// (cumulative), summed.
+pub fn server_requests_counted(points: &[ReceivedPoint], pid: &str) -> u64 {
+    let mut series: BTreeMap<&BTreeMap<String, String>, u64> = BTreeMap::new();
+    for p in points.iter().filter(|p| {
+        p.metric == "http.server.request.duration"
+            && p.resource.get("process.pid").map(String::as_str) == Some(pid)
+    }) {
+        let count = series.entry(&p.attributes).or_default();
+        *count = (*count).max(p.count);
+    }
+    series.values().sum()
+}
+
 /// How the receiver refuses a request it was told to refuse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Refusal {

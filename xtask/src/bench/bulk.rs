@@ -43,7 +43,7 @@ pub fn run(
     run: Duration,
     cpus: (Option<&str>, Option<&str>),
 ) -> anyhow::Result<BulkSummary> {
-    let runs = rounds::node_wide(NAME, "Gbit/s", opts, rounds, || iperf3(run, cpus))?;
+    let runs = rounds::node_wide(NAME, "Gbit/s", opts, rounds, || Ok((iperf3(run, cpus)?, ())))?;
     Ok(BulkSummary {
         gbit_off: rounds::median_value(&runs, Variant::Off),
         gbit_sonde: rounds::median_value(&runs, Variant::Sonde),

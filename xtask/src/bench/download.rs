@@ -41,7 +41,7 @@ pub fn run(
     cpus: Option<&str>,
 ) -> anyhow::Result<DownloadSummary> {
     let url = nginx.large_file_url(FILE_BYTES)?;
-    let runs = rounds::node_wide(NAME, "GB/s", opts, rounds, || download(&url, cpus))?;
+    let runs = rounds::node_wide(NAME, "GB/s", opts, rounds, || Ok((download(&url, cpus)?, ())))?;
     Ok(DownloadSummary {
         gb_per_s_off: rounds::median_value(&runs, Variant::Off),
         gb_per_s_sonde: rounds::median_value(&runs, Variant::Sonde),

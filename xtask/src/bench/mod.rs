@@ -15,6 +15,7 @@ pub(crate) mod procs;
 mod receiver;
 mod report;
 mod rounds;
+mod saturation;
 mod scenario;
 pub(crate) mod tracer;
 
@@ -88,8 +89,14 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
         if !named(download::NAME) {
             profile.download_rounds = 0;
         }
+        if !named(saturation::NAME) {
+            profile.saturation_rounds = 0;
+        }
         anyhow::ensure!(
-            !profile.scenarios.is_empty() || profile.bulk_rounds > 0 || profile.download_rounds > 0,
+            !profile.scenarios.is_empty()
+                || profile.bulk_rounds > 0
+                || profile.download_rounds > 0
+                || profile.saturation_rounds > 0,
             "no scenario matches --only {:?}",
             opts.only
         );
@@ -101,6 +108,9 @@ pub fn main(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(download) = &report.download {
         println!("{}\n", download::line(download));
+    }
+    if let Some(saturation) = &report.saturation {
+        println!("{}\n", saturation::line(saturation));
     }
     let all: Vec<Run> = report.runs.iter().chain(&report.kernel_runs).cloned().collect();
     println!("{}", report::noise_note(&all));
@@ -160,6 +170,12 @@ pub fn smoke(sonde: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         download.ratio.is_finite() && download.events_per_span.is_finite(),
         "bench smoke download: {download:#?}"
+    );
+    let saturation = report.saturation.as_ref().context("bench smoke: no saturation scenario")?;
+    println!("{}", saturation::line(saturation));
+    anyhow::ensure!(
+        saturation.ratio.is_finite() && saturation.red_server_pct.is_finite(),
+        "bench smoke saturation: {saturation:#?}"
     );
     Ok(())
 }
@@ -243,6 +259,13 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     } else {
         None
     };
+    let saturation = if profile.saturation_rounds > 0 {
+        nginx.check_alive()?;
+        let (rounds, run) = (profile.saturation_rounds, profile.saturation_run);
+        Some(saturation::run(&ctx.tracer, rounds, run, &ctx.url, ctx.nginx_status, load_cpus, work)?)
+    } else {
+        None
+    };
     machine.loadavg_after = machine::loadavg();
     let summaries =
         profile.scenarios.iter().map(|s| report::summarize(s, profile.rounds, &runs, &kernel_runs)).collect();
@@ -260,6 +283,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         kernel_runs,
         bulk,
         download,
+        saturation,
     })
 }
 

@@ -257,6 +257,8 @@ pub struct Report {
     pub bulk: Option<super::bulk::BulkSummary>,
     /// Large downloads with sonde tracing the whole node.
     pub download: Option<super::download::DownloadSummary>,
+    /// wrk saturating nginx with sonde tracing the whole node.
+    pub saturation: Option<super::saturation::SaturationSummary>,
 }
 
 /// The table printed at the end (Markdown, so it pastes into docs/performance.md).

@@ -59,6 +59,9 @@ pub struct Profile {
     pub bulk_run: Duration,
     /// Rounds of large downloads (nginx → curl) with sonde tracing the whole node.
     pub download_rounds: u32,
+    /// Rounds of wrk saturating nginx with sonde tracing the whole node, and their length.
+    pub saturation_rounds: u32,
+    pub saturation_run: Duration,
 }
 
 impl Profile {
@@ -74,6 +77,8 @@ impl Profile {
             bulk_rounds: 3,
             bulk_run: Duration::from_secs(4),
             download_rounds: 3,
+            saturation_rounds: 3,
+            saturation_run: Duration::from_secs(10),
         }
     }
 
@@ -90,6 +95,8 @@ impl Profile {
             bulk_rounds: 2,
             bulk_run: Duration::from_secs(2),
             download_rounds: 2,
+            saturation_rounds: 2,
+            saturation_run: Duration::from_secs(3),
         }
     }
 
@@ -106,6 +113,8 @@ impl Profile {
             bulk_rounds: 1,
             bulk_run: Duration::from_secs(1),
             download_rounds: 1,
+            saturation_rounds: 1,
+            saturation_run: Duration::from_secs(1),
         }
     }
 }
