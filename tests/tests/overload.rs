@@ -1,6 +1,6 @@
 //! Privileged: when sonde falls behind the kernel's events, it sheds spans, never requests. sonde
-//! is stopped (SIGSTOP) while nginx answers requests that fill three quarters of its ring buffer;
-//! continued, it finds the ring still more than half full after its first drain and makes spans
+//! is stopped (SIGSTOP) while nginx answers requests that fill four fifths of its ring buffer;
+//! continued, it finds the ring still more than three quarters full after its first drain and makes spans
 //! for a shrinking share of the traces — yet the request metrics count every request, and the
 //! kernel dropped nothing.
 
@@ -16,14 +16,15 @@ use sonde_tests::{
     receiver::{ReceivedPoint, Receiver, server_requests_counted},
 };
 
-/// 16 MiB of ring. A drain reads at most 4096 records (well under 1 MB of these); each request
-/// leaves a few, the largest the response head (~300 bytes), so `REQUESTS` fill most of the ring:
-/// after the first drain it is still more than half full, and the kernel dropped nothing (checked).
-const RING_BYTES: &str = "16777216";
-const REQUESTS: u64 = 32_000;
+/// 32 MiB of ring. Each request leaves three records here (nginx reads the request, reads again
+/// until EAGAIN, writes the response head), ~450 bytes in all, so `REQUESTS` fill ~80 % of the
+/// ring; a drain reads at most 4096 records (~2 % of it), so the next drains still begin more than
+/// three quarters full, and the kernel drops nothing (checked).
+const RING_BYTES: &str = "33554432";
+const REQUESTS: u64 = 60_000;
 const ASKERS: u64 = 8;
 /// nginx closes a keep-alive connection after 1000 requests.
-const PER_CONNECTION: u64 = 800;
+const PER_CONNECTION: u64 = 750;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_ring_sheds_spans_and_still_counts_every_request() {
