@@ -95,7 +95,7 @@ pub struct Pipeline {
     effects: Effects,
     /// Spans made since the last hand-off to the exporter (see `intake::Sink::drained`).
     outbox: Vec<Span>,
-    /// Exchanges whose server request waits for its same-host client (`Link::Later`).
+    /// Exchanges held in open traces until they settle (`Link::Later`, `link::open`).
     awaiting_parent: HashMap<RequestKey, Finished>,
     /// The kernel's tables: connections forgotten (so the kernel announces them again) or refused,
     /// and where bodies end.
@@ -344,8 +344,8 @@ impl Pipeline {
         }
         self.linker.process_exited(pid);
         self.conns.process_exited(pid, &mut self.effects);
-        // Its last exchanges are assembled while its resource is still cached, those waiting for
-        // their client too.
+        // Its last exchanges are assembled while its resource is still cached, those held in
+        // open traces too.
         self.apply();
         self.linker.stop_waiting(Some(pid));
         self.emit_late();

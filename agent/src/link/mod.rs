@@ -7,8 +7,9 @@
 //! 2. the CLIENT span of the same request in another traced process on this host, found by the
 //!    connection's 4-tuple and the request's method and target ("same-host stitching", see
 //!    [`stitch`]);
-//! 3. none: it starts a trace — once it is certain that no client span will come: a server
-//!    request that ends before its same-host client was seen waits for it a little ([`late`]).
+//! 3. none: it starts a trace — and when its client may be a traced process on this host whose
+//!    write is still to come, it starts it *open*: given up for the client's trace if that client
+//!    request is seen soon, its spans held until then ([`open`]).
 //!
 //! A CLIENT span's parent, in this order:
 //! 1. the server request the process is working on, when that is certain:
@@ -24,7 +25,7 @@
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
 //! 3. none: it starts a trace.
 
-mod late;
+mod open;
 pub mod sampler;
 mod stitch;
 #[cfg(test)]
@@ -43,7 +44,7 @@ use crate::{
     http::{Exchange, Started, traceparent},
     span::model::{SpanId, TraceFlags, TraceId},
 };
-use late::LateStitch;
+use open::{Held, OpenTrace, OpenTraces, Root};
 use sampler::Sampler;
 use stitch::{ClientRecord, Stitcher};
 
@@ -71,6 +72,9 @@ pub struct LinkStats {
     pub from_header: u64,
     /// Server spans parented by a same-host client span.
     pub stitched: u64,
+    /// Server spans parented by a same-host client span seen after their trace had started: open
+    /// traces adopted (see [`open`]).
+    pub adopted: u64,
     /// Client spans parented by the server request their thread was handling.
     pub in_process: u64,
     /// Spans that started a trace.
@@ -121,8 +125,9 @@ pub type RequestKey = (u64, u32);
 pub enum Link {
     /// Export it with this context.
     Now(SpanContext),
-    /// A server request still waiting for its same-host client: its context comes out of
-    /// [`Linker::take_late`] under this key, within `late::GRACE_NS` of event time.
+    /// Its trace is open (a server request of it may still find its same-host client): its
+    /// context comes out of [`Linker::take_late`] under this key, within `open::GRACE_NS` of
+    /// event time.
     Later(RequestKey),
     /// Its request is not known here (forgotten under the bounds, or left to an SDK).
     Unknown,
@@ -169,10 +174,11 @@ pub struct Linker {
     /// Processes whose threads are shared by requests, and how that was learnt.
     shared: HashMap<u32, SharedThreads>,
     stitcher: Stitcher,
-    /// Server requests that ended before their client was seen, and those since resolved.
-    late: LateStitch,
+    /// Traces that may yet be adopted by a same-host client seen late, and the spans they hold.
+    open: OpenTraces,
+    /// Held spans whose trace settled since the last `take_late`.
     resolved_late: Vec<(RequestKey, SpanContext)>,
-    /// The newest event time seen: waiting requests expire by it (see `expire_late`).
+    /// The newest event time seen: open traces close by it (see `expire_late`).
     horizon_ns: u64,
     /// IP addresses of this host's end of traced connections: a peer with one of them (or a
     /// loopback one) may be a traced client whose record is still to come.
@@ -254,7 +260,10 @@ impl Linker {
                 }
                 // The client's write usually precedes this read in the ring buffer; when it does
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
-                self.try_stitch(&mut request);
+                self.try_stitch(key, &mut request);
+                if let Some(lineage) = &request.lineage {
+                    self.open.join(&lineage.trace_id, key);
+                }
                 self.requests.insert(key, request);
                 self.serving.entry(conn.pid).or_default().insert(key);
                 if let Some(previous) = self.handling.insert((conn.pid, started.tid), key)
@@ -292,15 +301,15 @@ impl Linker {
                         span_id,
                         flags: lineage.flags,
                     };
-                    match self.late.take(&tuple, started.fingerprint, position) {
-                        Some((server_key, mut server)) => {
-                            self.stats.stitched += 1;
-                            server.lineage = Some(record.lineage());
-                            self.resolved_late.extend(server.context().map(|c| (server_key, c)));
+                    match self.open.adopter(&tuple, started.fingerprint, position) {
+                        Some((trace, adopted)) => self.adopt(trace, adopted, record.lineage()),
+                        None => {
+                            self.stitcher.record(tuple, record);
+                            self.open.filed(&lineage.trace_id, tuple);
                         }
-                        None => self.stitcher.record(tuple, record),
                     }
                 }
+                self.open.join(&lineage.trace_id, key);
                 self.requests.insert(
                     key,
                     InProgress {
@@ -333,9 +342,8 @@ impl Linker {
         }
     }
 
-    /// The exchange ended: the context its span is exported with, now or (a server request whose
-    /// same-host client may still come) later. `Unknown` when its request is not known here; the
-    /// caller then starts a trace for it.
+    /// The exchange ended: the context its span is exported with, now or (its trace is open)
+    /// later. `Unknown` when its request is not known here; the caller then starts a trace for it.
     pub fn finished(&mut self, conn: &ConnInfo, exchange: &Exchange) -> Link {
         let key = (conn.id, exchange.request.ordinal);
         let ended_ns = exchange.response.as_ref().map_or(exchange.request.end_ns, |r| r.end_ns);
@@ -353,68 +361,114 @@ impl Linker {
             if self.handling.get(&(request.pid, request.tid)) == Some(&key) {
                 self.handling.remove(&(request.pid, request.tid));
             }
-            self.try_stitch(&mut request);
-            // Only a request with a known place on its connection can be matched late; beyond
-            // the table's room it starts its trace now (a missing link, never a wrong one).
-            if request.lineage.is_none()
-                && request.position.is_some()
-                && let Some(upstream) = request.upstream
-                && self.late.has_room()
-                && self.client_may_be_local(conn)
-            {
-                self.late.wait(upstream, key, request, ended_ns);
-                return Link::Later(key);
-            }
+            self.try_stitch(key, &mut request);
             if request.lineage.is_none() {
-                self.start_trace(&mut request);
+                self.start_trace(key, &mut request, ended_ns);
             }
         }
-        request.context().map_or(Link::Unknown, Link::Now)
+        let pid = request.pid;
+        match request.context() {
+            Some(context) => self.hold_if_open(key, pid, context),
+            None => Link::Unknown,
+        }
     }
 
-    /// Contexts of server requests that waited for their client (`Link::Later`), since the last
-    /// call: stitched, or given up on and starting traces of their own.
+    /// An exchange of an open trace waits for it to settle; beyond the room for held spans, the
+    /// oldest open trace closes first.
+    fn hold_if_open(&mut self, key: RequestKey, pid: u32, context: SpanContext) -> Link {
+        if !self.open.is_open(&context.trace_id) {
+            return Link::Now(context);
+        }
+        if self.open.is_full() {
+            let mut closed = Vec::new();
+            self.open.close_oldest(&mut closed);
+            self.close(closed);
+        }
+        match self.open.hold(Held { key, pid, context }) {
+            Ok(()) => Link::Later(key),
+            Err(held) => Link::Now(held.context),
+        }
+    }
+
+    /// Contexts of exchanges held in open traces (`Link::Later`) that settled since the last call:
+    /// adopted by their caller's trace, or closed as traces of their own.
     pub fn take_late(&mut self) -> std::vec::Drain<'_, (RequestKey, SpanContext)> {
         self.resolved_late.drain(..)
     }
 
-    /// Gives up on waiting requests whose grace ended: by the newest event seen, or by the clock
-    /// (`now_ns`, monotonic) a grace later, for a ring that went quiet.
+    /// Closes open traces whose grace ended: by the newest event seen, or by the clock (`now_ns`,
+    /// monotonic) a grace later, for a ring that went quiet.
     pub fn expire_late(&mut self, now_ns: u64) {
-        if self.late.len() == 0 {
+        if self.open.is_empty() {
             return;
         }
-        let horizon = self.horizon_ns.max(now_ns.saturating_sub(late::GRACE_NS));
-        let mut expired = Vec::new();
-        self.late.expire(horizon, &mut expired);
-        self.start_traces(expired);
+        let horizon = self.horizon_ns.max(now_ns.saturating_sub(open::GRACE_NS));
+        let mut closed = Vec::new();
+        self.open.expire(horizon, &mut closed);
+        self.close(closed);
     }
 
-    /// Gives up on every waiting request (of `pid` only, with Some): the agent stops, or the
-    /// process is gone.
+    /// Closes every open trace (those `pid` started or holds spans of, with Some): the agent
+    /// stops, or the process is gone.
     pub fn stop_waiting(&mut self, pid: Option<u32>) {
-        let mut given_up = Vec::new();
-        self.late.give_up(pid, &mut given_up);
-        self.start_traces(given_up);
+        let mut closed = Vec::new();
+        self.open.close_all(pid, &mut closed);
+        self.close(closed);
     }
 
-    /// Requests given up on start traces of their own. The stitcher is not asked again: a record
-    /// filed after a request ended is not its client's (see `late`).
-    fn start_traces(&mut self, requests: Vec<(RequestKey, InProgress)>) {
-        for (key, mut request) in requests {
-            self.start_trace(&mut request);
-            self.resolved_late.extend(request.context().map(|c| (key, c)));
+    /// Closed traces stand as they are, their held spans go out. The stitcher is not asked again:
+    /// a record filed after a request ended is not its client's (see `open`).
+    fn close(&mut self, closed: Vec<(TraceId, OpenTrace)>) {
+        for (_, trace) in closed {
+            self.stats.roots += 1;
+            self.resolved_late.extend(trace.held.into_iter().map(|h| (h.key, h.context)));
         }
     }
 
-    fn start_trace(&mut self, request: &mut InProgress) {
-        self.stats.roots += 1;
-        request.lineage = Some(self.root());
+    /// The client request that caused an open trace's root was seen: the trace becomes part of the
+    /// client's (`into`: the lineage its root would have had, stitched in time).
+    fn adopt(&mut self, from: TraceId, mut adopted: OpenTrace, into: Lineage) {
+        self.stats.adopted += 1;
+        for key in std::iter::once(&adopted.root.key).chain(&adopted.members) {
+            if let Some(lineage) = self.requests.get_mut(key).and_then(|r| r.lineage.as_mut()) {
+                lineage.adopt(from, &into);
+            }
+        }
+        for tuple in &adopted.records {
+            self.stitcher.adopt(tuple, from, into.trace_id, into.flags);
+        }
+        for held in &mut adopted.held {
+            let c = &mut held.context;
+            adopt(from, &into, (&mut c.trace_id, &mut c.parent_span_id, &mut c.flags, &mut c.trace_state));
+        }
+        // Adopted by a trace that is open itself: its spans wait on with that one's.
+        if let Err(held) = self.open.absorb(&into.trace_id, adopted) {
+            self.resolved_late.extend(held.into_iter().map(|h| (h.key, h.context)));
+        }
     }
 
-    /// Whether `conn`'s client may be a traced process on this host, whose record can still come.
-    fn client_may_be_local(&self, conn: &ConnInfo) -> bool {
-        conn.remote.is_some_and(|peer| peer.ip().is_loopback() || self.local_addresses.contains(&peer.ip()))
+    /// A server request with no parent found starts a trace: open, when its client may be a
+    /// traced process on this host whose write is still to come and the connection was seen whole
+    /// (an adoption needs the position); settled otherwise — also beyond the room for open traces
+    /// (a missing link, never a wrong one). `at_ns`: the event time that needed its lineage.
+    fn start_trace(&mut self, key: RequestKey, request: &mut InProgress, at_ns: u64) {
+        let lineage = self.root();
+        match (request.position, request.upstream) {
+            (Some(position), Some(upstream))
+                if self.open.has_room() && self.client_may_be_local(upstream.0.ip()) =>
+            {
+                let root =
+                    Root { key, pid: request.pid, upstream, fingerprint: request.fingerprint, position };
+                self.open.open(lineage.trace_id, root, at_ns.saturating_add(open::GRACE_NS));
+            }
+            _ => self.stats.roots += 1,
+        }
+        request.lineage = Some(lineage);
+    }
+
+    /// Whether a client at `peer` may be a traced process on this host, whose record can come.
+    fn client_may_be_local(&self, peer: IpAddr) -> bool {
+        peer.is_loopback() || self.local_addresses.contains(&peer)
     }
 
     /// A thread exited: a thread that gets its id later does not work for the request it read.
@@ -492,7 +546,7 @@ impl Linker {
         if let Some(key) = self.working_for(pid, started.tid)
             && let Some(mut server) = self.requests.remove(&key)
         {
-            self.resolve(&mut server);
+            self.resolve(key, &mut server, started.start_ns);
             let parent = server.lineage.as_ref().map(|l| Lineage {
                 trace_id: l.trace_id,
                 parent_span_id: Some(server.span_id),
@@ -528,18 +582,19 @@ impl Linker {
         }
     }
 
-    /// Fixes a server request's lineage if it is still open: stitched, or else a new trace.
-    fn resolve(&mut self, request: &mut InProgress) {
+    /// Fixes a server request's lineage, needed at event time `at_ns`, if still undecided:
+    /// stitched, or else a new trace.
+    fn resolve(&mut self, key: RequestKey, request: &mut InProgress, at_ns: u64) {
         if request.lineage.is_some() {
             return;
         }
-        self.try_stitch(request);
+        self.try_stitch(key, request);
         if request.lineage.is_none() {
-            self.start_trace(request);
+            self.start_trace(key, request, at_ns);
         }
     }
 
-    fn try_stitch(&mut self, request: &mut InProgress) {
+    fn try_stitch(&mut self, key: RequestKey, request: &mut InProgress) {
         if request.lineage.is_some() {
             return;
         }
@@ -548,8 +603,39 @@ impl Linker {
         };
         if let Some(client) = self.stitcher.take(&tuple, request.fingerprint, request.position) {
             self.stats.stitched += 1;
+            self.open.join(&client.trace_id, key);
             request.lineage = Some(client.lineage());
         }
+    }
+}
+
+impl Lineage {
+    /// See [`adopt`].
+    fn adopt(&mut self, from: TraceId, into: &Lineage) {
+        adopt(
+            from,
+            into,
+            (&mut self.trace_id, &mut self.parent_span_id, &mut self.flags, &mut self.trace_state),
+        );
+    }
+}
+
+/// Renames a member of open trace `from` (its trace id, parent, flags and vendor state) into the
+/// trace of `into`, the lineage the open trace's root takes; the root is the one member with no
+/// parent.
+fn adopt(
+    from: TraceId,
+    into: &Lineage,
+    (trace_id, parent, flags, state): (&mut TraceId, &mut Option<SpanId>, &mut TraceFlags, &mut String),
+) {
+    if *trace_id != from {
+        return;
+    }
+    *trace_id = into.trace_id;
+    *flags = into.flags;
+    state.clone_from(&into.trace_state);
+    if parent.is_none() {
+        *parent = into.parent_span_id;
     }
 }
 

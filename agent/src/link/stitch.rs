@@ -87,6 +87,16 @@ impl Stitcher {
         record
     }
 
+    /// Records on `tuple` of trace `from` now belong to trace `into` (see `super::open`).
+    pub fn adopt(&mut self, tuple: &TupleKey, from: TraceId, into: TraceId, flags: TraceFlags) {
+        for record in self.waiting.get_mut(tuple).into_iter().flatten() {
+            if record.trace_id == from {
+                record.trace_id = into;
+                record.flags = flags;
+            }
+        }
+    }
+
     pub fn sweep(&mut self, now_ns: u64) {
         self.waiting.retain(|_, queue| {
             queue.retain(|r| now_ns.saturating_sub(r.start_ns) < RECORD_TTL_NS);

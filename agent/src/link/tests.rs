@@ -374,7 +374,7 @@ fn a_server_request_that_ends_before_its_client_is_seen_waits_for_it() {
     assert_eq!(*late_key, key);
     assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
     assert_eq!(b_server.trace_id, a_client.trace_id);
-    assert_eq!(linker.stats().stitched, 1);
+    assert_eq!(linker.stats().adopted, 1);
     assert_eq!(linker.stitcher.len(), 0, "the record went to the waiting request");
 }
 
@@ -394,7 +394,7 @@ fn a_waiting_request_takes_only_the_client_request_at_its_position() {
     let late: Vec<_> = linker.take_late().collect();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].1.parent_span_id, None, "B's request starts a trace");
-    assert_eq!(linker.stats().stitched, 0);
+    assert_eq!((linker.stats().stitched, linker.stats().adopted), (0, 0));
 }
 
 #[test]
@@ -405,10 +405,10 @@ fn waiting_ends_a_grace_later_in_event_time_or_by_the_clock_when_events_stop() {
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
     assert!(matches!(linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)), Link::Later(_)));
     let ended = 2_000;
-    linker.expire_late(ended + late::GRACE_NS);
+    linker.expire_late(ended + open::GRACE_NS);
     assert_eq!(linker.take_late().count(), 0, "the clock allows a second grace");
     // Events go on: one a grace after B's answer ends the wait.
-    let later = Started { start_ns: ended + late::GRACE_NS, ..started(Direction::Egress, 0, 11, &other) };
+    let later = Started { start_ns: ended + open::GRACE_NS, ..started(Direction::Egress, 0, 11, &other) };
     linker.started(&a_back, &later);
     linker.expire_late(0);
     let late: Vec<_> = linker.take_late().collect();
@@ -419,7 +419,7 @@ fn waiting_ends_a_grace_later_in_event_time_or_by_the_clock_when_events_stop() {
     let mut linker = Linker::default();
     linker.started(&b_front, &started(Direction::Ingress, 0, 21, &h));
     assert!(matches!(linker.finished(&b_front, &exchange(Direction::Ingress, 0, 21, &h)), Link::Later(_)));
-    linker.expire_late(ended + 2 * late::GRACE_NS);
+    linker.expire_late(ended + 2 * open::GRACE_NS);
     assert_eq!(linker.take_late().count(), 1);
 }
 
@@ -452,15 +452,113 @@ fn a_stitch_in_time_also_needs_the_same_position_when_both_ends_know_it() {
 }
 
 #[test]
-fn at_most_so_many_requests_wait() {
+fn at_most_so_many_traces_are_open() {
     let h = head("/b", None);
     let mut linker = Linker::default();
-    for id in 0..=late::MAX_WAITING as u64 {
+    for id in 0..=open::MAX_OPEN as u64 {
         let port = 20_000 + id as u16;
         let front = conn(id, 20, Role::Server, "127.0.0.1:8001", &format!("127.0.0.1:{port}"));
         linker.started(&front, &started(Direction::Ingress, 0, 21, &h));
         let link = linker.finished(&front, &exchange(Direction::Ingress, 0, 21, &h));
-        let waits = (id as usize) < late::MAX_WAITING;
+        let waits = (id as usize) < open::MAX_OPEN;
         assert_eq!(matches!(link, Link::Later(_)), waits, "request {id}");
     }
+}
+
+/// B → C: B's request read (pid 20, thread 21) and its call to C (pid 30) seen, A's write to B not
+/// yet. Returns (A's connection to B, B's front, B's back, C's front).
+fn b_called_c_before_a_was_seen(
+    linker: &mut Linker,
+    h: &RequestHead,
+) -> (ConnInfo, ConnInfo, ConnInfo, ConnInfo) {
+    let (a_back, b_front) = same_host_pair();
+    let b_back = conn(4, 20, Role::Client, "127.0.0.1:40002", "127.0.0.1:8002");
+    let c_front = conn(5, 30, Role::Server, "127.0.0.1:8002", "127.0.0.1:40002");
+    linker.started(&b_front, &started(Direction::Ingress, 0, 21, h));
+    linker.started(&b_back, &started(Direction::Egress, 0, 21, h));
+    linker.started(&c_front, &started(Direction::Ingress, 0, 31, h));
+    (a_back, b_front, b_back, c_front)
+}
+
+#[test]
+fn a_call_made_before_the_callers_write_is_seen_joins_the_callers_trace() {
+    // B, woken by A's write, preempted A on its CPU and got as far as calling C (whose answer
+    // came too) before A's write was recorded.
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    let (a_back, b_front, b_back, c_front) = b_called_c_before_a_was_seen(&mut linker, &h);
+    let Link::Later(c_key) = linker.finished(&c_front, &exchange(Direction::Ingress, 0, 31, &h)) else {
+        panic!("C's request is in an open trace: held");
+    };
+    assert_eq!(linker.take_late().count(), 0);
+
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    let late: Vec<_> = linker.take_late().collect();
+    let b_client = finish(&mut linker, &b_back, &exchange(Direction::Egress, 0, 21, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    assert_eq!(late.len(), 1);
+    let (key, c_server) = &late[0];
+    assert_eq!(*key, c_key);
+    assert_eq!(b_server.parent_span_id, Some(a_client.span_id), "B hangs under A's call");
+    assert_eq!(b_client.parent_span_id, Some(b_server.span_id));
+    assert_eq!(c_server.parent_span_id, Some(b_client.span_id));
+    for span in [&b_server, &b_client, c_server] {
+        assert_eq!(span.trace_id, a_client.trace_id);
+    }
+    assert_eq!(linker.stats().roots, 1, "A's call alone started a trace");
+    assert_eq!((linker.stats().stitched, linker.stats().adopted), (1, 1), "C in time, B late");
+    assert_eq!(linker.open.len(), 0);
+}
+
+#[test]
+fn an_open_trace_no_caller_claims_stands_on_its_own() {
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    let (a_back, b_front, b_back, c_front) = b_called_c_before_a_was_seen(&mut linker, &h);
+    assert!(matches!(linker.finished(&c_front, &exchange(Direction::Ingress, 0, 31, &h)), Link::Later(_)));
+    // The grace passes in event time; then A writes its next request on the connection.
+    let later = Started { start_ns: 1_000 + open::GRACE_NS, ..started(Direction::Egress, 1, 11, &h) };
+    linker.started(&a_back, &later);
+    linker.expire_late(0);
+    let late: Vec<_> = linker.take_late().collect();
+    let b_client = finish(&mut linker, &b_back, &exchange(Direction::Egress, 0, 21, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    assert_eq!(late.len(), 1);
+    let c_server = &late[0].1;
+    assert_eq!(b_server.parent_span_id, None, "B's request started the trace");
+    assert_eq!(c_server.parent_span_id, Some(b_client.span_id));
+    assert!([&b_client, c_server].iter().all(|c| c.trace_id == b_server.trace_id));
+}
+
+#[test]
+fn an_open_trace_adopted_by_one_still_open_waits_on_with_it() {
+    // curl (not traced) → A → B → C, both of A's and B's writes seen late.
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    let a_front = conn(1, 10, Role::Server, "127.0.0.1:8000", "127.0.0.1:39999");
+    linker.started(&a_front, &started(Direction::Ingress, 0, 11, &h));
+    let (a_back, b_front, b_back, c_front) = b_called_c_before_a_was_seen(&mut linker, &h);
+    assert!(matches!(linker.finished(&c_front, &exchange(Direction::Ingress, 0, 31, &h)), Link::Later(_)));
+    // A's call: A's own request opens a trace, which adopts B's.
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    assert_eq!(linker.take_late().count(), 0, "C's span waits on, in A's open trace");
+    assert_eq!(linker.open.len(), 1);
+    for (conn, direction, tid) in [
+        (&b_back, Direction::Egress, 21),
+        (&b_front, Direction::Ingress, 21),
+        (&a_back, Direction::Egress, 11),
+    ] {
+        assert!(matches!(linker.finished(conn, &exchange(direction, 0, tid, &h)), Link::Later(_)));
+    }
+    let Link::Later(a_key) = linker.finished(&a_front, &exchange(Direction::Ingress, 0, 11, &h)) else {
+        panic!("A's request is its open trace's root");
+    };
+    linker.stop_waiting(None);
+    let late: Vec<_> = linker.take_late().collect();
+    assert_eq!(late.len(), 5, "A's curl never shows: the trace closes with all five spans");
+    let a_server = &late.iter().find(|(key, _)| *key == a_key).unwrap().1;
+    assert_eq!(a_server.parent_span_id, None);
+    assert!(late.iter().all(|(_, c)| c.trace_id == a_server.trace_id));
+    assert_eq!(late.iter().filter(|(_, c)| c.parent_span_id.is_none()).count(), 1);
 }

@@ -209,7 +209,8 @@ impl OwnSources {
         let mut linked = Metric::counter(
             "sonde.spans.linked",
             "Where spans' parents came from: traceparent (the caller's header), stitched (a client \
-             span of another process on this host), thread (the request the process was serving), \
+             span of another process on this host), adopted (such a client span seen only after the \
+             server request had started a trace), thread (the request the process was serving), \
              none (the span starts a trace).",
             "{span}",
         );
@@ -217,6 +218,7 @@ impl OwnSources {
         linked
             .push(source("traceparent"), t, l.from_header as f64)
             .push(source("stitched"), t, l.stitched as f64)
+            .push(source("adopted"), t, l.adopted as f64)
             .push(source("thread"), t, l.in_process as f64)
             .push(source("none"), t, l.roots as f64);
         let mut unparented = Metric::counter(
