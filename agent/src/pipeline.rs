@@ -3,10 +3,11 @@
 //! locks, and the export queue is the only hand-off (non-blocking, drops counted).
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use sonde_common::{SkipTo, Verdict};
 
@@ -266,6 +267,9 @@ impl Pipeline {
 
     /// Exchanges that waited for their parent, now that the linker knows it.
     fn emit_late(&mut self) {
+        if !self.linker.has_late() {
+            return;
+        }
         let now = Instant::now();
         let late: Vec<(RequestKey, SpanContext)> = self.linker.take_late().collect();
         for (key, context) in late {
@@ -386,7 +390,9 @@ impl Pipeline {
         let mut effects = std::mem::take(&mut self.effects);
         self.link_started(effects.started.drain(..));
         self.emit_late();
-        self.emit(effects.finished.drain(..));
+        if !effects.finished.is_empty() {
+            self.emit(effects.finished.drain(..));
+        }
         self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
         self.verdicts_to_kernel(effects.kernel_verdicts.drain(..));

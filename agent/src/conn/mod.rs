@@ -11,7 +11,7 @@ mod skip;
 pub use info::ConnInfo;
 use skip::BodySkip;
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use sonde_common::{CloseEvent, ConnEvent, DataEvent, Direction, Role, SkipTo, Verdict, conn_key};
 

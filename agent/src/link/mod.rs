@@ -32,10 +32,9 @@ mod stitch;
 mod tests;
 mod tracestate;
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::net::IpAddr;
+
+use foldhash::{HashMap, HashSet};
 
 use sonde_common::Direction;
 
@@ -388,6 +387,11 @@ impl Linker {
             Ok(()) => Link::Later(key),
             Err(held) => Link::Now(held.context),
         }
+    }
+
+    /// Whether `take_late` has anything.
+    pub fn has_late(&self) -> bool {
+        !self.resolved_late.is_empty()
     }
 
     /// Contexts of exchanges held in open traces (`Link::Later`) that settled since the last call:

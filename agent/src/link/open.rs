@@ -18,7 +18,9 @@
 //! keep-alive connection, its predecessor's record lost) could otherwise take the place of the one
 //! that never came — and a wrong parent is worse than none.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use super::{RequestKey, SpanContext, stitch::TupleKey};
 use crate::span::model::TraceId;

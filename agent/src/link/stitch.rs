@@ -6,10 +6,9 @@
 //! Requests on one connection are answered in order (HTTP/1.x), so the oldest matching record
 //! is the one; records skipped over belong to requests the server side never reported, and go.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+use foldhash::HashMap;
 
 use crate::{
     conn::ConnInfo,

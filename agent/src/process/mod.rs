@@ -6,10 +6,11 @@
 //! reused pid does not inherit another program's resource.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::HashMap;
 
 use crate::{
     metadata::{PodMeta, Pods},
@@ -63,7 +64,7 @@ impl Default for ProcessCache {
 
 impl ProcessCache {
     pub fn new() -> Self {
-        Self { host_name: host_name(), entries: HashMap::new(), clock: 0, pods: None }
+        Self { host_name: host_name(), entries: HashMap::default(), clock: 0, pods: None }
     }
 
     /// With Kubernetes metadata from `pods`.

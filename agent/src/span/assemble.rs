@@ -3,10 +3,11 @@
 //! (https://opentelemetry.io/docs/specs/semconv/http/http-spans/).
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
+
+use foldhash::HashMap;
 
 use sonde_common::Direction;
 
