@@ -121,7 +121,7 @@ pub(super) fn parse(kind: MessageKind, buf: &[u8], truncated: bool) -> Result<He
             }
             let fields = Fields::collect(kind, req.headers)?;
             let head = RequestHead {
-                method: req.method.unwrap_or_default().to_owned(),
+                method: method(req.method.unwrap_or_default()),
                 target: req.path.unwrap_or_default().to_owned(),
                 minor_version: req.version.unwrap_or_default(),
                 host: fields.host,
@@ -242,6 +242,15 @@ fn merge_transfer_encoding(acc: &mut TransferEncoding, value: &[u8]) {
             TransferEncoding::Other
         };
     }
+}
+
+/// The method, borrowed when it is one of the usual ones (one allocation less per request).
+fn method(wire: &str) -> Cow<'static, str> {
+    const USUAL: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+    USUAL
+        .iter()
+        .find(|&&usual| usual == wire)
+        .map_or_else(|| Cow::Owned(wire.to_owned()), |&usual| Cow::Borrowed(usual))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

@@ -25,6 +25,8 @@ pub mod traceparent;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 pub use connection::HttpConnection;
 pub use sonde_common::Direction;
 pub use target::Target;
@@ -46,8 +48,8 @@ pub struct Chunk<'a> {
 /// The head of a request, as far as sonde needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    /// As on the wire, e.g. `GET`.
-    pub method: String,
+    /// As on the wire, e.g. `GET`; the methods most requests use are not allocated.
+    pub method: Cow<'static, str>,
     /// The request-target as on the wire, query included (lossy UTF-8).
     pub target: String,
     /// HTTP/1.<minor>.
@@ -129,12 +131,11 @@ impl Started {
         head.method == "POST" && ["/v1/traces", "/v1/metrics", "/v1/logs"].iter().any(|p| path.ends_with(p))
     }
 
+    /// Method and target, hashed: what a client request and its server request have in common.
+    /// Compared only within this process, so any fixed seed does.
     pub fn fingerprint_of(head: &RequestHead) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        head.method.hash(&mut h);
-        head.target.hash(&mut h);
-        h.finish()
+        use std::hash::BuildHasher as _;
+        foldhash::fast::FixedState::with_seed(0).hash_one((&head.method, &head.target))
     }
 }
 

@@ -334,7 +334,7 @@ impl<'a> Sink<'a> {
                     }
                     return plan;
                 };
-                let method = request.head.as_ref().map(|h| h.method.as_str());
+                let method = request.head.as_ref().map(|h| &*h.method);
                 let plan = response_plan(status, method, &body, head.truncated);
                 let response = Response { head, start_ns, end_ns: ts, body_bytes: 0 };
                 request.response = ResponseSlot::InProgress { response, unknown_end: false };

@@ -8,7 +8,7 @@ use crate::span::model::{AttrValue, SpanId, TraceFlags, TraceId};
 
 fn head(method: &str, target: &str) -> RequestHead {
     RequestHead {
-        method: method.into(),
+        method: method.to_owned().into(),
         target: target.into(),
         minor_version: 1,
         host: Some("shop.local:8080".into()),
