@@ -57,20 +57,17 @@ pub(super) enum HeadEnd {
 /// a byte at a time costs linear time overall. Lines may end in CRLF or a bare LF, as httparse
 /// accepts both (RFC 9112 §2.2 lets a recipient accept a bare LF).
 pub(super) fn find_head_end(buf: &[u8], from: usize) -> HeadEnd {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match (buf.get(i + 1), buf.get(i + 2)) {
-                (Some(b'\n'), _) => return HeadEnd::At(i + 2),
-                (Some(b'\r'), Some(b'\n')) => return HeadEnd::At(i + 3),
-                // The LF could still begin the empty line: look at it again with more bytes.
-                (None, _) | (Some(b'\r'), None) => return HeadEnd::Resume(i),
-                _ => {}
-            }
+    let from = from.min(buf.len());
+    for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|at| from + at) {
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => return HeadEnd::At(i + 2),
+            (Some(b'\r'), Some(b'\n')) => return HeadEnd::At(i + 3),
+            // The LF could still begin the empty line: look at it again with more bytes.
+            (None, _) | (Some(b'\r'), None) => return HeadEnd::Resume(i),
+            _ => {}
         }
-        i += 1;
     }
-    HeadEnd::Resume(i)
+    HeadEnd::Resume(buf.len())
 }
 
 /// What a head says about the body after it (RFC 9112 §6).

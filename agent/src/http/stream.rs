@@ -179,6 +179,18 @@ impl Stream {
                 return used;
             }
             *start_ns = ts;
+            // The usual case, a whole head in one chunk, is parsed where it lies, not copied.
+            let rest = &data[used..];
+            let within = &rest[..rest.len().min(self.max_head_bytes)];
+            if head::check_start(self.kind, within) == StartCheck::Yes
+                && let HeadEnd::At(end) = head::find_head_end(within, 0)
+            {
+                *started = true;
+                sink.start(self.kind, *start_ns);
+                let parsed = head::parse(self.kind, &within[..end], false);
+                self.head_parsed(ts, parsed, sink);
+                return used + end;
+            }
         }
         let old_len = self.buf.len();
         let take = (self.max_head_bytes - old_len).min(data.len() - used);
@@ -223,11 +235,16 @@ impl Stream {
 
     /// The head in `buf` is complete, or as complete as the capture allows (`truncated`).
     fn finish_head(&mut self, ts: u64, truncated: bool, sink: &mut Sink<'_>) {
+        let parsed = head::parse(self.kind, &self.buf, truncated);
+        self.release_buf();
+        self.head_parsed(ts, parsed, sink);
+    }
+
+    /// What follows a head: its body, or the next message.
+    fn head_parsed(&mut self, ts: u64, parsed: Result<head::Head, ParseError>, sink: &mut Sink<'_>) {
         let State::Head { start_ns, .. } = self.state else {
             return;
         };
-        let parsed = head::parse(self.kind, &self.buf, truncated);
-        self.release_buf();
         let head = match parsed {
             Ok(head) => head,
             Err(e) => return self.head_fails(e, sink),
