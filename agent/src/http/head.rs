@@ -241,13 +241,12 @@ fn merge_transfer_encoding(acc: &mut TransferEncoding, value: &[u8]) {
     }
 }
 
-/// The method, borrowed when it is one of the usual ones (one allocation less per request).
+/// The method, borrowed when the conventions name it (one allocation less per request).
 fn method(wire: &str) -> Cow<'static, str> {
-    const USUAL: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
-    USUAL
+    super::KNOWN_METHODS
         .iter()
-        .find(|&&usual| usual == wire)
-        .map_or_else(|| Cow::Owned(wire.to_owned()), |&usual| Cow::Borrowed(usual))
+        .find(|&&known| known == wire)
+        .map_or_else(|| Cow::Owned(wire.to_owned()), |&known| Cow::Borrowed(known))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

@@ -45,6 +45,11 @@ pub struct Chunk<'a> {
     pub len: u32,
 }
 
+/// The methods the OTel HTTP conventions name, the most used first; any other is reported as
+/// `_OTHER` with the original kept.
+pub const KNOWN_METHODS: &[&str] =
+    &["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE", "QUERY"];
+
 /// The head of a request, as far as sonde needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {

@@ -260,9 +260,6 @@ impl Linker {
                 // The client's write usually precedes this read in the ring buffer; when it does
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
                 self.try_stitch(key, &mut request);
-                if let Some(lineage) = &request.lineage {
-                    self.open.join(&lineage.trace_id, key);
-                }
                 self.requests.insert(key, request);
                 self.serving.entry(conn.pid).or_default().insert(key);
                 if let Some(previous) = self.handling.insert((conn.pid, started.tid), key)
@@ -422,8 +419,8 @@ impl Linker {
 
     /// Closed traces stand as they are, their held spans go out. The stitcher is not asked again:
     /// a record filed after a request ended is not its client's (see `open`).
-    fn close(&mut self, closed: Vec<(TraceId, OpenTrace)>) {
-        for (_, trace) in closed {
+    fn close(&mut self, closed: Vec<OpenTrace>) {
+        for trace in closed {
             self.stats.roots += 1;
             self.resolved_late.extend(trace.held.into_iter().map(|h| (h.key, h.context)));
         }

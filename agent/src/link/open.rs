@@ -72,7 +72,7 @@ pub struct OpenTraces {
     /// (deadline, trace) in the order they opened; adopted ones are skipped when met.
     deadlines: VecDeque<(u64, TraceId)>,
     /// Traces closed early for having too many members, handed out by the next `expire`.
-    overgrown: Vec<(TraceId, OpenTrace)>,
+    overgrown: Vec<OpenTrace>,
     held: usize,
 }
 
@@ -117,7 +117,7 @@ impl OpenTraces {
         let overgrown =
             self.traces.get(trace).is_some_and(|o| o.members.len() + o.records.len() > MAX_MEMBERS);
         if overgrown && let Some(open) = self.take(trace) {
-            self.overgrown.push((*trace, open));
+            self.overgrown.push(open);
         }
     }
 
@@ -170,38 +170,36 @@ impl OpenTraces {
     }
 
     /// Closes traces whose deadline is at or before `horizon_ns`, oldest first.
-    pub fn expire(&mut self, horizon_ns: u64, out: &mut Vec<(TraceId, OpenTrace)>) {
+    pub fn expire(&mut self, horizon_ns: u64, out: &mut Vec<OpenTrace>) {
         out.append(&mut self.overgrown);
         while let Some(&(deadline, trace)) = self.deadlines.front() {
             if deadline > horizon_ns {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(open) = self.take(&trace) {
-                out.push((trace, open));
-            }
+            out.extend(self.take(&trace));
         }
     }
 
     /// Closes the oldest open trace.
-    pub fn close_oldest(&mut self, out: &mut Vec<(TraceId, OpenTrace)>) {
+    pub fn close_oldest(&mut self, out: &mut Vec<OpenTrace>) {
         while let Some((_, trace)) = self.deadlines.pop_front() {
             if let Some(open) = self.take(&trace) {
-                out.push((trace, open));
+                out.push(open);
                 return;
             }
         }
     }
 
     /// Closes every open trace that `pid` started or holds a span of, or all with None.
-    pub fn close_all(&mut self, pid: Option<u32>, out: &mut Vec<(TraceId, OpenTrace)>) {
+    pub fn close_all(&mut self, pid: Option<u32>, out: &mut Vec<OpenTrace>) {
         let involved = |open: &OpenTrace| {
             pid.is_none_or(|pid| open.root.pid == pid || open.held.iter().any(|h| h.pid == pid))
         };
         let closing: Vec<TraceId> =
             self.traces.iter().filter(|(_, open)| involved(open)).map(|(trace, _)| *trace).collect();
         for trace in closing {
-            out.extend(self.take(&trace).map(|open| (trace, open)));
+            out.extend(self.take(&trace));
         }
         out.append(&mut self.overgrown);
         if self.traces.is_empty() {

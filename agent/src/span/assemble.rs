@@ -25,10 +25,6 @@ use crate::{
 /// Attribute values longer than this are cut (a 1 MiB URL must not become a 1 MiB attribute).
 pub const MAX_ATTRIBUTE_BYTES: usize = 2048;
 
-/// Methods the conventions name; any other is reported as `_OTHER` with the original kept.
-const KNOWN_METHODS: &[&str] =
-    &["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"];
-
 #[derive(Clone, Debug, Default)]
 pub struct AssembleOptions {
     /// Export `url.query` (off by default: query strings often carry personal data or secrets).
@@ -224,7 +220,7 @@ pub(crate) fn normalize_method(method: &str) -> (&'static str, Option<&str>) {
 }
 
 fn known_method(method: &str) -> Option<&'static str> {
-    KNOWN_METHODS.iter().find(|&&known| known == method).copied()
+    crate::http::KNOWN_METHODS.iter().find(|&&known| known == method).copied()
 }
 
 pub(crate) fn protocol_version(minor: u8) -> Text {
