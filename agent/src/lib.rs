@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod probes;
 pub mod process;
 pub mod run;
+pub mod sched;
 pub mod semconv;
 pub mod span;

@@ -22,6 +22,7 @@ use crate::{
     },
     pipeline::{Pipeline, PipelineStats},
     probes::{ProbeOptions, Probes, Programs, TlsOptions},
+    sched::{self, Sched},
     span::{AssembleOptions, Assembler},
 };
 
@@ -53,6 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `run`, calling `started` once tracing is on, with a handle that ends the run.
 pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Result<()> {
     init_logging(&args.log);
+    let sched = Sched::detect();
     yield_to_traced_processes();
     let Settings { otlp, otlp_metrics, metrics_interval, print, selector, sampler } =
         Settings::resolve(&args, |key| std::env::var(key).ok())?;
@@ -61,6 +63,14 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         .worker_threads(1)
         .enable_all()
         .thread_name("sonde-export")
+        .on_thread_start({
+            let sched = sched.clone();
+            move || sched.join_current()
+        })
+        .on_thread_stop({
+            let sched = sched.clone();
+            move || sched.leave_current()
+        })
         .build()
         .context("starting the async runtime")?;
     // Listening from here on: a signal during start-up ends the run as soon as it has started.
@@ -127,8 +137,14 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         opt_in_attributes: args.opt_in_attributes,
     });
     let (tls_notices, mut tls_notices_rx) = tokio::sync::mpsc::channel(TLS_NOTICES);
+    // The ring's fill, read by the scheduling watchdog (the intake thread reads its own).
+    let ring_fill = intake::RingFill::new(std::os::fd::AsRawFd::as_raw_fd(&ring), ring_bytes)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read the ring buffer's fill: sonde will not hurry when it fills"))
+        .ok();
+    let export_backlog = sink.clone();
     let intake_thread = {
         let stop = stop.clone();
+        let sched = sched.clone();
         let stats = stats.clone();
         std::thread::Builder::new()
             .name("sonde-intake".into())
@@ -143,7 +159,9 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 if let Some(pods) = pods {
                     pipeline = pipeline.with_pods(pods);
                 }
+                sched.join_current();
                 intake::run(ring, ring_bytes, &mut pipeline, &stop, TICK);
+                sched.leave_current();
             })
             .context("starting the intake thread")?
     };
@@ -152,6 +170,14 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         otlp = otlp.as_ref().map(|o| format!("{} {}", o.protocol, o.endpoint)).unwrap_or_else(|| "none".into()),
         "tracing started"
     );
+    let watchdog = sched::watch(
+        sched.clone(),
+        move || ring_fill.as_ref().map_or(0.0, intake::RingFill::fraction).max(export_backlog.backlog()),
+        stop.clone(),
+    )
+    .context("starting the scheduling watchdog")?;
+    // Start-up is done; what this thread does from now on is small and periodic.
+    sched.calm_current();
 
     runtime.block_on(async {
         let mut report = tokio::time::interval(REPORT_EVERY);
@@ -179,6 +205,9 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
 
     tracing::info!("stopping: draining events and flushing spans");
     stop.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    // What is left must be flushed before the deadline, however busy the host.
+    sched.hurry_for_good();
     // The intake thread sees `stop` within one poll (`intake::POLL_INTERVAL`), drains the ring, then ends.
     if intake_thread.join().is_err() {
         tracing::error!("the intake thread panicked");
@@ -315,11 +344,10 @@ fn init_logging(filter: &str) {
     }
 }
 
-/// Puts sonde's threads (this one, and those it starts, which inherit the policy) in
-/// `SCHED_BATCH`: they keep their fair share of CPU, but waking up never preempts the process
-/// that is running — on a busy host that is the traced service, whose latency sonde must not add
-/// to. sonde's work is batched anyway (ring-buffer drains, export batches); a few milliseconds
-/// of delay cost it nothing.
+/// Puts this thread (and those it starts, which inherit the policy) in `SCHED_BATCH` for start-up:
+/// it keeps its fair share of CPU, but waking up never preempts the process that is running — on
+/// a busy host that is the traced service. Once running, the busy threads go calmer still, and
+/// hurry when they fall behind (`sched`).
 fn yield_to_traced_processes() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` lives for the call.

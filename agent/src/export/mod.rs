@@ -144,6 +144,11 @@ impl SpanSink {
         }
     }
 
+    /// Share of the OTLP queue in use (0 to 1; 0 without OTLP).
+    pub fn backlog(&self) -> f64 {
+        self.otlp.as_ref().map_or(0.0, queue::QueueTx::fill)
+    }
+
     fn to_print(&self, queue: &SyncSender<Span>, span: Span) {
         let counter = match queue.try_send(span) {
             Ok(()) => &self.stats.spans_printed,

@@ -59,6 +59,11 @@ impl<T> QueueTx<T> {
         }
         pushed
     }
+
+    /// Share of the bound in use (0 to 1).
+    pub(crate) fn fill(&self) -> f64 {
+        self.queued.load(Ordering::Relaxed) as f64 / self.max as f64
+    }
 }
 
 pub(crate) struct QueueRx<T> {

@@ -1,7 +1,6 @@
 //! Intake: the ring buffer the kernel programs fill, drained by one thread that decodes each record
 //! and hands it on. Wake-ups are batched in the kernel, so the reader also polls on a short timer.
 
-mod catch_up;
 mod decode;
 mod fill;
 
@@ -54,7 +53,6 @@ pub fn run(
     let fill = RingFill::new(fd, capacity)
         .inspect_err(|e| tracing::warn!(error = %e, "cannot read the ring buffer's fill: no span shedding"))
         .ok();
-    let mut catch_up = catch_up::CatchUp::default();
     let mut last_tick = Instant::now();
     let mut stop_deadline = None;
     loop {
@@ -62,7 +60,6 @@ pub fn run(
             stop_deadline = Some(Instant::now() + STOP_DRAIN);
         }
         if let Some(fill) = fill.as_ref().map(RingFill::fraction) {
-            catch_up.update(fill, Instant::now());
             sink.backlog(fill);
         }
         let mut drained = 0;

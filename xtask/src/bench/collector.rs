@@ -80,6 +80,46 @@ impl Collector {
         cpu(self.rotel.pid()) + cpu(std::process::id())
     }
 
+    /// Where the collector's threads (rotel's, and the receiver's in this process) run. The
+    /// collector stands in for one on another host, or at least off the traced server's cores; on
+    /// this 2-core machine, floating at ordinary priority, its bursts — batches of thousands of
+    /// spans decoded, re-encoded, compressed and forwarded — showed up in nginx's latency
+    /// percentiles as if sonde had added them (docs/performance.md, "Tail latency"). So
+    /// fixed-rate rounds, which measure latency on a machine with CPU to spare, keep it on the
+    /// load generator's CPU (`Some(cpu)`) in `SCHED_IDLE`; saturated rounds, where it must compete
+    /// to keep up, let it float at ordinary priority (`None`). Returns how many threads were set.
+    pub fn place(&self, aside: Option<usize>) -> usize {
+        let policy = if aside.is_some() { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET only writes inside it.
+        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for cpu in (0..online).filter(|&c| aside.is_none_or(|a| a == c)) {
+            // SAFETY: `cpu` is below the number of CPUs, far below CPU_SETSIZE.
+            unsafe { libc::CPU_SET(cpu, &mut cpus) };
+        }
+        let own = std::process::id();
+        let mut set = 0;
+        for pid in [self.rotel.pid(), own] {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+            for tid in tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok()) {
+                let comm =
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+                if pid == own && !comm.starts_with("bench-receiver") {
+                    continue;
+                }
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: `param` and `cpus` live for the calls; a thread that is gone only makes
+                // them fail.
+                let ok = unsafe {
+                    libc::sched_setscheduler(tid, policy, &param) == 0
+                        && libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &cpus) == 0
+                };
+                set += usize::from(ok);
+            }
+        }
+        set
+    }
+
     /// Spans that reached the end of the chain so far.
     pub fn received(&self) -> u64 {
         self.count.load(Ordering::Relaxed)

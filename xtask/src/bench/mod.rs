@@ -41,6 +41,8 @@ const MAX_QUEUE_SPANS: u32 = 65_536;
 /// receiver float (they are what is measured, and would be on a real host too).
 const NGINX_CPUS: &str = "0";
 const LOAD_CPUS: &str = "1";
+/// `LOAD_CPUS` as a number.
+const LOAD_CPU: usize = 1;
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -219,6 +221,16 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     let mut runs = Vec::new();
     let mut kernel_runs = Vec::new();
     for scenario in &profile.scenarios {
+        // Latency is measured at fixed rates: the collector keeps off nginx's CPU then.
+        let aside = scenario.load.rate.and(pin.then_some(LOAD_CPU));
+        let threads = collector.place(aside);
+        match aside {
+            Some(cpu) => eprintln!(
+                "bench: {}: the collector's {threads} threads on CPU {cpu}, SCHED_IDLE",
+                scenario.name
+            ),
+            None => eprintln!("bench: {}: the collector's {threads} threads float", scenario.name),
+        }
         if !profile.warmup.is_zero() {
             let _ = load::run(&scenario.load, ctx.url_of(scenario), profile.warmup, load_cpus, work);
         }
@@ -247,6 +259,8 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
             }
         }
     }
+    // The node-wide scenarios export to it at full speed: it competes like any process.
+    collector.place(None);
     let bulk = if profile.bulk_rounds > 0 {
         nginx.check_alive()?;
         Some(bulk::run(&ctx.tracer, profile.bulk_rounds, profile.bulk_run, (nginx_cpus, load_cpus))?)
