@@ -159,7 +159,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                 if let Some(pods) = pods {
                     pipeline = pipeline.with_pods(pods);
                 }
-                sched.join_current();
+                sched.join_current_as_reader();
                 intake::run(ring, ring_bytes, &mut pipeline, &stop, TICK);
                 sched.leave_current();
             })

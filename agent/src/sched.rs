@@ -7,10 +7,11 @@
 //! 0.43–0.97 ms in `SCHED_BATCH`, and to 0.38–0.60 ms in `SCHED_IDLE`, whose threads any waking
 //! task preempts at once (docs/performance.md, "Tail latency").
 //!
-//! So while sonde keeps up, its busy threads — the intake thread and the export worker — run
-//! *calm*: `SCHED_IDLE` where the process may leave that policy again, else `SCHED_BATCH` (leaving
-//! `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20, which the DaemonSet does not grant;
-//! `SCHED_BATCH` ↔ `SCHED_OTHER` needs nothing). When the ring buffer or the export queue passes a
+//! So while sonde keeps up, its busy threads run *calm*: the export worker `SCHED_IDLE` where the
+//! process may leave that policy again, else `SCHED_BATCH`; the intake thread `SCHED_BATCH`, as it
+//! must answer the kernel within milliseconds when a large body starts (`join_current_as_reader`).
+//! Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20, which the DaemonSet does not
+//! grant; `SCHED_BATCH` ↔ `SCHED_OTHER` needs nothing. When the ring buffer or the export queue passes a
 //! quarter full they *hurry*: ordinary tasks, whose wake-ups preempt like anyone's — on a saturated
 //! host a calm reader waits tens of milliseconds for a CPU while the ring overflows. That is
 //! decided by a watchdog, an ordinary thread that only looks at the two fills every 20 ms: a calm
@@ -44,9 +45,9 @@ const RELAPSE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Sched {
     calm: libc::c_int,
-    /// Thread ids of the threads that hurry and calm down together: the intake thread and the
-    /// export worker.
-    workers: Mutex<Vec<libc::pid_t>>,
+    /// The threads that hurry and calm down together (the intake thread and the export worker):
+    /// thread id, and the policy each runs while calm.
+    workers: Mutex<Vec<(libc::pid_t, libc::c_int)>>,
 }
 
 impl Sched {
@@ -76,31 +77,45 @@ impl Sched {
 
     /// The calling thread hurries and calms down with the others from now on; it starts calm.
     pub fn join_current(&self) {
+        self.join_current_calm(self.calm);
+    }
+
+    /// As `join_current`, for the thread that reads the ring buffer: calm for it is `SCHED_BATCH`
+    /// even where the others idle. When a large body starts, the kernel wakes the reader at once
+    /// so that it reads the head and says where the body ends before much of it is copied; an
+    /// idle-class reader on CPUs busy moving that body answered too late (tests/copy_cost.rs: 87 %
+    /// of a 100 MiB body skipped instead of ≥ 90 %, in one run of three).
+    pub fn join_current_as_reader(&self) {
+        self.join_current_calm(libc::SCHED_BATCH);
+    }
+
+    fn join_current_calm(&self, calm: libc::c_int) {
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::gettid() };
-        set(tid, self.calm);
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
+        set(tid, calm);
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).push((tid, calm));
     }
 
     /// The calling thread is ending: it no longer follows.
     pub fn leave_current(&self) {
         // SAFETY: as in `join_current`.
         let tid = unsafe { libc::gettid() };
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).retain(|&t| t != tid);
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).retain(|&(t, _)| t != tid);
     }
 
-    /// Sets every worker to `policy`; false if the kernel refused any.
-    fn set_all(&self, policy: libc::c_int) -> bool {
+    /// Sets every worker to `policy`, or to its own calm policy with `None`; false if the kernel
+    /// refused any.
+    fn set_all(&self, policy: Option<libc::c_int>) -> bool {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         // Every one is set, even after a refusal.
-        workers.iter().map(|&tid| set(tid, policy)).filter(|ok| !ok).count() == 0
+        workers.iter().map(|&(tid, calm)| set(tid, policy.unwrap_or(calm))).filter(|ok| !ok).count() == 0
     }
 
     /// Every worker and the calling thread become ordinary tasks, for good: at shutdown, when what
     /// is left must be flushed in time.
     pub fn hurry_for_good(&self) {
         set(0, libc::SCHED_OTHER);
-        self.set_all(libc::SCHED_OTHER);
+        self.set_all(Some(libc::SCHED_OTHER));
     }
 }
 
@@ -149,7 +164,7 @@ impl CatchUp {
     /// With `backlog` the larger of the ring buffer's and the export queue's fill (0 to 1).
     fn update(&mut self, backlog: f64, now: Instant) {
         match self.hurrying {
-            None if backlog >= BEHIND && self.sched.set_all(libc::SCHED_OTHER) => {
+            None if backlog >= BEHIND && self.sched.set_all(Some(libc::SCHED_OTHER)) => {
                 let relapse = self.calmed.is_some_and(|t| now.duration_since(t) < RELAPSE);
                 self.calm_after =
                     if relapse { (self.calm_after * 2).min(CALM_AFTER_MAX) } else { CALM_AFTER };
@@ -159,7 +174,7 @@ impl CatchUp {
             }
             Some(_) if backlog > CAUGHT_UP => self.last_behind = Some(now),
             Some(since) if self.last_behind.is_some_and(|t| now.duration_since(t) >= self.calm_after) => {
-                self.sched.set_all(self.sched.calm);
+                self.sched.set_all(None);
                 tracing::debug!(after = ?now.duration_since(since), policy = name(self.sched.calm), "caught up: yielding to the traced processes again");
                 self.hurrying = None;
                 self.calmed = Some(now);
