@@ -176,8 +176,6 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         stop.clone(),
     )
     .context("starting the scheduling watchdog")?;
-    // Start-up is done; what this thread does from now on is small and periodic.
-    sched.calm_current();
 
     runtime.block_on(async {
         let mut report = tokio::time::interval(REPORT_EVERY);

@@ -10,6 +10,8 @@
 //! So while sonde keeps up, its busy threads run *calm*: the export worker `SCHED_IDLE` where the
 //! process may leave that policy again, else `SCHED_BATCH`; the intake thread `SCHED_BATCH`, as it
 //! must answer the kernel within milliseconds when a large body starts (`join_current_as_reader`).
+//! The main thread stays in `SCHED_BATCH` too: it hooks the TLS library of a process that just
+//! started, and an idle-class thread on a busy host would do that after the first requests.
 //! Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20, which the DaemonSet does not
 //! grant; `SCHED_BATCH` ↔ `SCHED_OTHER` needs nothing. When the ring buffer or the export queue passes a
 //! quarter full they *hurry*: ordinary tasks, whose wake-ups preempt like anyone's — on a saturated
@@ -68,11 +70,6 @@ impl Sched {
     /// Whether calm means `SCHED_IDLE` (false: `SCHED_BATCH`).
     pub fn calm_is_idle(&self) -> bool {
         self.calm == libc::SCHED_IDLE
-    }
-
-    /// Puts the calling thread in the calm policy (threads it starts later inherit it).
-    pub fn calm_current(&self) {
-        set(0, self.calm);
     }
 
     /// The calling thread hurries and calms down with the others from now on; it starts calm.
