@@ -31,7 +31,7 @@ use std::{
 };
 
 /// Backlog (of the ring buffer or the export queue) above which sonde is falling behind. The kernel
-/// wakes the reader at a sixteenth, so in steady state a drain starts well below this.
+/// wakes the reader at each sixteenth, so in steady state a drain starts well below this.
 const BEHIND: f64 = 0.25;
 /// Backlog below which sonde has caught up.
 const CAUGHT_UP: f64 = 1.0 / 8.0;
@@ -42,8 +42,8 @@ const CALM_AFTER_MAX: Duration = Duration::from_secs(64);
 /// A hurry that starts within this long of calming down doubles the wait before the next calm.
 const RELAPSE: Duration = Duration::from_secs(10);
 
-/// The policy sonde's busy threads run in while sonde keeps up, and the threads that follow it.
-/// Shared by the intake thread (which decides) and the threads that join.
+/// The policy sonde's busy threads run in while sonde keeps up, and the threads that follow the
+/// watchdog's decisions. Shared by the watchdog and the threads that join.
 #[derive(Debug)]
 pub struct Sched {
     calm: libc::c_int,
@@ -63,13 +63,8 @@ impl Sched {
             .and_then(|t| t.join().ok())
             .unwrap_or(false);
         let calm = if idle_is_reversible { libc::SCHED_IDLE } else { libc::SCHED_BATCH };
-        tracing::debug!(policy = name(calm), "sonde's threads run in this policy while they keep up");
+        tracing::debug!(policy = name(calm), "the export thread runs in this policy while sonde keeps up");
         Arc::new(Sched { calm, workers: Mutex::new(Vec::new()) })
-    }
-
-    /// Whether calm means `SCHED_IDLE` (false: `SCHED_BATCH`).
-    pub fn calm_is_idle(&self) -> bool {
-        self.calm == libc::SCHED_IDLE
     }
 
     /// The calling thread hurries and calms down with the others from now on; it starts calm.
@@ -172,7 +167,7 @@ impl CatchUp {
             Some(_) if backlog > CAUGHT_UP => self.last_behind = Some(now),
             Some(since) if self.last_behind.is_some_and(|t| now.duration_since(t) >= self.calm_after) => {
                 self.sched.set_all(None);
-                tracing::debug!(after = ?now.duration_since(since), policy = name(self.sched.calm), "caught up: yielding to the traced processes again");
+                tracing::debug!(after = ?now.duration_since(since), "caught up: yielding to the traced processes again");
                 self.hurrying = None;
                 self.calmed = Some(now);
             }
