@@ -55,7 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Result<()> {
     init_logging(&args.log);
     let sched = Sched::detect();
-    yield_to_traced_processes();
+    sched::yield_to_traced_processes();
     let Settings { otlp, otlp_metrics, metrics_interval, print, selector, sampler } =
         Settings::resolve(&args, |key| std::env::var(key).ok())?;
 
@@ -339,18 +339,6 @@ fn init_logging(filter: &str) {
         .init();
     if bad_rust_log {
         tracing::warn!(rust_log = rust_log.as_deref().unwrap_or(""), log = %asked, "RUST_LOG is not a log filter; using --log");
-    }
-}
-
-/// Puts this thread (and those it starts, which inherit the policy) in `SCHED_BATCH` for start-up:
-/// it keeps its fair share of CPU, but waking up never preempts the process that is running — on
-/// a busy host that is the traced service. Once running, the busy threads go calmer still, and
-/// hurry when they fall behind (`sched`).
-fn yield_to_traced_processes() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` lives for the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not switch to SCHED_BATCH");
     }
 }
 

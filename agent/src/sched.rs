@@ -182,6 +182,14 @@ impl CatchUp {
     }
 }
 
+/// Puts the calling thread (and those it starts, which inherit the policy) in `SCHED_BATCH` for
+/// start-up: it keeps its fair share of CPU, but waking up never preempts the process that is
+/// running — on a busy host that is the traced service. Once running, the busy threads follow the
+/// watchdog.
+pub fn yield_to_traced_processes() {
+    set(0, libc::SCHED_BATCH);
+}
+
 /// Sets thread `tid`'s policy (0: the calling thread); false (logged) when the kernel refuses.
 fn set(tid: libc::pid_t, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
@@ -203,7 +211,8 @@ fn name(policy: libc::c_int) -> &'static str {
 }
 
 /// The calling thread's policy, as the kernel has it.
-pub fn current_policy() -> libc::c_int {
+#[cfg(test)]
+fn current_policy() -> libc::c_int {
     // SAFETY: pid 0 is the calling thread.
     unsafe { libc::sched_getscheduler(0) }
 }
