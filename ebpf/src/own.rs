@@ -9,7 +9,8 @@
 //!   as its peer — and the port it connected to go into `AGENT_ENDPOINTS` (see `Endpoint` for why
 //!   the port connected to, not the whole 4-tuple). The other end accepts only after this transition (its
 //!   ACK is sent after it), so the entry is there before the other end's first read;
-//! - at close both go, so that a port reused by another process later is traced again.
+//! - at close both go, so that a port reused by another process later is traced again; a close
+//!   that went unseen is made up for when the socket's address is connected again (`forget`).
 //!
 //! The connection table then looks a new connection's peer up in `AGENT_ENDPOINTS` once, when it
 //! first carries data (`conn::on_data`).
@@ -38,6 +39,9 @@ const TCP_CLOSE: i32 = 7;
 pub fn on_state_change(ctx: &TracePointContext, sock: u64, old: i32, new: i32) {
     match new {
         TCP_SYN_SENT => {
+            // A socket filed here before at this address was freed without its close being seen:
+            // forget it, whoever connects now.
+            forget(sock);
             if (bpf_get_current_pid_tgid() >> 32) as u32 == global_u32(&AGENT_TGID)
                 // Not yet bound to a port (connect picks it after this transition).
                 && AGENT_SOCKS.insert(&sock, &Endpoint::default(), 0).is_err()
@@ -71,21 +75,35 @@ pub fn on_state_change(ctx: &TracePointContext, sock: u64, old: i32, new: i32) {
             }
         }
         TCP_CLOSE => {
-            // SAFETY: the value is copied out before the entry is removed.
-            let Some(endpoint) = (unsafe { AGENT_SOCKS.get(&sock) }).copied() else {
-                return;
-            };
-            if endpoint.port != 0 {
-                let _ = AGENT_ENDPOINTS.remove(&endpoint);
+            if let Some(endpoint) = forget(sock) {
                 debug!(
                     ctx,
                     "own connection from port {} to port {} closed", endpoint.port, endpoint.peer_port
                 );
             }
-            let _ = AGENT_SOCKS.remove(&sock);
         }
         _ => {}
     }
+}
+
+/// Removes socket `sock` from `AGENT_SOCKS` and its endpoint, if it had one, from
+/// `AGENT_ENDPOINTS`; returns that endpoint.
+///
+/// A close can go unseen: a tracepoint's program is skipped when it fires in a softirq that
+/// interrupted another of sonde's programs on the same CPU, and a TCP socket often closes in a
+/// softirq (the peer's last ACK or FIN). The entry then outlives the socket, and the kernel may
+/// give its address to a socket of another process — whose other end would be taken for sonde's
+/// and go untraced, had its connect not called this first.
+#[inline(always)]
+fn forget(sock: u64) -> Option<Endpoint> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let endpoint = (unsafe { AGENT_SOCKS.get(&sock) }).copied()?;
+    let _ = AGENT_SOCKS.remove(&sock);
+    if endpoint.port == 0 {
+        return None;
+    }
+    let _ = AGENT_ENDPOINTS.remove(&endpoint);
+    Some(endpoint)
 }
 
 /// The socket's own address and port, as its peer sees them (`saddr_v6` is IPv4-mapped for an

@@ -33,6 +33,39 @@ pub fn entries_of(pid: u32, name: &str) -> usize {
     entries(*id)
 }
 
+/// Sets `key` to `value` in map `id`, as an operator (or a test standing in for a lost event)
+/// would with bpftool.
+pub fn update(id: u32, key: &[u8], value: &[u8]) {
+    let id = id.to_string();
+    let mut args = vec!["map", "update", "id", &id, "key", "hex"];
+    let (key, value) = (hex(key), hex(value));
+    args.extend(key.iter().map(String::as_str));
+    args.push("value");
+    args.push("hex");
+    args.extend(value.iter().map(String::as_str));
+    bpftool(&args);
+}
+
+/// Whether map `id` holds `key`.
+pub fn holds(id: u32, key: &[u8]) -> bool {
+    let id = id.to_string();
+    let key = hex(key);
+    let mut args = vec!["map", "lookup", "id", &id, "key", "hex"];
+    args.extend(key.iter().map(String::as_str));
+    // Not `-j`: in JSON a missing key prints only `null`.
+    let out = Command::new("bpftool").args(&args).output().expect("running bpftool");
+    if out.status.success() {
+        return true;
+    }
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(said.to_lowercase().contains("not found"), "bpftool {args:?}: {said}");
+    false
+}
+
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn bpftool(args: &[&str]) -> serde_json::Value {
     let out = Command::new("bpftool")
         .arg("-j")

@@ -65,6 +65,7 @@ const TESTS: &[(&str, &str, bool)] = &[
     ("copy_cost", "connections_sonde_cannot_parse_stop_being_copied", true),
     ("traces", "calls_from_a_worker_thread_belong_to_the_request_that_started_it", false),
     ("collectors", "exports_to_a_traced_collector_over_ipv4_make_no_spans_or_metrics", false),
+    ("collectors", "a_socket_reusing_the_address_of_an_own_socket_whose_close_went_unseen_is_traced", false),
     ("reuse", "a_reused_pid_starts_clean", false),
     ("server_spans", "ipv6_peers_have_their_addresses", false),
     ("overload", "a_full_ring_sheds_spans_and_still_counts_every_request", false),
