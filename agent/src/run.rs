@@ -237,6 +237,12 @@ pub fn check_kernel() -> anyhow::Result<()> {
         Ok(set) => println!("hooks: {set}"),
         Err(e) => println!("hooks: none ({e})"),
     }
+    match crate::probes::sockhash_check::sockhash_is_harmless() {
+        Ok(()) => {
+            println!("sockhash: harmless (FIONREAD and epoll readiness stay right for a member socket)")
+        }
+        Err(e) => println!("sockhash: harmful ({e})"),
+    }
     let mut unexpected = Vec::new();
     for p in &programs {
         match &p.refused {

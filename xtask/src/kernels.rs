@@ -58,6 +58,7 @@ const GUEST_PATIENCE: u32 = 6;
 /// Quick ones run in CI.
 const TESTS: &[(&str, &str, bool)] = &[
     ("programs", "every_program_passes_the_verifier_or_its_feature_is_missing", true),
+    ("programs", "the_sockhash_verdict_agrees_with_an_independent_probe", true),
     ("server_spans", "python_http_server_gets_one_span_per_request", true),
     ("traces", "a_chain_of_plain_services_is_one_trace", true),
     ("tls", "python_https_server_and_curl_get_server_and_client_spans", true),

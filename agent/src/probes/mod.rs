@@ -24,6 +24,7 @@ mod features;
 mod hooks;
 mod kernel_log;
 pub mod prereq;
+pub mod sockhash_check;
 pub mod tls;
 
 pub use attach::Programs;
