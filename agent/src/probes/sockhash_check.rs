@@ -43,6 +43,11 @@ pub enum SockhashHarm {
     Untestable(String),
 }
 
+/// The self-test itself failed at `what`.
+fn untestable(what: &str, e: impl std::fmt::Display) -> SockhashHarm {
+    SockhashHarm::Untestable(format!("{what}: {e}"))
+}
+
 /// Runs both probes; `Ok` when a socket in a SOCKHASH keeps FIONREAD and epoll readiness right.
 pub fn sockhash_is_harmless() -> Result<(), SockhashHarm> {
     fionread_probe()?;
@@ -59,18 +64,16 @@ struct EnrolledPair {
 
 impl EnrolledPair {
     fn new() -> Result<Self, SockhashHarm> {
-        let untestable =
-            |what: &str, e: &dyn std::fmt::Display| SockhashHarm::Untestable(format!("{what}: {e}"));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| untestable("listen", &e))?;
-        let address = listener.local_addr().map_err(|e| untestable("listen", &e))?;
-        let client = TcpStream::connect(address).map_err(|e| untestable("connect", &e))?;
-        let (server, _) = listener.accept().map_err(|e| untestable("accept", &e))?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| untestable("listen", e))?;
+        let address = listener.local_addr().map_err(|e| untestable("listen", e))?;
+        let client = TcpStream::connect(address).map_err(|e| untestable("connect", e))?;
+        let (server, _) = listener.accept().map_err(|e| untestable("accept", e))?;
         let map = aya_obj::Map::new_from_params(BPF_MAP_TYPE_SOCKHASH as u32, 8, 4, 2, 0);
-        let data = MapData::create(map, "sonde_sh_probe", None)
-            .map_err(|e| untestable("creating a SOCKHASH", &e))?;
+        let data =
+            MapData::create(map, "sonde_sh_probe", None).map_err(|e| untestable("creating a SOCKHASH", e))?;
         let mut sockhash: SockHash<MapData, u64> =
-            SockHash::try_from(Map::SockHash(data)).map_err(|e| untestable("creating a SOCKHASH", &e))?;
-        sockhash.insert(0, client.as_raw_fd(), 0).map_err(|e| untestable("enrolling a socket", &e))?;
+            SockHash::try_from(Map::SockHash(data)).map_err(|e| untestable("creating a SOCKHASH", e))?;
+        sockhash.insert(0, client.as_raw_fd(), 0).map_err(|e| untestable("enrolling a socket", e))?;
         Ok(Self { client, server, _sockhash: sockhash })
     }
 }
@@ -79,12 +82,8 @@ impl EnrolledPair {
 /// FIONREAD must report them all.
 fn fionread_probe() -> Result<(), SockhashHarm> {
     let mut pair = EnrolledPair::new()?;
-    pair.server
-        .write_all(&[b'x'; PROBE_BYTES])
-        .map_err(|e| SockhashHarm::Untestable(format!("writing to the pair: {e}")))?;
-    pair.client
-        .set_nonblocking(true)
-        .map_err(|e| SockhashHarm::Untestable(format!("making the pair non-blocking: {e}")))?;
+    pair.server.write_all(&[b'x'; PROBE_BYTES]).map_err(|e| untestable("writing to the pair", e))?;
+    pair.client.set_nonblocking(true).map_err(|e| untestable("making the pair non-blocking", e))?;
     let deadline = Instant::now() + PATIENCE;
     let mut peek = [0u8; PROBE_BYTES];
     loop {
@@ -96,14 +95,14 @@ fn fionread_probe() -> Result<(), SockhashHarm> {
                     "{n} of {PROBE_BYTES} bytes arrived within {PATIENCE:?}"
                 )));
             }
-            Err(e) => return Err(SockhashHarm::Untestable(format!("peeking at the pair: {e}"))),
+            Err(e) => return Err(untestable("peeking at the pair", e)),
         }
     }
     let mut reported: libc::c_int = -1;
     // SAFETY: FIONREAD writes one int through the pointer, which points at `reported`.
     let r = unsafe { libc::ioctl(pair.client.as_raw_fd(), libc::FIONREAD, &raw mut reported) };
     if r != 0 {
-        return Err(SockhashHarm::Untestable(format!("FIONREAD: {}", std::io::Error::last_os_error())));
+        return Err(untestable("FIONREAD", std::io::Error::last_os_error()));
     }
     if reported as usize != PROBE_BYTES {
         return Err(SockhashHarm::Fionread { queued: PROBE_BYTES, reported });
@@ -119,9 +118,7 @@ fn readiness_probe() -> Result<(), SockhashHarm> {
     let mut pair = EnrolledPair::new()?;
     let epoll = Epoll::new(&pair.client)?;
     for round in 0..READINESS_ROUNDS {
-        pair.server
-            .write_all(b"x")
-            .map_err(|e| SockhashHarm::Untestable(format!("writing to the pair: {e}")))?;
+        pair.server.write_all(b"x").map_err(|e| untestable("writing to the pair", e))?;
         if !epoll.ready_within(PATIENCE)? {
             return Err(SockhashHarm::Readiness(if round == 0 {
                 "a write by the peer did not make the socket readable"
@@ -129,9 +126,7 @@ fn readiness_probe() -> Result<(), SockhashHarm> {
                 "a write after the socket was drained did not make it readable again"
             }));
         }
-        pair.client
-            .read_exact(&mut [0u8; 1])
-            .map_err(|e| SockhashHarm::Untestable(format!("reading what the peer wrote: {e}")))?;
+        pair.client.read_exact(&mut [0u8; 1]).map_err(|e| untestable("reading what the peer wrote", e))?;
     }
     Ok(())
 }
@@ -141,19 +136,17 @@ struct Epoll(libc::c_int);
 
 impl Epoll {
     fn new(socket: &TcpStream) -> Result<Self, SockhashHarm> {
-        let os_error =
-            |what| SockhashHarm::Untestable(format!("{what}: {}", std::io::Error::last_os_error()));
         // SAFETY: a plain epoll_create1(2); the fd is owned by the value and closed at its drop.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
-            return Err(os_error("epoll_create1"));
+            return Err(untestable("epoll_create1", std::io::Error::last_os_error()));
         }
         let epoll = Self(fd);
         let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
         // SAFETY: both fds are open; `event` is a valid epoll_event.
         let r = unsafe { libc::epoll_ctl(epoll.0, libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &raw mut event) };
         if r != 0 {
-            return Err(os_error("epoll_ctl"));
+            return Err(untestable("epoll_ctl", std::io::Error::last_os_error()));
         }
         Ok(epoll)
     }
@@ -164,7 +157,7 @@ impl Epoll {
         // SAFETY: room for the one event asked for.
         let n = unsafe { libc::epoll_wait(self.0, &raw mut event, 1, timeout) };
         if n < 0 {
-            return Err(SockhashHarm::Untestable(format!("epoll_wait: {}", std::io::Error::last_os_error())));
+            return Err(untestable("epoll_wait", std::io::Error::last_os_error()));
         }
         Ok(n == 1 && event.events & libc::EPOLLIN as u32 != 0)
     }
