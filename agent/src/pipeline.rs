@@ -17,7 +17,7 @@ use crate::{
     export::SpanSink,
     http::{Exchange, Started},
     intake::{self, DecodeError, Event},
-    link::{Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, sampler::Sampler},
+    link::{Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, kernel::KernelContexts, sampler::Sampler},
     metrics::Metrics,
     probes::{KernelTables, TlsNotice},
     process::ProcessCache,
@@ -120,6 +120,8 @@ pub struct Pipeline {
     backlogged: bool,
     /// When the kernel wrote the newest event read so far.
     newest_event_ns: u64,
+    /// Ids the kernel gave requests, waiting for the data events that begin them.
+    kernel_contexts: KernelContexts,
 }
 
 /// A backlog beyond which the time of the events read, not the clock, says how long a connection
@@ -180,6 +182,7 @@ impl Pipeline {
             shedder: Shedder::default(),
             backlogged: false,
             newest_event_ns: 0,
+            kernel_contexts: KernelContexts::default(),
         }
     }
 
@@ -484,8 +487,20 @@ impl intake::Sink for Pipeline {
             }
             Event::Data { event, payload } => {
                 let direction = intake::direction_of(&event);
+                let context = self.kernel_contexts.take(&event);
+                let before = self.effects.started.len();
                 self.conns.data(&event, direction, payload, &mut self.effects);
+                if let Some(context) = context {
+                    // The request this data event begins: the first it started in that direction.
+                    let begun = self.effects.started[before..].iter_mut().find(|(conn, started)| {
+                        conn.pid == event.header.tgid && started.direction == context.direction
+                    });
+                    if let Some((_, started)) = begun {
+                        started.kernel = Some(context);
+                    }
+                }
             }
+            Event::Context(context) => self.kernel_contexts.file(&context),
             Event::Close(close) => self.conns.close(&close, &mut self.effects),
             Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
             Event::Mapped(header) => {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{KubernetesMode, NullProbeArgs, RunArgs, Settings, TlsMode},
+    config::{ContextPropagation, KubernetesMode, NullProbeArgs, RunArgs, Settings, TlsMode},
     export::{ExportOptions, Exporter, metrics::MetricsExporter, prometheus},
     intake,
     metadata::{self, Pods},
@@ -21,7 +21,7 @@ use crate::{
         own::{self, KernelCounters, MetricsExportStats, OwnSources},
     },
     pipeline::{Pipeline, PipelineStats},
-    probes::{ProbeOptions, Probes, Programs, TlsOptions},
+    probes::{ProbeOptions, Probes, Programs, TlsOptions, propagation::PropagationOptions},
     sched::{self, Sched},
     span::{AssembleOptions, Assembler},
 };
@@ -85,6 +85,8 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             exclude: args.tls_exclude.clone(),
             exported_only: args.tls_exported_hooks,
         }),
+        propagation: (args.context_propagation == ContextPropagation::Tcp)
+            .then(|| PropagationOptions { cgroup: args.cgroup.clone() }),
     })?;
     let ring = probes.take_events()?;
     let ring_bytes = u64::from(crate::probes::ring_size(args.ring_buffer_bytes));
@@ -272,6 +274,7 @@ pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
         pids: Vec::new(),
         programs: Programs::NullProbe,
         tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new(), exported_only: false }),
+        propagation: None,
     })?;
     tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
     runtime.block_on(signals.recv());

@@ -43,6 +43,42 @@ fn at(bytes: &[u8; PROBE_BYTES], n: usize, i: usize) -> Option<bool> {
     Some(i > 0 && (b == b' ' || (i == 4 && b == b'/' && bytes[..4] == *b"HTTP")))
 }
 
+/// Whether the first `n` bytes of a write or read (at most `PROBE_BYTES` looked at) are the start
+/// of an HTTP/1.x request head: a method token of capital letters, whole, and the space after it
+/// (HTTP/2's preface `PRI ` is not a request; methods longer than seven letters, WebDAV's, do
+/// not fit in the bytes looked at). Stricter than [`may_start_message`]: this decides
+/// that a request begins here, and a trace context is given to it.
+#[inline(always)]
+pub fn starts_request(bytes: &[u8; PROBE_BYTES], n: usize) -> bool {
+    // Unrolled by hand for the verifiers before 6.3, as in `may_start_message`.
+    let space = method_end(bytes, n, 1)
+        .or_else(|| method_end(bytes, n, 2))
+        .or_else(|| method_end(bytes, n, 3))
+        .or_else(|| method_end(bytes, n, 4))
+        .or_else(|| method_end(bytes, n, 5))
+        .or_else(|| method_end(bytes, n, 6))
+        .or_else(|| method_end(bytes, n, 7));
+    match space {
+        Some(Some(3)) => bytes[..3] != *b"PRI",
+        Some(Some(_)) => bytes[0].is_ascii_uppercase(),
+        _ => false,
+    }
+}
+
+/// Some(Some(i)): the method token ends with a space at `i`; Some(None): it cannot be a request
+/// (a byte that is neither a capital nor that space, or too few bytes); None: read on.
+#[inline(always)]
+fn method_end(bytes: &[u8; PROBE_BYTES], n: usize, i: usize) -> Option<Option<usize>> {
+    if i >= n {
+        return Some(None);
+    }
+    match bytes[i] {
+        b' ' => Some(Some(i)),
+        b if b.is_ascii_uppercase() => None,
+        _ => Some(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +102,35 @@ mod tests {
             for n in 1..=start.len() {
                 assert!(check(&start[..n]), "{:?}", core::str::from_utf8(&start[..n]));
             }
+        }
+    }
+
+    fn request(bytes: &[u8]) -> bool {
+        let mut first = [0u8; PROBE_BYTES];
+        let n = bytes.len().min(PROBE_BYTES);
+        first[..n].copy_from_slice(&bytes[..n]);
+        starts_request(&first, n)
+    }
+
+    #[test]
+    fn only_whole_request_methods_start_a_request() {
+        for yes in [&b"GET / HTTP/1.1\r\n"[..], b"POST /x", b"OPTIONS *", b"M /"] {
+            assert!(request(yes), "{:?}", core::str::from_utf8(yes));
+        }
+        for no in [
+            &b"HTTP/1.1 200 OK"[..],
+            b"PRI * HTTP/2.0",
+            b"GE",
+            b"GET",
+            b" GET /",
+            b"get / ",
+            b"GET\t/",
+            b"PROPFIND /", // longer than the bytes looked at: WebDAV methods get no context
+            b"ABCDEFGH ",
+            b"\x16\x03\x01\x02\x00",
+            b"",
+        ] {
+            assert!(!request(no), "{:?}", no);
         }
     }
 

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod first_bytes;
+pub mod propagation;
 
 /// Largest number of payload bytes one data event can carry (a power of two: the kernel side masks
 /// lengths with `MAX_CAPTURE - 1` so the verifier can bound them).
@@ -41,6 +42,10 @@ pub mod maps {
     pub const AGENT_SOCKS: &str = "AGENT_SOCKS";
     pub const AGENT_ENDPOINTS: &str = "AGENT_ENDPOINTS";
     pub const COUNTS: &str = "COUNTS";
+    pub const TCP_OUT: &str = "TCP_OUT";
+    pub const TCP_IN: &str = "TCP_IN";
+    pub const SERVING: &str = "SERVING";
+    pub const CLIENT_IDS: &str = "CLIENT_IDS";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.
@@ -76,6 +81,16 @@ pub mod globals {
     /// A [`FdWalk`](super::FdWalk): the offsets that lead from the current task to the socket
     /// behind an fd, from the kernel's BTF; all zero unless the hook set finds sockets that way.
     pub const FD_WALK: &str = "FD_WALK";
+    /// Non-zero: trace context goes on the wire in a TCP option (`--context-propagation tcp`).
+    pub const PROPAGATE: &str = "PROPAGATE";
+    /// The same walk as `FD_WALK`, for context propagation alone: it finds the socket a request is
+    /// about to be written to, whatever the hook set (`FD_WALK` stays off where the socket
+    /// tracepoints say which fds are sockets).
+    pub const SEND_FD_WALK: &str = "SEND_FD_WALK";
+    /// Offsets inside `struct tcp_sock` of `write_seq` (the sequence number the next byte written
+    /// will get) and `copied_seq` (of the next byte a read will return), from the kernel's BTF.
+    pub const OFF_TCP_WRITE_SEQ: &str = "OFF_TCP_WRITE_SEQ";
+    pub const OFF_TCP_COPIED_SEQ: &str = "OFF_TCP_COPIED_SEQ";
 }
 
 /// Byte offsets, from the running kernel's BTF, of the fields on the way from the current task to
@@ -115,6 +130,9 @@ pub enum EventKind {
     Mapped = 5,
     /// [`ExitEvent`]: a thread of a traced process exited.
     Exit = 6,
+    /// [`ContextEvent`](propagation::ContextEvent): the trace context the kernel gave the request
+    /// that the next data event of (tgid, fd) begins with.
+    Context = 7,
 }
 
 impl EventKind {
@@ -126,6 +144,7 @@ impl EventKind {
             4 => Some(Self::Spawn),
             5 => Some(Self::Mapped),
             6 => Some(Self::Exit),
+            7 => Some(Self::Context),
             _ => None,
         }
     }
@@ -191,8 +210,17 @@ pub enum KernelCount {
     ConnsRefusedByFirstBytes = 2,
     /// Body bytes user space knew the length of, moved without an event (see [`SkipTo`]).
     BodyBytesSkipped = 3,
+    /// Trace contexts written into a TCP option of the segment their request began.
+    OptionsWritten = 4,
+    /// Requests whose context could not go on the wire: their first byte did not begin a segment,
+    /// or the segment had no room for the option (SACK blocks, other options).
+    OptionsNotWritten = 5,
+    /// Trace contexts read from a TCP option of a received segment.
+    OptionsReceived = 6,
+    /// Received contexts given to the request that began at their segment.
+    OptionsMatched = 7,
 }
-pub const KERNEL_COUNTS: u32 = 4;
+pub const KERNEL_COUNTS: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -489,6 +517,10 @@ mod pod {
     unsafe impl aya::Pod for TlsKey {}
     // SAFETY: ten u32: 40 bytes, no implicit padding.
     unsafe impl aya::Pod for FdWalk {}
+    // SAFETY: `[u8; 16]`, two `[u8; 8]`, an i32 and four u8: 40 bytes, no implicit padding.
+    unsafe impl aya::Pod for propagation::Ids {}
+    // SAFETY: `[u8; 16]`, `[u8; 8]`, a u32 and four u8: 32 bytes, no implicit padding.
+    unsafe impl aya::Pod for propagation::WireContext {}
 }
 
 #[cfg(test)]
@@ -511,6 +543,9 @@ mod tests {
         assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);
         assert_eq!(size_of::<FdWalk>(), 40);
+        assert_eq!(size_of::<propagation::Ids>(), 40);
+        assert_eq!(size_of::<propagation::WireContext>(), 32);
+        assert_eq!(size_of::<propagation::ContextEvent>(), 72);
     }
 
     #[test]
@@ -522,6 +557,7 @@ mod tests {
             EventKind::Spawn,
             EventKind::Mapped,
             EventKind::Exit,
+            EventKind::Context,
         ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }

@@ -153,7 +153,8 @@ pub struct Outcome {
     pub action: Action,
     pub probe: bool,
     pub wake: bool,
-    _pad: u8,
+    /// The connection's [`Role`].
+    pub role: u8,
     pub seq: u32,
     pub offset: u64,
 }
@@ -164,11 +165,11 @@ impl Outcome {
     const NO_CONNECTION: Outcome = Outcome::nothing(Action::NoConnection);
 
     const fn nothing(action: Action) -> Outcome {
-        Outcome { action, probe: false, wake: false, _pad: 0, seq: 0, offset: 0 }
+        Outcome { action, probe: false, wake: false, role: 0, seq: 0, offset: 0 }
     }
 
-    fn send(seq: u32, probe: bool, offset: u64) -> Outcome {
-        Outcome { action: Action::Send, probe, wake: false, _pad: 0, seq, offset }
+    fn send(seq: u32, probe: bool, offset: u64, role: u8) -> Outcome {
+        Outcome { action: Action::Send, probe, wake: false, role, seq, offset }
     }
 }
 
@@ -236,7 +237,8 @@ pub fn on_data(
                 // Not atomic: two threads writing one socket at once may share a number, which
                 // user space reads as a gap and answers with a resync — safe, just rare.
                 (*state).seq = (*state).seq.wrapping_add(1);
-                let mut outcome = Outcome::send((*state).seq, (*state).unprobed & bit != 0, offset);
+                let mut outcome =
+                    Outcome::send((*state).seq, (*state).unprobed & bit != 0, offset, (*state).role);
                 outcome.wake = wake;
                 return outcome;
             }
@@ -287,7 +289,7 @@ pub fn on_data(
     let _ = CONNS.insert(&key, &state, 0);
     // A body end user space gave for the fd's previous socket says nothing about this one.
     let _ = SKIPS.remove(&key);
-    if tls { Outcome::BECAME_TLS } else { Outcome::send(seq, unprobed != 0, 0) }
+    if tls { Outcome::BECAME_TLS } else { Outcome::send(seq, unprobed != 0, 0, role as u8) }
 }
 
 /// Where the body in progress in `direction` on (tgid, fd) ends, if user space knows (`SkipTo`):
@@ -346,7 +348,7 @@ pub fn on_tls_data(tgid: u32, fd: i32, len: u64) -> Outcome {
         }
         (*state).tls = 1;
         (*state).seq = (*state).seq.wrapping_add(1);
-        Outcome::send((*state).seq, false, 0)
+        Outcome::send((*state).seq, false, 0, (*state).role)
     }
 }
 

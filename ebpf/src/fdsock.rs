@@ -16,16 +16,24 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use sonde_common::{AF_INET, AF_INET6, FdWalk};
 
-use crate::maps::FD_WALK;
+use crate::maps::{FD_WALK, SEND_FD_WALK};
 
 const SOCK_STREAM: u16 = 1;
 const IPPROTO_TCP: u16 = 6;
 
+/// Which of the two walks: the capture's (`FD_WALK`), or context propagation's (`SEND_FD_WALK`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    Capture,
+    Send,
+}
+
 #[inline(always)]
-fn offsets() -> FdWalk {
+fn offsets(walk: Walk) -> FdWalk {
+    let global = if walk == Walk::Capture { &FD_WALK } else { &SEND_FD_WALK };
     // SAFETY: a reference to a static, read volatile so that the value the agent wrote before load
     // is used rather than the zeros it was compiled with.
-    unsafe { core::ptr::read_volatile(&FD_WALK) }
+    unsafe { core::ptr::read_volatile(global) }
 }
 
 /// `T` at `base + offset` in kernel memory, or None when the helper cannot read it.
@@ -42,8 +50,8 @@ fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
 /// The `struct sock` address and address family of the TCP socket behind the current task's
 /// `fd`, or None when `fd` is anything else (or the walk is off).
 #[inline(always)]
-pub fn tcp_socket(fd: i32) -> Option<(u64, u16)> {
-    let o = offsets();
+pub fn tcp_socket(walk: Walk, fd: i32) -> Option<(u64, u16)> {
+    let o = offsets(walk);
     if o.task_files == 0 || fd < 0 {
         return None;
     }

@@ -22,7 +22,7 @@ use sonde_common::{
 
 use crate::{
     conn::{self, Bytes},
-    emit, fdsock, filter,
+    ctx, emit, fdsock, filter,
     maps::{ACTIVE_IO, CAPTURE_BYTES, HEADER_BYTES, SCRATCH, count, count_drop, global_u32},
     syscalls, tls,
 };
@@ -72,6 +72,9 @@ pub fn enter(pid_tgid: u64, fd: u64, buf: u64, iovcnt: u64, flags: u64, directio
     };
     if ACTIVE_IO.insert(&pid_tgid, &active, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
+    }
+    if direction == Direction::Egress {
+        ctx::before_send(pid_tgid, fd, buf, iovcnt, kind);
     }
 }
 
@@ -170,7 +173,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
     }
     if active.is_tcp == 0 {
         // No socket tracepoint said so; on kernels without them, ask the fd table.
-        let Some((sock, family)) = fdsock::tcp_socket(active.fd) else {
+        let Some((sock, family)) = fdsock::tcp_socket(fdsock::Walk::Capture, active.fd) else {
             return;
         };
         active.sock = sock;
@@ -196,6 +199,7 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let outcome = conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes);
     match outcome.action {
         conn::Action::Send => {
+            ctx::on_data(pid_tgid, active, len, outcome.seq, outcome.role);
             let how = DataEventHow {
                 seq: outcome.seq,
                 offset: outcome.offset,

@@ -16,6 +16,7 @@
 #![no_main]
 
 mod conn;
+mod ctx;
 mod emit;
 mod fdsock;
 mod filter;
@@ -24,6 +25,7 @@ mod maps;
 mod null;
 mod own;
 mod syscalls;
+mod tcpopt;
 mod tls;
 
 use aya_ebpf::{
@@ -103,6 +105,24 @@ io_tracepoints!(sys_enter_writev, sys_exit_writev, Direction::Egress, IoBuf::Iov
 io_tracepoints!(sys_enter_sendmsg, sys_exit_sendmsg, Direction::Egress, IoBuf::Msghdr, 2, None);
 // sendfile(out_fd, in_fd, offset, count): a static file server's response body.
 io_tracepoints!(sys_enter_sendfile64, sys_exit_sendfile64, Direction::Egress, IoBuf::None, 3, None);
+
+/// Entry of a write-family syscall for context propagation alone, with the socket hook set (which
+/// has no entry hooks of its own, and captures only after the bytes may have left): the request's
+/// context must be filed before its first segment is sent.
+macro_rules! send_entry {
+    ($name:ident, $kind:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            ctx::before_send(bpf_get_current_pid_tgid(), arg(&ctx, 0) as i64 as i32, arg(&ctx, 1), arg(&ctx, 2), $kind);
+            0
+        }
+    };
+}
+
+send_entry!(ctx_enter_write, IoBuf::Plain);
+send_entry!(ctx_enter_sendto, IoBuf::Plain);
+send_entry!(ctx_enter_writev, IoBuf::Iovec);
+send_entry!(ctx_enter_sendmsg, IoBuf::Msghdr);
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {

@@ -8,6 +8,7 @@ use aya_ebpf::{
 use sonde_common::{
     ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, SkipTo,
     TlsCall, TlsKey,
+    propagation::{Ids, WireContext},
 };
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
@@ -87,6 +88,27 @@ pub static AGENT_SOCKS: HashMap<u64, Endpoint> = HashMap::with_max_entries(4096,
 #[map]
 pub static AGENT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Kernel address of a TCP socket → the trace context to put in a TCP option of the segment that
+/// begins at its `seq` (a request's first byte), from the request's write until that segment is
+/// sent. LRU: a request whose segment never came (the socket closed) must not hold an entry.
+#[map]
+pub static TCP_OUT: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// Kernel address of a TCP socket → the trace context read from a TCP option of a segment that
+/// began at its `seq`, until a read returns that byte. LRU for sockets closed before.
+#[map]
+pub static TCP_IN: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// pid_tgid → the ids of the server request the thread read last, until it writes to that
+/// connection (its answer). A request the thread writes meanwhile is that request's child.
+#[map]
+pub static SERVING: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// pid_tgid → the ids given to the request head the thread is writing, from the syscall's entry
+/// to its data event.
+#[map]
+pub static CLIENT_IDS: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value
 /// may be, so it is an array indexed by CPU id; `max_entries` is set to the CPU count at load.
@@ -130,6 +152,25 @@ pub static OFF_STATE_DPORT: u32 = 0;
 pub static OFF_STATE_SADDR_V6: u32 = 0;
 #[unsafe(no_mangle)]
 pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_type: 0,
+    socket_file: 0,
+    socket_sk: 0,
+    sock_family: 0,
+    sock_protocol: 0,
+};
+#[unsafe(no_mangle)]
+pub static PROPAGATE: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_TCP_WRITE_SEQ: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_TCP_COPIED_SEQ: u32 = 0;
+#[unsafe(no_mangle)]
+pub static SEND_FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk {
     task_files: 0,
     files_fdt: 0,
     fdt_max_fds: 0,

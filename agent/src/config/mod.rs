@@ -202,6 +202,23 @@ pub struct RunArgs {
     #[arg(env = "SONDE_HOOKS", long, value_enum, default_value_t = HookChoice::Auto)]
     pub hooks: HookChoice,
 
+    /// Put trace context on the wire for services that do not propagate it, so that a trace stays
+    /// whole across hosts: `tcp` writes the context of each HTTP/1 request a traced process sends
+    /// into a TCP header option of the segment the request begins (kind 25, the format OBI/Beyla
+    /// use) and reads it on the receiving host — no byte of the application's stream changes, but
+    /// sonde (or OBI/Beyla) must run on both ends, a proxy or load balancer that ends TCP drops it,
+    /// and a segment that already carries SACK blocks has no room for it. `off`: nothing on the
+    /// wire; traces join only on one host. See docs/propagation.md.
+    #[arg(env = "SONDE_CONTEXT_PROPAGATION", long, value_enum, value_name = "MODE", default_value_t = ContextPropagation::Off)]
+    pub context_propagation: ContextPropagation,
+
+    /// The cgroup v2 directory whose sockets context propagation acts on (its sockops program is
+    /// attached there, beside any other); sockets of processes outside it carry no context.
+    /// Default: the cgroup v2 root, `/sys/fs/cgroup` (or `/sys/fs/cgroup/unified` on a host that
+    /// mounts cgroup v1 there).
+    #[arg(env = "SONDE_CGROUP", long, value_name = "PATH")]
+    pub cgroup: Option<std::path::PathBuf>,
+
     /// Export the query string as `url.query` (off by default: queries often carry secrets).
     #[arg(long, env = "SONDE_CAPTURE_QUERY")]
     pub capture_query: bool,
@@ -331,6 +348,15 @@ pub enum TlsMode {
     #[default]
     On,
     Off,
+}
+
+/// Whether trace context goes on the wire (`--context-propagation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContextPropagation {
+    #[default]
+    Off,
+    /// In a TCP header option.
+    Tcp,
 }
 
 /// What sonde does for processes that export their own traces (`--sdk-processes`).

@@ -126,6 +126,8 @@ pub struct Started {
     pub tracestate: Option<String>,
     /// An OTLP/HTTP export (`POST …/v1/traces`, `/v1/metrics` or `/v1/logs`).
     pub otlp_export: bool,
+    /// The ids the kernel gave the request and put on the wire (`--context-propagation`).
+    pub kernel: Option<crate::link::kernel::KernelContext>,
 }
 
 impl Started {

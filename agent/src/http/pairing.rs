@@ -303,6 +303,7 @@ impl<'a> Sink<'a> {
                     traceparent: head.traceparent.clone(),
                     tracestate: head.traceparent.as_ref().and(head.tracestate.clone()),
                     otlp_export: Started::is_otlp_export(&head),
+                    kernel: None,
                 });
                 p.push_request(Pending {
                     head: Some(head),

@@ -2,6 +2,7 @@
 
 use sonde_common::{
     CloseEvent, ConnEvent, DataEvent, Direction, EventHeader, EventKind, ExitEvent, SpawnEvent,
+    propagation::ContextEvent,
 };
 
 #[derive(Debug)]
@@ -16,6 +17,8 @@ pub enum Event<'a> {
     /// The process of the header mapped an executable file.
     Mapped(EventHeader),
     Exit(ExitEvent),
+    /// The ids the kernel gave the request the next data event of its fd begins.
+    Context(ContextEvent),
 }
 
 impl Event<'_> {
@@ -28,6 +31,7 @@ impl Event<'_> {
             Event::Spawn(e) => e.header.ts_ns,
             Event::Mapped(header) => header.ts_ns,
             Event::Exit(e) => e.header.ts_ns,
+            Event::Context(e) => e.header.ts_ns,
         }
     }
 }
@@ -67,6 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::Spawn) => Ok(Event::Spawn(read(bytes, "spawn event")?)),
         Some(EventKind::Mapped) => Ok(Event::Mapped(header)),
         Some(EventKind::Exit) => Ok(Event::Exit(read(bytes, "exit event")?)),
+        Some(EventKind::Context) => Ok(Event::Context(read(bytes, "context event")?)),
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
 }

@@ -2,17 +2,25 @@
 //! request's head is seen, not when its exchange ends, because a server request's children — the
 //! calls it makes — start and end while it is still in progress.
 //!
+//! With `--context-propagation`, the kernel gives requests their ids as it sees them, and puts the
+//! CLIENT spans' on the wire ([`kernel`]); those ids are taken as they are, below the header.
+//!
 //! A SERVER span's parent, in this order:
 //! 1. the `traceparent` its caller sent (W3C Trace Context: the header always wins);
-//! 2. the CLIENT span of the same request in another traced process on this host, found by the
+//! 2. the context its caller's sonde put in a TCP option, with the span id the kernel gave it; a
+//!    request given ids by the kernel but no parent starts a trace with them, never stitched
+//!    (its calls already went out in that trace);
+//! 3. the CLIENT span of the same request in another traced process on this host, found by the
 //!    connection's 4-tuple and the request's method and target ("same-host stitching", see
 //!    [`stitch`]);
-//! 3. none: it starts a trace — and when its client may be a traced process on this host whose
+//! 4. none: it starts a trace — and when its client may be a traced process on this host whose
 //!    write is still to come, it starts it *open*: given up for the client's trace if that client
 //!    request is seen soon, its spans held until then ([`open`]).
 //!
 //! A CLIENT span's parent, in this order:
-//! 1. the server request the process is working on, when that is certain:
+//! 1. with no `traceparent` in the request, the ids the kernel put on the wire: the server request
+//!    the writing thread was serving, or none;
+//! 2. the server request the process is working on, when that is certain:
 //!    - in a process whose threads each serve one request at a time, the request the writing
 //!      thread most recently read and has not answered yet — or, for a thread started while another
 //!      handled a request, that request: right for thread-per-request servers and workers spawned
@@ -21,10 +29,11 @@
 //!      event loop), the thread says nothing: only while the process serves exactly one request is
 //!      that request the parent. With several at once the span gets no in-process parent (counted in
 //!      `LinkStats::unparented_shared`): a wrong parent would join two requests' traces;
-//! 2. the `traceparent` the process wrote into the request itself: the header names the caller's
+//! 3. the `traceparent` the process wrote into the request itself: the header names the caller's
 //!    span, so that id becomes this span's own id and the receiving server's parent matches it;
-//! 3. none: it starts a trace.
+//! 4. none: it starts a trace.
 
+pub mod kernel;
 mod open;
 pub mod sampler;
 mod stitch;
@@ -69,6 +78,8 @@ impl SpanContext {
 pub struct LinkStats {
     /// Server spans parented by the caller's `traceparent`.
     pub from_header: u64,
+    /// Server spans parented by the context the caller's sonde put in a TCP option.
+    pub from_tcp_option: u64,
     /// Server spans parented by a same-host client span.
     pub stitched: u64,
     /// Server spans parented by a same-host client span seen after their trace had started: open
@@ -225,7 +236,8 @@ impl Linker {
             self.forget_oldest();
         }
         let key = (conn.id, started.ordinal);
-        let span_id = new_span_id();
+        let kernel = started.kernel.filter(|k| k.direction == started.direction);
+        let span_id = kernel.map_or_else(new_span_id, |k| k.span_id);
         let position = started.from_start.then_some(started.ordinal);
         self.horizon_ns = self.horizon_ns.max(started.start_ns);
         if let Some(local) = conn.local {
@@ -256,6 +268,18 @@ impl Linker {
                         // The caller's vendor state goes on with the trace, to children too.
                         trace_state: self.vendor_state(started),
                     });
+                } else if let Some(k) = kernel {
+                    if k.parent_span_id.is_some() {
+                        self.stats.from_tcp_option += 1;
+                    } else {
+                        self.stats.roots += 1;
+                    }
+                    request.lineage = Some(Lineage {
+                        trace_id: k.trace_id,
+                        parent_span_id: k.parent_span_id,
+                        flags: self.sampler.decide(k.trace_id, k.parent_span_id.map(|_| k.flags)),
+                        trace_state: String::new(),
+                    });
                 }
                 // The client's write usually precedes this read in the ring buffer; when it does
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
@@ -271,8 +295,13 @@ impl Linker {
                 }
             }
             Direction::Egress => {
-                let lineage = self.client_lineage(conn.pid, started);
+                let lineage = match kernel {
+                    // A request with a header of its own: the receiver follows the header.
+                    Some(k) if started.traceparent.is_none() => ClientParent::Kernel(k),
+                    _ => self.client_lineage(conn.pid, started),
+                };
                 let (span_id, lineage) = match lineage {
+                    ClientParent::Kernel(k) => (span_id, self.kernel_client_lineage(conn.pid, &k)),
                     ClientParent::Handling(lineage) => (span_id, lineage),
                     ClientParent::Header(tp) => (
                         tp.parent_id,
@@ -563,6 +592,30 @@ impl Linker {
         self.header(started).map_or(ClientParent::None, ClientParent::Header)
     }
 
+    /// The lineage of a client request whose ids the kernel chose: its parent, when it has one, is
+    /// the server request of `pid` the kernel gave that span id (whose sampling decision and vendor
+    /// state it shares); one not in progress here (its context event was lost) is still named.
+    fn kernel_client_lineage(&mut self, pid: u32, k: &kernel::KernelContext) -> Lineage {
+        let Some(parent) = k.parent_span_id else {
+            self.stats.roots += 1;
+            return Lineage {
+                trace_id: k.trace_id,
+                parent_span_id: None,
+                flags: self.sampler.decide(k.trace_id, None),
+                trace_state: String::new(),
+            };
+        };
+        self.stats.in_process += 1;
+        let server = self.serving.get(&pid).into_iter().flatten().filter_map(|key| self.requests.get(key)).find(
+            |r| r.span_id == parent && r.lineage.as_ref().is_some_and(|l| l.trace_id == k.trace_id),
+        );
+        let (flags, trace_state) = match server.and_then(|r| r.lineage.as_ref()) {
+            Some(l) => (l.flags, l.trace_state.clone()),
+            None => (self.sampler.decide(k.trace_id, Some(k.flags)), String::new()),
+        };
+        Lineage { trace_id: k.trace_id, parent_span_id: Some(parent), flags, trace_state }
+    }
+
     /// The request's `tracestate` as it goes on with the trace; an invalid one is counted and
     /// discarded whole (see `tracestate`).
     fn vendor_state(&mut self, started: &Started) -> String {
@@ -667,6 +720,7 @@ impl ClientRecord {
 }
 
 enum ClientParent {
+    Kernel(kernel::KernelContext),
     Handling(Lineage),
     Header(traceparent::TraceParent),
     None,

@@ -34,6 +34,7 @@ fn started(direction: Direction, ordinal: u32, tid: u32, h: &RequestHead) -> Sta
         traceparent: h.traceparent.clone(),
         tracestate: h.traceparent.as_ref().and(h.tracestate.clone()),
         otlp_export: Started::is_otlp_export(h),
+        kernel: None,
     }
 }
 

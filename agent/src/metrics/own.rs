@@ -208,8 +208,9 @@ impl OwnSources {
         let l = &p.link;
         let mut linked = Metric::counter(
             "sonde.spans.linked",
-            "Where spans' parents came from: traceparent (the caller's header), stitched (a client \
-             span of another process on this host), adopted (such a client span seen only after the \
+            "Where spans' parents came from: traceparent (the caller's header), tcp_option (the \
+             context the caller's sonde put in a TCP option), stitched (a client span of another \
+             process on this host), adopted (such a client span seen only after the \
              server request had started a trace), thread (the request the process was serving), \
              none (the span starts a trace).",
             "{span}",
@@ -217,6 +218,7 @@ impl OwnSources {
         let source = |s: &'static str| vec![KeyValue::str("source", s)];
         linked
             .push(source("traceparent"), t, l.from_header as f64)
+            .push(source("tcp_option"), t, l.from_tcp_option as f64)
             .push(source("stitched"), t, l.stitched as f64)
             .push(source("adopted"), t, l.adopted as f64)
             .push(source("thread"), t, l.in_process as f64)

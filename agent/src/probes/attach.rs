@@ -197,7 +197,7 @@ fn attach_set(ebpf: &mut Ebpf, set: HookSet, programs: Programs) -> Result<(), P
 }
 
 /// Loads `program` on first use (one tracepoint program may serve many tracepoints) and attaches it.
-fn attach_tracepoint(
+pub(super) fn attach_tracepoint(
     ebpf: &mut Ebpf,
     program: &'static str,
     category: &str,

@@ -24,6 +24,7 @@ mod features;
 mod hooks;
 mod kernel_log;
 pub mod prereq;
+pub mod propagation;
 pub mod sockhash_check;
 pub mod tls;
 
@@ -73,6 +74,8 @@ pub enum ProbeError {
     Btf(#[from] aya::BtfError),
     #[error("the fd-table walk: {0}")]
     FdWalk(#[from] btf_offsets::BtfError),
+    #[error("context propagation needs the cgroup {path}: {reason} (choose one with --cgroup)")]
+    Cgroup { path: std::path::PathBuf, reason: String },
 }
 
 /// The words of the kernel's pid bitmap that have a bit set (pids ≥ `PID_LIMIT` cannot exist).
@@ -96,6 +99,8 @@ pub struct ProbeOptions {
     pub programs: Programs,
     /// Hook TLS libraries (None: `--tls off`).
     pub tls: Option<TlsOptions>,
+    /// Put trace context on the wire in a TCP option (None: `--context-propagation off`).
+    pub propagation: Option<propagation::PropagationOptions>,
 }
 
 /// The kernel's per-(tgid, fd) tables that user space writes to.
@@ -130,10 +135,13 @@ impl Probes {
             HookSet::Sock | HookSet::Tracepoints => sonde_common::FdWalk::default(),
         };
 
+        let propagation =
+            if options.propagation.is_some() { Some(propagation::offsets()?) } else { None };
+
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
         let Loaded { mut ebpf, fork_child_offset, state_offsets } =
-            load_object(options, &fd_walk, log_level)?;
+            load_object(options, &fd_walk, propagation.as_ref(), log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -149,6 +157,9 @@ impl Probes {
         }
 
         let hooks = attach::attach(&mut ebpf, chosen, options.hooks, options.programs)?;
+        if let Some(propagation_options) = &options.propagation {
+            propagation::attach(&mut ebpf, hooks, propagation_options)?;
+        }
         if fork_child_offset != 0 {
             attach::attach_thread_starts(&mut ebpf, options.programs);
         } else {
@@ -302,8 +313,11 @@ struct Loaded {
 fn load_object(
     options: &ProbeOptions,
     fd_walk: &sonde_common::FdWalk,
+    propagation: Option<&propagation::Offsets>,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
+    let propagate: u32 = propagation.is_some().into();
+    let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
     let agent_tgid = std::process::id();
     let field = |category: &str, tracepoint: &str, field: &str| {
@@ -335,6 +349,10 @@ fn load_object(
         .override_global(globals::OFF_STATE_DPORT, &state_dport_offset, true)
         .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
         .override_global(globals::FD_WALK, fd_walk, true)
+        .override_global(globals::PROPAGATE, &propagate, true)
+        .override_global(globals::OFF_TCP_WRITE_SEQ, &propagation.write_seq, true)
+        .override_global(globals::OFF_TCP_COPIED_SEQ, &propagation.copied_seq, true)
+        .override_global(globals::SEND_FD_WALK, &propagation.fd_walk, true)
         .map_max_entries(maps::EVENTS, ring_size(options.ring_bytes))
         .map_max_entries(maps::SCRATCH, cpus)
         .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
@@ -380,13 +398,17 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             exclude: vec![glob::Pattern::new("/nonexistent/*").expect("a valid glob")],
             exported_only: false,
         }),
+        propagation: Some(propagation::PropagationOptions { cgroup: None }),
     };
-    let mut loaded = load_object(&options, &fd_walk, aya_log::Level::Trace as u8)?;
+    // Propagation on, so that the verifier sees its code paths too.
+    let propagation = propagation::offsets().unwrap_or_default();
+    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {
             aya::programs::Program::TracePoint(p) => p.load(),
             aya::programs::Program::UProbe(p) => p.load(),
+            aya::programs::Program::SockOps(p) => p.load(),
             _ => continue,
         };
         checks.push(ProgramCheck {

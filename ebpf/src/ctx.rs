@@ -1,0 +1,270 @@
+//! Trace context chosen in the kernel (`--context-propagation tcp`; see `sonde_common::propagation`
+//! for why the kernel and not user space decides).
+//!
+//! - A traced thread reads the head of a server request: the request gets a new span id, in the
+//!   trace its caller put in a TCP option of the segment the head began (`TCP_IN`, filled by
+//!   `tcpopt.rs`), or in a new trace. The thread serves it (`SERVING`) until it writes to that
+//!   connection again — its answer.
+//! - A traced thread is about to write a request head on a connection it opened: the request gets a
+//!   new span id, in the trace of the request the thread serves, or in a new trace. The context is
+//!   filed for the segment that will begin at the request's first byte (`TCP_OUT`), before any of
+//!   it is sent, and the ids wait for the write's data event (`CLIENT_IDS`).
+//!
+//! Either way a [`ContextEvent`] goes out just before the data event, so that user space exports
+//! the spans with the very ids that went on the wire. TLS connections get no context yet: their
+//! plaintext is seen in the library call, and the bytes of one request are written later.
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user};
+use sonde_common::{
+    ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, Verdict, conn_key,
+    first_bytes::{PROBE_BYTES, starts_request},
+    propagation::{ContextEvent, FLAG_SAMPLED, Ids, Origin, WireContext},
+};
+
+use crate::{
+    emit, fdsock, filter,
+    maps::{CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, TCP_IN, TCP_OUT, count, global_u32},
+};
+
+// `struct user_msghdr`: msg_iov at 16; `struct iovec`: base, len.
+const MSGHDR_IOV: u64 = 16;
+
+/// Whether contexts are chosen at all.
+#[inline(always)]
+pub fn enabled() -> bool {
+    global_u32(&PROPAGATE) != 0
+}
+
+/// Entry of a write-family syscall on `fd`, `count` being its third argument (a byte count, or an
+/// iovec count): if a traced thread is about to write a request head on a connection it opened,
+/// its context is chosen and filed for the wire.
+#[inline(always)]
+pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
+    if !enabled() || fd < 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    if !filter::traced(tgid) {
+        return;
+    }
+    // SAFETY: copied out at once from the LRU map's preallocated element, which stays mapped while
+    // the program runs; `ConnState` is plain integers, valid for any bytes another CPU writes.
+    let Some(state) = (unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }).copied() else {
+        return;
+    };
+    // A connection seen from its connect, still copied, plaintext, not one of sonde's own.
+    if state.role != Role::Client as u8
+        || state.peer_is_agent != 0
+        || state.tls != 0
+        || state.verdict != Verdict::Copy as u8
+    {
+        return;
+    }
+    let Some((first, n)) = first_bytes(buf, kind as u8, count) else {
+        return;
+    };
+    if !starts_request(&first, n) {
+        return;
+    }
+    // The socket is known once data moved on the fd; before the first write, the fd table says.
+    let sock = if state.sock != 0 {
+        state.sock
+    } else {
+        match fdsock::tcp_socket(fdsock::Walk::Send, fd) {
+            Some((sock, _)) => sock,
+            None => return,
+        }
+    };
+    let Some(write_seq) = read_u32(sock, global_u32(&OFF_TCP_WRITE_SEQ)) else {
+        return;
+    };
+    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
+    let mut ids = match unsafe { SERVING.get(&pid_tgid) } {
+        Some(serving) => Ids {
+            parent_id: serving.span_id,
+            origin: Origin::Serving as u8,
+            ..*serving
+        },
+        None => new_trace(),
+    };
+    ids.span_id = random_span_id();
+    ids.fd = fd;
+    let wire = WireContext {
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        seq: write_seq,
+        flags: ids.flags,
+        _pad: [0; 3],
+    };
+    if TCP_OUT.insert(&sock, &wire, 0).is_ok() {
+        let _ = CLIENT_IDS.insert(&pid_tgid, &ids, 0);
+    }
+}
+
+/// Bytes that moved on a connection of role `role` were just numbered `seq` for their data event,
+/// which follows: the context event that goes before it, if they begin a request the kernel gave a
+/// context to; and the end of serving, when a server writes its answer.
+#[inline(always)]
+pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8) {
+    if !enabled() {
+        return;
+    }
+    let egress = active.direction == Direction::Egress as u8;
+    if egress && role == Role::Client as u8 {
+        // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
+        let Some(ids) = (unsafe { CLIENT_IDS.get(&pid_tgid) }).copied() else {
+            return;
+        };
+        let _ = CLIENT_IDS.remove(&pid_tgid);
+        if ids.fd == active.fd {
+            send_event(pid_tgid, &ids, seq, Direction::Egress);
+        }
+    } else if egress && role == Role::Server as u8 {
+        // SAFETY: as above.
+        if unsafe { SERVING.get(&pid_tgid) }.is_some_and(|s| s.fd == active.fd) {
+            let _ = SERVING.remove(&pid_tgid);
+        }
+    } else if !egress && role == Role::Server as u8 && active.length_only == 0 {
+        server_read(pid_tgid, active, len, seq);
+    }
+}
+
+/// A server read of `len` bytes: if they begin a request head, its ids, from the TCP option of the
+/// segment it began or new; the thread serves it from now on.
+#[inline(always)]
+fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32) {
+    let Some((first, n)) = first_bytes(active.buf, active.buf_kind, len) else {
+        return;
+    };
+    if !starts_request(&first, n) {
+        return;
+    }
+    let mut ids = received(active.sock, len).unwrap_or_else(new_trace);
+    ids.span_id = random_span_id();
+    ids.fd = active.fd;
+    let _ = SERVING.insert(&pid_tgid, &ids, 0);
+    send_event(pid_tgid, &ids, seq, Direction::Ingress);
+}
+
+/// The context received for the read that just returned `len` bytes of `sock`, when its first byte
+/// began the segment that carried it. A context for an earlier byte is stale (its read began
+/// elsewhere) and goes; one for a later byte waits for its read.
+#[inline(always)]
+fn received(sock: u64, len: u64) -> Option<Ids> {
+    // SAFETY: copied out at once from the LRU element; plain integers.
+    let wire = (unsafe { TCP_IN.get(&sock) }).copied()?;
+    // The read moved `len` bytes: the next byte to read is now `copied_seq`.
+    let start = read_u32(sock, global_u32(&OFF_TCP_COPIED_SEQ))?.wrapping_sub(len as u32);
+    let ahead = wire.seq.wrapping_sub(start) as i32;
+    if ahead > 0 {
+        return None;
+    }
+    let _ = TCP_IN.remove(&sock);
+    if ahead < 0 {
+        return None;
+    }
+    count(KernelCount::OptionsMatched, 1);
+    Some(Ids {
+        trace_id: wire.trace_id,
+        span_id: [0; 8],
+        parent_id: wire.span_id,
+        fd: 0,
+        flags: wire.flags,
+        origin: Origin::TcpOption as u8,
+        _pad: [0; 2],
+    })
+}
+
+#[inline(always)]
+fn send_event(pid_tgid: u64, ids: &Ids, data_seq: u32, direction: Direction) {
+    let event = ContextEvent {
+        header: EventHeader {
+            // SAFETY: a helper without arguments that only returns the monotonic clock.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            fd: ids.fd,
+            kind: EventKind::Context as u32,
+        },
+        ids: *ids,
+        data_seq,
+        direction: direction as u8,
+        _pad: [0; 3],
+    };
+    emit::output(&event);
+}
+
+/// Ids of a request that starts a trace (its span id is drawn by the caller).
+#[inline(always)]
+fn new_trace() -> Ids {
+    let mut trace_id = [0u8; 16];
+    for i in 0..4 {
+        // SAFETY: a helper without arguments that returns a pseudo-random number.
+        let r = unsafe { bpf_get_prandom_u32() };
+        trace_id[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+    }
+    // W3C: an all-zero trace id is invalid.
+    trace_id[15] |= 1;
+    Ids {
+        trace_id,
+        span_id: [0; 8],
+        parent_id: [0; 8],
+        fd: 0,
+        flags: FLAG_SAMPLED,
+        origin: Origin::New as u8,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn random_span_id() -> [u8; 8] {
+    // SAFETY: helpers without arguments that return pseudo-random numbers.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    // Never all zeros (the invalid id).
+    let v = ((a as u64) << 32) | b as u64 | 1;
+    v.to_ne_bytes()
+}
+
+/// The first bytes a call moves (up to `PROBE_BYTES`) and how many of them count: from the buffer,
+/// or the first iovec. `count` is the call's byte count for a plain buffer (its iovec count
+/// otherwise, bounded by the first iovec's length).
+#[inline(always)]
+fn first_bytes(buf: u64, kind: u8, count: u64) -> Option<([u8; PROBE_BYTES], usize)> {
+    let (addr, len) = if kind == IoBuf::Plain as u8 {
+        (buf, count)
+    } else if kind == IoBuf::Iovec as u8 {
+        first_iovec(buf)?
+    } else if kind == IoBuf::Msghdr as u8 {
+        // SAFETY: the process's `struct user_msghdr *`, never dereferenced: the helper copies from
+        // user memory or fails; any u64 is a valid result.
+        let iov = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64) }.ok()?;
+        first_iovec(iov)?
+    } else {
+        return None;
+    };
+    // SAFETY: a user address from the syscall's arguments, never dereferenced: the helper copies
+    // from user memory or fails (a buffer shorter than PROBE_BYTES at the end of a mapping: then
+    // no context, which is safe).
+    let bytes = unsafe { bpf_probe_read_user(addr as *const [u8; PROBE_BYTES]) }.ok()?;
+    Some((bytes, core::cmp::min(len, PROBE_BYTES as u64) as usize))
+}
+
+/// Base and length of the first iovec at `iov`.
+#[inline(always)]
+fn first_iovec(iov: u64) -> Option<(u64, u64)> {
+    // SAFETY: the process's iovec array, never dereferenced: the helper copies two u64 from user
+    // memory or fails.
+    let v = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    Some((v[0], v[1]))
+}
+
+/// A u32 field at `offset` of a kernel struct; None when the offset is unknown or unreadable.
+#[inline(always)]
+fn read_u32(base: u64, offset: u32) -> Option<u32> {
+    if base == 0 || offset == 0 {
+        return None;
+    }
+    // SAFETY: the pointer is only handed to the helper, which copies through the kernel's
+    // fault-tolerant path and fails on a bad address; any u32 is a valid result.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const u32) }.ok()
+}
