@@ -17,7 +17,10 @@ use crate::{
     export::SpanSink,
     http::{Exchange, Started},
     intake::{self, DecodeError, Event},
-    link::{Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, kernel::KernelContexts, sampler::Sampler},
+    link::{
+        Link, LinkStats, Linker, RequestKey, SharedThreads, SpanContext, kernel::KernelContexts,
+        sampler::Sampler,
+    },
     metrics::Metrics,
     probes::{KernelTables, TlsNotice},
     process::ProcessCache,

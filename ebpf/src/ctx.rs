@@ -23,7 +23,10 @@ use sonde_common::{
 
 use crate::{
     emit, fdsock, filter,
-    maps::{CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, TCP_IN, TCP_OUT, count, global_u32},
+    maps::{
+        CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, TCP_IN, TCP_OUT, count,
+        global_u32,
+    },
 };
 
 // `struct user_msghdr`: msg_iov at 16; `struct iovec`: base, len.
@@ -80,11 +83,7 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     };
     // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
     let mut ids = match unsafe { SERVING.get(&pid_tgid) } {
-        Some(serving) => Ids {
-            parent_id: serving.span_id,
-            origin: Origin::Serving as u8,
-            ..*serving
-        },
+        Some(serving) => Ids { parent_id: serving.span_id, origin: Origin::Serving as u8, ..*serving },
         None => new_trace(),
     };
     ids.span_id = random_span_id();

@@ -113,7 +113,13 @@ macro_rules! send_entry {
     ($name:ident, $kind:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            ctx::before_send(bpf_get_current_pid_tgid(), arg(&ctx, 0) as i64 as i32, arg(&ctx, 1), arg(&ctx, 2), $kind);
+            ctx::before_send(
+                bpf_get_current_pid_tgid(),
+                arg(&ctx, 0) as i64 as i32,
+                arg(&ctx, 1),
+                arg(&ctx, 2),
+                $kind,
+            );
             0
         }
     };

@@ -8,6 +8,7 @@ chain so a test can tell which request each span belongs to. Thread per request
 (ThreadingHTTPServer): the thread that reads a request makes its calls — or, with --spawn, a
 worker thread it starts for each call.
 """
+import os
 import sys
 import threading
 import time
@@ -64,4 +65,5 @@ class Handler(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer.request_queue_size = 128
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+# CHAIN_BIND: the address to listen on (a network namespace's own, in the propagation tests).
+ThreadingHTTPServer((os.environ.get("CHAIN_BIND", "127.0.0.1"), port), Handler).serve_forever()

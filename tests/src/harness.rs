@@ -181,6 +181,11 @@ impl Drop for Guard {
 }
 
 impl Guard {
+    /// A server started by the caller, listening (or about to) on `port`.
+    pub fn of(child: Child, port: u16) -> Guard {
+        Guard { child, port, _dir: None }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -453,6 +458,11 @@ impl ContainerCgroup {
         let dir = root.join(format!("{runtime_prefix}-{id}.scope"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         ContainerCgroup { dir }
+    }
+
+    /// Its directory (a cgroup v2 one where the host has v2).
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub fn add(&self, pid: u32) {

@@ -134,7 +134,11 @@ mod tests {
         assert_eq!(taken.parent_span_id, None);
         assert_eq!(contexts.take(&data(4, 2)), None, "taken once");
         contexts.file(&event(4, 3, 9));
-        assert_eq!(contexts.take(&data(4, 4)), None, "its data event was lost: dropped, not given to the next");
+        assert_eq!(
+            contexts.take(&data(4, 4)),
+            None,
+            "its data event was lost: dropped, not given to the next"
+        );
         assert_eq!(contexts.take(&data(4, 3)), None);
     }
 

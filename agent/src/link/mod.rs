@@ -606,9 +606,10 @@ impl Linker {
             };
         };
         self.stats.in_process += 1;
-        let server = self.serving.get(&pid).into_iter().flatten().filter_map(|key| self.requests.get(key)).find(
-            |r| r.span_id == parent && r.lineage.as_ref().is_some_and(|l| l.trace_id == k.trace_id),
-        );
+        let server =
+            self.serving.get(&pid).into_iter().flatten().filter_map(|key| self.requests.get(key)).find(|r| {
+                r.span_id == parent && r.lineage.as_ref().is_some_and(|l| l.trace_id == k.trace_id)
+            });
         let (flags, trace_state) = match server.and_then(|r| r.lineage.as_ref()) {
             Some(l) => (l.flags, l.trace_state.clone()),
             None => (self.sampler.decide(k.trace_id, Some(k.flags)), String::new()),

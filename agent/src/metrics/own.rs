@@ -133,6 +133,20 @@ impl OwnSources {
             t,
             p.kernel_verdicts as f64,
         );
+        let mut tcp_options = Metric::counter(
+            "sonde.propagation.tcp_options",
+            "Trace contexts in TCP options (--context-propagation tcp), by outcome: written (on the \
+             segment a request began), not_written (no segment began at the request, or it had no \
+             option room), received (read from a segment), matched (given to the request that began \
+             there).",
+            "{context}",
+        );
+        let outcome = |o: &'static str| vec![KeyValue::str("outcome", o)];
+        tcp_options
+            .push(outcome("written"), t, k.count(KernelCount::OptionsWritten))
+            .push(outcome("not_written"), t, k.count(KernelCount::OptionsNotWritten))
+            .push(outcome("received"), t, k.count(KernelCount::OptionsReceived))
+            .push(outcome("matched"), t, k.count(KernelCount::OptionsMatched));
         let mut events =
             Metric::counter("sonde.events.received", "Events read from the ring buffer.", "{event}");
         events.push(Vec::new(), t, p.events as f64);
@@ -349,6 +363,7 @@ impl OwnSources {
             not_copied,
             body_skipped,
             not_parsed,
+            tcp_options,
             events,
             lost,
             conns,

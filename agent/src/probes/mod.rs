@@ -135,8 +135,7 @@ impl Probes {
             HookSet::Sock | HookSet::Tracepoints => sonde_common::FdWalk::default(),
         };
 
-        let propagation =
-            if options.propagation.is_some() { Some(propagation::offsets()?) } else { None };
+        let propagation = if options.propagation.is_some() { Some(propagation::offsets()?) } else { None };
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
