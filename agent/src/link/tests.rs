@@ -563,3 +563,90 @@ fn an_open_trace_adopted_by_one_still_open_waits_on_with_it() {
     assert!(late.iter().all(|(_, c)| c.trace_id == a_server.trace_id));
     assert_eq!(late.iter().filter(|(_, c)| c.parent_span_id.is_none()).count(), 1);
 }
+
+fn kernel_context(direction: Direction, trace: u8, span: u8, parent: Option<u8>) -> kernel::KernelContext {
+    kernel::KernelContext {
+        direction,
+        trace_id: TraceId::from_bytes([trace; 16]),
+        span_id: SpanId::from_bytes([span; 8]),
+        parent_span_id: parent.map(|p| SpanId::from_bytes([p; 8])),
+        flags: TraceFlags::SAMPLED,
+        origin: if parent.is_some() {
+            sonde_common::propagation::Origin::TcpOption
+        } else {
+            sonde_common::propagation::Origin::New
+        },
+    }
+}
+
+fn with_kernel(started: Started, context: kernel::KernelContext) -> Started {
+    Started { kernel: Some(context), ..started }
+}
+
+#[test]
+fn the_ids_the_kernel_put_on_the_wire_are_the_ids_exported() {
+    // A (pid 10) read a request whose TCP option named span 0x0c of trace 0x01 (its caller on
+    // another host), then wrote a request of its own, given span 0x0e under its server span 0x0d.
+    let a = Hop {
+        front: conn(1, 10, Role::Server, "198.18.0.2:8000", "198.18.0.1:40000"),
+        back: conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001"),
+        tid: 11,
+    };
+    let (ha, hb) = (head("/a", None), head("/b", None));
+    let mut linker = Linker::default();
+    let server = kernel_context(Direction::Ingress, 1, 0x0d, Some(0x0c));
+    let client = kernel_context(Direction::Egress, 1, 0x0e, Some(0x0d));
+    linker.started(&a.front, &with_kernel(started(Direction::Ingress, 0, a.tid, &ha), server));
+    linker.started(&a.back, &with_kernel(started(Direction::Egress, 0, a.tid, &hb), client));
+    let a_client = finish(&mut linker, &a.back, &exchange(Direction::Egress, 0, a.tid, &hb));
+    let a_server = finish(&mut linker, &a.front, &exchange(Direction::Ingress, 0, a.tid, &ha));
+    assert_eq!(
+        (a_server.trace_id, a_server.span_id, a_server.parent_span_id),
+        (server.trace_id, server.span_id, server.parent_span_id)
+    );
+    assert_eq!(
+        (a_client.trace_id, a_client.span_id, a_client.parent_span_id),
+        (client.trace_id, client.span_id, client.parent_span_id)
+    );
+    let stats = linker.stats();
+    assert_eq!((stats.from_tcp_option, stats.in_process, stats.roots, stats.stitched), (1, 1, 0, 0));
+}
+
+#[test]
+fn a_server_request_the_kernel_gave_a_new_trace_is_never_stitched() {
+    // Its calls already went out in the kernel's trace: joining it to a same-host client's trace
+    // afterwards would split the exported trace from the one on the wire.
+    let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
+    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
+    let h = head("/b", None);
+    let mut linker = Linker::default();
+    linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
+    let fresh = kernel_context(Direction::Ingress, 7, 0x0b, None);
+    linker.started(&b_front, &with_kernel(started(Direction::Ingress, 0, 21, &h), fresh));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    assert_eq!(
+        (b_server.trace_id, b_server.span_id, b_server.parent_span_id),
+        (fresh.trace_id, fresh.span_id, None)
+    );
+    assert_eq!(linker.stats().stitched, 0);
+}
+
+#[test]
+fn a_header_wins_over_the_kernel_ids_on_both_sides() {
+    let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "198.18.0.2:8001");
+    let b_front = conn(3, 20, Role::Server, "198.18.0.2:8001", "198.18.0.1:40001");
+    let h = head("/b", Some(TRACEPARENT));
+    let mut linker = Linker::default();
+    let client = kernel_context(Direction::Egress, 1, 0x0e, None);
+    let server = kernel_context(Direction::Ingress, 1, 0x0d, Some(0x0e));
+    linker.started(&a_back, &with_kernel(started(Direction::Egress, 0, 11, &h), client));
+    linker.started(&b_front, &with_kernel(started(Direction::Ingress, 0, 21, &h), server));
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    // The client wrote the header itself: it names the client span, as without propagation.
+    assert_eq!(a_client.span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(b_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
+    // The server span keeps the id the kernel gave it: that is the parent its calls carry.
+    assert_eq!(b_server.span_id, server.span_id);
+}
