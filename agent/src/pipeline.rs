@@ -402,6 +402,7 @@ impl Pipeline {
         self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
         self.verdicts_to_kernel(effects.kernel_verdicts.drain(..));
+        self.shared_threads_to_kernel();
         self.skips_to_kernel(effects.kernel_skips.drain(..));
         // The emptied vectors go back, with their allocations.
         self.effects = effects;
@@ -436,6 +437,18 @@ impl Pipeline {
             state.verdict = verdict as u8;
             if map.insert(key, state, BPF_EXIST).is_ok() {
                 self.kernel_verdicts += 1;
+            }
+        }
+    }
+
+    /// Tells the kernel which processes share their threads among requests, so that it gives their
+    /// requests no context from the request a thread serves. The kernel removes an entry when its
+    /// process exits; a failed write leaves the kernel's own detection (event loops) alone.
+    fn shared_threads_to_kernel(&mut self) {
+        let mut map = self.kernel.as_mut().map(|k| &mut k.shared_threads);
+        for (pid, why) in self.linker.take_newly_shared() {
+            if let Some(map) = map.as_deref_mut() {
+                let _ = map.insert(pid, why as u8, 0);
             }
         }
     }
@@ -503,7 +516,16 @@ impl intake::Sink for Pipeline {
                     }
                 }
             }
-            Event::Context(context) => self.kernel_contexts.file(&context),
+            Event::Context(context) => {
+                if context.direction == sonde_common::Direction::Egress as u8
+                    && self.conns.selected(context.header.tgid, context.header.fd) == Some(false)
+                {
+                    // A request of a process not selected: its span is never exported, so a server
+                    // on this host must not name it as parent.
+                    self.linker.unexported(crate::span::model::SpanId::from_bytes(context.ids.span_id));
+                }
+                self.kernel_contexts.file(&context);
+            }
             Event::Close(close) => self.conns.close(&close, &mut self.effects),
             Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
             Event::Mapped(header) => {

@@ -46,6 +46,7 @@ pub mod maps {
     pub const TCP_IN: &str = "TCP_IN";
     pub const SERVING: &str = "SERVING";
     pub const CLIENT_IDS: &str = "CLIENT_IDS";
+    pub const SHARED_THREADS: &str = "SHARED_THREADS";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.

@@ -24,8 +24,8 @@ use sonde_common::{
 use crate::{
     emit, fdsock, filter,
     maps::{
-        CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, TCP_IN, TCP_OUT, count,
-        global_u32,
+        CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN,
+        TCP_OUT, count, global_u32,
     },
 };
 
@@ -69,6 +69,10 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     if !starts_request(&first, n) {
         return;
     }
+    // SAFETY: only whether an entry exists is looked at.
+    if unsafe { SHARED_THREADS.get(&tgid) }.is_some() {
+        return;
+    }
     // The socket is known once data moved on the fd; before the first write, the fd table says.
     let sock = if state.sock != 0 {
         state.sock
@@ -81,8 +85,9 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     let Some(write_seq) = read_u32(sock, global_u32(&OFF_TCP_WRITE_SEQ)) else {
         return;
     };
-    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-    let mut ids = match unsafe { SERVING.get(&pid_tgid) } {
+    // SAFETY: copied out at once; only this thread's hooks (and its parent's, at its start) write
+    // its entry.
+    let mut ids = match unsafe { SERVING.get(&thread(pid_tgid)) } {
         Some(serving) => Ids { parent_id: serving.span_id, origin: Origin::Serving as u8, ..*serving },
         None => new_trace(),
     };
@@ -120,8 +125,8 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8) {
         }
     } else if egress && role == Role::Server as u8 {
         // SAFETY: as above.
-        if unsafe { SERVING.get(&pid_tgid) }.is_some_and(|s| s.fd == active.fd) {
-            let _ = SERVING.remove(&pid_tgid);
+        if unsafe { SERVING.get(&thread(pid_tgid)) }.is_some_and(|s| s.fd == active.fd) {
+            let _ = SERVING.remove(&thread(pid_tgid));
         }
     } else if !egress && role == Role::Server as u8 && active.length_only == 0 {
         server_read(pid_tgid, active, len, seq);
@@ -141,8 +146,51 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32) {
     let mut ids = received(active.sock, len).unwrap_or_else(new_trace);
     ids.span_id = random_span_id();
     ids.fd = active.fd;
-    let _ = SERVING.insert(&pid_tgid, &ids, 0);
+    // SAFETY: only the fd of the copied-out entry is looked at.
+    // (A thread started for a request, fd -1, answers on no connection: it may read requests of
+    // its own.)
+    if unsafe { SERVING.get(&thread(pid_tgid)) }.is_some_and(|s| s.fd >= 0 && s.fd != active.fd) {
+        // A request read while one from another connection is unanswered: the thread serves
+        // several at once (an event loop), and the one it read last says nothing about its calls.
+        let _ = SHARED_THREADS.insert(&((pid_tgid >> 32) as u32), &1, 0);
+    }
+    let _ = SERVING.insert(&thread(pid_tgid), &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
+}
+
+/// Thread `parent_tid` started `child_tid` (a thread or a process): started while the parent
+/// serves a request, the child works for it, as a worker thread made per request does.
+#[inline(always)]
+pub fn spawned(parent_tid: u32, child_tid: u32) {
+    if !enabled() {
+        return;
+    }
+    // SAFETY: copied out at once from the LRU element; plain integers.
+    if let Some(ids) = (unsafe { SERVING.get(&(parent_tid as u64)) }).copied() {
+        // The child answers on no connection: it serves the request until it exits or reads one.
+        let _ = SERVING.insert(&(child_tid as u64), &Ids { fd: -1, ..ids }, 0);
+    }
+}
+
+/// A thread exited (the last one of its process, with `process_gone`): what was kept for it goes,
+/// before its id is handed out again.
+#[inline(always)]
+pub fn exited(pid_tgid: u64, process_gone: bool) {
+    if !enabled() {
+        return;
+    }
+    let _ = SERVING.remove(&thread(pid_tgid));
+    let _ = CLIENT_IDS.remove(&pid_tgid);
+    if process_gone {
+        let _ = SHARED_THREADS.remove(&((pid_tgid >> 32) as u32));
+    }
+}
+
+/// `SERVING`'s key: the thread id, which the kernel gives no other thread while it lives (a child
+/// gets an entry before it knows its own process id).
+#[inline(always)]
+fn thread(pid_tgid: u64) -> u64 {
+    pid_tgid as u32 as u64
 }
 
 /// The context received for the read that just returned `len` bytes of `sock`, when its first byte

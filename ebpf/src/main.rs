@@ -235,6 +235,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         _pad: 0,
     };
     emit::output(&event);
+    ctx::spawned(pid_tgid as u32, child as u32);
     0
 }
 
@@ -273,6 +274,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         _pad: 0,
     };
     emit::output(&event);
+    ctx::exited(pid_tgid, group_dead);
     0
 }
 

@@ -99,10 +99,19 @@ pub static TCP_OUT: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(
 #[map]
 pub static TCP_IN: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
-/// pid_tgid → the ids of the server request the thread read last, until it writes to that
-/// connection (its answer). A request the thread writes meanwhile is that request's child.
+/// Thread id → the ids of the server request the thread read last, until it writes to that
+/// connection (its answer). A request the thread writes meanwhile is that request's child. A
+/// thread it starts meanwhile works for the same request.
 #[map]
 pub static SERVING: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// tgids whose threads are not each tied to one request, so that the request a thread serves says
+/// nothing about the requests it writes: their requests get no context (a missing link, never a
+/// wrong one). Written by the kernel (a thread read a request while one it read on another
+/// connection was unanswered: an event loop) and by the agent (a Go runtime, an event loop it
+/// noticed); removed when the process exits.
+#[map]
+pub static SHARED_THREADS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// pid_tgid → the ids given to the request head the thread is writing, from the syscall's entry
 /// to its data event.

@@ -78,14 +78,16 @@ fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
 
 /// Sequential requests, then concurrent ones, through a chain in `runtime`: no span
 /// is parented by another request's span, and each sequential request is one whole trace.
-async fn no_cross_links_under_concurrent_requests(runtime: Runtime) {
+/// `extra`: more arguments for sonde (`--context-propagation tcp`: the kernel chooses the ids, and
+/// must be as careful as user space).
+async fn no_cross_links_under_concurrent_requests(runtime: Runtime, extra: &[&str]) {
     let receiver = Receiver::start().await.unwrap();
     let chain = chain(runtime);
     let a = &chain[0];
     // Only the chain's processes: curl and this test's own requests are not traced, so A's SERVER
     // span is each trace's root (as in tests/tests/traces.rs).
-    let (sonde, _) =
-        Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", runtime.exe_glob()]);
+    let args = [&["--exe", runtime.exe_glob()][..], extra].concat();
+    let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &args);
 
     // The first of these finds no connection to keep alive: Go dials one and starts its goroutines
     // on whichever thread is free, often one that never read the request. With one request in
@@ -126,10 +128,20 @@ async fn no_cross_links_under_concurrent_requests(runtime: Runtime) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_chain_under_concurrent_requests_has_no_cross_links() {
-    no_cross_links_under_concurrent_requests(Runtime::Go).await;
+    no_cross_links_under_concurrent_requests(Runtime::Go, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_chain_with_propagation_has_no_cross_links() {
+    no_cross_links_under_concurrent_requests(Runtime::Go, &["--context-propagation", "tcp"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_chain_with_propagation_has_no_cross_links() {
+    no_cross_links_under_concurrent_requests(Runtime::Node, &["--context-propagation", "tcp"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_chain_under_concurrent_requests_has_no_cross_links() {
-    no_cross_links_under_concurrent_requests(Runtime::Node).await;
+    no_cross_links_under_concurrent_requests(Runtime::Node, &[]).await;
 }

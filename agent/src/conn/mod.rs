@@ -124,6 +124,11 @@ impl ConnTable {
         self.stats
     }
 
+    /// Whether the connection on (tgid, fd) was selected for tracing; None when it is not known.
+    pub fn selected(&self, tgid: u32, fd: i32) -> Option<bool> {
+        self.conns.get(&conn_key(tgid, fd as u32)).map(|conn| conn.selected)
+    }
+
     /// A TCP socket first seen on (tgid, fd). `selected` says whether its data should be parsed.
     pub fn open(&mut self, event: &ConnEvent, selected: bool, out: &mut Effects) {
         let key = conn_key(event.header.tgid, event.header.fd as u32);

@@ -172,6 +172,9 @@ struct InProgress {
     fingerprint: u64,
     /// Its position on a connection seen whole (`Started::from_start`).
     position: Option<u32>,
+    /// The trace the kernel gave a server request that came with no context: the trace it starts
+    /// unless stitched (its calls went out in it).
+    kernel_trace: Option<TraceId>,
 }
 
 #[derive(Default)]
@@ -196,7 +199,23 @@ pub struct Linker {
     /// Decides, where a trace enters, whether it is exported.
     sampler: Sampler,
     stats: LinkStats,
+    /// Processes found to share their threads since the last `take_newly_shared`.
+    newly_shared: Vec<(u32, SharedThreads)>,
+    /// Span ids the kernel gave requests of processes not selected here: never exported, so never
+    /// a parent (oldest first, bounded).
+    unexported: HashSet<SpanId>,
+    unexported_order: std::collections::VecDeque<SpanId>,
+    /// Kernel traces that became part of another trace on this host (see `rename`).
+    renamed: HashMap<TraceId, Lineage>,
 }
+
+/// Renamed kernel traces remembered; beyond it the map starts over (a missing rename leaves a
+/// later span in the kernel's trace: a broken link, never a wrong one).
+const MAX_RENAMED: usize = 4096;
+
+/// Unexported span ids remembered; a server reads its caller's request within moments of its
+/// write, so a few thousand cover any burst.
+const MAX_UNEXPORTED: usize = 4096;
 
 impl Linker {
     pub fn new(sampler: Sampler) -> Self {
@@ -258,6 +277,7 @@ impl Linker {
                     upstream: stitch::server_side_key(conn),
                     fingerprint: started.fingerprint,
                     position,
+                    kernel_trace: None,
                 };
                 if let Some(tp) = self.header(started) {
                     self.stats.from_header += 1;
@@ -269,17 +289,17 @@ impl Linker {
                         trace_state: self.vendor_state(started),
                     });
                 } else if let Some(k) = kernel {
-                    if k.parent_span_id.is_some() {
-                        self.stats.from_tcp_option += 1;
-                    } else {
-                        self.stats.roots += 1;
+                    match k.parent_span_id {
+                        Some(parent) => {
+                            self.stats.from_tcp_option += 1;
+                            let lineage = self.kernel_lineage(k.trace_id, Some(parent), k.flags);
+                            self.open.join(&lineage.trace_id, key);
+                            request.lineage = Some(lineage);
+                        }
+                        // No context came with it: stitched, or a trace of its own — the kernel's,
+                        // whose id its calls already carry.
+                        None => request.kernel_trace = Some(k.trace_id),
                     }
-                    request.lineage = Some(Lineage {
-                        trace_id: k.trace_id,
-                        parent_span_id: k.parent_span_id,
-                        flags: self.sampler.decide(k.trace_id, k.parent_span_id.map(|_| k.flags)),
-                        trace_state: String::new(),
-                    });
                 }
                 // The client's write usually precedes this read in the ring buffer; when it does
                 // not (the two CPUs raced), the lineage is looked up again when first needed.
@@ -301,7 +321,7 @@ impl Linker {
                     _ => self.client_lineage(conn.pid, started),
                 };
                 let (span_id, lineage) = match lineage {
-                    ClientParent::Kernel(k) => (span_id, self.kernel_client_lineage(conn.pid, &k)),
+                    ClientParent::Kernel(k) => (span_id, self.kernel_client_lineage(conn.pid, &k, started)),
                     ClientParent::Handling(lineage) => (span_id, lineage),
                     ClientParent::Header(tp) => (
                         tp.parent_id,
@@ -347,6 +367,7 @@ impl Linker {
                         upstream: None,
                         fingerprint: started.fingerprint,
                         position,
+                        kernel_trace: None,
                     },
                 );
             }
@@ -389,6 +410,11 @@ impl Linker {
             self.try_stitch(key, &mut request);
             if request.lineage.is_none() {
                 self.start_trace(key, &mut request, ended_ns);
+            }
+            if let Some(lineage) = request.lineage.as_mut()
+                && lineage.parent_span_id.is_some_and(|p| self.unexported.contains(&p))
+            {
+                lineage.parent_span_id = None;
             }
         }
         let pid = request.pid;
@@ -459,6 +485,8 @@ impl Linker {
     /// client's (`into`: the lineage its root would have had, stitched in time).
     fn adopt(&mut self, from: TraceId, mut adopted: OpenTrace, into: Lineage) {
         self.stats.adopted += 1;
+        // A kernel trace's requests still to come here join `into` too.
+        self.rename(from, &into);
         for key in std::iter::once(&adopted.root.key).chain(&adopted.members) {
             if let Some(lineage) = self.requests.get_mut(key).and_then(|r| r.lineage.as_mut()) {
                 lineage.adopt(from, &into);
@@ -482,7 +510,10 @@ impl Linker {
     /// (an adoption needs the position); settled otherwise — also beyond the room for open traces
     /// (a missing link, never a wrong one). `at_ns`: the event time that needed its lineage.
     fn start_trace(&mut self, key: RequestKey, request: &mut InProgress, at_ns: u64) {
-        let lineage = self.root();
+        let lineage = match request.kernel_trace {
+            Some(trace_id) => self.kernel_lineage(trace_id, None, TraceFlags::SAMPLED),
+            None => self.root(),
+        };
         match (request.position, request.upstream) {
             (Some(position), Some(upstream))
                 if self.open.has_room() && self.client_may_be_local(upstream.0.ip()) =>
@@ -515,7 +546,30 @@ impl Linker {
     /// `pid`'s threads are shared by requests (see [`SharedThreads`]); the first reason learnt
     /// stays.
     pub fn threads_shared(&mut self, pid: u32, why: SharedThreads) {
-        self.shared.entry(pid).or_insert(why);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.shared.entry(pid) {
+            entry.insert(why);
+            self.newly_shared.push((pid, why));
+        }
+    }
+
+    /// The kernel gave a request of a process not selected here span id `span`, and put it on the
+    /// wire: a server request on this host that names it as parent gets none instead (its caller's
+    /// span is never exported).
+    pub fn unexported(&mut self, span: SpanId) {
+        if self.unexported_order.len() >= MAX_UNEXPORTED
+            && let Some(oldest) = self.unexported_order.pop_front()
+        {
+            self.unexported.remove(&oldest);
+        }
+        if self.unexported.insert(span) {
+            self.unexported_order.push_back(span);
+        }
+    }
+
+    /// Processes found to share their threads since the last call: the kernel must not give their
+    /// requests a context from the request a thread serves (`--context-propagation`).
+    pub fn take_newly_shared(&mut self) -> std::vec::Drain<'_, (u32, SharedThreads)> {
+        self.newly_shared.drain(..)
     }
 
     fn stop_serving(&mut self, pid: u32, key: &RequestKey) {
@@ -592,29 +646,75 @@ impl Linker {
         self.header(started).map_or(ClientParent::None, ClientParent::Header)
     }
 
-    /// The lineage of a client request whose ids the kernel chose: its parent, when it has one, is
-    /// the server request of `pid` the kernel gave that span id (whose sampling decision and vendor
-    /// state it shares); one not in progress here (its context event was lost) is still named.
-    fn kernel_client_lineage(&mut self, pid: u32, k: &kernel::KernelContext) -> Lineage {
+    /// The lineage of a client request whose ids the kernel chose. Its parent, when it has one, is
+    /// the server request of `pid` the kernel gave that span id: that request's lineage is found
+    /// now if still open (stitched, or its own trace) and shared, as for in-process parents. One
+    /// not in progress here (its context event was lost) is still named.
+    ///
+    /// With no parent from the kernel (the writing thread serves nothing it knows of: a worker
+    /// thread, a Go runtime not yet known as one), the in-process parent user space finds, if any,
+    /// still stands; the kernel's trace then becomes part of the parent's on this host.
+    fn kernel_client_lineage(&mut self, pid: u32, k: &kernel::KernelContext, started: &Started) -> Lineage {
+        let at_ns = started.start_ns;
         let Some(parent) = k.parent_span_id else {
+            if let ClientParent::Handling(lineage) = self.client_lineage(pid, started) {
+                self.rename(k.trace_id, &lineage);
+                return lineage;
+            }
             self.stats.roots += 1;
-            return Lineage {
-                trace_id: k.trace_id,
-                parent_span_id: None,
-                flags: self.sampler.decide(k.trace_id, None),
-                trace_state: String::new(),
-            };
+            return self.kernel_lineage(k.trace_id, None, k.flags);
         };
         self.stats.in_process += 1;
-        let server =
-            self.serving.get(&pid).into_iter().flatten().filter_map(|key| self.requests.get(key)).find(|r| {
-                r.span_id == parent && r.lineage.as_ref().is_some_and(|l| l.trace_id == k.trace_id)
+        let requests = &self.requests;
+        let key = self
+            .serving
+            .get(&pid)
+            .and_then(|keys| keys.iter().find(|key| requests.get(key).is_some_and(|r| r.span_id == parent)))
+            .copied();
+        if let Some(key) = key
+            && let Some(mut server) = self.requests.remove(&key)
+        {
+            self.resolve(key, &mut server, at_ns);
+            let lineage = server.lineage.as_ref().map(|l| Lineage {
+                trace_id: l.trace_id,
+                parent_span_id: Some(parent),
+                flags: l.flags,
+                trace_state: l.trace_state.clone(),
             });
-        let (flags, trace_state) = match server.and_then(|r| r.lineage.as_ref()) {
-            Some(l) => (l.flags, l.trace_state.clone()),
-            None => (self.sampler.decide(k.trace_id, Some(k.flags)), String::new()),
-        };
-        Lineage { trace_id: k.trace_id, parent_span_id: Some(parent), flags, trace_state }
+            self.requests.insert(key, server);
+            if let Some(lineage) = lineage {
+                return lineage;
+            }
+        }
+        self.kernel_lineage(k.trace_id, Some(parent), k.flags)
+    }
+
+    /// The lineage of kernel trace `trace_id`: the trace it became part of on this host (a server
+    /// request of it was stitched to its client afterwards), or itself.
+    fn kernel_lineage(&self, trace_id: TraceId, parent: Option<SpanId>, flags: TraceFlags) -> Lineage {
+        match self.renamed.get(&trace_id) {
+            Some(into) => Lineage {
+                trace_id: into.trace_id,
+                parent_span_id: parent,
+                flags: into.flags,
+                trace_state: into.trace_state.clone(),
+            },
+            None => Lineage {
+                trace_id,
+                parent_span_id: parent,
+                flags: self.sampler.decide(trace_id, parent.map(|_| flags)),
+                trace_state: String::new(),
+            },
+        }
+    }
+
+    /// Kernel trace `from` is part of `into` on this host from now on: its later requests here
+    /// join `into`. (The hops it reached on other hosts stay in `from`: their ids went out.)
+    fn rename(&mut self, from: TraceId, into: &Lineage) {
+        if self.renamed.len() >= MAX_RENAMED {
+            self.renamed.clear();
+        }
+        self.renamed.insert(from, Lineage { parent_span_id: None, ..into.clone() });
     }
 
     /// The request's `tracestate` as it goes on with the trace; an invalid one is counted and
@@ -659,7 +759,11 @@ impl Linker {
         if let Some(client) = self.stitcher.take(&tuple, request.fingerprint, request.position) {
             self.stats.stitched += 1;
             self.open.join(&client.trace_id, key);
-            request.lineage = Some(client.lineage());
+            let lineage = client.lineage();
+            if let Some(kernel_trace) = request.kernel_trace {
+                self.rename(kernel_trace, &lineage);
+            }
+            request.lineage = Some(lineage);
         }
     }
 }

@@ -613,22 +613,38 @@ fn the_ids_the_kernel_put_on_the_wire_are_the_ids_exported() {
 }
 
 #[test]
-fn a_server_request_the_kernel_gave_a_new_trace_is_never_stitched() {
-    // Its calls already went out in the kernel's trace: joining it to a same-host client's trace
-    // afterwards would split the exported trace from the one on the wire.
+fn a_server_request_that_came_without_context_is_stitched_and_its_kernel_trace_follows() {
+    // A (pid 10) wrote with no context on the wire (its threads are shared); B (pid 20) read the
+    // request, which the kernel gave trace 7 and span 0x0b, then called on under them.
     let a_back = conn(2, 10, Role::Client, "127.0.0.1:40001", "127.0.0.1:8001");
-    let b_front = conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001");
-    let h = head("/b", None);
+    let b = Hop {
+        front: conn(3, 20, Role::Server, "127.0.0.1:8001", "127.0.0.1:40001"),
+        back: conn(4, 20, Role::Client, "127.0.0.1:40002", "198.18.0.2:80"),
+        tid: 21,
+    };
+    let (h, hc) = (head("/b", None), head("/c", None));
     let mut linker = Linker::default();
     linker.started(&a_back, &started(Direction::Egress, 0, 11, &h));
     let fresh = kernel_context(Direction::Ingress, 7, 0x0b, None);
-    linker.started(&b_front, &with_kernel(started(Direction::Ingress, 0, 21, &h), fresh));
-    let b_server = finish(&mut linker, &b_front, &exchange(Direction::Ingress, 0, 21, &h));
+    linker.started(&b.front, &with_kernel(started(Direction::Ingress, 0, b.tid, &h), fresh));
+    let call = kernel_context(Direction::Egress, 7, 0x0c, Some(0x0b));
+    linker.started(&b.back, &with_kernel(started(Direction::Egress, 0, b.tid, &hc), call));
+    let a_client = finish(&mut linker, &a_back, &exchange(Direction::Egress, 0, 11, &h));
+    let b_call = finish(&mut linker, &b.back, &exchange(Direction::Egress, 0, b.tid, &hc));
+    let b_server = finish(&mut linker, &b.front, &exchange(Direction::Ingress, 0, b.tid, &h));
+    assert_eq!(b_server.span_id, fresh.span_id, "the id its calls name as parent");
+    assert_eq!((b_server.trace_id, b_server.parent_span_id), (a_client.trace_id, Some(a_client.span_id)));
     assert_eq!(
-        (b_server.trace_id, b_server.span_id, b_server.parent_span_id),
-        (fresh.trace_id, fresh.span_id, None)
+        (b_call.trace_id, b_call.span_id, b_call.parent_span_id),
+        (a_client.trace_id, call.span_id, Some(b_server.span_id))
     );
-    assert_eq!(linker.stats().stitched, 0);
+    assert_eq!(linker.stats().stitched, 1);
+    // A later hop of kernel trace 7 on this host (the context its call carried) joins too.
+    let c_front = conn(5, 30, Role::Server, "127.0.0.1:8002", "127.0.0.1:40003");
+    let onward = kernel_context(Direction::Ingress, 7, 0x0d, Some(0x0c));
+    linker.started(&c_front, &with_kernel(started(Direction::Ingress, 0, 31, &hc), onward));
+    let c_server = finish(&mut linker, &c_front, &exchange(Direction::Ingress, 0, 31, &hc));
+    assert_eq!((c_server.trace_id, c_server.parent_span_id), (a_client.trace_id, Some(call.span_id)));
 }
 
 #[test]

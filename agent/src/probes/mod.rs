@@ -109,6 +109,9 @@ pub struct KernelTables {
     pub conns: BpfHashMap<MapData, u64, sonde_common::ConnState>,
     /// Where bodies end (`SKIPS`).
     pub skips: BpfHashMap<MapData, u64, sonde_common::SkipTo>,
+    /// Processes whose requests get no context from the request their thread serves
+    /// (`SHARED_THREADS`): tgid → why (`link::SharedThreads`).
+    pub shared_threads: BpfHashMap<MapData, u32, u8>,
 }
 
 pub struct Probes {
@@ -246,13 +249,17 @@ impl Probes {
 
     /// The kernel's tables the intake thread writes to (can be taken once).
     pub fn take_tables(&mut self) -> Result<KernelTables, ProbeError> {
-        Ok(KernelTables { conns: self.take_hash_map(maps::CONNS)?, skips: self.take_hash_map(maps::SKIPS)? })
+        Ok(KernelTables {
+            conns: self.take_hash_map(maps::CONNS)?,
+            skips: self.take_hash_map(maps::SKIPS)?,
+            shared_threads: self.take_hash_map(maps::SHARED_THREADS)?,
+        })
     }
 
-    fn take_hash_map<V: aya::Pod>(
+    fn take_hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<BpfHashMap<MapData, u64, V>, ProbeError> {
+    ) -> Result<BpfHashMap<MapData, K, V>, ProbeError> {
         let map = self.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
         BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
