@@ -191,6 +191,72 @@ fn kill_9_leaves_no_programs_or_maps_behind() {
     assert!(gone, "after kill -9: {before:?} before, {now:?} now");
 }
 
+/// The sock_ops programs attached to the cgroup v2 root (where `--context-propagation` attaches by
+/// default), by id.
+fn root_cgroup_sock_ops() -> Vec<u64> {
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.controllers").exists())
+        .expect("a cgroup v2 root");
+    let out = Command::new("bpftool").args(["cgroup", "show", root, "-j"]).output().expect("running bpftool");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["attach_type"] == "cgroup_sock_ops" || p["attach_type"] == "sock_ops")
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// `GET /keep/{n}` on a keep-alive connection, and its `ok` reply.
+fn keep_alive_request(conn: &mut std::net::TcpStream, n: u32) {
+    use std::io::Write as _;
+    let head = format!("GET /keep/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    conn.write_all(head.as_bytes()).expect("the connection still takes requests");
+    harness::read_ok_reply(conn);
+}
+
+#[test]
+fn kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_attached() {
+    let server = harness::python_app(&[]);
+    let connect = || {
+        let conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn
+    };
+    // Keep-alive connections of this (traced) process: one from before sonde started, one opened
+    // while it runs (its requests carry a context in a TCP option).
+    let mut early = connect();
+    keep_alive_request(&mut early, 0);
+    let (before, attached_before) = (bpf_objects(), root_cgroup_sock_ops());
+    let mut sonde = Sonde::start(&["--context-propagation", "tcp", "--print", "none"]);
+    let attached = root_cgroup_sock_ops();
+    assert!(attached.len() > attached_before.len(), "sonde's sock_ops program is attached: {attached:?}");
+    let mut late = connect();
+    for n in 1..=20 {
+        keep_alive_request(&mut early, n);
+        keep_alive_request(&mut late, n);
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(sonde.pid() as i32, libc::SIGKILL) };
+    for n in 21..=40 {
+        keep_alive_request(&mut early, n);
+        keep_alive_request(&mut late, n);
+    }
+    let _ = sonde.stop();
+    let mut now = (bpf_objects(), root_cgroup_sock_ops());
+    let gone = eventually(Duration::from_secs(10), || {
+        now = (bpf_objects(), root_cgroup_sock_ops());
+        now.0.0 <= before.0 && now.0.1 <= before.1 && now.1 == attached_before
+    });
+    assert!(gone, "after kill -9: {before:?} and {attached_before:?} before, {now:?} now");
+    for n in 41..=45 {
+        keep_alive_request(&mut early, n);
+        keep_alive_request(&mut late, n);
+    }
+    assert_eq!(curl(&[&server.url("/after")]), "ok\n", "a new connection");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_side_by_side_both_trace_and_one_leaving_does_not_stop_the_other() {
     let (first, second) = (Receiver::start().await.unwrap(), Receiver::start().await.unwrap());
