@@ -281,13 +281,19 @@ impl Linker {
                 };
                 if let Some(tp) = self.header(started) {
                     self.stats.from_header += 1;
-                    request.lineage = Some(Lineage {
+                    let lineage = Lineage {
                         trace_id: tp.trace_id,
                         parent_span_id: Some(tp.parent_id),
                         flags: self.sampler.decide(tp.trace_id, Some(tp.flags)),
                         // The caller's vendor state goes on with the trace, to children too.
                         trace_state: self.vendor_state(started),
-                    });
+                    };
+                    if let Some(k) = kernel {
+                        // The kernel does not read headers: the calls this request makes carry its
+                        // trace, which on this host joins the header's.
+                        self.rename(k.trace_id, &lineage);
+                    }
+                    request.lineage = Some(lineage);
                 } else if let Some(k) = kernel {
                     match k.parent_span_id {
                         Some(parent) => {

@@ -666,3 +666,28 @@ fn a_header_wins_over_the_kernel_ids_on_both_sides() {
     // The server span keeps the id the kernel gave it: that is the parent its calls carry.
     assert_eq!(b_server.span_id, server.span_id);
 }
+
+#[test]
+fn calls_of_a_request_with_a_header_follow_the_header_on_this_host() {
+    // The kernel reads no headers: B's call went out in the kernel's trace (1), under B's span.
+    let b = Hop {
+        front: conn(3, 20, Role::Server, "198.18.0.2:8001", "198.18.0.1:40001"),
+        back: conn(4, 20, Role::Client, "127.0.0.1:40002", "127.0.0.1:8002"),
+        tid: 21,
+    };
+    let c_front = conn(5, 30, Role::Server, "127.0.0.1:8002", "127.0.0.1:40002");
+    let (h, hc) = (head("/b", Some(TRACEPARENT)), head("/c", None));
+    let mut linker = Linker::default();
+    let server = kernel_context(Direction::Ingress, 1, 0x0d, None);
+    let call = kernel_context(Direction::Egress, 1, 0x0e, Some(0x0d));
+    let onward = kernel_context(Direction::Ingress, 1, 0x0f, Some(0x0e));
+    linker.started(&b.front, &with_kernel(started(Direction::Ingress, 0, b.tid, &h), server));
+    linker.started(&b.back, &with_kernel(started(Direction::Egress, 0, b.tid, &hc), call));
+    linker.started(&c_front, &with_kernel(started(Direction::Ingress, 0, 31, &hc), onward));
+    let b_server = finish(&mut linker, &b.front, &exchange(Direction::Ingress, 0, b.tid, &h));
+    let b_call = finish(&mut linker, &b.back, &exchange(Direction::Egress, 0, b.tid, &hc));
+    let c_server = finish(&mut linker, &c_front, &exchange(Direction::Ingress, 0, 31, &hc));
+    assert_eq!(b_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!((b_call.trace_id, b_call.parent_span_id), (b_server.trace_id, Some(b_server.span_id)));
+    assert_eq!((c_server.trace_id, c_server.parent_span_id), (b_server.trace_id, Some(b_call.span_id)));
+}
