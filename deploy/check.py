@@ -5,7 +5,7 @@
   schemas (strict: unknown fields are errors) of the oldest and newest releases the chart supports;
 - the DaemonSet keeps its promises: not privileged, exactly the capabilities sonde checks for,
   read-only root filesystem, host PID namespace, no service-link variables, tracefs the only host
-  path and read-only; RBAC is get/list/watch on pods and replicasets only;
+  path (and the cgroup v2 root with context propagation), read-only; RBAC is get/list/watch on pods and replicasets only;
 - the configuration the chart writes passes `sonde config check`;
 - deploy/kubernetes/sonde.yaml is the chart's rendering with its defaults (`--write` updates it).
 
@@ -50,6 +50,8 @@ VARIANT = {
     "podAnnotations": {"example.com/owner": "sre"},
     "serviceAccount": {"create": False, "name": "existing"},
     "rbac": {"create": False},
+    "contextPropagation": "tcp",
+    "cgroupRoot": "/sys/fs/cgroup/unified",
 }
 
 
@@ -78,7 +80,7 @@ def validate(docs, where):
                 fail(f"{where}: {doc['kind']} {doc['metadata'].get('name')} is not valid for Kubernetes {version}: {e}")
 
 
-def check_daemonset(docs, where):
+def check_daemonset(docs, where, propagation=False):
     [ds] = [d for d in docs if d["kind"] == "DaemonSet"]
     pod = ds["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -91,10 +93,12 @@ def check_daemonset(docs, where):
         (sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation: false"),
         (sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem: true"),
         (sc["capabilities"].get("drop") == ["ALL"], "capabilities drop ALL"),
-        (sorted(sc["capabilities"].get("add", [])) == sorted(CAPABILITIES), f"capabilities add exactly {CAPABILITIES}"),
     ]
+    capabilities = CAPABILITIES + (["NET_ADMIN"] if propagation else [])
+    expect.append((sorted(sc["capabilities"].get("add", [])) == sorted(capabilities), f"capabilities add exactly {capabilities}"))
     host_paths = [v for v in pod.get("volumes", []) if "hostPath" in v]
-    expect.append(([v["hostPath"]["path"] for v in host_paths] == ["/sys/kernel/tracing"], "tracefs the only host path"))
+    paths = ["/sys/kernel/tracing"] + (["/sys/fs/cgroup/unified"] if propagation else [])
+    expect.append(([v["hostPath"]["path"] for v in host_paths] == paths, f"host paths exactly {paths}"))
     mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
     expect.append((all(mounts[v["name"]].get("readOnly") for v in host_paths), "host paths mounted read-only"))
     for ok, what in expect:
@@ -133,7 +137,7 @@ def main():
         kinds = sorted(d["kind"] for d in docs)
         print(f"deploy/check.py: {where}: {', '.join(kinds)}")
         validate(docs, where)
-        check_daemonset(docs, where)
+        check_daemonset(docs, where, propagation=values is not None)
         check_config(docs, args.sonde, where)
 
     _, rendered = render()

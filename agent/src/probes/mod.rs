@@ -127,7 +127,7 @@ impl Probes {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        prereq::check_capabilities()?;
+        prereq::check_capabilities(options.propagation.is_some())?;
         prereq::ensure_tracefs()?;
         prereq::raise_memlock();
         let features = Features::detect();
@@ -388,7 +388,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
-    prereq::check_capabilities()?;
+    prereq::check_capabilities(false)?;
     prereq::ensure_tracefs()?;
     prereq::raise_memlock();
     let features = Features::detect();

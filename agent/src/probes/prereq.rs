@@ -19,6 +19,7 @@ pub enum PrereqError {
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_PERFMON: u32 = 38;
@@ -40,7 +41,9 @@ fn effective_caps() -> u64 {
 
 /// CAP_BPF + CAP_PERFMON load and attach the programs (CAP_SYS_ADMIN covers both on kernels before
 /// 5.8's split); CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH read other users' /proc/PID/{environ,exe}.
-pub fn check_capabilities() -> Result<(), PrereqError> {
+/// `propagation`: context propagation is on, whose sockops program needs CAP_NET_ADMIN to load and
+/// to attach to a cgroup.
+pub fn check_capabilities(propagation: bool) -> Result<(), PrereqError> {
     let caps = effective_caps();
     let has = |c: u32| caps & (1 << c) != 0;
     let mut missing = Vec::new();
@@ -55,6 +58,9 @@ pub fn check_capabilities() -> Result<(), PrereqError> {
         if !has(cap) {
             missing.push(name);
         }
+    }
+    if propagation && !has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_NET_ADMIN (for --context-propagation)");
     }
     if missing.is_empty() { Ok(()) } else { Err(PrereqError::Capabilities { missing: missing.join(", ") }) }
 }
