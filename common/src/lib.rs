@@ -47,6 +47,7 @@ pub mod maps {
     pub const SERVING: &str = "SERVING";
     pub const CLIENT_IDS: &str = "CLIENT_IDS";
     pub const SHARED_THREADS: &str = "SHARED_THREADS";
+    pub const TLS_RECEIVED: &str = "TLS_RECEIVED";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.

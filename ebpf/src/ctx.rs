@@ -16,7 +16,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_common::{
-    ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, Verdict, conn_key,
+    ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, TlsCallKind, Verdict, conn_key,
     first_bytes::{PROBE_BYTES, starts_request},
     propagation::{ContextEvent, FLAG_SAMPLED, Ids, Origin, WireContext},
 };
@@ -25,7 +25,7 @@ use crate::{
     emit, fdsock, filter,
     maps::{
         CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN,
-        TCP_OUT, count, global_u32,
+        TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
     },
 };
 
@@ -55,15 +55,19 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     let Some(state) = (unsafe { CONNS.get(&conn_key(tgid, fd as u32)) }).copied() else {
         return;
     };
-    // A connection seen from its connect, still copied, plaintext, not one of sonde's own.
-    if state.role != Role::Client as u8
-        || state.peer_is_agent != 0
-        || state.tls != 0
-        || state.verdict != Verdict::Copy as u8
-    {
+    // A connection seen from its connect, still copied, not one of sonde's own (a TLS one's
+    // first-bytes verdict judged its ciphertext: its plaintext is still wanted).
+    let wanted = if state.tls != 0 {
+        state.verdict != Verdict::Unwanted as u8
+    } else {
+        state.verdict == Verdict::Copy as u8
+    };
+    if state.role != Role::Client as u8 || state.peer_is_agent != 0 || !wanted {
         return;
     }
-    let Some((first, n)) = first_bytes(buf, kind as u8, count) else {
+    let first =
+        if state.tls != 0 { tls_plaintext(pid_tgid, fd) } else { first_bytes(buf, kind as u8, count) };
+    let Some((first, n)) = first else {
         return;
     };
     if !starts_request(&first, n) {
@@ -105,11 +109,58 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     }
 }
 
+/// For a write of TLS ciphertext: the first bytes of the plaintext the TLS library call it is
+/// inside is writing, once per call (the record that begins the request is its first write; a
+/// context already filed in this call, `CLIENT_IDS`, means a later write of the same call).
+#[inline(always)]
+fn tls_plaintext(pid_tgid: u64, fd: i32) -> Option<([u8; PROBE_BYTES], usize)> {
+    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
+    let call = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied()?;
+    if call.kind != TlsCallKind::Data as u8 || call.direction != Direction::Egress as u8 {
+        return None;
+    }
+    // SAFETY: only whether an entry exists, and its fd, is looked at.
+    if unsafe { CLIENT_IDS.get(&pid_tgid) }.is_some_and(|ids| ids.fd == fd) {
+        return None;
+    }
+    // A request head is longer than the bytes looked at.
+    first_bytes(call.buf, IoBuf::Plain as u8, PROBE_BYTES as u64)
+}
+
+/// A TLS library data call starts on this thread: what an earlier call left unclaimed (it failed,
+/// or its plaintext began no request) is stale.
+#[inline(always)]
+pub fn tls_call_starts(pid_tgid: u64, direction: Direction) {
+    if !enabled() {
+        return;
+    }
+    if direction == Direction::Egress {
+        let _ = CLIENT_IDS.remove(&pid_tgid);
+    } else {
+        let _ = TLS_RECEIVED.remove(&pid_tgid);
+    }
+}
+
+/// TLS ciphertext of `len` bytes was just read from `sock` inside a TLS library call: if a TCP
+/// option's segment began at its first byte, the context waits for the call's plaintext.
+#[inline(always)]
+pub fn ciphertext_read(pid_tgid: u64, sock: u64, len: u64) {
+    if !enabled() {
+        return;
+    }
+    if let Some(ids) = received(sock, len) {
+        let _ = TLS_RECEIVED.insert(&pid_tgid, &ids, 0);
+    }
+}
+
 /// Bytes that moved on a connection of role `role` were just numbered `seq` for their data event,
 /// which follows: the context event that goes before it, if they begin a request the kernel gave a
 /// context to; and the end of serving, when a server writes its answer.
 #[inline(always)]
-pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8) {
+///
+/// `tls`: the bytes are TLS plaintext, from the library call (a context received for them came with
+/// the ciphertext, `ciphertext_read`).
+pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, tls: bool) {
     if !enabled() {
         return;
     }
@@ -129,21 +180,29 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8) {
             let _ = SERVING.remove(&thread(pid_tgid));
         }
     } else if !egress && role == Role::Server as u8 && active.length_only == 0 {
-        server_read(pid_tgid, active, len, seq);
+        server_read(pid_tgid, active, len, seq, tls);
     }
 }
 
 /// A server read of `len` bytes: if they begin a request head, its ids, from the TCP option of the
 /// segment it began or new; the thread serves it from now on.
 #[inline(always)]
-fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32) {
+fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) {
     let Some((first, n)) = first_bytes(active.buf, active.buf_kind, len) else {
         return;
     };
     if !starts_request(&first, n) {
         return;
     }
-    let mut ids = received(active.sock, len).unwrap_or_else(new_trace);
+    let received = if tls {
+        // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
+        let ids = (unsafe { TLS_RECEIVED.get(&pid_tgid) }).copied();
+        let _ = TLS_RECEIVED.remove(&pid_tgid);
+        ids
+    } else {
+        received(active.sock, len)
+    };
+    let mut ids = received.unwrap_or_else(new_trace);
     ids.span_id = random_span_id();
     ids.fd = active.fd;
     // SAFETY: only the fd of the copied-out entry is looked at.

@@ -199,7 +199,7 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
     let outcome = conn::on_data(tgid, tid, active.fd, active.sock, family, active.direction, len, bytes);
     match outcome.action {
         conn::Action::Send => {
-            ctx::on_data(pid_tgid, active, len, outcome.seq, outcome.role);
+            ctx::on_data(pid_tgid, active, len, outcome.seq, outcome.role, false);
             let how = DataEventHow {
                 seq: outcome.seq,
                 offset: outcome.offset,
@@ -213,6 +213,9 @@ fn capture(pid_tgid: u64, active: &ActiveIo, len: u64) {
         }
         conn::Action::BecameTls => tls::became_tls(pid_tgid),
         conn::Action::Skip | conn::Action::NoConnection => {}
+    }
+    if bytes == Bytes::TlsCiphertext && active.direction == sonde_common::Direction::Ingress as u8 {
+        ctx::ciphertext_read(pid_tgid, active.sock, len);
     }
 }
 

@@ -105,6 +105,11 @@ pub static TCP_IN: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(1
 #[map]
 pub static SERVING: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
+/// pid_tgid → the context of a TCP option whose segment began at a TLS record that a read inside
+/// the thread's current TLS library call returned: the request the call's plaintext begins gets it.
+#[map]
+pub static TLS_RECEIVED: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
 /// tgids whose threads are not each tied to one request, so that the request a thread serves says
 /// nothing about the requests it writes: their requests get no context (a missing link, never a
 /// wrong one). Written by the kernel (a thread read a request while one it read on another

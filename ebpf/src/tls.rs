@@ -17,7 +17,7 @@ use aya_log_ebpf::debug;
 use sonde_common::{ActiveIo, Direction, DropReason, IoBuf, TlsCall, TlsCallKind, TlsKey};
 
 use crate::{
-    conn, filter, io,
+    conn, ctx, filter, io,
     maps::{TLS_CALLS, TLS_EXCLUDED, TLS_PIDS, TLS_SOCKETS, count_drop},
 };
 
@@ -40,6 +40,9 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
         return;
     }
     mark_process(tgid);
+    if kind == TlsCallKind::Data {
+        ctx::tls_call_starts(pid_tgid, direction);
+    }
     let call = TlsCall {
         ssl,
         buf,
@@ -208,6 +211,7 @@ pub fn data_return(ret: i64) {
         length_only: 0,
         _pad: [0; 3],
     };
+    ctx::on_data(pid_tgid, &plaintext, len, seq, outcome.role, true);
     let how = io::DataEventHow { seq, offset: 0, tls: true, probe: false, wake: false };
     io::emit_data(tgid, pid_tgid as u32, &plaintext, len, how);
 }

@@ -9,6 +9,7 @@ chain so a test can tell which request each span belongs to. Thread per request
 worker thread it starts for each call.
 """
 import os
+import ssl
 import sys
 import threading
 import time
@@ -28,9 +29,15 @@ if spawn:
 downstreams = args
 
 
+# Downstreams over https:// are called without checking their (self-signed) certificate.
+UNVERIFIED = ssl.create_default_context()
+UNVERIFIED.check_hostname = False
+UNVERIFIED.verify_mode = ssl.CERT_NONE
+
+
 def fetch(url, failures):
     try:
-        with urllib.request.urlopen(url, timeout=10) as reply:
+        with urllib.request.urlopen(url, timeout=10, context=UNVERIFIED) as reply:
             reply.read()
     except (urllib.error.URLError, ConnectionError, OSError):
         failures.append(url)
@@ -66,4 +73,11 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer.request_queue_size = 128
 # CHAIN_BIND: the address to listen on (a network namespace's own, in the propagation tests).
-ThreadingHTTPServer((os.environ.get("CHAIN_BIND", "127.0.0.1"), port), Handler).serve_forever()
+server = ThreadingHTTPServer((os.environ.get("CHAIN_BIND", "127.0.0.1"), port), Handler)
+# CHAIN_TLS="CERT KEY": serve HTTPS (Python's ssl, i.e. OpenSSL).
+if os.environ.get("CHAIN_TLS"):
+    cert, key = os.environ["CHAIN_TLS"].split()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -16,8 +16,9 @@ use std::{
 };
 
 use sonde_tests::{
-    harness::{self, ContainerCgroup, Guard, Sonde},
+    harness::{self, ContainerCgroup, Guard, Sonde, TempDir},
     receiver::{ReceivedSpan, Receiver},
+    tls::Certificate,
     trace_check::{self, spans_about},
 };
 
@@ -67,12 +68,14 @@ fn container_id(tag: u8) -> String {
 
 /// `tests/servers/chain.py` as `name`, run by `prefix` (e.g. `ip netns exec NS`), listening on
 /// `bind`, moved into `cgroup` at once (before it makes any connection).
+/// `tls`: serve HTTPS with this certificate and key.
 fn service(
     prefix: &[&str],
     cgroup: &ContainerCgroup,
     name: &str,
     bind: &str,
     downstream: &[String],
+    tls: Option<&Certificate>,
 ) -> Guard {
     let port = harness::free_port();
     let (program, args) = prefix.split_first().map_or(("python3", &[][..]), |(p, rest)| (*p, rest));
@@ -86,6 +89,7 @@ fn service(
         .args(downstream)
         .env("OTEL_SERVICE_NAME", name)
         .env("CHAIN_BIND", bind)
+        .env("CHAIN_TLS", tls.map_or(String::new(), |c| format!("{} {}", c.cert.display(), c.key.display())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -161,15 +165,20 @@ fn whole_trace_fault(spans: &[ReceivedSpan], n: u32) -> Option<String> {
 
 /// Both hosts and their services; one sonde per host in `mode`, exporting to `receiver`; the
 /// requests through them; the spans received.
-async fn traced_requests(mode: &str, tag: u8) -> Vec<ReceivedSpan> {
+/// `https`: svc-a calls svc-b over HTTPS.
+async fn traced_requests(mode: &str, tag: u8, https: bool) -> Vec<ReceivedSpan> {
     let receiver = Receiver::start().await.unwrap();
     let netns = Netns::create();
+    let dir = TempDir::new("propagation");
+    let certificate = https.then(|| Certificate::new(&dir.path));
     let (a_id, b_id) = (container_id(tag), container_id(tag + 1));
     let (host_a, host_b) =
         (ContainerCgroup::create("docker", &a_id), ContainerCgroup::create("docker", &b_id));
-    let b = service(&["ip", "netns", "exec", &netns.name], &host_b, "svc-b", HOST_B_ADDR, &[]);
-    let b_url = format!("http://{HOST_B_ADDR}:{}", b.port);
-    let a = service(&[], &host_a, "svc-a", "127.0.0.1", &[b_url]);
+    let in_b = ["ip", "netns", "exec", &netns.name];
+    let b = service(&in_b, &host_b, "svc-b", HOST_B_ADDR, &[], certificate.as_ref());
+    let scheme = if https { "https" } else { "http" };
+    let b_url = format!("{scheme}://{HOST_B_ADDR}:{}", b.port);
+    let a = service(&[], &host_a, "svc-a", "127.0.0.1", &[b_url], None);
 
     let endpoint = receiver.grpc_endpoint();
     let common = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--context-propagation", mode];
@@ -197,7 +206,7 @@ async fn traced_requests(mode: &str, tag: u8) -> Vec<ReceivedSpan> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
-    let spans = traced_requests("tcp", 0xa0).await;
+    let spans = traced_requests("tcp", 0xa0, false).await;
     for n in 0..REQUESTS {
         if let Some(fault) = whole_trace_fault(&spans, n) {
             panic!("with --context-propagation tcp: {fault}\n{spans:#?}");
@@ -206,7 +215,7 @@ async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
 
     // The same without propagation: svc-b's sonde never saw the caller, so its server spans start
     // traces of their own — the break the option mends.
-    let spans = traced_requests("off", 0xb0).await;
+    let spans = traced_requests("off", 0xb0, false).await;
     for n in 0..REQUESTS {
         let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
         let client_a = one(&spans, &format!("/{n}"), "svc-a", "CLIENT").unwrap();
@@ -216,5 +225,19 @@ async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
             "request {n}: svc-b's SERVER span has a parent without propagation"
         );
         assert_ne!(server_b.trace_id_hex(), client_a.trace_id_hex(), "request {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_tcp_option_carries_the_context_too() {
+    // TLS changes no TCP header: the option goes with the record that begins the request, and
+    // OpenSSL's hooks tie it to the plaintext on both sides.
+    let spans = traced_requests("tcp", 0xc0, true).await;
+    for n in 0..REQUESTS {
+        if let Some(fault) = whole_trace_fault(&spans, n) {
+            panic!("with --context-propagation tcp over HTTPS: {fault}\n{spans:#?}");
+        }
+        let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
+        assert_eq!(server_b.attr("url.scheme").as_deref(), Some("https"), "request {n}");
     }
 }
