@@ -370,7 +370,14 @@ impl Ctx<'_> {
 
     fn measure(&self, scenario: &Scenario, spec: RunSpec, run: &mut Run) -> anyhow::Result<()> {
         let stats = spec.kernel_stats.then(kstats::StatsOn::enable).transpose()?;
-        let mut tracer = Tracer::start(spec.variant, &self.tracer)?;
+        let extra: Vec<String> = self
+            .tracer
+            .extra_args
+            .iter()
+            .cloned()
+            .chain(scenario.sonde_args.iter().map(|a| a.to_string()))
+            .collect();
+        let mut tracer = Tracer::start(spec.variant, &TracerOptions { extra_args: &extra, ..self.tracer })?;
         let before = self.collector.received();
         let served_before = self.nginx_status.requests()?;
         run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();

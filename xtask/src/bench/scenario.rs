@@ -16,14 +16,29 @@ pub struct Scenario {
     pub load: Load,
     /// HTTPS (nginx's TLS port): sonde reads the plaintext through its OpenSSL hooks.
     pub tls: bool,
+    /// More arguments for `sonde run` in this scenario's sonde variant.
+    pub sonde_args: &'static [&'static str],
 }
 
 const fn scenario(name: &'static str, rate: Option<u32>, connections: u32, keepalive: bool) -> Scenario {
-    Scenario { name, load: Load { rate, connections, keepalive }, tls: false }
+    Scenario { name, load: Load { rate, connections, keepalive }, tls: false, sonde_args: &[] }
 }
 
 const fn https(name: &'static str, rate: Option<u32>, connections: u32) -> Scenario {
-    Scenario { name, load: Load { rate, connections, keepalive: true }, tls: true }
+    Scenario { name, load: Load { rate, connections, keepalive: true }, tls: true, sonde_args: &[] }
+}
+
+/// `--context-propagation tcp` beside a scenario without it: what choosing contexts in the kernel
+/// costs nginx's side (each request read gets ids; the load generator is not traced, so no
+/// request it writes carries an option, and nginx's sockets run the sockops program only when
+/// one arrives).
+const fn with_propagation(name: &'static str, rate: Option<u32>, keepalive: bool) -> Scenario {
+    Scenario {
+        name,
+        load: Load { rate, connections: 50, keepalive },
+        tls: false,
+        sonde_args: &["--context-propagation", "tcp"],
+    }
 }
 
 /// Saturation (wrk) and fixed rates (oha), keep-alive and a new connection per request, 1,000
@@ -40,6 +55,8 @@ const ALL: &[Scenario] = &[
     scenario("max 1000 conns", None, 1_000, true),
     https("max https", None, 50),
     https("2k/s https", Some(2_000), 50),
+    with_propagation("max keep-alive +tcp context", None, true),
+    with_propagation("2k/s new-conn +tcp context", Some(2_000), false),
 ];
 
 #[derive(Clone, Debug, Serialize)]
