@@ -2,6 +2,7 @@
 pub mod bpf_maps;
 pub mod chains;
 pub mod harness;
+pub mod hosts;
 pub mod kubeapi;
 pub mod prometheus;
 pub mod receiver;

@@ -1,22 +1,17 @@
-//! Privileged: trace context across hosts (`--context-propagation tcp`). Two hosts on one kernel,
-//! each with one sonde that selects only its own processes and attaches to its own cgroup, both
-//! exporting to one receiver:
-//! - host A: the root network namespace and a cgroup of its own; curl calls svc-a there;
-//! - host B: a network namespace of its own (198.18.0.2, behind a veth pair) and its own cgroup;
-//!   svc-a calls svc-b there.
+//! Privileged: trace context across hosts (`--context-propagation tcp`). Hosts on one kernel
+//! (`sonde_tests::hosts`: a network namespace and a cgroup each), one sonde per host that selects
+//! only its host's processes and attaches to its host's cgroup, all exporting to one receiver.
 //!
-//! Plain services, none propagating anything. Neither sonde sees the other end of the A → B
-//! connection, so same-host stitching cannot join the two halves: with `off` the trace breaks at
-//! the host boundary, with `tcp` the context in the TCP option joins it, curl's CLIENT span at the
+//! Plain services, none propagating anything. No sonde sees both ends of a connection between
+//! hosts, so same-host stitching cannot join a trace across them: with `off` a trace breaks at each
+//! host boundary, with `tcp` the context in the TCP option joins it, curl's CLIENT span at the
 //! root.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use sonde_tests::{
-    harness::{self, ContainerCgroup, Guard, Sonde, TempDir},
+    harness::{self, Guard, Sonde, TempDir},
+    hosts::{self, Host},
     receiver::{ReceivedSpan, Receiver},
     tls::Certificate,
     trace_check::{self, spans_about},
@@ -24,89 +19,52 @@ use sonde_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 const REQUESTS: u32 = 3;
-const HOST_B_ADDR: &str = "198.18.0.2";
-const HOST_A_ADDR: &str = "198.18.0.1";
 
-/// Host B's network namespace and the veth pair to it; removed when dropped.
-struct Netns {
-    name: String,
-    veth: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id();
-        let ns = Netns { name: format!("sonde-b-{id}"), veth: format!("sb{id}") };
-        let peer = format!("sbp{id}");
-        let ip = |args: &[&str]| {
-            let status = Command::new("ip").args(args).status().expect("running ip");
-            assert!(status.success(), "ip {}", args.join(" "));
-        };
-        ip(&["netns", "add", &ns.name]);
-        ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", &peer, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{HOST_A_ADDR}/30"), "dev", &ns.veth]);
-        ip(&["link", "set", &ns.veth, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", &format!("{HOST_B_ADDR}/30"), "dev", &peer]);
-        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.veth]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// A cgroup id as container runtimes write them: 64 hex digits.
-fn container_id(tag: u8) -> String {
-    format!("{:02x}{:062x}", tag, std::process::id())
-}
-
-/// `tests/servers/chain.py` as `name`, run by `prefix` (e.g. `ip netns exec NS`), listening on
-/// `bind`, moved into `cgroup` at once (before it makes any connection).
-/// `tls`: serve HTTPS with this certificate and key.
-fn service(
-    prefix: &[&str],
-    cgroup: &ContainerCgroup,
-    name: &str,
-    bind: &str,
-    downstream: &[String],
-    tls: Option<&Certificate>,
-) -> Guard {
+/// `tests/servers/chain.py` as `name` in `host`, listening on `bind`, calling `downstream`;
+/// serving HTTPS with `tls`.
+fn service(host: &Host, name: &str, bind: &str, downstream: &[String], tls: Option<&Certificate>) -> Guard {
     let port = harness::free_port();
-    let (program, args) = prefix.split_first().map_or(("python3", &[][..]), |(p, rest)| (*p, rest));
-    let mut command = Command::new(program);
-    if !prefix.is_empty() {
-        command.args(args).arg("python3");
-    }
-    let child = command
+    let mut command = host.command("python3");
+    command
         .arg(harness::servers_dir().join("chain.py"))
         .arg(port.to_string())
         .args(downstream)
         .env("OTEL_SERVICE_NAME", name)
         .env("CHAIN_BIND", bind)
-        .env("CHAIN_TLS", tls.map_or(String::new(), |c| format!("{} {}", c.cert.display(), c.key.display())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tests/servers/chain.py");
-    cgroup.add(child.id());
-    let guard = Guard::of(child, port);
-    // Host B's address is reachable from host A over the veth pair.
-    harness::wait_listening_on(bind, port);
+        .env("CHAIN_TLS", tls.map_or(String::new(), |c| format!("{} {}", c.cert.display(), c.key.display())));
+    let guard = Guard::of(host.spawn(&mut command), port);
+    host.wait_listening(bind, port);
     guard
 }
 
-/// `curl URL` from host A's cgroup.
-fn curl_from(cgroup: &ContainerCgroup, url: &str) {
-    let script =
-        format!("echo $$ > {}/cgroup.procs && exec curl -s -o /dev/null {url}", cgroup.path().display());
-    let status = Command::new("sh").args(["-c", &script]).status().expect("running curl");
-    assert!(status.success(), "curl {url}");
+/// nginx in `host`, one process, on `bind`:`port` with TLS, proxying everything to `upstream`.
+fn nginx_proxy(host: &Host, dir: &Path, bind: &str, certificate: &Certificate, upstream: &str) -> Guard {
+    let port = harness::free_port();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{
+    listen {bind}:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ proxy_pass {upstream}; }}
+  }}
+}}
+",
+        d = dir.display(),
+        cert = certificate.cert.display(),
+        key = certificate.key.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut command = host.command("nginx");
+    command.arg("-c").arg(&conf_path).arg("-p").arg(dir);
+    let guard = Guard::of(host.spawn(&mut command), port);
+    host.wait_listening(bind, port);
+    guard
 }
 
 /// The one span of `service` and `kind` about `path`, if there is exactly one.
@@ -114,34 +72,27 @@ fn one<'a>(
     spans: &'a [ReceivedSpan],
     path: &str,
     service: &str,
-    kind: &str,
+    kind: &'static str,
 ) -> Result<&'a ReceivedSpan, String> {
-    match spans_about(spans, path).get(&(service.to_owned(), kind_of(kind))).map(Vec::as_slice) {
+    match spans_about(spans, path).get(&(service.to_owned(), kind)).map(Vec::as_slice) {
         Some([span]) => Ok(span),
         other => Err(format!("{path}: {} {kind} spans from {service}", other.map_or(0, <[_]>::len))),
     }
 }
 
-fn kind_of(kind: &str) -> &'static str {
-    if kind == "SERVER" { "SERVER" } else { "CLIENT" }
-}
+/// A span expected in a trace: the path it is about, its service and kind.
+type Hop = (String, &'static str, &'static str);
 
-/// Why request `n` is not one trace curl → svc-a → svc-b, each span the child of the one before
-/// and curl's CLIENT span the root; None when it is.
-fn whole_trace_fault(spans: &[ReceivedSpan], n: u32) -> Option<String> {
-    let (outer, inner) = (format!("/req/{n}"), format!("/{n}"));
-    let chain = [
-        one(spans, &outer, "curl", "CLIENT"),
-        one(spans, &outer, "svc-a", "SERVER"),
-        one(spans, &inner, "svc-a", "CLIENT"),
-        one(spans, &inner, "svc-b", "SERVER"),
-    ];
-    let chain: Vec<&ReceivedSpan> = match chain.into_iter().collect() {
-        Ok(chain) => chain,
-        Err(e) => return Some(e),
-    };
+/// Why `hops` are not one trace, each span the child of the one before and the first the root;
+/// None when they are.
+fn chain_fault(spans: &[ReceivedSpan], hops: &[Hop]) -> Option<String> {
+    let chain: Vec<&ReceivedSpan> =
+        match hops.iter().map(|(path, service, kind)| one(spans, path, service, kind)).collect() {
+            Ok(chain) => chain,
+            Err(e) => return Some(e),
+        };
     if let Some(parent) = chain[0].parent_span_id_hex() {
-        return Some(format!("request {n}: curl's CLIENT span has parent {parent}, expected the root"));
+        return Some(format!("{hops:?}: the first span has parent {parent}, expected the root"));
     }
     chain.windows(2).find_map(|pair| {
         let (parent, child) = (pair[0], pair[1]);
@@ -149,9 +100,10 @@ fn whole_trace_fault(spans: &[ReceivedSpan], n: u32) -> Option<String> {
             && child.parent_span_id_hex() == Some(parent.span_id_hex());
         (!linked).then(|| {
             format!(
-                "request {n}: {} {} is not the child of {} {} (trace {} vs {}, parent {:?} vs span {})",
+                "{} {} {:?} is not the child of {} {} (trace {} vs {}, parent {:?} vs span {})",
                 trace_check::service(child),
                 child.kind_name(),
+                trace_check::request_path(child),
                 trace_check::service(parent),
                 parent.kind_name(),
                 child.trace_id_hex(),
@@ -163,59 +115,71 @@ fn whole_trace_fault(spans: &[ReceivedSpan], n: u32) -> Option<String> {
     })
 }
 
-/// Both hosts and their services; one sonde per host in `mode`, exporting to `receiver`; the
-/// requests through them; the spans received.
-/// `https`: svc-a calls svc-b over HTTPS.
-async fn traced_requests(mode: &str, tag: u8, https: bool) -> Vec<ReceivedSpan> {
+/// curl → svc-a, on the first host: the hops every test's requests start with.
+fn first_hops(n: u32) -> Vec<Hop> {
+    let (outer, inner) = (format!("/req/{n}"), format!("/{n}"));
+    vec![(outer.clone(), "curl", "CLIENT"), (outer, "svc-a", "SERVER"), (inner, "svc-a", "CLIENT")]
+}
+
+/// `sonde run` for one host: its cgroup, exporting to `receiver`, with `selection`.
+fn sonde_for(host: &Host, receiver: &Receiver, mode: &str, selection: &[&str]) -> Sonde {
+    let endpoint = receiver.grpc_endpoint();
+    let cgroup = host.cgroup.path().display().to_string();
+    let common = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--context-propagation", mode];
+    Sonde::start(&[&common[..], &["--cgroup", &cgroup], selection].concat())
+}
+
+/// curl in `host` for `/req/0..REQUESTS` on `url`.
+fn requests_from(host: &Host, url: &str) {
+    for n in 0..REQUESTS {
+        assert!(host.run(&format!("exec curl -sS -o /dev/null --max-time 20 {url}/req/{n}")), "request {n}");
+    }
+}
+
+/// Waits until `count` spans of `services` arrived; then all spans received.
+async fn spans_of(receiver: &Receiver, services: &[&str], count: usize) -> Vec<ReceivedSpan> {
+    let ours =
+        |spans: &[ReceivedSpan]| spans.iter().filter(|s| services.contains(&trace_check::service(s))).count();
+    receiver.wait_for(|s| ours(s) >= count, WAIT).await;
+    receiver.spans()
+}
+
+/// Two hosts: curl → svc-a on A, svc-a → svc-b on B (over HTTPS with `https`); one sonde per host
+/// in `mode`. The spans received.
+async fn two_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
     let receiver = Receiver::start().await.unwrap();
-    let netns = Netns::create();
+    let (a, b) = (Host::create(), Host::create());
+    hosts::link(&a, "198.18.0.1", &b, "198.18.0.2");
     let dir = TempDir::new("propagation");
     let certificate = https.then(|| Certificate::new(&dir.path));
-    let (a_id, b_id) = (container_id(tag), container_id(tag + 1));
-    let (host_a, host_b) =
-        (ContainerCgroup::create("docker", &a_id), ContainerCgroup::create("docker", &b_id));
-    let in_b = ["ip", "netns", "exec", &netns.name];
-    let b = service(&in_b, &host_b, "svc-b", HOST_B_ADDR, &[], certificate.as_ref());
+    let svc_b = service(&b, "svc-b", "198.18.0.2", &[], certificate.as_ref());
     let scheme = if https { "https" } else { "http" };
-    let b_url = format!("{scheme}://{HOST_B_ADDR}:{}", b.port);
-    let a = service(&[], &host_a, "svc-a", "127.0.0.1", &[b_url], None);
+    let svc_a = service(&a, "svc-a", "127.0.0.1", &[format!("{scheme}://198.18.0.2:{}", svc_b.port)], None);
 
-    let endpoint = receiver.grpc_endpoint();
-    let common = ["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc", "--context-propagation", mode];
-    let a_cgroup = host_a.path().display().to_string();
-    let b_cgroup = host_b.path().display().to_string();
-    let b_pid = b.pid().to_string();
-    let mut sonde_a =
-        Sonde::start(&[&common[..], &["--cgroup", &a_cgroup, "--exclude-container", &b_id]].concat());
-    let mut sonde_b = Sonde::start(&[&common[..], &["--cgroup", &b_cgroup, "--pid", &b_pid]].concat());
-
-    for n in 0..REQUESTS {
-        curl_from(&host_a, &a.url(&format!("/req/{n}")));
-    }
-    // Four spans per request, from the two sondes.
-    let want = 4 * REQUESTS as usize;
-    let ours = |spans: &[ReceivedSpan]| {
-        spans.iter().filter(|s| ["curl", "svc-a", "svc-b"].contains(&trace_check::service(s))).count()
-    };
-    receiver.wait_for(|s| ours(s) >= want, WAIT).await;
-    sonde_a.stop_cleanly();
-    sonde_b.stop_cleanly();
-    drop((a, b));
-    receiver.spans()
+    let mut sondes = [
+        sonde_for(&a, &receiver, mode, &["--exclude-container", &b.id]),
+        sonde_for(&b, &receiver, mode, &["--pid", &svc_b.pid().to_string()]),
+    ];
+    requests_from(&a, &svc_a.url(""));
+    let spans = spans_of(&receiver, &["curl", "svc-a", "svc-b"], 4 * REQUESTS as usize).await;
+    sondes.iter_mut().for_each(Sonde::stop_cleanly);
+    spans
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
-    let spans = traced_requests("tcp", 0xa0, false).await;
+    let spans = two_hosts("tcp", false).await;
     for n in 0..REQUESTS {
-        if let Some(fault) = whole_trace_fault(&spans, n) {
-            panic!("with --context-propagation tcp: {fault}\n{spans:#?}");
+        let mut hops = first_hops(n);
+        hops.push((format!("/{n}"), "svc-b", "SERVER"));
+        if let Some(fault) = chain_fault(&spans, &hops) {
+            panic!("with --context-propagation tcp, request {n}: {fault}\n{spans:#?}");
         }
     }
 
     // The same without propagation: svc-b's sonde never saw the caller, so its server spans start
     // traces of their own — the break the option mends.
-    let spans = traced_requests("off", 0xb0, false).await;
+    let spans = two_hosts("off", false).await;
     for n in 0..REQUESTS {
         let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
         let client_a = one(&spans, &format!("/{n}"), "svc-a", "CLIENT").unwrap();
@@ -232,12 +196,95 @@ async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
 async fn over_https_the_tcp_option_carries_the_context_too() {
     // TLS changes no TCP header: the option goes with the record that begins the request, and
     // OpenSSL's hooks tie it to the plaintext on both sides.
-    let spans = traced_requests("tcp", 0xc0, true).await;
+    let spans = two_hosts("tcp", true).await;
     for n in 0..REQUESTS {
-        if let Some(fault) = whole_trace_fault(&spans, n) {
-            panic!("with --context-propagation tcp over HTTPS: {fault}\n{spans:#?}");
+        let mut hops = first_hops(n);
+        hops.push((format!("/{n}"), "svc-b", "SERVER"));
+        if let Some(fault) = chain_fault(&spans, &hops) {
+            panic!("with --context-propagation tcp over HTTPS, request {n}: {fault}\n{spans:#?}");
         }
         let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
         assert_eq!(server_b.attr("url.scheme").as_deref(), Some("https"), "request {n}");
+    }
+}
+
+/// Three hosts, as a cluster has them: curl → svc-a on A; A reaches svc-b on B through a DNAT
+/// address (as a Kubernetes Service is reached: no 4-tuple matches between the two ends); svc-b
+/// calls nginx on C over HTTPS, which proxies to svc-c on C. One sonde per host in `mode`.
+async fn three_hosts(mode: &str) -> Vec<ReceivedSpan> {
+    const SERVICE_ADDR: &str = "198.19.0.10";
+    let receiver = Receiver::start().await.unwrap();
+    let (a, b, c) = (Host::create(), Host::create(), Host::create());
+    hosts::link(&a, "198.18.1.1", &b, "198.18.1.2");
+    hosts::link(&b, "198.18.2.1", &c, "198.18.2.2");
+    let dir = TempDir::new("propagation-c");
+    let certificate = Certificate::new(&dir.path);
+
+    let svc_c = service(&c, "svc-c", "127.0.0.1", &[], None);
+    let nginx =
+        nginx_proxy(&c, &dir.path, "198.18.2.2", &certificate, &format!("http://127.0.0.1:{}", svc_c.port));
+    let svc_b = service(&b, "svc-b", "198.18.1.2", &[format!("https://198.18.2.2:{}", nginx.port)], None);
+    // The Service address: routed towards B, rewritten to svc-b's own before it leaves A.
+    let status =
+        a.command("ip").args(["route", "add", &format!("{SERVICE_ADDR}/32"), "via", "198.18.1.2"]).status();
+    assert!(status.is_ok_and(|s| s.success()), "a route to the Service address");
+    a.nft(&format!(
+        "table ip sonde_test {{
+  chain output {{
+    type nat hook output priority -100;
+    ip daddr {SERVICE_ADDR} tcp dport 80 dnat to 198.18.1.2:{}
+  }}
+}}
+",
+        svc_b.port
+    ));
+    let svc_a = service(&a, "svc-a", "127.0.0.1", &[format!("http://{SERVICE_ADDR}:80")], None);
+
+    let (b_pid, nginx_pid, c_pid) =
+        (svc_b.pid().to_string(), nginx.pid().to_string(), svc_c.pid().to_string());
+    let mut sondes = [
+        sonde_for(&a, &receiver, mode, &["--exclude-container", &b.id, "--exclude-container", &c.id]),
+        sonde_for(&b, &receiver, mode, &["--pid", &b_pid]),
+        sonde_for(&c, &receiver, mode, &["--pid", &nginx_pid, "--pid", &c_pid]),
+    ];
+    requests_from(&a, &svc_a.url(""));
+    // curl, svc-a ×2, svc-b ×2, nginx ×2, svc-c.
+    let spans =
+        spans_of(&receiver, &["curl", "svc-a", "svc-b", "nginx", "svc-c"], 8 * REQUESTS as usize).await;
+    sondes.iter_mut().for_each(Sonde::stop_cleanly);
+    drop((svc_a, svc_b, nginx, svc_c));
+    spans
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per_request() {
+    let spans = three_hosts("tcp").await;
+    for n in 0..REQUESTS {
+        let inner = format!("/{n}");
+        let mut hops = first_hops(n);
+        hops.extend([
+            (inner.clone(), "svc-b", "SERVER"),
+            (inner.clone(), "svc-b", "CLIENT"),
+            (inner.clone(), "nginx", "SERVER"),
+            (inner.clone(), "nginx", "CLIENT"),
+            (inner, "svc-c", "SERVER"),
+        ]);
+        if let Some(fault) = chain_fault(&spans, &hops) {
+            panic!("with --context-propagation tcp, request {n}: {fault}\n{spans:#?}");
+        }
+    }
+
+    // Without propagation the trace breaks at each host boundary: B's and C's server spans start
+    // traces of their own.
+    let spans = three_hosts("off").await;
+    for n in 0..REQUESTS {
+        for service in ["svc-b", "nginx"] {
+            let server = one(&spans, &format!("/{n}"), service, "SERVER").unwrap();
+            assert_eq!(
+                server.parent_span_id_hex(),
+                None,
+                "request {n}: {service}'s SERVER span has a parent"
+            );
+        }
     }
 }

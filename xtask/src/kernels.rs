@@ -70,7 +70,11 @@ const TESTS: &[(&str, &str, bool)] = &[
     ("reuse", "a_reused_pid_starts_clean", false),
     ("server_spans", "ipv6_peers_have_their_addresses", false),
     ("overload", "a_full_ring_sheds_spans_and_still_counts_every_request", false),
-    ("lifecycle", "kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_attached", false),
+    (
+        "lifecycle",
+        "kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_attached",
+        false,
+    ),
     ("propagation", "a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it", false),
     ("propagation", "over_https_the_tcp_option_carries_the_context_too", false),
 ];

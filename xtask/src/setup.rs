@@ -12,8 +12,18 @@ use crate::sh;
 /// `prometheus` scrapes sonde's endpoint in the metrics tests (a real Prometheus, queried by PromQL).
 /// `golang-1.19-go` (bookworm main, at /usr/lib/go-1.19) builds the Go `net/http` chain service of
 /// the parenting tests (tests/servers/go, no modules).
-const APT_PACKAGES: &[&str] =
-    &["nginx-light", "curl", "iproute2", "python3", "libcap2-bin", "openssl", "prometheus", "golang-1.19-go"];
+/// `nftables`: the propagation tests reach a host through a DNAT address, as a Kubernetes Service.
+const APT_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "curl",
+    "iproute2",
+    "python3",
+    "libcap2-bin",
+    "openssl",
+    "prometheus",
+    "golang-1.19-go",
+    "nftables",
+];
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
