@@ -115,6 +115,22 @@ pub struct FdWalk {
     pub sock_protocol: u32,
 }
 
+impl FdWalk {
+    /// The walk switched off (what the programs are built with, until the agent writes offsets).
+    pub const OFF: FdWalk = FdWalk {
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        socket_type: 0,
+        socket_file: 0,
+        socket_sk: 0,
+        sock_family: 0,
+        sock_protocol: 0,
+    };
+}
+
 /// Which kind of event follows the header.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

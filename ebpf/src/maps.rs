@@ -165,18 +165,7 @@ pub static OFF_STATE_DPORT: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_STATE_SADDR_V6: u32 = 0;
 #[unsafe(no_mangle)]
-pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_max_fds: 0,
-    fdt_fd: 0,
-    file_private_data: 0,
-    socket_type: 0,
-    socket_file: 0,
-    socket_sk: 0,
-    sock_family: 0,
-    sock_protocol: 0,
-};
+pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
 #[unsafe(no_mangle)]
@@ -184,18 +173,7 @@ pub static OFF_TCP_WRITE_SEQ: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TCP_COPIED_SEQ: u32 = 0;
 #[unsafe(no_mangle)]
-pub static SEND_FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_max_fds: 0,
-    fdt_fd: 0,
-    file_private_data: 0,
-    socket_type: 0,
-    socket_file: 0,
-    socket_sk: 0,
-    sock_family: 0,
-    sock_protocol: 0,
-};
+pub static SEND_FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 
 #[inline(always)]
 pub fn global_u32(g: &u32) -> u32 {
