@@ -24,9 +24,10 @@ use sonde_common::{
 use crate::{
     emit, fdsock, filter,
     maps::{
-        CLIENT_IDS, CONNS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN,
-        TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
+        CLIENT_IDS, CONNS, HEADER_SCANS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SCAN_HEADERS,
+        SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
     },
+    traceparent,
 };
 
 // `struct user_msghdr`: msg_iov at 16; `struct iovec`: base, len.
@@ -215,6 +216,36 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     }
     let _ = SERVING.insert(&thread(pid_tgid), &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
+    if !tls
+        && global_u32(&SCAN_HEADERS) != 0
+        && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len)
+    {
+        let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
+    }
+}
+
+/// Exit of a read syscall: if the thread just read a request head (`HEADER_SCANS`) with a valid
+/// `traceparent` header, the request it serves is in the header's trace — its calls carry that
+/// trace, the parent stays the server span's id (the header wins over a TCP option, as in user
+/// space, which reads the header itself for the server span).
+#[inline(always)]
+pub fn after_read(pid_tgid: u64) {
+    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
+    let Some([addr, n]) = (unsafe { HEADER_SCANS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = HEADER_SCANS.remove(&pid_tgid);
+    let Some(header) = traceparent::in_head(addr, n) else {
+        return;
+    };
+    if let Some(serving) = SERVING.get_ptr_mut(&thread(pid_tgid)) {
+        // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated
+        // elements; only this thread's hooks (and its parent's, at its start) write its entry.
+        unsafe {
+            (*serving).trace_id = header.trace_id;
+            (*serving).flags = header.flags;
+        }
+    }
 }
 
 /// Thread `parent_tid` started `child_tid` (a thread or a process): started while the parent
@@ -331,23 +362,30 @@ fn random_span_id() -> [u8; 8] {
     v.to_ne_bytes()
 }
 
-/// The first bytes a call moves (up to `PROBE_BYTES`) and how many of them count: from the buffer,
-/// or the first iovec. `count` is the call's byte count for a plain buffer (its iovec count
-/// otherwise, bounded by the first iovec's length).
+/// Where the bytes a call moves begin, and how many are there: the buffer, or the first iovec.
+/// `count` is the call's byte count for a plain buffer (its iovec count otherwise, and the first
+/// iovec's length bounds them).
 #[inline(always)]
-fn first_bytes(buf: u64, kind: u8, count: u64) -> Option<([u8; PROBE_BYTES], usize)> {
-    let (addr, len) = if kind == IoBuf::Plain as u8 {
-        (buf, count)
+fn first_segment(buf: u64, kind: u8, count: u64) -> Option<(u64, u64)> {
+    if kind == IoBuf::Plain as u8 {
+        Some((buf, count))
     } else if kind == IoBuf::Iovec as u8 {
-        first_iovec(buf)?
+        first_iovec(buf)
     } else if kind == IoBuf::Msghdr as u8 {
         // SAFETY: the process's `struct user_msghdr *`, never dereferenced: the helper copies from
         // user memory or fails; any u64 is a valid result.
         let iov = unsafe { bpf_probe_read_user((buf + MSGHDR_IOV) as *const u64) }.ok()?;
-        first_iovec(iov)?
+        first_iovec(iov)
     } else {
-        return None;
-    };
+        None
+    }
+}
+
+/// The first bytes a call moves (up to `PROBE_BYTES`) and how many of them count (see
+/// `first_segment`).
+#[inline(always)]
+fn first_bytes(buf: u64, kind: u8, count: u64) -> Option<([u8; PROBE_BYTES], usize)> {
+    let (addr, len) = first_segment(buf, kind, count)?;
     // SAFETY: a user address from the syscall's arguments, never dereferenced: the helper copies
     // from user memory or fails (a buffer shorter than PROBE_BYTES at the end of a mapping: then
     // no context, which is safe).

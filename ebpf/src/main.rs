@@ -27,6 +27,7 @@ mod own;
 mod syscalls;
 mod tcpopt;
 mod tls;
+mod traceparent;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -129,6 +130,15 @@ send_entry!(ctx_enter_write, IoBuf::Plain);
 send_entry!(ctx_enter_sendto, IoBuf::Plain);
 send_entry!(ctx_enter_writev, IoBuf::Iovec);
 send_entry!(ctx_enter_sendmsg, IoBuf::Msghdr);
+
+/// Exit of a read-family syscall, for context propagation alone: a request head the thread just
+/// read may carry a `traceparent` header, whose trace its calls must carry (`ctx::after_read`).
+/// Its own program, so that the header's scan stays out of the capture programs.
+#[tracepoint]
+pub fn ctx_exit_read(_ctx: TracePointContext) -> u32 {
+    ctx::after_read(bpf_get_current_pid_tgid());
+    0
+}
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {

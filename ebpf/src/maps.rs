@@ -110,6 +110,11 @@ pub static SERVING: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, N
 #[map]
 pub static TLS_RECEIVED: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
+/// pid_tgid → the buffer and length of a request head the thread just read, for the read syscall's
+/// exit to look for a `traceparent` header in (`traceparent.rs`).
+#[map]
+pub static HEADER_SCANS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
 /// tgids whose threads are not each tied to one request, so that the request a thread serves says
 /// nothing about the requests it writes: their requests get no context (a missing link, never a
 /// wrong one). Written by the kernel (a thread read a request while one it read on another
@@ -168,6 +173,9 @@ pub static OFF_STATE_SADDR_V6: u32 = 0;
 pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
+/// Non-zero: the read syscalls' exits look for `traceparent` headers (`ctx::after_read`).
+#[unsafe(no_mangle)]
+pub static SCAN_HEADERS: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TCP_WRITE_SEQ: u32 = 0;
 #[unsafe(no_mangle)]

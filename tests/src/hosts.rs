@@ -31,8 +31,18 @@ pub struct Host {
     pub cgroup: ContainerCgroup,
 }
 
+/// Kernel modules the hosts need, where they are modules (a distribution kernel): veth pairs, and
+/// nftables' NAT for a Service address. Loading one that is built in, or missing, is not an error
+/// here: the step that needs it fails and says so.
+fn load_modules() {
+    for module in ["veth", "nf_tables", "nft_chain_nat", "nf_nat"] {
+        let _ = Command::new("modprobe").arg(module).stderr(Stdio::null()).status();
+    }
+}
+
 impl Host {
     pub fn create() -> Host {
+        load_modules();
         let n = unique();
         let netns = format!("sonde-h{}-{n}", std::process::id());
         ip(&["netns", "add", &netns]);

@@ -191,14 +191,10 @@ fn kill_9_leaves_no_programs_or_maps_behind() {
     assert!(gone, "after kill -9: {before:?} before, {now:?} now");
 }
 
-/// The sock_ops programs attached to the cgroup v2 root (where `--context-propagation` attaches by
-/// default), by id.
-fn root_cgroup_sock_ops() -> Vec<u64> {
-    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).join("cgroup.controllers").exists())
-        .expect("a cgroup v2 root");
-    let out = Command::new("bpftool").args(["cgroup", "show", root, "-j"]).output().expect("running bpftool");
+/// The sock_ops programs attached to `cgroup`, by id.
+fn cgroup_sock_ops(cgroup: &str) -> Vec<u64> {
+    let out =
+        Command::new("bpftool").args(["cgroup", "show", cgroup, "-j"]).output().expect("running bpftool");
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     list.as_array()
         .into_iter()
@@ -228,10 +224,18 @@ fn kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_at
     // while it runs (its requests carry a context in a TCP option).
     let mut early = connect();
     keep_alive_request(&mut early, 0);
-    let (before, attached_before) = (bpf_objects(), root_cgroup_sock_ops());
+    let before = bpf_objects();
     let mut sonde = Sonde::start(&["--context-propagation", "tcp", "--print", "none"]);
-    let attached = root_cgroup_sock_ops();
-    assert!(attached.len() > attached_before.len(), "sonde's sock_ops program is attached: {attached:?}");
+    // The cgroup v2 root it found (where the hierarchy is mounted differs between hosts).
+    let cgroup = sonde
+        .stderr()
+        .lines()
+        .find(|l| l.contains("context propagation"))
+        .and_then(|l| l.split("cgroup=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+        .unwrap_or_else(|| panic!("sonde names the cgroup it attached to:\n{}", sonde.stderr()));
+    let attached = cgroup_sock_ops(&cgroup);
+    assert!(!attached.is_empty(), "sonde's sock_ops program is attached to {cgroup}: {attached:?}");
     let mut late = connect();
     for n in 1..=20 {
         keep_alive_request(&mut early, n);
@@ -244,12 +248,12 @@ fn kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_at
         keep_alive_request(&mut late, n);
     }
     let _ = sonde.stop();
-    let mut now = (bpf_objects(), root_cgroup_sock_ops());
+    let mut now = (bpf_objects(), cgroup_sock_ops(&cgroup));
     let gone = eventually(Duration::from_secs(10), || {
-        now = (bpf_objects(), root_cgroup_sock_ops());
-        now.0.0 <= before.0 && now.0.1 <= before.1 && now.1 == attached_before
+        now = (bpf_objects(), cgroup_sock_ops(&cgroup));
+        now.0.0 <= before.0 && now.0.1 <= before.1 && now.1.iter().all(|id| !attached.contains(id))
     });
-    assert!(gone, "after kill -9: {before:?} and {attached_before:?} before, {now:?} now");
+    assert!(gone, "after kill -9: {before:?} before, {now:?} now (attached: {attached:?})");
     for n in 41..=45 {
         keep_alive_request(&mut early, n);
         keep_alive_request(&mut late, n);

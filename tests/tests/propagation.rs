@@ -83,15 +83,15 @@ fn one<'a>(
 /// A span expected in a trace: the path it is about, its service and kind.
 type Hop = (String, &'static str, &'static str);
 
-/// Why `hops` are not one trace, each span the child of the one before and the first the root;
-/// None when they are.
-fn chain_fault(spans: &[ReceivedSpan], hops: &[Hop]) -> Option<String> {
+/// Why `hops` are not one trace, each span the child of the one before (and the first the root,
+/// with `rooted`); None when they are.
+fn chain_fault(spans: &[ReceivedSpan], hops: &[Hop], rooted: bool) -> Option<String> {
     let chain: Vec<&ReceivedSpan> =
         match hops.iter().map(|(path, service, kind)| one(spans, path, service, kind)).collect() {
             Ok(chain) => chain,
             Err(e) => return Some(e),
         };
-    if let Some(parent) = chain[0].parent_span_id_hex() {
+    if let Some(parent) = chain[0].parent_span_id_hex().filter(|_| rooted) {
         return Some(format!("{hops:?}: the first span has parent {parent}, expected the root"));
     }
     chain.windows(2).find_map(|pair| {
@@ -129,10 +129,12 @@ fn sonde_for(host: &Host, receiver: &Receiver, mode: &str, selection: &[&str]) -
     Sonde::start(&[&common[..], &["--cgroup", &cgroup], selection].concat())
 }
 
-/// curl in `host` for `/req/0..REQUESTS` on `url`.
-fn requests_from(host: &Host, url: &str) {
+/// curl in `host` for `/req/0..REQUESTS` on `url`, with `headers` (`-H` values, for request `n`).
+fn requests_from(host: &Host, url: &str, headers: impl Fn(u32) -> Vec<String>) {
     for n in 0..REQUESTS {
-        assert!(host.run(&format!("exec curl -sS -o /dev/null --max-time 20 {url}/req/{n}")), "request {n}");
+        let headers: String = headers(n).iter().map(|h| format!(" -H '{h}'")).collect();
+        let curl = format!("exec curl -sS -o /dev/null --max-time 20{headers} {url}/req/{n}");
+        assert!(host.run(&curl), "request {n}");
     }
 }
 
@@ -145,8 +147,8 @@ async fn spans_of(receiver: &Receiver, services: &[&str], count: usize) -> Vec<R
 }
 
 /// Two hosts: curl → svc-a on A, svc-a → svc-b on B (over HTTPS with `https`); one sonde per host
-/// in `mode`. The spans received.
-async fn two_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
+/// in `mode`; curl sends `headers`. The spans received.
+async fn two_hosts(mode: &str, https: bool, headers: impl Fn(u32) -> Vec<String>) -> Vec<ReceivedSpan> {
     let receiver = Receiver::start().await.unwrap();
     let (a, b) = (Host::create(), Host::create());
     hosts::link(&a, "198.18.0.1", &b, "198.18.0.2");
@@ -160,7 +162,7 @@ async fn two_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
         sonde_for(&a, &receiver, mode, &["--exclude-container", &b.id]),
         sonde_for(&b, &receiver, mode, &["--pid", &svc_b.pid().to_string()]),
     ];
-    requests_from(&a, &svc_a.url(""));
+    requests_from(&a, &svc_a.url(""), headers);
     let spans = spans_of(&receiver, &["curl", "svc-a", "svc-b"], 4 * REQUESTS as usize).await;
     sondes.iter_mut().for_each(Sonde::stop_cleanly);
     spans
@@ -168,18 +170,18 @@ async fn two_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
-    let spans = two_hosts("tcp", false).await;
+    let spans = two_hosts("tcp", false, |_| Vec::new()).await;
     for n in 0..REQUESTS {
         let mut hops = first_hops(n);
         hops.push((format!("/{n}"), "svc-b", "SERVER"));
-        if let Some(fault) = chain_fault(&spans, &hops) {
+        if let Some(fault) = chain_fault(&spans, &hops, true) {
             panic!("with --context-propagation tcp, request {n}: {fault}\n{spans:#?}");
         }
     }
 
     // The same without propagation: svc-b's sonde never saw the caller, so its server spans start
     // traces of their own — the break the option mends.
-    let spans = two_hosts("off", false).await;
+    let spans = two_hosts("off", false, |_| Vec::new()).await;
     for n in 0..REQUESTS {
         let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
         let client_a = one(&spans, &format!("/{n}"), "svc-a", "CLIENT").unwrap();
@@ -196,11 +198,11 @@ async fn a_trace_crosses_hosts_in_a_tcp_option_and_breaks_without_it() {
 async fn over_https_the_tcp_option_carries_the_context_too() {
     // TLS changes no TCP header: the option goes with the record that begins the request, and
     // OpenSSL's hooks tie it to the plaintext on both sides.
-    let spans = two_hosts("tcp", true).await;
+    let spans = two_hosts("tcp", true, |_| Vec::new()).await;
     for n in 0..REQUESTS {
         let mut hops = first_hops(n);
         hops.push((format!("/{n}"), "svc-b", "SERVER"));
-        if let Some(fault) = chain_fault(&spans, &hops) {
+        if let Some(fault) = chain_fault(&spans, &hops, true) {
             panic!("with --context-propagation tcp over HTTPS, request {n}: {fault}\n{spans:#?}");
         }
         let server_b = one(&spans, &format!("/{n}"), "svc-b", "SERVER").unwrap();
@@ -247,7 +249,7 @@ async fn three_hosts(mode: &str) -> Vec<ReceivedSpan> {
         sonde_for(&b, &receiver, mode, &["--pid", &b_pid]),
         sonde_for(&c, &receiver, mode, &["--pid", &nginx_pid, "--pid", &c_pid]),
     ];
-    requests_from(&a, &svc_a.url(""));
+    requests_from(&a, &svc_a.url(""), |_| Vec::new());
     // curl, svc-a ×2, svc-b ×2, nginx ×2, svc-c.
     let spans =
         spans_of(&receiver, &["curl", "svc-a", "svc-b", "nginx", "svc-c"], 8 * REQUESTS as usize).await;
@@ -269,7 +271,7 @@ async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per
             (inner.clone(), "nginx", "CLIENT"),
             (inner, "svc-c", "SERVER"),
         ]);
-        if let Some(fault) = chain_fault(&spans, &hops) {
+        if let Some(fault) = chain_fault(&spans, &hops, true) {
             panic!("with --context-propagation tcp, request {n}: {fault}\n{spans:#?}");
         }
     }
@@ -285,6 +287,30 @@ async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per
                 None,
                 "request {n}: {service}'s SERVER span has a parent"
             );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_with_a_traceparent_header_takes_its_trace_across_hosts() {
+    // curl sends a header (as an instrumented caller would): svc-a's server span is its child, and
+    // the call svc-a makes goes on the wire in the header's trace — the kernel read the header —
+    // so svc-b's server span, on the other host, is in that trace too.
+    let trace = |n: u32| format!("4bf92f3577b34da6a3ce929d0e0e47{n:02x}");
+    const CALLER: &str = "00f067aa0ba902b7";
+    let spans = two_hosts("tcp", false, |n| vec![format!("traceparent: 00-{}-{CALLER}-01", trace(n))]).await;
+    for n in 0..REQUESTS {
+        let (outer, inner) = (format!("/req/{n}"), format!("/{n}"));
+        let server_a = one(&spans, &outer, "svc-a", "SERVER").unwrap();
+        assert_eq!(
+            (server_a.trace_id_hex(), server_a.parent_span_id_hex()),
+            (trace(n), Some(CALLER.to_owned()))
+        );
+        let hops =
+            [(outer, "svc-a", "SERVER"), (inner.clone(), "svc-a", "CLIENT"), (inner, "svc-b", "SERVER")];
+        // The chain below the header's span: svc-a's server span is its first link, not a root.
+        if let Some(fault) = chain_fault(&spans, &hops, false) {
+            panic!("request {n}: {fault}\n{spans:#?}");
         }
     }
 }

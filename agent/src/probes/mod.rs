@@ -142,8 +142,9 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
+        let scan_headers = propagation.is_some() && propagation::scans_headers(chosen);
         let Loaded { mut ebpf, fork_child_offset, state_offsets } =
-            load_object(options, &fd_walk, propagation.as_ref(), log_level)?;
+            load_object(options, &fd_walk, propagation.as_ref(), scan_headers, log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -320,9 +321,11 @@ fn load_object(
     options: &ProbeOptions,
     fd_walk: &sonde_common::FdWalk,
     propagation: Option<&propagation::Offsets>,
+    scan_headers: bool,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
     let propagate: u32 = propagation.is_some().into();
+    let scan_headers: u32 = scan_headers.into();
     let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
     let agent_tgid = std::process::id();
@@ -356,6 +359,7 @@ fn load_object(
         .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
         .override_global(globals::FD_WALK, fd_walk, true)
         .override_global(globals::PROPAGATE, &propagate, true)
+        .override_global(globals::SCAN_HEADERS, &scan_headers, true)
         .override_global(globals::OFF_TCP_WRITE_SEQ, &propagation.write_seq, true)
         .override_global(globals::OFF_TCP_COPIED_SEQ, &propagation.copied_seq, true)
         .override_global(globals::SEND_FD_WALK, &propagation.fd_walk, true)
@@ -408,7 +412,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
-    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), aya_log::Level::Trace as u8)?;
+    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), true, aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {

@@ -52,13 +52,26 @@ pub fn offsets() -> Result<Offsets, ProbeError> {
     })
 }
 
-/// The write-family entries that file a request's context, for the socket hook set.
-const SEND_ENTRIES: &[(&str, &str)] = &[
+/// For the socket hook set: the write-family entries that file a request's context, and the
+/// read-family exits that read a request's `traceparent` header (its trace replaces the one the
+/// kernel gave the request its thread serves).
+const SOCK_SET_HOOKS: &[(&str, &str)] = &[
     ("ctx_enter_write", "sys_enter_write"),
     ("ctx_enter_sendto", "sys_enter_sendto"),
     ("ctx_enter_writev", "sys_enter_writev"),
     ("ctx_enter_sendmsg", "sys_enter_sendmsg"),
+    ("ctx_exit_read", "sys_exit_read"),
+    ("ctx_exit_read", "sys_exit_recvfrom"),
+    ("ctx_exit_read", "sys_exit_readv"),
+    ("ctx_exit_read", "sys_exit_recvmsg"),
 ];
+
+/// Whether the kernel reads `traceparent` headers with `hooks`: with the socket hook set, whose
+/// capture runs inside the read syscall, before its exit. (With the syscall hook sets the capture
+/// is at the exit itself; the header is then read by user space alone.)
+pub fn scans_headers(hooks: HookSet) -> bool {
+    hooks == HookSet::Sock
+}
 
 /// Attaches the sockops program to `options.cgroup` (alongside whatever else runs there) and, for
 /// the socket hook set, the entry hooks.
@@ -79,7 +92,7 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
     })?;
     tracing::info!(cgroup = %path.display(), "context propagation: TCP option on the sockets of this cgroup");
     if hooks == HookSet::Sock {
-        for &(program, tracepoint) in SEND_ENTRIES {
+        for &(program, tracepoint) in SOCK_SET_HOOKS {
             attach::attach_tracepoint(ebpf, program, "syscalls", tracepoint)?;
         }
     }
