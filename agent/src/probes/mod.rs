@@ -425,7 +425,8 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             name: name.to_owned(),
             // The verifier's log is long; its last lines say why.
             refused: result.err().map(|e| verifier_summary(&e)),
-            needs_missing_feature: attach::needs_task_regs(name) && !features.task_regs,
+            needs_missing_feature: (attach::needs_task_regs(name) && !features.task_regs)
+                || (propagation::only_for_sock_set(name) && !features.sock_tracepoints),
         });
     }
     checks.sort_by(|a, b| a.name.cmp(&b.name));

@@ -52,19 +52,24 @@ pub fn offsets() -> Result<Offsets, ProbeError> {
     })
 }
 
-/// For the socket hook set: the write-family entries that file a request's context, and the
-/// read-family exits that read a request's `traceparent` header (its trace replaces the one the
-/// kernel gave the request its thread serves).
-const SOCK_SET_HOOKS: &[(&str, &str)] = &[
+/// For the socket hook set: the write-family entries that file a request's context.
+const SEND_ENTRIES: &[(&str, &str)] = &[
     ("ctx_enter_write", "sys_enter_write"),
     ("ctx_enter_sendto", "sys_enter_sendto"),
     ("ctx_enter_writev", "sys_enter_writev"),
     ("ctx_enter_sendmsg", "sys_enter_sendmsg"),
-    ("ctx_exit_read", "sys_exit_read"),
-    ("ctx_exit_read", "sys_exit_recvfrom"),
-    ("ctx_exit_read", "sys_exit_readv"),
-    ("ctx_exit_read", "sys_exit_recvmsg"),
 ];
+
+/// For the socket hook set: the read-family exits that read a request's `traceparent` header (its
+/// trace replaces the one the kernel gave the request its thread serves).
+const HEADER_SCAN: &str = "ctx_exit_read";
+const READ_EXITS: &[&str] = &["sys_exit_read", "sys_exit_recvfrom", "sys_exit_readv", "sys_exit_recvmsg"];
+
+/// Whether `program` serves only the socket hook set's propagation, so that a kernel without that
+/// set never needs it (`sonde check-kernel`).
+pub fn only_for_sock_set(program: &str) -> bool {
+    program == HEADER_SCAN || SEND_ENTRIES.iter().any(|&(p, _)| p == program)
+}
 
 /// Whether the kernel reads `traceparent` headers with `hooks`: with the socket hook set, whose
 /// capture runs inside the read syscall, before its exit. (With the syscall hook sets the capture
@@ -92,8 +97,16 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
     })?;
     tracing::info!(cgroup = %path.display(), "context propagation: TCP option on the sockets of this cgroup");
     if hooks == HookSet::Sock {
-        for &(program, tracepoint) in SOCK_SET_HOOKS {
+        for &(program, tracepoint) in SEND_ENTRIES {
             attach::attach_tracepoint(ebpf, program, "syscalls", tracepoint)?;
+        }
+        // Optional: without it, a request's header joins its calls to the header's trace on this
+        // host only.
+        for tracepoint in READ_EXITS {
+            if let Err(e) = attach::attach_tracepoint(ebpf, HEADER_SCAN, "syscalls", tracepoint) {
+                tracing::warn!(error = %e, "traceparent headers are not read in the kernel: a request's calls join its header's trace on this host only");
+                break;
+            }
         }
     }
     Ok(())
