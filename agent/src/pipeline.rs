@@ -509,7 +509,7 @@ impl intake::Sink for Pipeline {
                 if let Some(context) = context {
                     // The request this data event begins: the first it started in that direction.
                     let begun = self.effects.started[before..].iter_mut().find(|(conn, started)| {
-                        conn.pid == event.header.tgid && started.direction == context.direction
+                        conn.pid == event.header.tgid && started.direction as u8 == context.direction
                     });
                     if let Some((_, started)) = begun {
                         started.kernel = Some(context);

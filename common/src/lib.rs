@@ -244,7 +244,7 @@ pub enum KernelCount {
 pub const KERNEL_COUNTS: u32 = 8;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the syscall returned.
     pub ts_ns: u64,

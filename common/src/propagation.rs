@@ -79,7 +79,7 @@ pub struct WireContext {
 
 /// Sent just before the data event whose bytes begin a request the kernel gave a context to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContextEvent {
     pub header: EventHeader,
     pub ids: Ids,

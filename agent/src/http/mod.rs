@@ -126,8 +126,9 @@ pub struct Started {
     pub tracestate: Option<String>,
     /// An OTLP/HTTP export (`POST …/v1/traces`, `/v1/metrics` or `/v1/logs`).
     pub otlp_export: bool,
-    /// The ids the kernel gave the request and put on the wire (`--context-propagation`).
-    pub kernel: Option<crate::link::kernel::KernelContext>,
+    /// The ids the kernel gave the request and put on the wire (`--context-propagation`), as the
+    /// kernel sent them; the linker reads them.
+    pub kernel: Option<sonde_common::propagation::ContextEvent>,
 }
 
 impl Started {

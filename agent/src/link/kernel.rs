@@ -58,17 +58,17 @@ const MAX_WAITING: usize = 16_384;
 /// Contexts waiting for their data event, per (tgid, fd).
 #[derive(Default)]
 pub struct KernelContexts {
-    waiting: HashMap<(u32, i32), (u32, KernelContext)>,
+    waiting: HashMap<(u32, i32), ContextEvent>,
     /// Context events that did not decode into a context.
     pub invalid: u64,
 }
 
 impl KernelContexts {
     pub fn file(&mut self, event: &ContextEvent) {
-        let Some(context) = KernelContext::from_event(event) else {
+        if KernelContext::from_event(event).is_none() {
             self.invalid += 1;
             return;
-        };
+        }
         if self.waiting.len() >= MAX_WAITING {
             let mut n = 0;
             self.waiting.retain(|_, _| {
@@ -76,14 +76,14 @@ impl KernelContexts {
                 n % 2 == 0
             });
         }
-        self.waiting.insert((event.header.tgid, event.header.fd), (event.data_seq, context));
+        self.waiting.insert((event.header.tgid, event.header.fd), *event);
     }
 
     /// The context for the request `event` begins, if the kernel gave one. One filed for another
     /// data event of the connection is dropped: its data event was lost, or this one is later.
-    pub fn take(&mut self, event: &DataEvent) -> Option<KernelContext> {
-        let (seq, context) = self.waiting.remove(&(event.header.tgid, event.header.fd))?;
-        (seq == event.seq).then_some(context)
+    pub fn take(&mut self, event: &DataEvent) -> Option<ContextEvent> {
+        let context = self.waiting.remove(&(event.header.tgid, event.header.fd))?;
+        (context.data_seq == event.seq).then_some(context)
     }
 }
 
@@ -128,11 +128,11 @@ mod tests {
     fn a_context_goes_to_its_own_data_event_only() {
         let mut contexts = KernelContexts::default();
         contexts.file(&event(4, 2, 9));
-        assert_eq!(contexts.take(&data(5, 2)), None, "another fd");
-        let taken = contexts.take(&data(4, 2)).unwrap();
+        assert!(contexts.take(&data(5, 2)).is_none(), "another fd");
+        let taken = KernelContext::from_event(&contexts.take(&data(4, 2)).unwrap()).unwrap();
         assert_eq!(taken.span_id, SpanId::from_bytes([9; 8]));
         assert_eq!(taken.parent_span_id, None);
-        assert_eq!(contexts.take(&data(4, 2)), None, "taken once");
+        assert!(contexts.take(&data(4, 2)).is_none(), "taken once");
         contexts.file(&event(4, 3, 9));
         assert_eq!(
             contexts.take(&data(4, 4)),
@@ -147,6 +147,6 @@ mod tests {
         let mut contexts = KernelContexts::default();
         contexts.file(&event(4, 2, 0));
         assert_eq!(contexts.invalid, 1);
-        assert_eq!(contexts.take(&data(4, 2)), None);
+        assert!(contexts.take(&data(4, 2)).is_none());
     }
 }

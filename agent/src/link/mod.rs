@@ -255,7 +255,11 @@ impl Linker {
             self.forget_oldest();
         }
         let key = (conn.id, started.ordinal);
-        let kernel = started.kernel.filter(|k| k.direction == started.direction);
+        let kernel = started
+            .kernel
+            .as_ref()
+            .and_then(kernel::KernelContext::from_event)
+            .filter(|k| k.direction == started.direction);
         let span_id = kernel.map_or_else(new_span_id, |k| k.span_id);
         let position = started.from_start.then_some(started.ordinal);
         self.horizon_ns = self.horizon_ns.max(started.start_ns);

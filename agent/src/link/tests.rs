@@ -579,8 +579,23 @@ fn kernel_context(direction: Direction, trace: u8, span: u8, parent: Option<u8>)
     }
 }
 
-fn with_kernel(started: Started, context: kernel::KernelContext) -> Started {
-    Started { kernel: Some(context), ..started }
+fn with_kernel(started: Started, k: kernel::KernelContext) -> Started {
+    let event = sonde_common::propagation::ContextEvent {
+        header: sonde_common::EventHeader { ts_ns: 1, tgid: 1, tid: 1, fd: 5, kind: 7 },
+        ids: sonde_common::propagation::Ids {
+            trace_id: k.trace_id.to_bytes(),
+            span_id: k.span_id.to_bytes(),
+            parent_id: k.parent_span_id.map_or([0; 8], |p| p.to_bytes()),
+            fd: 5,
+            flags: k.flags.to_u8(),
+            origin: k.origin as u8,
+            _pad: [0; 2],
+        },
+        data_seq: 1,
+        direction: k.direction as u8,
+        _pad: [0; 3],
+    };
+    Started { kernel: Some(event), ..started }
 }
 
 #[test]
