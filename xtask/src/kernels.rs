@@ -47,7 +47,9 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
 ";
 
-const KERNEL_CACHE: &str = "/var/cache/sonde/kernels";
+/// Not under /var/cache: virtme-ng's init mounts a tmpfs there in the guest, which would hide the
+/// kernel's modules (veth, nftables) that `/lib/modules/<release>` links to.
+const KERNEL_CACHE: &str = "/var/lib/sonde/kernels";
 
 /// How much longer than on the host the tests may wait for each thing inside an emulated guest:
 /// under TCG, with the root filesystem on 9p, a Python server takes 2–5 s to start on 6.1 and
