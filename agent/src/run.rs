@@ -21,7 +21,11 @@ use crate::{
         own::{self, KernelCounters, MetricsExportStats, OwnSources},
     },
     pipeline::{Pipeline, PipelineStats},
-    probes::{ProbeOptions, Probes, Programs, TlsOptions, propagation::PropagationOptions},
+    probes::{
+        ProbeOptions, Probes, Programs, TlsOptions,
+        propagation::{Carriers, PropagationOptions},
+        sockhash_check,
+    },
     sched::{self, Sched},
     span::{AssembleOptions, Assembler},
 };
@@ -85,8 +89,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             exclude: args.tls_exclude.clone(),
             exported_only: args.tls_exported_hooks,
         }),
-        propagation: (args.context_propagation == ContextPropagation::Tcp)
-            .then(|| PropagationOptions { cgroup: args.cgroup.clone() }),
+        propagation: propagation_options(args.context_propagation, args.cgroup.as_ref())?,
     })?;
     let ring = probes.take_events()?;
     let ring_bytes = u64::from(crate::probes::ring_size(args.ring_buffer_bytes));
@@ -376,6 +379,40 @@ async fn kubernetes(args: &RunArgs) -> anyhow::Result<Option<(Pods, tokio::task:
     let pods = Pods::default();
     let watch = metadata::kube::spawn(client, node, pods.clone());
     Ok(Some((pods, watch)))
+}
+
+/// What `--context-propagation` puts on the wire on this kernel. Header propagation enrols sockets
+/// in a SOCKHASH, which on some kernels alone breaks the applications that own them: the self-test
+/// decides, before any socket is enrolled.
+fn propagation_options(
+    mode: ContextPropagation,
+    cgroup: Option<&std::path::PathBuf>,
+) -> anyhow::Result<Option<PropagationOptions>> {
+    let headers_wanted = matches!(mode, ContextPropagation::Headers | ContextPropagation::All);
+    let header = headers_wanted
+        && match sockhash_check::sockhash_is_harmless() {
+            Ok(()) => {
+                tracing::info!(
+                    "SOCKHASH self-test passed (FIONREAD and epoll readiness stay right for a member socket): traceparent headers are written"
+                );
+                true
+            }
+            Err(harm) if mode == ContextPropagation::All => {
+                tracing::warn!(error = %harm, "SOCKHASH self-test failed: no traceparent headers are written, the TCP option alone carries the context");
+                false
+            }
+            Err(harm) => anyhow::bail!(
+                "--context-propagation headers is refused on this kernel, to keep the traced applications working: {harm}. \
+                 `--context-propagation tcp` carries the context in a TCP option instead, which needs no SOCKHASH"
+            ),
+        };
+    let carriers = match mode {
+        ContextPropagation::Off => return Ok(None),
+        ContextPropagation::Tcp => Carriers { tcp_option: true, header: false },
+        ContextPropagation::Headers => Carriers { tcp_option: false, header },
+        ContextPropagation::All => Carriers { tcp_option: true, header },
+    };
+    Ok(Some(PropagationOptions { cgroup: cgroup.cloned(), carriers }))
 }
 
 #[cfg(test)]

@@ -240,8 +240,23 @@ pub enum KernelCount {
     OptionsReceived = 6,
     /// Received contexts given to the request that began at their segment.
     OptionsMatched = 7,
+    /// `traceparent` headers written into requests.
+    HeadersInjected = 8,
+    /// Requests not given a header: the send that began the head did not hold all of it (or its
+    /// first `propagation::HEAD_WINDOW` bytes did not).
+    HeadersNotWholeHead = 9,
+    /// Requests not given a header: the head already has a `traceparent` (the receiver follows it).
+    HeadersAlreadyPresent = 10,
+    /// Requests not given a header: the kernel could not make room for it; the send went out as the
+    /// application wrote it.
+    HeadersFailed = 11,
+    /// Client sockets of traced processes enrolled for header propagation.
+    SocketsEnrolled = 12,
+    /// Client sockets that could not be enrolled (the SOCKHASH is full, or another program's
+    /// verdict already runs on the socket): their requests get no header.
+    SocketsNotEnrolled = 13,
 }
-pub const KERNEL_COUNTS: u32 = 8;
+pub const KERNEL_COUNTS: u32 = 14;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,55 @@ pub const TCP_OPTION_LEN_FLAGS: u8 = 27;
 /// W3C trace flags: sampled.
 pub const FLAG_SAMPLED: u8 = 1;
 
+/// Bits of the kernel's `PROPAGATE` global: which carriers go on the wire.
+pub const CARRY_TCP_OPTION: u32 = 1;
+pub const CARRY_HEADER: u32 = 2;
+
+/// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`, the line written into a request head after its
+/// request line (`--context-propagation headers`).
+pub const TRACEPARENT_LINE_LEN: usize = 70;
+/// How far into a send the kernel looks for the end of a request head, and for a `traceparent`
+/// already in it, before it writes one: a head longer than this gets none.
+pub const HEAD_WINDOW: u32 = 1024;
+/// Value of the kernel's `HEADER_OUT` map: the line, padded to a multiple of 8 bytes.
+pub type TraceparentLine = [u8; 72];
+
+/// The `traceparent` line naming span `span_id` of trace `trace_id`, in the first
+/// `TRACEPARENT_LINE_LEN` bytes. Written so that the kernel can run it: no tables, no slices of
+/// variable length.
+#[inline(always)]
+pub fn traceparent_line(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> TraceparentLine {
+    let mut line = [0u8; 72];
+    line[..16].copy_from_slice(b"traceparent: 00-");
+    let mut i = 0;
+    while i < 16 {
+        line[16 + 2 * i] = hex_digit(trace_id[i] >> 4);
+        line[17 + 2 * i] = hex_digit(trace_id[i] & 0xf);
+        i += 1;
+    }
+    line[48] = b'-';
+    let mut i = 0;
+    while i < 8 {
+        line[49 + 2 * i] = hex_digit(span_id[i] >> 4);
+        line[50 + 2 * i] = hex_digit(span_id[i] & 0xf);
+        i += 1;
+    }
+    line[65] = b'-';
+    line[66] = hex_digit(flags >> 4);
+    line[67] = hex_digit(flags & 0xf);
+    line[68] = b'\r';
+    line[69] = b'\n';
+    line
+}
+
+/// The lowercase hex digit of `nibble` (0..16), without a branch or a table.
+#[inline(always)]
+const fn hex_digit(nibble: u8) -> u8 {
+    // 39 more above 9: b'a' - b'0' - 10. The shift makes 0xff for nibbles above 9, 0 otherwise.
+    let above_nine = ((9i16 - nibble as i16) >> 8) as u8;
+    b'0' + nibble + (above_nine & 39)
+}
+
 /// Where a request's trace came from.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,4 +137,31 @@ pub struct ContextEvent {
     /// A [`Direction`](crate::Direction): Egress for a client request, Ingress for a server one.
     pub direction: u8,
     pub _pad: [u8; 3],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traceparent_line_is_the_w3c_form() {
+        let trace_id =
+            [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
+        let span_id = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+        let line = traceparent_line(&trace_id, &span_id, FLAG_SAMPLED);
+        assert_eq!(
+            &line[..TRACEPARENT_LINE_LEN],
+            b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+        );
+        assert_eq!(line[TRACEPARENT_LINE_LEN..], [0, 0]);
+    }
+
+    #[test]
+    fn every_nibble_has_its_digit() {
+        let mut digits = [0u8; 16];
+        for (nibble, digit) in digits.iter_mut().enumerate() {
+            *digit = hex_digit(nibble as u8);
+        }
+        assert_eq!(&digits, b"0123456789abcdef");
+    }
 }

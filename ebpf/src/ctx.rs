@@ -18,14 +18,17 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_ke
 use sonde_common::{
     ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, TlsCallKind, Verdict, conn_key,
     first_bytes::{PROBE_BYTES, starts_request},
-    propagation::{ContextEvent, FLAG_SAMPLED, Ids, Origin, WireContext},
+    propagation::{
+        CARRY_HEADER, CARRY_TCP_OPTION, ContextEvent, FLAG_SAMPLED, Ids, Origin, WireContext,
+        traceparent_line,
+    },
 };
 
 use crate::{
     emit, fdsock, filter,
     maps::{
-        CLIENT_IDS, CONNS, HEADER_SCANS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SCAN_HEADERS,
-        SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
+        CLIENT_IDS, CONNS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE,
+        SCAN_HEADERS, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
     },
     traceparent,
 };
@@ -37,6 +40,12 @@ const MSGHDR_IOV: u64 = 16;
 #[inline(always)]
 pub fn enabled() -> bool {
     global_u32(&PROPAGATE) != 0
+}
+
+/// Whether a request head read is searched for a `traceparent` header (`after_read`).
+#[inline(always)]
+pub fn scans_headers() -> bool {
+    global_u32(&SCAN_HEADERS) != 0
 }
 
 /// Entry of a write-family syscall on `fd`, `count` being its third argument (a byte count, or an
@@ -87,9 +96,6 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
             None => return,
         }
     };
-    let Some(write_seq) = read_u32(sock, global_u32(&OFF_TCP_WRITE_SEQ)) else {
-        return;
-    };
     // SAFETY: copied out at once; only this thread's hooks (and its parent's, at its start) write
     // its entry.
     let mut ids = match unsafe { SERVING.get(&thread(pid_tgid)) } {
@@ -98,14 +104,26 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     };
     ids.span_id = random_span_id();
     ids.fd = fd;
-    let wire = WireContext {
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        seq: write_seq,
-        flags: ids.flags,
-        _pad: [0; 3],
-    };
-    if TCP_OUT.insert(&sock, &wire, 0).is_ok() {
+    let carry = global_u32(&PROPAGATE);
+    let mut filed = false;
+    if carry & CARRY_TCP_OPTION != 0
+        && let Some(write_seq) = read_u32(sock, global_u32(&OFF_TCP_WRITE_SEQ))
+    {
+        let wire = WireContext {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            seq: write_seq,
+            flags: ids.flags,
+            _pad: [0; 3],
+        };
+        filed |= TCP_OUT.insert(&sock, &wire, 0).is_ok();
+    }
+    // A TLS socket's sends are ciphertext: no header can go in.
+    if carry & CARRY_HEADER != 0 && state.tls == 0 {
+        let line = traceparent_line(&ids.trace_id, &ids.span_id, ids.flags);
+        filed |= HEADER_OUT.insert(&sock, &line, 0).is_ok();
+    }
+    if filed {
         let _ = CLIENT_IDS.insert(&pid_tgid, &ids, 0);
     }
 }
@@ -217,7 +235,7 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     let _ = SERVING.insert(&thread(pid_tgid), &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
     if !tls
-        && global_u32(&SCAN_HEADERS) != 0
+        && scans_headers()
         && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len)
     {
         let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);

@@ -20,6 +20,7 @@ mod ctx;
 mod emit;
 mod fdsock;
 mod filter;
+mod inject;
 mod io;
 mod maps;
 mod null;
@@ -37,7 +38,7 @@ use aya_ebpf::{
 };
 use sonde_common::{AF_INET, AF_INET6, Direction, EventHeader, EventKind, ExitEvent, IoBuf, SpawnEvent};
 
-use crate::maps::ACTIVE_CONNECT;
+use crate::maps::{ACTIVE_CONNECT, HEADER_SCAN_JUMP};
 
 /// Syscall tracepoints put the arguments after the 8-byte common header and the syscall number.
 const ARG0: usize = 16;
@@ -89,6 +90,11 @@ macro_rules! io_tracepoints {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             io::exit(bpf_get_current_pid_tgid(), ret(&ctx));
+            if $dir == Direction::Ingress && ctx::scans_headers() {
+                // SAFETY: the context is this program's own; a missing entry makes the call
+                // return, and then the program simply ends.
+                unsafe { HEADER_SCAN_JUMP.tail_call(&ctx, 0) };
+            }
             0
         }
     };
@@ -318,7 +324,11 @@ pub fn mmap_exec(ctx: TracePointContext) -> u32 {
 /// has it (4.16 on); the addresses' offsets come from the format file (see `own.rs`).
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    own::on_state_change(&ctx, field(&ctx, 8), field(&ctx, 16), field(&ctx, 20));
+    let (sock, old, new) = (field(&ctx, 8), field(&ctx, 16), field(&ctx, 20));
+    own::on_state_change(&ctx, sock, old, new);
+    if new == own::TCP_SYN_SENT {
+        inject::connecting((bpf_get_current_pid_tgid() >> 32) as u32, sock);
+    }
     0
 }
 

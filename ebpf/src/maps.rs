@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use sonde_common::{
     ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, SkipTo,
     TlsCall, TlsKey,
-    propagation::{Ids, WireContext},
+    propagation::{Ids, TraceparentLine, WireContext},
 };
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
@@ -99,6 +99,25 @@ pub static TCP_OUT: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(
 #[map]
 pub static TCP_IN: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
+/// Kernel address of a TCP socket → the `traceparent` line to write into the request head its next
+/// send carries, from the send's syscall entry to the `sk_msg` program that runs inside it (which
+/// takes the entry whether it writes the line or not). LRU: a socket that never reached `sk_msg`
+/// (not enrolled) must not hold an entry.
+#[map]
+pub static HEADER_OUT: LruHashMap<u64, TraceparentLine> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// Kernel address of a TCP socket a traced process is connecting → enrol it in `CLIENT_SOCKS` once
+/// established. Filed in the connecting task (the SYN_SENT transition), because the sockops
+/// callback at establishment runs in softirq, where the task is anyone's.
+#[map]
+pub static TO_ENROL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// The client sockets of traced processes whose sends the `sk_msg` program sees (header
+/// propagation), keyed by their kernel address. Never pinned: when sonde exits the map goes, and
+/// the kernel gives every socket back its own send path. The kernel removes a socket that closes.
+#[map]
+pub static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(65535, 0);
+
 /// Thread id → the ids of the server request the thread read last, until it writes to that
 /// connection (its answer). A request the thread writes meanwhile is that request's child. A
 /// thread it starts meanwhile works for the same request.
@@ -114,6 +133,13 @@ pub static TLS_RECEIVED: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(163
 /// exit to look for a `traceparent` header in (`traceparent.rs`).
 #[map]
 pub static HEADER_SCANS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// Index 0: the header scan (`ctx_exit_read`), for the read syscalls' exit programs of the syscall
+/// hook sets to end in, after their capture filed the head (`HEADER_SCANS`). A tail call, not a
+/// second program on the tracepoint: the scan must run after the capture, and the kernel promises
+/// no order between two programs on one tracepoint. Empty where the kernel refuses the scan.
+#[map]
+pub static HEADER_SCAN_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// tgids whose threads are not each tied to one request, so that the request a thread serves says
 /// nothing about the requests it writes: their requests get no context (a missing link, never a
@@ -171,6 +197,7 @@ pub static OFF_STATE_DPORT: u32 = 0;
 pub static OFF_STATE_SADDR_V6: u32 = 0;
 #[unsafe(no_mangle)]
 pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
+/// Which carriers of trace context go on the wire (`propagation::CARRY_*` bits); 0: none.
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
 /// Non-zero: the read syscalls' exits look for `traceparent` headers (`ctx::after_read`).

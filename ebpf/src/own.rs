@@ -30,7 +30,7 @@ use crate::maps::{
 
 // `include/net/tcp_states.h`.
 const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
 /// A TCP state change of socket `sock`, told by the tracepoint `ctx`, whose record has `sport`,

@@ -1,6 +1,7 @@
 //! Trace context in a TCP header option (`--context-propagation tcp`): a sockops program on the
 //! cgroup the agent names (`--cgroup`), attached with `BPF_F_ALLOW_MULTI` so that other programs
-//! there, a second sonde's included, keep running.
+//! there, a second sonde's included, keep running. The same program enrols the client sockets of
+//! traced processes for header propagation (`inject.rs`).
 //!
 //! Wire format (OBI/Beyla's, so that either agent reads the other's): kind 25, length 26, the
 //! 16-byte trace id and the 8-byte span id of the CLIENT span; length 27 adds a W3C flags byte.
@@ -30,12 +31,14 @@ use aya_ebpf::{
 };
 use sonde_common::{
     KernelCount,
-    propagation::{FLAG_SAMPLED, TCP_OPTION_KIND, TCP_OPTION_LEN, TCP_OPTION_LEN_FLAGS, WireContext},
+    propagation::{
+        CARRY_TCP_OPTION, FLAG_SAMPLED, TCP_OPTION_KIND, TCP_OPTION_LEN, TCP_OPTION_LEN_FLAGS, WireContext,
+    },
 };
 
 use crate::{
-    ctx,
-    maps::{TCP_IN, TCP_OUT, count},
+    ctx, inject,
+    maps::{PROPAGATE, TCP_IN, TCP_OUT, count, global_u32},
 };
 
 /// `TCPHDR_SYN`: handshake segments never carry a context.
@@ -47,7 +50,10 @@ const OPTION_BYTES: usize = 27;
 pub fn tcp_context(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            if global_u32(&PROPAGATE) & CARRY_TCP_OPTION != 0 {
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            }
+            inject::established(&ctx, sock_key(ctx.ops));
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);

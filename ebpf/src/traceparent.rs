@@ -53,7 +53,12 @@ pub fn in_head(buf: u64, len: u64) -> Option<Ids> {
     // on other CPUs use their own; the `&mut` ends with this function.
     let head = unsafe { &mut *head };
     let n = core::cmp::min(len, SCAN_BYTES as u64) as usize;
-    if n < TAIL_BYTES {
+    // Read back from the stack, so that the compiler knows nothing of n's bounds: it then keeps
+    // the checks below as they are written, which the verifiers before 6.3 need to bound n where
+    // they reload it, and the scan's own loop bound.
+    // SAFETY: a read of a local just written.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if !(TAIL_BYTES..=SCAN_BYTES).contains(&n) {
         return None;
     }
     let dst = &mut head.bytes[..n];

@@ -1,11 +1,14 @@
-//! Privileged: trace context across hosts (`--context-propagation tcp`). Hosts on one kernel
+//! Privileged: trace context across hosts (`--context-propagation tcp|headers`). Hosts on one kernel
 //! (`sonde_tests::hosts`: a network namespace and a cgroup each), one sonde per host that selects
 //! only its host's processes and attaches to its host's cgroup, all exporting to one receiver.
 //!
 //! Plain services, none propagating anything. No sonde sees both ends of a connection between
 //! hosts, so same-host stitching cannot join a trace across them: with `off` a trace breaks at each
 //! host boundary, with `tcp` the context in the TCP option joins it, curl's CLIENT span at the
-//! root.
+//! root; with `headers`, a `traceparent` header the kernel writes into each request does.
+//!
+//! `headers` runs only where the kernel lets a socket sit in a SOCKHASH unharmed (sonde's start-up
+//! self-test): elsewhere its tests check that sonde refuses it and say so.
 
 use std::{path::Path, time::Duration};
 
@@ -37,9 +40,19 @@ fn service(host: &Host, name: &str, bind: &str, downstream: &[String], tls: Opti
     guard
 }
 
-/// nginx in `host`, one process, on `bind`:`port` with TLS, proxying everything to `upstream`.
-fn nginx_proxy(host: &Host, dir: &Path, bind: &str, certificate: &Certificate, upstream: &str) -> Guard {
+/// nginx in `host`, one process, on `bind`:`port` (with TLS, given a certificate), proxying
+/// everything to `upstream`.
+fn nginx_proxy(
+    host: &Host,
+    dir: &Path,
+    bind: &str,
+    certificate: Option<&Certificate>,
+    upstream: &str,
+) -> Guard {
     let port = harness::free_port();
+    let tls = certificate.map_or(String::new(), |c| {
+        format!("ssl; ssl_certificate {}; ssl_certificate_key {}", c.cert.display(), c.key.display())
+    });
     let conf = format!(
         "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 256; }}
@@ -47,16 +60,12 @@ http {{
   access_log off;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
   server {{
-    listen {bind}:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
+    listen {bind}:{port} {tls};
     location / {{ proxy_pass {upstream}; }}
   }}
 }}
 ",
         d = dir.display(),
-        cert = certificate.cert.display(),
-        key = certificate.key.display(),
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
@@ -212,8 +221,9 @@ async fn over_https_the_tcp_option_carries_the_context_too() {
 
 /// Three hosts, as a cluster has them: curl → svc-a on A; A reaches svc-b on B through a DNAT
 /// address (as a Kubernetes Service is reached: no 4-tuple matches between the two ends); svc-b
-/// calls nginx on C over HTTPS, which proxies to svc-c on C. One sonde per host in `mode`.
-async fn three_hosts(mode: &str) -> Vec<ReceivedSpan> {
+/// calls nginx on C (over HTTPS with `https`), which proxies to svc-c on C. One sonde per host in
+/// `mode`.
+async fn three_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
     const SERVICE_ADDR: &str = "198.19.0.10";
     let receiver = Receiver::start().await.unwrap();
     let (a, b, c) = (Host::create(), Host::create(), Host::create());
@@ -223,9 +233,10 @@ async fn three_hosts(mode: &str) -> Vec<ReceivedSpan> {
     let certificate = Certificate::new(&dir.path);
 
     let svc_c = service(&c, "svc-c", "127.0.0.1", &[], None);
-    let nginx =
-        nginx_proxy(&c, &dir.path, "198.18.2.2", &certificate, &format!("http://127.0.0.1:{}", svc_c.port));
-    let svc_b = service(&b, "svc-b", "198.18.1.2", &[format!("https://198.18.2.2:{}", nginx.port)], None);
+    let upstream = format!("http://127.0.0.1:{}", svc_c.port);
+    let nginx = nginx_proxy(&c, &dir.path, "198.18.2.2", https.then_some(&certificate), &upstream);
+    let scheme = if https { "https" } else { "http" };
+    let svc_b = service(&b, "svc-b", "198.18.1.2", &[format!("{scheme}://198.18.2.2:{}", nginx.port)], None);
     // The Service address: routed towards B, rewritten to svc-b's own before it leaves A.
     let status =
         a.command("ip").args(["route", "add", &format!("{SERVICE_ADDR}/32"), "via", "198.18.1.2"]).status();
@@ -260,7 +271,7 @@ async fn three_hosts(mode: &str) -> Vec<ReceivedSpan> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per_request() {
-    let spans = three_hosts("tcp").await;
+    let spans = three_hosts("tcp", true).await;
     for n in 0..REQUESTS {
         let inner = format!("/{n}");
         let mut hops = first_hops(n);
@@ -278,7 +289,7 @@ async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per
 
     // Without propagation the trace breaks at each host boundary: B's and C's server spans start
     // traces of their own.
-    let spans = three_hosts("off").await;
+    let spans = three_hosts("off", true).await;
     for n in 0..REQUESTS {
         for service in ["svc-b", "nginx"] {
             let server = one(&spans, &format!("/{n}"), service, "SERVER").unwrap();
@@ -312,5 +323,200 @@ async fn a_request_with_a_traceparent_header_takes_its_trace_across_hosts() {
         if let Some(fault) = chain_fault(&spans, &hops, false) {
             panic!("request {n}: {fault}\n{spans:#?}");
         }
+    }
+}
+
+/// Whether this kernel lets sonde write headers: the SOCKHASH self-test's verdict, and whether
+/// the verifier takes the program that writes them, as `sonde check-kernel` prints both.
+fn headers_allowed() -> bool {
+    let out = std::process::Command::new(harness::sonde_bin()).arg("check-kernel").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let verdict = text.lines().find(|l| l.starts_with("sockhash:")).unwrap_or_else(|| panic!("{text}"));
+    let writer = text
+        .lines()
+        .find(|l| l.starts_with("program inject_traceparent:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    eprintln!("{verdict}\n{writer}");
+    if verdict.starts_with("sockhash: harmless") && !writer.ends_with(": loaded") {
+        // The self-test passes but the verifier refuses the writer: sonde must say so at start.
+        let out = std::process::Command::new(harness::sonde_bin())
+            .args(["run", "--context-propagation", "headers", "--print", "none", "--pid", "1"])
+            .output_with_timeout(Duration::from_secs(30))
+            .expect("sonde stops when it cannot load the header writer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("inject_traceparent"), "{stderr}");
+        return false;
+    }
+    verdict.starts_with("sockhash: harmless")
+}
+
+#[test]
+fn headers_are_refused_where_a_sockhash_harms_sockets_and_all_falls_back_to_the_tcp_option() {
+    let allowed = headers_allowed();
+    let out = std::process::Command::new(harness::sonde_bin())
+        .args(["run", "--context-propagation", "headers", "--print", "none", "--pid", "1"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output_with_timeout(Duration::from_secs(3));
+    if allowed {
+        assert!(out.is_none(), "sonde stopped with headers on a kernel that allows them: {out:?}");
+        let mut all = Sonde::start(&["--context-propagation", "all", "--print", "none", "--pid", "1"]);
+        assert!(all.stderr().contains("SOCKHASH self-test passed"), "{}", all.stderr());
+        let log = all.stderr();
+        assert!(log.contains("tcp_option=true") && log.contains("traceparent_header=true"), "{log}");
+        all.stop_cleanly();
+    } else {
+        let out = out.expect("sonde refuses headers at once on this kernel");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("--context-propagation headers is refused on this kernel"), "{stderr}");
+        assert!(stderr.contains("SOCKHASH") && stderr.contains("--context-propagation tcp"), "{stderr}");
+        let mut all = Sonde::start(&["--context-propagation", "all", "--print", "none", "--pid", "1"]);
+        let log = all.stderr();
+        assert!(log.contains("SOCKHASH self-test failed"), "{log}");
+        assert!(log.contains("tcp_option=true") && log.contains("traceparent_header=false"), "{log}");
+        all.stop_cleanly();
+    }
+}
+
+/// `output()` of a command that may run for good: None if still running after `limit` (then
+/// killed).
+trait OutputWithTimeout {
+    fn output_with_timeout(&mut self, limit: Duration) -> Option<std::process::Output>;
+}
+
+impl OutputWithTimeout for std::process::Command {
+    fn output_with_timeout(&mut self, limit: Duration) -> Option<std::process::Output> {
+        let mut child =
+            self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + harness::patience(limit);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return Some(child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_joined_by_traceparent_headers_make_one_trace_per_request() {
+    if !headers_allowed() {
+        eprintln!("headers are refused on this kernel (see the test above): nothing to show here");
+        return;
+    }
+    let spans = three_hosts("headers", false).await;
+    for n in 0..REQUESTS {
+        let inner = format!("/{n}");
+        let mut hops = first_hops(n);
+        hops.extend([
+            (inner.clone(), "svc-b", "SERVER"),
+            (inner.clone(), "svc-b", "CLIENT"),
+            (inner.clone(), "nginx", "SERVER"),
+        ]);
+        if let Some(fault) = chain_fault(&spans, &hops, true) {
+            panic!("with --context-propagation headers, request {n}: {fault}\n{spans:#?}");
+        }
+        // nginx forwards the header it received, which the kernel leaves as it is: svc-c follows it
+        // into the trace.
+        let root = one(&spans, &format!("/req/{n}"), "curl", "CLIENT").unwrap();
+        let svc_c = one(&spans, &inner, "svc-c", "SERVER").unwrap();
+        assert_eq!(svc_c.trace_id_hex(), root.trace_id_hex(), "request {n}\n{spans:#?}");
+    }
+}
+
+#[test]
+fn a_written_header_changes_no_other_byte_of_what_the_server_reads() {
+    if !headers_allowed() {
+        eprintln!("headers are refused on this kernel: nothing to show here");
+        return;
+    }
+    let server = harness::python_server("body_hash.py", &[], &[]);
+    let mut sonde = Sonde::start(&["--context-propagation", "headers", "--print", "none"]);
+    let out = std::process::Command::new("python3")
+        .arg(harness::servers_dir().join("bytes_client.py"))
+        .arg(server.port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    sonde.stop_cleanly();
+    let traceparents = |case: &str, i: usize| -> Vec<String> {
+        report[case]["replies"][i]["traceparents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for case in ["large_post", "chunked", "pipelined", "with_traceparent", "byte_by_byte"] {
+        let sent = report[case]["sent"].as_array().unwrap();
+        for (i, hash) in sent.iter().enumerate() {
+            assert_eq!(
+                &report[case]["replies"][i]["sha256"], hash,
+                "{case} #{i}: the body changed\n{report:#}"
+            );
+        }
+    }
+    let valid = |v: &str| v.len() == 55 && v.starts_with("00-") && v.ends_with("-01");
+    for case in ["large_post", "chunked"] {
+        let tp = traceparents(case, 0);
+        assert!(tp.len() == 1 && valid(&tp[0]), "{case}: one header written: {tp:?}");
+    }
+    let first = traceparents("pipelined", 0);
+    assert!(first.len() == 1 && valid(&first[0]), "the first pipelined request: {first:?}");
+    assert!(traceparents("pipelined", 1).is_empty() && traceparents("pipelined", 2).is_empty(), "{report:#}");
+    assert_eq!(
+        traceparents("with_traceparent", 0),
+        [report["traceparent"].as_str().unwrap()],
+        "forwarded as it was, once"
+    );
+    assert!(traceparents("byte_by_byte", 0).is_empty(), "a head written a byte at a time gets no header");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_service_called_by_a_plain_client_continues_sondes_client_span() {
+    if !headers_allowed() {
+        eprintln!("headers are refused on this kernel: nothing to show here");
+        return;
+    }
+    let receiver = Receiver::start().await.unwrap();
+    let sdk = harness::sdk_python_service("svc-sdk", &receiver.http_traces_url(), &[]);
+    let endpoint = receiver.grpc_endpoint();
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--context-propagation",
+        "headers",
+        "--print",
+        "none",
+    ]);
+    for n in 0..REQUESTS {
+        harness::curl(&["-sS", "-o", "/dev/null", &sdk.url(&format!("/req/{n}"))]);
+    }
+    let spans = spans_of(&receiver, &["curl", "svc-sdk"], 2 * REQUESTS as usize).await;
+    sonde.stop_cleanly();
+    // The SDK's spans carry no path sonde reads: each of its SERVER spans must be the child of one
+    // of curl's CLIENT spans, one each.
+    let of = |service: &str, kind: &str| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|s| trace_check::service(s) == service && s.kind_name() == kind).collect()
+    };
+    let (clients, servers) = (of("curl", "CLIENT"), of("svc-sdk", "SERVER"));
+    assert_eq!((clients.len(), servers.len()), (REQUESTS as usize, REQUESTS as usize), "{spans:#?}");
+    for client in &clients {
+        let children: Vec<_> = servers
+            .iter()
+            .filter(|s| {
+                s.trace_id_hex() == client.trace_id_hex()
+                    && s.parent_span_id_hex() == Some(client.span_id_hex())
+            })
+            .collect();
+        assert_eq!(children.len(), 1, "curl's span {} has no SDK child\n{spans:#?}", client.span_id_hex());
     }
 }

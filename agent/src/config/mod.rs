@@ -203,12 +203,17 @@ pub struct RunArgs {
     pub hooks: HookChoice,
 
     /// Put trace context on the wire for services that do not propagate it, so that a trace stays
-    /// whole across hosts: `tcp` writes the context of each HTTP/1 request a traced process sends
+    /// whole across hosts. `tcp` writes the context of each HTTP/1 request a traced process sends
     /// into a TCP header option of the segment the request begins (kind 25, the format OBI/Beyla
     /// use) and reads it on the receiving host — no byte of the application's stream changes, but
     /// sonde (or OBI/Beyla) must run on both ends, a proxy or load balancer that ends TCP drops it,
-    /// and a segment that already carries SACK blocks has no room for it. `off`: nothing on the
-    /// wire; traces join only on one host. See docs/propagation.md.
+    /// and a segment that already carries SACK blocks has no room for it. `headers` writes a
+    /// `traceparent` header into each plaintext HTTP/1 request head a traced process sends
+    /// (through sockops and sk_msg), which any receiver understands, an OpenTelemetry SDK
+    /// included; it is refused on kernels where a socket in a SOCKHASH misbehaves (a self-test at
+    /// start-up; `sonde check-kernel` shows its verdict). `all`: both, or `tcp` alone with a
+    /// warning where `headers` is refused. `off`: nothing on the wire; traces join only on one
+    /// host. See docs/propagation.md.
     #[arg(env = "SONDE_CONTEXT_PROPAGATION", long, value_enum, value_name = "MODE", default_value_t = ContextPropagation::Off)]
     pub context_propagation: ContextPropagation,
 
@@ -357,6 +362,10 @@ pub enum ContextPropagation {
     Off,
     /// In a TCP header option.
     Tcp,
+    /// In a `traceparent` header written into request heads.
+    Headers,
+    /// Both; the TCP option alone where the kernel refuses headers.
+    All,
 }
 
 /// What sonde does for processes that export their own traces (`--sdk-processes`).

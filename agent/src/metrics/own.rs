@@ -147,6 +147,31 @@ impl OwnSources {
             .push(outcome("not_written"), t, k.count(KernelCount::OptionsNotWritten))
             .push(outcome("received"), t, k.count(KernelCount::OptionsReceived))
             .push(outcome("matched"), t, k.count(KernelCount::OptionsMatched));
+        let mut headers = Metric::counter(
+            "sonde.propagation.headers",
+            "Requests given a traceparent header (--context-propagation headers), and those left as \
+             written, by outcome: injected, not_whole_head (the send that began the head did not hold \
+             all of it, or the head is longer than 1 KiB), already_present (the head has a \
+             traceparent: the receiver follows it), failed (the kernel could not make room).",
+            "{request}",
+        );
+        headers
+            .push(outcome("injected"), t, k.count(KernelCount::HeadersInjected))
+            .push(outcome("not_whole_head"), t, k.count(KernelCount::HeadersNotWholeHead))
+            .push(outcome("already_present"), t, k.count(KernelCount::HeadersAlreadyPresent))
+            .push(outcome("failed"), t, k.count(KernelCount::HeadersFailed));
+        let mut enrolled = Metric::counter(
+            "sonde.propagation.sockets",
+            "Client sockets of traced processes enrolled for traceparent headers, by outcome: enrolled, \
+             not_enrolled (the SOCKHASH was full, or another program's verdict runs on the socket: \
+             its requests get no header).",
+            "{socket}",
+        );
+        enrolled.push(outcome("enrolled"), t, k.count(KernelCount::SocketsEnrolled)).push(
+            outcome("not_enrolled"),
+            t,
+            k.count(KernelCount::SocketsNotEnrolled),
+        );
         let mut events =
             Metric::counter("sonde.events.received", "Events read from the ring buffer.", "{event}");
         events.push(Vec::new(), t, p.events as f64);
@@ -364,6 +389,8 @@ impl OwnSources {
             body_skipped,
             not_parsed,
             tcp_options,
+            headers,
+            enrolled,
             events,
             lost,
             conns,

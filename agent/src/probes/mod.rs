@@ -142,7 +142,7 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
-        let scan_headers = propagation.is_some() && propagation::scans_headers(chosen);
+        let scan_headers = propagation.is_some();
         let Loaded { mut ebpf, fork_child_offset, state_offsets } =
             load_object(options, &fd_walk, propagation.as_ref(), scan_headers, log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
@@ -324,7 +324,7 @@ fn load_object(
     scan_headers: bool,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
-    let propagate: u32 = propagation.is_some().into();
+    let propagate: u32 = options.propagation.as_ref().map_or(0, |p| p.carriers.bits());
     let scan_headers: u32 = scan_headers.into();
     let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
@@ -408,7 +408,10 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             exclude: vec![glob::Pattern::new("/nonexistent/*").expect("a valid glob")],
             exported_only: false,
         }),
-        propagation: Some(propagation::PropagationOptions { cgroup: None }),
+        propagation: Some(propagation::PropagationOptions {
+            cgroup: None,
+            carriers: propagation::Carriers { tcp_option: true, header: true },
+        }),
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
@@ -419,6 +422,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             aya::programs::Program::TracePoint(p) => p.load(),
             aya::programs::Program::UProbe(p) => p.load(),
             aya::programs::Program::SockOps(p) => p.load(),
+            aya::programs::Program::SkMsg(p) => p.load(),
             _ => continue,
         };
         checks.push(ProgramCheck {
@@ -426,7 +430,8 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             // The verifier's log is long; its last lines say why.
             refused: result.err().map(|e| verifier_summary(&e)),
             needs_missing_feature: (attach::needs_task_regs(name) && !features.task_regs)
-                || (propagation::only_for_sock_set(name) && !features.sock_tracepoints),
+                || (propagation::only_for_sock_set(name) && !features.sock_tracepoints)
+                || propagation::optional(name),
         });
     }
     checks.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,6 +1,7 @@
-//! The kernel side of `--context-propagation tcp`: the offsets the programs need, the sockops
-//! program on the cgroup, and — with the socket hook set, which has no syscall entry hooks — the
-//! entry hooks of the write family that file a request's context before its bytes leave.
+//! The kernel side of `--context-propagation`: the offsets the programs need, the sockops program
+//! on the cgroup (TCP options; enrolment of client sockets for headers), the `sk_msg` program that
+//! writes `traceparent` headers, and — with the socket hook set, which has no syscall entry hooks —
+//! the entry hooks of the write family that file a request's context before its bytes leave.
 //!
 //! Other programs on the cgroup, a second sonde's included, keep running beside it.
 //! Nothing is pinned: the cgroup attachment is a BPF link owned by this process, so an exiting or
@@ -13,7 +14,8 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, SockOps},
+    maps::{MapData, ProgramArray, SockHash},
+    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
 };
 
 use super::{HookSet, ProbeError, attach, btf_offsets};
@@ -23,6 +25,30 @@ use super::{HookSet, ProbeError, attach, btf_offsets};
 pub struct PropagationOptions {
     /// The cgroup v2 directory whose sockets the sockops program acts on (None: the root).
     pub cgroup: Option<PathBuf>,
+    pub carriers: Carriers,
+}
+
+/// What carries the context on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Carriers {
+    /// A TCP header option on the segment each request begins.
+    pub tcp_option: bool,
+    /// A `traceparent` header in each plaintext request head.
+    pub header: bool,
+}
+
+impl Carriers {
+    /// The kernel's `PROPAGATE` global.
+    pub fn bits(self) -> u32 {
+        let mut bits = 0;
+        if self.tcp_option {
+            bits |= sonde_common::propagation::CARRY_TCP_OPTION;
+        }
+        if self.header {
+            bits |= sonde_common::propagation::CARRY_HEADER;
+        }
+        bits
+    }
 }
 
 /// Where the cgroup v2 root is mounted: alone, or beside the v1 hierarchies (a hybrid host).
@@ -68,14 +94,16 @@ const READ_EXITS: &[&str] = &["sys_exit_read", "sys_exit_recvfrom", "sys_exit_re
 /// Whether `program` serves only the socket hook set's propagation, so that a kernel without that
 /// set never needs it (`sonde check-kernel`).
 pub fn only_for_sock_set(program: &str) -> bool {
-    program == HEADER_SCAN || SEND_ENTRIES.iter().any(|&(p, _)| p == program)
+    SEND_ENTRIES.iter().any(|&(p, _)| p == program)
 }
 
-/// Whether the kernel reads `traceparent` headers with `hooks`: with the socket hook set, whose
-/// capture runs inside the read syscall, before its exit. (With the syscall hook sets the capture
-/// is at the exit itself; the header is then read by user space alone.)
-pub fn scans_headers(hooks: HookSet) -> bool {
-    hooks == HookSet::Sock
+/// Whether `program` is optional: without it, propagation works but a request's calls join its
+/// `traceparent` header's trace on this host only (`sonde check-kernel`).
+///
+/// The header writer too: a kernel whose verifier refuses it runs every mode but `headers`, and
+/// sonde refuses that mode at start-up with the verifier's reason.
+pub fn optional(program: &str) -> bool {
+    program == HEADER_SCAN || program == HEADER_WRITER
 }
 
 /// Attaches the sockops program to `options.cgroup` (alongside whatever else runs there) and, for
@@ -95,7 +123,15 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
         target: format!("cgroup {}", path.display()),
         source,
     })?;
-    tracing::info!(cgroup = %path.display(), "context propagation: TCP option on the sockets of this cgroup");
+    if options.carriers.header {
+        attach_header_writer(ebpf)?;
+    }
+    tracing::info!(
+        cgroup = %path.display(),
+        tcp_option = options.carriers.tcp_option,
+        traceparent_header = options.carriers.header,
+        "context propagation on the sockets of this cgroup"
+    );
     if hooks == HookSet::Sock {
         for &(program, tracepoint) in SEND_ENTRIES {
             attach::attach_tracepoint(ebpf, program, "syscalls", tracepoint)?;
@@ -104,13 +140,61 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
         // host only.
         for tracepoint in READ_EXITS {
             if let Err(e) = attach::attach_tracepoint(ebpf, HEADER_SCAN, "syscalls", tracepoint) {
-                tracing::warn!(error = %e, "traceparent headers are not read in the kernel: a request's calls join its header's trace on this host only");
+                warn_no_header_scan(&e);
                 break;
             }
         }
+    } else if let Err(e) = fill_header_scan_jump(ebpf) {
+        warn_no_header_scan(&e);
     }
     Ok(())
 }
+
+/// The `sk_msg` program that writes `traceparent` headers, on the SOCKHASH the sockops program
+/// enrols the client sockets of traced processes in. Attached to the map, which this process alone
+/// holds: when it exits, the map and every enrolment go with it.
+fn attach_header_writer(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let map = ebpf.map(CLIENT_SOCKS).ok_or(ProbeError::MissingMap(CLIENT_SOCKS))?;
+    let sockets: SockHash<&MapData, u64> =
+        SockHash::try_from(map).map_err(|source| ProbeError::Map { name: CLIENT_SOCKS, source })?;
+    let fd = sockets.fd().try_clone().map_err(|e| ProbeError::Attach {
+        program: HEADER_WRITER,
+        target: CLIENT_SOCKS.into(),
+        source: ProgramError::IOError(e),
+    })?;
+    let prog = loaded_program!(ebpf, HEADER_WRITER, SkMsg);
+    prog.attach(&fd).map_err(|source| ProbeError::Attach {
+        program: HEADER_WRITER,
+        target: CLIENT_SOCKS.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+const HEADER_WRITER: &str = "inject_traceparent";
+
+/// With the syscall hook sets the capture runs at the read syscalls' exits: their programs end in
+/// a tail call to the header scan, through this table.
+fn fill_header_scan_jump(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let fd = {
+        let prog = loaded_program!(ebpf, HEADER_SCAN, TracePoint);
+        prog.fd()
+            .map_err(|source| ProbeError::LoadProgram { program: HEADER_SCAN, source })?
+            .try_clone()
+            .map_err(|e| ProbeError::LoadProgram { program: HEADER_SCAN, source: ProgramError::IOError(e) })?
+    };
+    let map = ebpf.map_mut(HEADER_SCAN_JUMP).ok_or(ProbeError::MissingMap(HEADER_SCAN_JUMP))?;
+    let mut jump: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(|source| ProbeError::Map { name: HEADER_SCAN_JUMP, source })?;
+    jump.set(0, &fd, 0).map_err(|source| ProbeError::Map { name: HEADER_SCAN_JUMP, source })
+}
+
+const HEADER_SCAN_JUMP: &str = "HEADER_SCAN_JUMP";
+
+fn warn_no_header_scan(error: &ProbeError) {
+    tracing::warn!(error = %error, "traceparent headers are not read in the kernel: a request's calls join its header's trace on this host only");
+}
+const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
 
 /// The first cgroup v2 root of `CGROUP2_ROOTS`; the error names the first place looked.
 fn cgroup2_root() -> Result<(PathBuf, std::fs::File), ProbeError> {

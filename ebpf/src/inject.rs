@@ -1,0 +1,225 @@
+//! Trace context in a `traceparent` header (`--context-propagation headers`): the line goes into
+//! the request head a traced process sends, right after its request line, by an `sk_msg` program
+//! on the client sockets of traced processes.
+//!
+//! - Enrolment: a traced task's connect files its socket (`connecting`, at the SYN_SENT
+//!   transition, which runs in that task); once established, the sockops program puts it in
+//!   `CLIENT_SOCKS` (`established`). Server sockets and sockets of untraced processes are never
+//!   enrolled: on kernels where membership alone changes a socket's behaviour (see the agent's
+//!   SOCKHASH self-test), the fewer the better.
+//! - The line: `ctx::before_send` chose the request's ids at the send's syscall entry and filed the
+//!   line in `HEADER_OUT`; the `sk_msg` program, inside the same send, takes it.
+//! - The rules: a line is written only when the send begins with a request line and holds the
+//!   whole head (within `HEAD_WINDOW` bytes), and the head has no `traceparent` yet. Otherwise the
+//!   send is left as it is, and why is counted. Bodies, pipelined requests after the first and
+//!   responses are never touched; the application's send returns the bytes it wrote.
+//! - Failure: if room was made but could not be filled, it is taken out again; only if that too
+//!   fails is the send refused (the application sees an error rather than a corrupted request).
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY,
+        sk_action::{SK_DROP, SK_PASS},
+    },
+    helpers::generated::bpf_msg_pull_data,
+    macros::sk_msg,
+    programs::{SkMsgContext, SockOpsContext},
+};
+use sonde_common::{
+    KernelCount,
+    first_bytes::{PROBE_BYTES, starts_request},
+    propagation::{CARRY_HEADER, HEAD_WINDOW, TRACEPARENT_LINE_LEN},
+};
+
+use crate::{
+    filter,
+    maps::{CLIENT_SOCKS, HEADER_OUT, PROPAGATE, TO_ENROL, count, global_u32},
+};
+
+/// The line start before a `traceparent:` header, as the scan's two windows hold it: the newest 8
+/// bytes (`"eparent:"`) and the 5 before them (`"\ntrac"`), newest lowest in both. Letters are
+/// compared with bit 5 set on both sides (`CASE`), which is exactly a case-insensitive comparison
+/// for letters, with no branch.
+const NAME_NEWEST: u64 = u64::from_be_bytes(*b"eparent:");
+const NAME_NEWEST_CASE: u64 = u64::from_be_bytes(*b"\x20\x20\x20\x20\x20\x20\x20\0");
+const NAME_OLDER: u64 = u64::from_be_bytes([0, 0, 0, b'\n', b't', b'r', b'a', b'c']);
+const NAME_OLDER_CASE: u64 = u64::from_be_bytes(*b"\0\0\0\0\x20\x20\x20\x20");
+const NAME_OLDER_MASK: u64 = 0xff_ffff_ffff;
+
+/// Whether header propagation is on.
+#[inline(always)]
+pub fn carries_header() -> bool {
+    global_u32(&PROPAGATE) & CARRY_HEADER != 0
+}
+
+/// Task `tgid` is connecting TCP socket `sock` (SYN_SENT, in the connecting task).
+#[inline(always)]
+pub fn connecting(tgid: u32, sock: u64) {
+    if carries_header() && filter::traced(tgid) {
+        let _ = TO_ENROL.insert(&sock, &1, 0);
+    }
+}
+
+/// Client socket `sock` is established (sockops, often in softirq): enrolled if a traced task
+/// connected it.
+#[inline(always)]
+pub fn established(ctx: &SockOpsContext, sock: u64) {
+    if !carries_header() {
+        return;
+    }
+    // SAFETY: only whether an entry exists is looked at.
+    if unsafe { TO_ENROL.get(&sock) }.is_none() {
+        return;
+    }
+    let _ = TO_ENROL.remove(&sock);
+    let mut key = sock;
+    // SAFETY: `ctx.ops` is the program's context, which the helper takes as it is.
+    let enrolled = CLIENT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64).is_ok();
+    count(if enrolled { KernelCount::SocketsEnrolled } else { KernelCount::SocketsNotEnrolled }, 1);
+}
+
+#[sk_msg]
+pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
+    match inject(&ctx) {
+        Ok(()) => SK_PASS,
+        Err(()) => SK_DROP,
+    }
+}
+
+/// Writes the line filed for this socket, if any, into the send when the rules allow. `Err` only
+/// when the send can no longer go out as the application wrote it.
+#[inline(always)]
+fn inject(ctx: &SkMsgContext) -> Result<(), ()> {
+    // SAFETY: the program's context; the verifier checks the field load. The address is a key.
+    let sock = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
+    // SAFETY: copied out at once from the LRU element; plain bytes.
+    let Some(line) = (unsafe { HEADER_OUT.get(&sock) }).copied() else {
+        return Ok(());
+    };
+    // Filed for this send alone, written or not.
+    let _ = HEADER_OUT.remove(&sock);
+    let window = core::cmp::min(ctx.size(), HEAD_WINDOW);
+    if ctx.data_end() - ctx.data() < window as usize
+        // SAFETY: the program's context; the helper makes the message's first `window` bytes one
+        // linear run, or fails and leaves the message as it was.
+        && unsafe { bpf_msg_pull_data(ctx.msg, 0, window, 0) } != 0
+    {
+        count(KernelCount::HeadersFailed, 1);
+        return Ok(());
+    }
+    let Some(head) = scan(ctx) else {
+        // Not a request head: nothing to count (a context was filed for a request, so this is a
+        // send the kernel saw differently; it is left alone).
+        return Ok(());
+    };
+    if head.end == 0 {
+        count(KernelCount::HeadersNotWholeHead, 1);
+        return Ok(());
+    }
+    if head.traceparents != 0 {
+        count(KernelCount::HeadersAlreadyPresent, 1);
+        return Ok(());
+    }
+    write_line(ctx, head.request_line_end, &line)
+}
+
+/// What the scan of a request head found, as offsets into the send.
+struct Head {
+    /// Just after the request line's `\n`.
+    request_line_end: u32,
+    /// Just after the blank line that ends the head; 0 when it is not within the window.
+    end: u32,
+    /// 1: a header line is named `traceparent`, in any case.
+    traceparents: u32,
+}
+
+/// Looks through the first `HEAD_WINDOW` bytes of the send (made linear before). None when the send
+/// does not begin with a request line.
+///
+/// Written for the verifier of kernels without `bpf_loop`, which walks every iteration and keeps a
+/// state apart for every value it knows exactly and has seen decide a branch: the loops keep no
+/// such value but their index. The first finds the end of the request line and nothing else; the
+/// second looks at the whole window again, through two rolling windows of the last bytes, which
+/// the verifier never knows.
+#[inline(always)]
+fn scan(ctx: &SkMsgContext) -> Option<Head> {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    if data + PROBE_BYTES > data_end {
+        return None;
+    }
+    let mut first = [0u8; PROBE_BYTES];
+    // SAFETY: the bounds check above covers these `PROBE_BYTES` bytes of the message.
+    unsafe { core::ptr::copy_nonoverlapping(data as *const u8, first.as_mut_ptr(), PROBE_BYTES) };
+    if !starts_request(&first, PROBE_BYTES) {
+        return None;
+    }
+    let mut head = Head { request_line_end: 0, end: 0, traceparents: 0 };
+    for i in 0..HEAD_WINDOW {
+        let at = data + i as usize;
+        if at + 1 > data_end {
+            return Some(head);
+        }
+        // SAFETY: the bounds check just above covers this byte of the message.
+        if unsafe { *(at as *const u8) } == b'\n' {
+            head.request_line_end = i + 1;
+            break;
+        }
+    }
+    if head.request_line_end == 0 {
+        return Some(head);
+    }
+    // The newest 8 bytes seen, newest lowest; and the 8 before them.
+    let mut newest: u64 = 0;
+    let mut older: u64 = 0;
+    for i in 0..HEAD_WINDOW {
+        let at = data + i as usize;
+        if at + 1 > data_end {
+            break;
+        }
+        // SAFETY: the bounds check just above covers this byte of the message.
+        let c = unsafe { *(at as *const u8) };
+        older = (older << 8) | (newest >> 56);
+        newest = (newest << 8) | c as u64;
+        // One branch each, on values the verifier cannot know (it keeps a pending state per branch
+        // and iteration, and a state apart for each bit pattern it learns from a branch): a blank
+        // line, `\r\n` or a bare `\n`, ends the head...
+        if ((newest & 0xffff_ffff) ^ 0x0d0a_0d0a) * ((newest & 0xffff) ^ 0x0a0a) == 0 {
+            head.end = i + 1;
+            break;
+        }
+        // ...and a line begins with `traceparent:`: one comparison of both words (read back from
+        // the stack, or the compiler splits it into two branches).
+        let name = ((newest | NAME_NEWEST_CASE) ^ NAME_NEWEST)
+            | (((older & NAME_OLDER_MASK) | NAME_OLDER_CASE) ^ NAME_OLDER);
+        // SAFETY: a read of a local just written.
+        if unsafe { core::ptr::read_volatile(&name) } == 0 {
+            head.traceparents = 1;
+        }
+    }
+    Some(head)
+}
+
+/// Makes room after the request line (which ends at `at`) and writes `line` there.
+#[inline(always)]
+fn write_line(ctx: &SkMsgContext, at: u32, line: &[u8; 72]) -> Result<(), ()> {
+    const LEN: u32 = TRACEPARENT_LINE_LEN as u32;
+    if ctx.push_data(at, LEN, 0).is_err() {
+        count(KernelCount::HeadersFailed, 1);
+        return Ok(());
+    }
+    // SAFETY: the program's context; the helper makes the new bytes one linear run starting at
+    // `data`, or fails.
+    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, at, at + LEN, 0) } == 0;
+    let data = ctx.data();
+    if !pulled || data + TRACEPARENT_LINE_LEN > ctx.data_end() {
+        count(KernelCount::HeadersFailed, 1);
+        // The room holds no header: take it out, or the request must not leave.
+        return ctx.pop_data(at, LEN, 0).map_err(|_| ());
+    }
+    // SAFETY: the bounds check above covers these bytes of the message, which sk_msg programs may
+    // write.
+    unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), data as *mut u8, TRACEPARENT_LINE_LEN) };
+    count(KernelCount::HeadersInjected, 1);
+    Ok(())
+}
