@@ -50,7 +50,7 @@ VARIANT = {
     "podAnnotations": {"example.com/owner": "sre"},
     "serviceAccount": {"create": False, "name": "existing"},
     "rbac": {"create": False},
-    "contextPropagation": "tcp",
+    "contextPropagation": "all",
     "cgroupRoot": "/sys/fs/cgroup/unified",
 }
 
@@ -94,6 +94,9 @@ def check_daemonset(docs, where, propagation=False):
         (sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem: true"),
         (sc["capabilities"].get("drop") == ["ALL"], "capabilities drop ALL"),
     ]
+    args = container.get("args", [])
+    mode = "--context-propagation=all"
+    expect.append(((mode in args) == propagation, f"{mode} in the arguments exactly when set"))
     capabilities = CAPABILITIES + (["NET_ADMIN"] if propagation else [])
     expect.append((sorted(sc["capabilities"].get("add", [])) == sorted(capabilities), f"capabilities add exactly {capabilities}"))
     host_paths = [v for v in pod.get("volumes", []) if "hostPath" in v]

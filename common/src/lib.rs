@@ -255,8 +255,11 @@ pub enum KernelCount {
     /// Client sockets that could not be enrolled (the SOCKHASH is full, or another program's
     /// verdict already runs on the socket): their requests get no header.
     SocketsNotEnrolled = 13,
+    /// Requests that forwarded the `traceparent` their thread's server request came with (a
+    /// proxy): its parent id was rewritten in place to name the request's own CLIENT span.
+    HeadersForwarded = 14,
 }
-pub const KERNEL_COUNTS: u32 = 14;
+pub const KERNEL_COUNTS: u32 = 15;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,7 +31,7 @@ pub const TRACEPARENT_LINE_LEN: usize = 70;
 /// How far into a send the kernel looks for the end of a request head, and for a `traceparent`
 /// already in it, before it writes one: a head longer than this gets none.
 pub const HEAD_WINDOW: u32 = 1024;
-/// Value of the kernel's `HEADER_OUT` map: the line, padded to a multiple of 8 bytes.
+/// The line, padded to a multiple of 8 bytes.
 pub type TraceparentLine = [u8; 72];
 
 /// The `traceparent` line naming span `span_id` of trace `trace_id`, in the first
@@ -64,7 +64,7 @@ pub fn traceparent_line(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> Tr
 
 /// The lowercase hex digit of `nibble` (0..16), without a branch or a table.
 #[inline(always)]
-const fn hex_digit(nibble: u8) -> u8 {
+pub const fn hex_digit(nibble: u8) -> u8 {
     // 39 more above 9: b'a' - b'0' - 10. The shift makes 0xff for nibbles above 9, 0 otherwise.
     let above_nine = ((9i16 - nibble as i16) >> 8) as u8;
     b'0' + nibble + (above_nine & 39)
@@ -109,7 +109,53 @@ pub struct Ids {
     pub flags: u8,
     /// An [`Origin`].
     pub origin: u8,
-    pub _pad: [u8; 2],
+    /// For a client request, what became of its `traceparent` header (a [`HeaderOutcome`]).
+    pub header: u8,
+    pub _pad: u8,
+}
+
+/// What the kernel did with a client request's `traceparent` header
+/// (`--context-propagation headers`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderOutcome {
+    /// Nothing: no header carrier, or the send was left as written.
+    None = 0,
+    /// A header with the request's ids went in after the request line.
+    Written = 1,
+    /// The request already had the header its thread's server request came with (a proxy
+    /// forwarding it): its parent id now names the request's own CLIENT span.
+    Forwarded = 2,
+    /// Looked at and left as written (the reason is counted).
+    Left = 3,
+}
+
+impl HeaderOutcome {
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Written,
+            2 => Self::Forwarded,
+            3 => Self::Left,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Value of the kernel's `HEADER_OUT` map: the ids a client request's header names, from the
+/// send's syscall entry to its exit (the `sk_msg` program in between writes the header and says
+/// what it did).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The parent id of the `traceparent` the writing thread's server request came with (all
+    /// zeros: none known): a request carrying that very header forwards it.
+    pub forwarded_parent: [u8; 8],
+    pub flags: u8,
+    /// A [`HeaderOutcome`], set by the `sk_msg` program.
+    pub outcome: u8,
+    pub _pad: [u8; 6],
 }
 
 /// A context bound to a byte of a TCP stream: value of `TCP_OUT` (socket → the context to write

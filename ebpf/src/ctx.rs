@@ -19,8 +19,8 @@ use sonde_common::{
     ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, TlsCallKind, Verdict, conn_key,
     first_bytes::{PROBE_BYTES, starts_request},
     propagation::{
-        CARRY_HEADER, CARRY_TCP_OPTION, ContextEvent, FLAG_SAMPLED, Ids, Origin, WireContext,
-        traceparent_line,
+        CARRY_HEADER, CARRY_TCP_OPTION, ContextEvent, FLAG_SAMPLED, HeaderIds, HeaderOutcome, Ids, Origin,
+        WireContext,
     },
 };
 
@@ -98,7 +98,8 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     };
     // SAFETY: copied out at once; only this thread's hooks (and its parent's, at its start) write
     // its entry.
-    let mut ids = match unsafe { SERVING.get(&thread(pid_tgid)) } {
+    let serving = (unsafe { SERVING.get(&thread(pid_tgid)) }).copied();
+    let mut ids = match &serving {
         Some(serving) => Ids { parent_id: serving.span_id, origin: Origin::Serving as u8, ..*serving },
         None => new_trace(),
     };
@@ -120,8 +121,16 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     }
     // A TLS socket's sends are ciphertext: no header can go in.
     if carry & CARRY_HEADER != 0 && state.tls == 0 {
-        let line = traceparent_line(&ids.trace_id, &ids.span_id, ids.flags);
-        filed |= HEADER_OUT.insert(&sock, &line, 0).is_ok();
+        let header = HeaderIds {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            // The caller of the request this thread serves, as its header named it.
+            forwarded_parent: serving.map_or([0; 8], |s| s.parent_id),
+            flags: ids.flags,
+            outcome: HeaderOutcome::None as u8,
+            _pad: [0; 6],
+        };
+        filed |= HEADER_OUT.insert(&sock, &header, 0).is_ok();
     }
     if filed {
         let _ = CLIENT_IDS.insert(&pid_tgid, &ids, 0);
@@ -186,10 +195,16 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, t
     let egress = active.direction == Direction::Egress as u8;
     if egress && role == Role::Client as u8 {
         // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-        let Some(ids) = (unsafe { CLIENT_IDS.get(&pid_tgid) }).copied() else {
+        let Some(mut ids) = (unsafe { CLIENT_IDS.get(&pid_tgid) }).copied() else {
             return;
         };
         let _ = CLIENT_IDS.remove(&pid_tgid);
+        // What the `sk_msg` program, inside this send, did with the header.
+        // SAFETY: copied out at once from the LRU element; plain integers.
+        if let Some(header) = (unsafe { HEADER_OUT.get(&active.sock) }).copied() {
+            let _ = HEADER_OUT.remove(&active.sock);
+            ids.header = header.outcome;
+        }
         if ids.fd == active.fd {
             send_event(pid_tgid, &ids, seq, Direction::Egress);
         }
@@ -261,6 +276,7 @@ pub fn after_read(pid_tgid: u64) {
         // elements; only this thread's hooks (and its parent's, at its start) write its entry.
         unsafe {
             (*serving).trace_id = header.trace_id;
+            (*serving).parent_id = header.parent_id;
             (*serving).flags = header.flags;
         }
     }
@@ -326,7 +342,8 @@ fn received(sock: u64, len: u64) -> Option<Ids> {
         fd: 0,
         flags: wire.flags,
         origin: Origin::TcpOption as u8,
-        _pad: [0; 2],
+        header: 0,
+        _pad: 0,
     })
 }
 
@@ -367,7 +384,8 @@ fn new_trace() -> Ids {
         fd: 0,
         flags: FLAG_SAMPLED,
         origin: Origin::New as u8,
-        _pad: [0; 2],
+        header: 0,
+        _pad: 0,
     }
 }
 

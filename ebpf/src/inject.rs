@@ -28,12 +28,15 @@ use aya_ebpf::{
 use sonde_common::{
     KernelCount,
     first_bytes::{PROBE_BYTES, starts_request},
-    propagation::{CARRY_HEADER, HEAD_WINDOW, TRACEPARENT_LINE_LEN},
+    propagation::{
+        CARRY_HEADER, HEAD_WINDOW, HeaderIds, HeaderOutcome, TRACEPARENT_LINE_LEN, hex_digit,
+        traceparent_line,
+    },
 };
 
 use crate::{
     filter,
-    maps::{CLIENT_SOCKS, HEADER_OUT, PROPAGATE, TO_ENROL, count, global_u32},
+    maps::{CLIENT_SOCKS, HEADER_AT, HEADER_OUT, HeadOffsets, PROPAGATE, TO_ENROL, count, global_u32},
 };
 
 /// The line start before a `traceparent:` header, as the scan's two windows hold it: the newest 8
@@ -86,18 +89,32 @@ pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
     }
 }
 
-/// Writes the line filed for this socket, if any, into the send when the rules allow. `Err` only
-/// when the send can no longer go out as the application wrote it.
+/// Writes the header filed for this socket, if any, into the send when the rules allow, and says
+/// what it did in the filed entry. `Err` only when the send can no longer go out as the
+/// application wrote it.
 #[inline(always)]
 fn inject(ctx: &SkMsgContext) -> Result<(), ()> {
     // SAFETY: the program's context; the verifier checks the field load. The address is a key.
     let sock = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
-    // SAFETY: copied out at once from the LRU element; plain bytes.
-    let Some(line) = (unsafe { HEADER_OUT.get(&sock) }).copied() else {
+    let Some(entry) = HEADER_OUT.get_ptr_mut(&sock) else {
         return Ok(());
     };
-    // Filed for this send alone, written or not.
-    let _ = HEADER_OUT.remove(&sock);
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // which stay mapped while the program runs; only this send's syscall uses the entry now.
+    let ids = unsafe { *entry };
+    if ids.outcome != HeaderOutcome::None as u8 {
+        // A later send of the same syscall (a large write goes in pieces): the head was the first.
+        return Ok(());
+    }
+    let outcome = decide(ctx, &ids)?;
+    // SAFETY: as above.
+    unsafe { (*entry).outcome = outcome as u8 };
+    Ok(())
+}
+
+/// Writes the header into the send, or rewrites a forwarded one, when the rules allow.
+#[inline(always)]
+fn decide(ctx: &SkMsgContext, ids: &HeaderIds) -> Result<HeaderOutcome, ()> {
     let window = core::cmp::min(ctx.size(), HEAD_WINDOW);
     if ctx.data_end() - ctx.data() < window as usize
         // SAFETY: the program's context; the helper makes the message's first `window` bytes one
@@ -105,32 +122,108 @@ fn inject(ctx: &SkMsgContext) -> Result<(), ()> {
         && unsafe { bpf_msg_pull_data(ctx.msg, 0, window, 0) } != 0
     {
         count(KernelCount::HeadersFailed, 1);
-        return Ok(());
+        return Ok(HeaderOutcome::Left);
     }
-    let Some(head) = scan(ctx) else {
+    let Some(at) = HEADER_AT.get_ptr_mut(0) else {
+        return Ok(HeaderOutcome::Left);
+    };
+    let Some(head) = scan(ctx, at) else {
         // Not a request head: nothing to count (a context was filed for a request, so this is a
         // send the kernel saw differently; it is left alone).
-        return Ok(());
+        return Ok(HeaderOutcome::Left);
     };
-    if head.end == 0 {
+    if head.ended == 0 {
         count(KernelCount::HeadersNotWholeHead, 1);
-        return Ok(());
+        return Ok(HeaderOutcome::Left);
     }
-    if head.traceparents != 0 {
-        count(KernelCount::HeadersAlreadyPresent, 1);
-        return Ok(());
+    // SAFETY: this CPU's element of a per-CPU array, written by the scan just now.
+    let (name_end, names) = unsafe { ((*at).name_end, (*at).names) };
+    if names == 0 {
+        let line = traceparent_line(&ids.trace_id, &ids.span_id, ids.flags);
+        // SAFETY: this CPU's element of a per-CPU array, written by the scan just now.
+        let request_line_end = unsafe { (*at).request_line_end };
+        if request_line_end == 0 || request_line_end > HEAD_WINDOW {
+            return Ok(HeaderOutcome::Left);
+        }
+        return write_line(ctx, request_line_end, &line);
     }
-    write_line(ctx, head.request_line_end, &line)
+    if names == 1 && ids.forwarded_parent != [0; 8] && rewrite_forwarded(ctx, name_end, ids) {
+        count(KernelCount::HeadersForwarded, 1);
+        return Ok(HeaderOutcome::Forwarded);
+    }
+    count(KernelCount::HeadersAlreadyPresent, 1);
+    Ok(HeaderOutcome::Left)
 }
 
-/// What the scan of a request head found, as offsets into the send.
+/// A proxy forwards the header its own request came with: the one `traceparent` line of the head,
+/// whose name ends at offset `name_end`, is the writing thread's server request's, exactly (trace
+/// id and parent id). Then its parent id is rewritten in place to this request's own span id, so
+/// that the next hop is the child of the proxy's CLIENT span, not of the proxy's caller. Same
+/// length: no byte moves. Whether it was rewritten.
+#[inline(always)]
+fn rewrite_forwarded(ctx: &SkMsgContext, name_end: u32, ids: &HeaderIds) -> bool {
+    if name_end >= HEAD_WINDOW {
+        return false;
+    }
+    let data_end = ctx.data_end();
+    let mut value = ctx.data() + name_end as usize + 1;
+    if value + 1 > data_end {
+        return false;
+    }
+    // SAFETY: the bounds check just above covers this byte of the message.
+    if unsafe { *(value as *const u8) } == b' ' {
+        value += 1;
+    }
+    if value + VALUE_LEN > data_end {
+        return false;
+    }
+    let v = value as *mut u8;
+    // SAFETY (every access below): the bounds check above covers the `VALUE_LEN` bytes from
+    // `value`, which sk_msg programs may read and write.
+    let at = |i: usize| unsafe { *v.add(i) };
+    if at(0) != b'0' || at(1) != b'0' || at(2) != b'-' || at(35) != b'-' || at(52) != b'-' {
+        return false;
+    }
+    for i in 0..16 {
+        let b = ids.trace_id[i];
+        if at(3 + 2 * i) != hex_digit(b >> 4) || at(4 + 2 * i) != hex_digit(b & 0xf) {
+            return false;
+        }
+    }
+    for i in 0..8 {
+        let b = ids.forwarded_parent[i];
+        if at(36 + 2 * i) != hex_digit(b >> 4) || at(37 + 2 * i) != hex_digit(b & 0xf) {
+            return false;
+        }
+    }
+    for i in 0..8 {
+        let b = ids.span_id[i];
+        // SAFETY: as above.
+        unsafe {
+            *v.add(36 + 2 * i) = hex_digit(b >> 4);
+            *v.add(37 + 2 * i) = hex_digit(b & 0xf);
+        }
+    }
+    true
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`.
+const VALUE_LEN: usize = 55;
+
+/// `x`, as a number the compiler knows nothing about (read back from the stack).
+#[inline(always)]
+fn opaque(x: u64) -> u64 {
+    // SAFETY: a read of a local just written.
+    unsafe { core::ptr::read_volatile(&x) }
+}
+/// What the scan of a request head found. Flags only: a position kept here would be a number the
+/// verifier knows exactly at every loop exit, and it would check the rest of the program once for
+/// each; the positions go to `HEADER_AT` ([`HeadOffsets`]) instead.
 struct Head {
-    /// Just after the request line's `\n`.
-    request_line_end: u32,
-    /// Just after the blank line that ends the head; 0 when it is not within the window.
-    end: u32,
-    /// 1: a header line is named `traceparent`, in any case.
-    traceparents: u32,
+    /// 1: the request line ends within the window.
+    request_line: u32,
+    /// 1: the blank line that ends the head is within the window.
+    ended: u32,
 }
 
 /// Looks through the first `HEAD_WINDOW` bytes of the send (made linear before). None when the send
@@ -142,7 +235,7 @@ struct Head {
 /// second looks at the whole window again, through two rolling windows of the last bytes, which
 /// the verifier never knows.
 #[inline(always)]
-fn scan(ctx: &SkMsgContext) -> Option<Head> {
+fn scan(ctx: &SkMsgContext, at_slot: *mut HeadOffsets) -> Option<Head> {
     let data = ctx.data();
     let data_end = ctx.data_end();
     if data + PROBE_BYTES > data_end {
@@ -154,7 +247,9 @@ fn scan(ctx: &SkMsgContext) -> Option<Head> {
     if !starts_request(&first, PROBE_BYTES) {
         return None;
     }
-    let mut head = Head { request_line_end: 0, end: 0, traceparents: 0 };
+    let mut head = Head { request_line: 0, ended: 0 };
+    let mut names: u32 = 0;
+    let mut name_end: u32 = 0;
     for i in 0..HEAD_WINDOW {
         let at = data + i as usize;
         if at + 1 > data_end {
@@ -162,11 +257,13 @@ fn scan(ctx: &SkMsgContext) -> Option<Head> {
         }
         // SAFETY: the bounds check just above covers this byte of the message.
         if unsafe { *(at as *const u8) } == b'\n' {
-            head.request_line_end = i + 1;
+            head.request_line = 1;
+            // SAFETY: this CPU's element of a per-CPU array (`HEADER_AT`), checked by its lookup.
+            unsafe { (*at_slot).request_line_end = i + 1 };
             break;
         }
     }
-    if head.request_line_end == 0 {
+    if head.request_line == 0 {
         return Some(head);
     }
     // The newest 8 bytes seen, newest lowest; and the 8 before them.
@@ -185,28 +282,37 @@ fn scan(ctx: &SkMsgContext) -> Option<Head> {
         // and iteration, and a state apart for each bit pattern it learns from a branch): a blank
         // line, `\r\n` or a bare `\n`, ends the head...
         if ((newest & 0xffff_ffff) ^ 0x0d0a_0d0a) * ((newest & 0xffff) ^ 0x0a0a) == 0 {
-            head.end = i + 1;
+            head.ended = 1;
             break;
         }
-        // ...and a line begins with `traceparent:`: one comparison of both words (read back from
-        // the stack, or the compiler splits it into two branches).
+        // ...and, with no branch at all, whether a line begins with `traceparent:` (a branch
+        // here, with the write it guards, makes the verifier walk the rest of the loop again for
+        // every position a match could be at).
         let name = ((newest | NAME_NEWEST_CASE) ^ NAME_NEWEST)
             | (((older & NAME_OLDER_MASK) | NAME_OLDER_CASE) ^ NAME_OLDER);
-        // SAFETY: a read of a local just written.
-        if unsafe { core::ptr::read_volatile(&name) } == 0 {
-            head.traceparents = 1;
-        }
+        // All ones where the line is not a `traceparent` one, 0 where it is: `x | -x` has its top
+        // bit set for any x but 0, and the arithmetic shift spreads it. Read back from the stack,
+        // so that the compiler, not knowing it is 0 or all ones, does not make a branch of it.
+        let spread = name | name.wrapping_neg();
+        let keep = opaque(((spread as i64) >> 63) as u64);
+        names = names.wrapping_add(keep.wrapping_add(1) as u32);
+        name_end = ((name_end as u64 & keep) | (i as u64 & !keep)) as u32;
+    }
+    // SAFETY: this CPU's element of a per-CPU array (`HEADER_AT`), checked by its lookup.
+    unsafe {
+        (*at_slot).names = names;
+        (*at_slot).name_end = name_end;
     }
     Some(head)
 }
 
 /// Makes room after the request line (which ends at `at`) and writes `line` there.
 #[inline(always)]
-fn write_line(ctx: &SkMsgContext, at: u32, line: &[u8; 72]) -> Result<(), ()> {
+fn write_line(ctx: &SkMsgContext, at: u32, line: &[u8; 72]) -> Result<HeaderOutcome, ()> {
     const LEN: u32 = TRACEPARENT_LINE_LEN as u32;
     if ctx.push_data(at, LEN, 0).is_err() {
         count(KernelCount::HeadersFailed, 1);
-        return Ok(());
+        return Ok(HeaderOutcome::Left);
     }
     // SAFETY: the program's context; the helper makes the new bytes one linear run starting at
     // `data`, or fails.
@@ -215,11 +321,11 @@ fn write_line(ctx: &SkMsgContext, at: u32, line: &[u8; 72]) -> Result<(), ()> {
     if !pulled || data + TRACEPARENT_LINE_LEN > ctx.data_end() {
         count(KernelCount::HeadersFailed, 1);
         // The room holds no header: take it out, or the request must not leave.
-        return ctx.pop_data(at, LEN, 0).map_err(|_| ());
+        return ctx.pop_data(at, LEN, 0).map(|()| HeaderOutcome::Left).map_err(|_| ());
     }
     // SAFETY: the bounds check above covers these bytes of the message, which sk_msg programs may
     // write.
     unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), data as *mut u8, TRACEPARENT_LINE_LEN) };
     count(KernelCount::HeadersInjected, 1);
-    Ok(())
+    Ok(HeaderOutcome::Written)
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sonde_common::{
     ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, SkipTo,
     TlsCall, TlsKey,
-    propagation::{Ids, TraceparentLine, WireContext},
+    propagation::{HeaderIds, Ids, WireContext},
 };
 
 /// LRU maps keep one LRU list per CPU: with the shared list, a CPU whose free list runs dry evicts
@@ -99,12 +99,28 @@ pub static TCP_OUT: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(
 #[map]
 pub static TCP_IN: LruHashMap<u64, WireContext> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
-/// Kernel address of a TCP socket → the `traceparent` line to write into the request head its next
-/// send carries, from the send's syscall entry to the `sk_msg` program that runs inside it (which
-/// takes the entry whether it writes the line or not). LRU: a socket that never reached `sk_msg`
-/// (not enrolled) must not hold an entry.
+/// Kernel address of a TCP socket → the ids for the `traceparent` header of the request head its
+/// send carries, from the send's syscall entry to its exit; the `sk_msg` program that runs inside
+/// the send writes the header and says so in the entry. LRU: an entry whose exit went unseen must
+/// not stay.
 #[map]
-pub static HEADER_OUT: LruHashMap<u64, TraceparentLine> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static HEADER_OUT: LruHashMap<u64, HeaderIds> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// Where the scan of a send found the end of the request line and a `traceparent` line, for the
+/// `sk_msg` program to read back after its loops (as numbers the verifier does not know, so that
+/// it checks what follows once, not once per position).
+#[map]
+pub static HEADER_AT: PerCpuArray<HeadOffsets> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct HeadOffsets {
+    /// Just after the request line's `\n`.
+    pub request_line_end: u32,
+    /// Where the `:` of the (last) `traceparent` line's name is.
+    pub name_end: u32,
+    /// How many lines are named `traceparent`.
+    pub names: u32,
+}
 
 /// Kernel address of a TCP socket a traced process is connecting → enrol it in `CLIENT_SOCKS` once
 /// established. Filed in the connecting task (the SYN_SENT transition), because the sockops

@@ -161,7 +161,7 @@ fn parse(line: &[u8]) -> Option<Ids> {
     if bad & INVALID != 0 || version == 0xff || trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some(Ids { trace_id, span_id: [0; 8], parent_id, fd: 0, flags, origin: 0, _pad: [0; 2] })
+    Some(Ids { trace_id, span_id: [0; 8], parent_id, fd: 0, flags, origin: 0, header: 0, _pad: 0 })
 }
 
 /// Marks a byte that is not a lower-case hex digit in `HEX`.

@@ -6,7 +6,7 @@
 use foldhash::HashMap;
 use sonde_common::{
     DataEvent, Direction,
-    propagation::{ContextEvent, Origin},
+    propagation::{ContextEvent, HeaderOutcome, Origin},
 };
 
 use crate::span::model::{SpanId, TraceFlags, TraceId};
@@ -22,6 +22,8 @@ pub struct KernelContext {
     pub parent_span_id: Option<SpanId>,
     pub flags: TraceFlags,
     pub origin: Origin,
+    /// For a client request: what the kernel did with its `traceparent` header.
+    pub header: HeaderOutcome,
 }
 
 impl KernelContext {
@@ -48,6 +50,7 @@ impl KernelContext {
             parent_span_id: (parent != SpanId::INVALID).then_some(parent),
             flags: TraceFlags::new(ids.flags),
             origin,
+            header: HeaderOutcome::from_u8(ids.header),
         })
     }
 }
@@ -103,7 +106,8 @@ mod tests {
                 fd,
                 flags: 1,
                 origin: Origin::New as u8,
-                _pad: [0; 2],
+                header: 0,
+                _pad: 0,
             },
             data_seq,
             direction: Direction::Egress as u8,

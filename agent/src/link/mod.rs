@@ -18,8 +18,9 @@
 //!    request is seen soon, its spans held until then ([`open`]).
 //!
 //! A CLIENT span's parent, in this order:
-//! 1. with no `traceparent` in the request, the ids the kernel put on the wire: the server request
-//!    the writing thread was serving, or none;
+//! 1. with no `traceparent` in the request (or one the kernel rewrote: a proxy forwarding the one
+//!    its own request came with), the ids the kernel put on the wire: the server request the
+//!    writing thread was serving, or none;
 //! 2. the server request the process is working on, when that is certain:
 //!    - in a process whose threads each serve one request at a time, the request the writing
 //!      thread most recently read and has not answered yet — or, for a thread started while another
@@ -45,7 +46,7 @@ use std::net::IpAddr;
 
 use foldhash::{HashMap, HashSet};
 
-use sonde_common::Direction;
+use sonde_common::{Direction, propagation::HeaderOutcome};
 
 use crate::{
     conn::ConnInfo,
@@ -87,6 +88,11 @@ pub struct LinkStats {
     pub adopted: u64,
     /// Client spans parented by the server request their thread was handling.
     pub in_process: u64,
+    /// Client requests the kernel gave no context (with `--context-propagation` on, they went
+    /// without one on the wire): a head begun in a write too short to show a request line, a
+    /// process whose threads serve several requests at once, a socket connected before sonde
+    /// started, or a context event lost.
+    pub clients_without_context: u64,
     /// Spans that started a trace.
     pub roots: u64,
     /// `traceparent` values that did not parse (the span starts a trace, as the spec says).
@@ -325,9 +331,15 @@ impl Linker {
                 }
             }
             Direction::Egress => {
+                if kernel.is_none() {
+                    self.stats.clients_without_context += 1;
+                }
                 let lineage = match kernel {
-                    // A request with a header of its own: the receiver follows the header.
-                    Some(k) if started.traceparent.is_none() => ClientParent::Kernel(k),
+                    // A request with a header of its own: the receiver follows the header — unless
+                    // the kernel rewrote it (a proxy forwarding its caller's) to name this span.
+                    Some(k) if started.traceparent.is_none() || k.header == HeaderOutcome::Forwarded => {
+                        ClientParent::Kernel(k)
+                    }
                     _ => self.client_lineage(conn.pid, started),
                 };
                 let (span_id, lineage) = match lineage {

@@ -576,6 +576,7 @@ fn kernel_context(direction: Direction, trace: u8, span: u8, parent: Option<u8>)
         } else {
             sonde_common::propagation::Origin::New
         },
+        header: sonde_common::propagation::HeaderOutcome::None,
     }
 }
 
@@ -589,7 +590,8 @@ fn with_kernel(started: Started, k: kernel::KernelContext) -> Started {
             fd: 5,
             flags: k.flags.to_u8(),
             origin: k.origin as u8,
-            _pad: [0; 2],
+            header: k.header as u8,
+            _pad: 0,
         },
         data_seq: 1,
         direction: k.direction as u8,
@@ -705,4 +707,34 @@ fn calls_of_a_request_with_a_header_follow_the_header_on_this_host() {
     assert_eq!(b_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!((b_call.trace_id, b_call.parent_span_id), (b_server.trace_id, Some(b_server.span_id)));
     assert_eq!((c_server.trace_id, c_server.parent_span_id), (b_server.trace_id, Some(b_call.span_id)));
+}
+
+#[test]
+fn a_proxy_forwarding_its_callers_header_is_the_parent_when_the_kernel_rewrote_it() {
+    // P (pid 40, a proxy) read a request with a header, and its thread forwarded that header on its
+    // own request; the kernel rewrote the header's parent id to the span it gave that request
+    // (0x0e), so Q, which reads the rewritten header, is the child of P's CLIENT span.
+    let p = Hop {
+        front: conn(6, 40, Role::Server, "198.18.0.2:8001", "198.18.0.1:40001"),
+        back: conn(7, 40, Role::Client, "127.0.0.1:40005", "127.0.0.1:8005"),
+        tid: 41,
+    };
+    let h = head("/p", Some(TRACEPARENT));
+    let mut linker = Linker::default();
+    let trace =
+        [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
+    let server = kernel_context(Direction::Ingress, 1, 0x0d, None);
+    let mut forward = kernel_context(Direction::Egress, 1, 0x0e, Some(0x0d));
+    forward.trace_id = TraceId::from_bytes(trace);
+    forward.header = sonde_common::propagation::HeaderOutcome::Forwarded;
+    linker.started(&p.front, &with_kernel(started(Direction::Ingress, 0, p.tid, &h), server));
+    linker.started(&p.back, &with_kernel(started(Direction::Egress, 0, p.tid, &h), forward));
+    let p_client = finish(&mut linker, &p.back, &exchange(Direction::Egress, 0, p.tid, &h));
+    let p_server = finish(&mut linker, &p.front, &exchange(Direction::Ingress, 0, p.tid, &h));
+    assert_eq!(p_server.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        (p_client.trace_id, p_client.span_id, p_client.parent_span_id),
+        (p_server.trace_id, forward.span_id, Some(p_server.span_id)),
+        "the id the rewritten header names, under the proxy's SERVER span"
+    );
 }

@@ -152,14 +152,26 @@ impl OwnSources {
             "Requests given a traceparent header (--context-propagation headers), and those left as \
              written, by outcome: injected, not_whole_head (the send that began the head did not hold \
              all of it, or the head is longer than 1 KiB), already_present (the head has a \
-             traceparent: the receiver follows it), failed (the kernel could not make room).",
+             traceparent: the receiver follows it), forwarded (the head forwards the one its \
+             thread's server request came with, as a proxy does: its parent id was rewritten to \
+             name the proxy's own CLIENT span), failed (the kernel could not make room).",
             "{request}",
         );
         headers
             .push(outcome("injected"), t, k.count(KernelCount::HeadersInjected))
             .push(outcome("not_whole_head"), t, k.count(KernelCount::HeadersNotWholeHead))
             .push(outcome("already_present"), t, k.count(KernelCount::HeadersAlreadyPresent))
+            .push(outcome("forwarded"), t, k.count(KernelCount::HeadersForwarded))
             .push(outcome("failed"), t, k.count(KernelCount::HeadersFailed));
+        let mut without_context = Metric::counter(
+            "sonde.propagation.without_context",
+            "Client requests the kernel gave no trace context, so that with --context-propagation on \
+             they went without one on the wire: a head begun in a write too short to show a request \
+             line, a process whose threads serve several requests at once, a socket connected \
+             before sonde started. (With propagation off, every client request.)",
+            "{request}",
+        );
+        without_context.push(Vec::new(), t, p.link.clients_without_context as f64);
         let mut enrolled = Metric::counter(
             "sonde.propagation.sockets",
             "Client sockets of traced processes enrolled for traceparent headers, by outcome: enrolled, \
@@ -390,6 +402,7 @@ impl OwnSources {
             not_parsed,
             tcp_options,
             headers,
+            without_context,
             enrolled,
             events,
             lost,
