@@ -221,11 +221,12 @@ fn kill_9_with_propagation_mid_traffic_leaves_connections_working_and_nothing_at
         conn
     };
     // Keep-alive connections of this (traced) process: one from before sonde started, one opened
-    // while it runs (its requests carry a context in a TCP option).
+    // while it runs (its requests carry a context in a TCP option, and where the kernel passes the
+    // SOCKHASH self-test, in a header too: its socket sits in sonde's SOCKHASH until the kill).
     let mut early = connect();
     keep_alive_request(&mut early, 0);
     let before = bpf_objects();
-    let mut sonde = Sonde::start(&["--context-propagation", "tcp", "--print", "none"]);
+    let mut sonde = Sonde::start(&["--context-propagation", "all", "--print", "none"]);
     // The cgroup v2 root it found (where the hierarchy is mounted differs between hosts).
     let cgroup = sonde
         .stderr()
