@@ -511,8 +511,10 @@ impl intake::Sink for Pipeline {
                     let begun = self.effects.started[before..].iter_mut().find(|(conn, started)| {
                         conn.pid == event.header.tgid && started.direction as u8 == context.direction
                     });
-                    if let Some((_, started)) = begun {
-                        started.kernel = Some(context);
+                    match begun {
+                        Some((_, started)) => started.kernel = Some(context),
+                        // Only the start of the head was read (its request line alone, say).
+                        None => self.kernel_contexts.carry(context, &event),
                     }
                 }
             }

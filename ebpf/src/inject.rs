@@ -314,18 +314,26 @@ fn write_line(ctx: &SkMsgContext, at: u32, line: &[u8; 72]) -> Result<HeaderOutc
         count(KernelCount::HeadersFailed, 1);
         return Ok(HeaderOutcome::Left);
     }
-    // SAFETY: the program's context; the helper makes the new bytes one linear run starting at
-    // `data`, or fails.
-    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, at, at + LEN, 0) } == 0;
+    // The whole head, the new room in it, made one linear run again: left in pieces, the room's
+    // own page is sent after the request line as a segment apart, and the receiver may read the
+    // request line alone — a head in two reads, whose header neither its kernel nor its sonde then
+    // ties to the request's first bytes.
+    let head = core::cmp::min(ctx.size(), HEAD_WINDOW + LEN);
+    // SAFETY: the program's context; the helper makes the message's first `head` bytes one linear
+    // run starting at `data`, or fails.
+    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, 0, head, 0) } == 0;
     let data = ctx.data();
-    if !pulled || data + TRACEPARENT_LINE_LEN > ctx.data_end() {
+    // `at` is at most HEAD_WINDOW (the caller checked); the mask says so to the verifier.
+    let at = (at & (2 * HEAD_WINDOW - 1)) as usize;
+    let room = data + at;
+    if !pulled || room + TRACEPARENT_LINE_LEN > ctx.data_end() {
         count(KernelCount::HeadersFailed, 1);
         // The room holds no header: take it out, or the request must not leave.
-        return ctx.pop_data(at, LEN, 0).map(|()| HeaderOutcome::Left).map_err(|_| ());
+        return ctx.pop_data(at as u32, LEN, 0).map(|()| HeaderOutcome::Left).map_err(|_| ());
     }
     // SAFETY: the bounds check above covers these bytes of the message, which sk_msg programs may
     // write.
-    unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), data as *mut u8, TRACEPARENT_LINE_LEN) };
+    unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), room as *mut u8, TRACEPARENT_LINE_LEN) };
     count(KernelCount::HeadersInjected, 1);
     Ok(HeaderOutcome::Written)
 }

@@ -57,11 +57,16 @@ impl KernelContext {
 
 /// More contexts waiting than this (their data events lost) and the oldest half goes.
 const MAX_WAITING: usize = 16_384;
+/// Marks a carried context (in a padding byte the kernel leaves zero).
+const CARRIED: u8 = 1;
 
 /// Contexts waiting for their data event, per (tgid, fd).
 #[derive(Default)]
 pub struct KernelContexts {
     waiting: HashMap<(u32, i32), ContextEvent>,
+    /// Contexts whose data event held only the start of its request's head, waiting for the data
+    /// event after it (see [`KernelContexts::carry`]).
+    carried: HashMap<(u32, i32), ContextEvent>,
     /// Context events that did not decode into a context.
     pub invalid: u64,
 }
@@ -85,8 +90,29 @@ impl KernelContexts {
     /// The context for the request `event` begins, if the kernel gave one. One filed for another
     /// data event of the connection is dropped: its data event was lost, or this one is later.
     pub fn take(&mut self, event: &DataEvent) -> Option<ContextEvent> {
-        let context = self.waiting.remove(&(event.header.tgid, event.header.fd))?;
-        (context.data_seq == event.seq).then_some(context)
+        let key = (event.header.tgid, event.header.fd);
+        let carried = self.carried.remove(&key).filter(|c| c.data_seq == event.seq);
+        let context = self.waiting.remove(&key).filter(|c| c.data_seq == event.seq);
+        context.or(carried)
+    }
+
+    /// `context` was taken for `event`, which began no request: its bytes were only the start of
+    /// the request's head (a read that returned the request line alone). The request begins with
+    /// the next data event of the connection, which gets it — that one only, so that a context
+    /// never outlives the head it was made for.
+    pub fn carry(&mut self, mut context: ContextEvent, event: &DataEvent) {
+        if Self::was_carried(&context) || context.data_seq != event.seq || self.carried.len() >= MAX_WAITING {
+            return;
+        }
+        // Marks it as carried: a context is carried once.
+        context.data_seq = event.seq.wrapping_add(1);
+        context._pad[0] = CARRIED;
+        self.carried.insert((event.header.tgid, event.header.fd), context);
+    }
+
+    /// Whether `context` was carried to the data event after its own.
+    pub fn was_carried(context: &ContextEvent) -> bool {
+        context._pad[0] == CARRIED
     }
 }
 
@@ -144,6 +170,26 @@ mod tests {
             "its data event was lost: dropped, not given to the next"
         );
         assert_eq!(contexts.take(&data(4, 3)), None);
+    }
+
+    #[test]
+    fn a_context_whose_data_event_began_no_request_goes_to_the_next_one_only() {
+        let mut contexts = KernelContexts::default();
+        contexts.file(&event(4, 2, 9));
+        let context = contexts.take(&data(4, 2)).unwrap();
+        contexts.carry(context, &data(4, 2));
+        let carried = contexts.take(&data(4, 3)).unwrap();
+        assert!(KernelContexts::was_carried(&carried));
+        assert_eq!(KernelContext::from_event(&carried).unwrap().span_id, SpanId::from_bytes([9; 8]));
+        contexts.carry(carried, &data(4, 3));
+        assert_eq!(contexts.take(&data(4, 4)), None, "carried once");
+        // A context of the next data event's own wins over a carried one.
+        contexts.file(&event(4, 5, 9));
+        let context = contexts.take(&data(4, 5)).unwrap();
+        contexts.carry(context, &data(4, 5));
+        contexts.file(&event(4, 6, 8));
+        let own = contexts.take(&data(4, 6)).unwrap();
+        assert_eq!(KernelContext::from_event(&own).unwrap().span_id, SpanId::from_bytes([8; 8]));
     }
 
     #[test]
