@@ -270,9 +270,9 @@ async fn three_hosts(mode: &str, https: bool) -> Vec<ReceivedSpan> {
     spans
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per_request() {
-    let spans = three_hosts("tcp", true).await;
+/// Each request of `three_hosts` is one trace, every span the child of the one before: curl, svc-a
+/// (A), svc-b (B), nginx and svc-c (C).
+fn assert_three_host_chains(spans: &[ReceivedSpan], mode: &str) {
     for n in 0..REQUESTS {
         let inner = format!("/{n}");
         let mut hops = first_hops(n);
@@ -283,10 +283,17 @@ async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per
             (inner.clone(), "nginx", "CLIENT"),
             (inner, "svc-c", "SERVER"),
         ]);
-        if let Some(fault) = chain_fault(&spans, &hops, true) {
-            panic!("with --context-propagation tcp, request {n}: {fault}\n{spans:#?}");
+        if let Some(fault) = chain_fault(spans, &hops, true) {
+            // The spans first: a failure's last lines (all the kernel matrix shows) say why.
+            panic!("{spans:#?}\nwith --context-propagation {mode}, request {n}: {fault}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per_request() {
+    let spans = three_hosts("tcp", true).await;
+    assert_three_host_chains(&spans, "tcp");
 
     // Without propagation the trace breaks at each host boundary: B's and C's server spans start
     // traces of their own.
@@ -410,24 +417,10 @@ async fn three_hosts_joined_by_traceparent_headers_make_one_trace_per_request() 
         eprintln!("headers are refused on this kernel (see the test above): nothing to show here");
         return;
     }
+    // nginx forwards the header it received: the kernel rewrites its parent id to name nginx's
+    // own CLIENT span, so that svc-c is that span's child.
     let spans = three_hosts("headers", false).await;
-    for n in 0..REQUESTS {
-        let inner = format!("/{n}");
-        let mut hops = first_hops(n);
-        hops.extend([
-            (inner.clone(), "svc-b", "SERVER"),
-            (inner.clone(), "svc-b", "CLIENT"),
-            (inner.clone(), "nginx", "SERVER"),
-            // nginx forwards the header it received; the kernel rewrites its parent id to name
-            // nginx's own CLIENT span.
-            (inner.clone(), "nginx", "CLIENT"),
-            (inner, "svc-c", "SERVER"),
-        ]);
-        if let Some(fault) = chain_fault(&spans, &hops, true) {
-            // The spans first: a failure's last lines (all the kernel matrix shows) say why.
-            panic!("{spans:#?}\nwith --context-propagation headers, request {n}: {fault}");
-        }
-    }
+    assert_three_host_chains(&spans, "headers");
 }
 
 #[test]
