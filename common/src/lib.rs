@@ -49,6 +49,8 @@ pub mod maps {
     pub const SHARED_THREADS: &str = "SHARED_THREADS";
     pub const TLS_RECEIVED: &str = "TLS_RECEIVED";
     pub const HEADER_SCANS: &str = "HEADER_SCANS";
+    pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
+    pub const HEADER_SCAN_JUMP: &str = "HEADER_SCAN_JUMP";
 }
 
 /// Names of the globals the agent sets with `EbpfLoader::set_global` before loading.

@@ -1,6 +1,8 @@
 //! Loading and attaching the kernel programs: prerequisites, the choice of hook set, the globals
 //! and map sizes the programs are built with, and read access to their maps.
 
+use std::borrow::Cow;
+
 /// `$program` of the object as a `$kind` (`TracePoint`, `UProbe`), loaded into the kernel on first
 /// use: one program may serve many hooks.
 macro_rules! loaded_program {
@@ -26,6 +28,7 @@ mod kernel_log;
 pub mod prereq;
 pub mod propagation;
 pub mod sockhash_check;
+mod sockhash_stand_in;
 pub mod tls;
 
 pub use attach::Programs;
@@ -60,6 +63,8 @@ pub enum ProbeError {
     NoObject,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("preparing the eBPF object: {reason}")]
+    Object { reason: String },
     #[error("program {program} is missing from the eBPF object")]
     MissingProgram { program: &'static str },
     #[error("loading program {program}: {source}")]
@@ -325,6 +330,15 @@ fn load_object(
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
     let propagate: u32 = options.propagation.as_ref().map_or(0, |p| p.carriers.bits());
+    let headers = options.propagation.as_ref().is_some_and(|p| p.carriers.header);
+    let object: Cow<[u8]> = if headers {
+        Cow::Borrowed(EBPF_OBJECT)
+    } else {
+        Cow::Owned(
+            sockhash_stand_in::with_hash_map_for(EBPF_OBJECT, maps::CLIENT_SOCKS)
+                .map_err(|reason| ProbeError::Object { reason })?,
+        )
+    };
     let scan_headers: u32 = scan_headers.into();
     let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
@@ -368,7 +382,8 @@ fn load_object(
         .map_max_entries(maps::SELECTED_PIDS, if filter_pids != 0 { PID_BITMAP_WORDS } else { 1 })
         .map_max_entries(maps::TLS_PIDS, if options.tls.is_some() { PID_BITMAP_WORDS } else { 1 })
         .map_max_entries(maps::TLS_EXCLUDED, if tls_excludes { PID_BITMAP_WORDS } else { 1 })
-        .load(EBPF_OBJECT)?;
+        .map_max_entries(maps::CLIENT_SOCKS, if headers { 65535 } else { 1 })
+        .load(&object)?;
     Ok(Loaded {
         ebpf,
         fork_child_offset,

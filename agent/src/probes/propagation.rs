@@ -18,6 +18,8 @@ use aya::{
     programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
 };
 
+use sonde_common::maps::{CLIENT_SOCKS, HEADER_SCAN_JUMP};
+
 use super::{HookSet, ProbeError, attach, btf_offsets};
 
 /// What propagation needs at load.
@@ -189,12 +191,9 @@ fn fill_header_scan_jump(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     jump.set(0, &fd, 0).map_err(|source| ProbeError::Map { name: HEADER_SCAN_JUMP, source })
 }
 
-const HEADER_SCAN_JUMP: &str = "HEADER_SCAN_JUMP";
-
 fn warn_no_header_scan(error: &ProbeError) {
     tracing::warn!(error = %error, "traceparent headers are not read in the kernel: a request's calls join its header's trace on this host only");
 }
-const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
 
 /// The first cgroup v2 root of `CGROUP2_ROOTS`; the error names the first place looked.
 fn cgroup2_root() -> Result<(PathBuf, std::fs::File), ProbeError> {
