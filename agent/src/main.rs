@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => sonde::demo::demo(args),
         Command::DemoService(args) => sonde::demo::service::run(args),
         Command::CheckKernel => sonde::run::check_kernel(),
+        Command::CheckBinary { path } => sonde::run::check_binary(&path),
         Command::Config(ConfigCommand::Check { file }) => {
             sonde::config::load::check(&file).map(|effective| print!("{effective}"))
         }

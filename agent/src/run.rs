@@ -265,6 +265,31 @@ pub fn check_kernel() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sonde check-binary PATH`: the Go release of a Go program and the functions sonde hooks in it.
+pub fn check_binary(path: &std::path::Path) -> anyhow::Result<()> {
+    use crate::probes::go;
+    let binary = go::inspect(path)?;
+    let symbols = if binary.has_symbols { "with a symbol table" } else { "stripped of its symbol table" };
+    let support = if binary.supported() {
+        "read by sonde".to_owned()
+    } else {
+        format!("not read by sonde, which needs Go {} or later", go::OLDEST)
+    };
+    println!("{}: Go program built by {} ({symbols}), {support}", path.display(), binary.version_text);
+    for &(name, what) in go::FUNCTIONS {
+        match binary.functions.get(name) {
+            Some(f) => println!(
+                "function {name}: entry {:#x}, file offset {:#x}, {} bytes ({what})",
+                f.range.entry,
+                f.file_offset,
+                f.range.end - f.range.entry
+            ),
+            None => println!("function {name}: not in this binary ({what})"),
+        }
+    }
+    Ok(())
+}
+
 /// `sonde null-probe`: the same hooks with counting-only programs, until a signal.
 pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
     init_logging("info");

@@ -88,8 +88,6 @@ pub mod globals {
     pub const FD_WALK: &str = "FD_WALK";
     /// Non-zero: trace context goes on the wire in a TCP option (`--context-propagation tcp`).
     pub const PROPAGATE: &str = "PROPAGATE";
-    /// Non-zero: a program at the read syscalls' exits reads `traceparent` headers of requests.
-    pub const SCAN_HEADERS: &str = "SCAN_HEADERS";
     /// The same walk as `FD_WALK`, for context propagation alone: it finds the socket a request is
     /// about to be written to, whatever the hook set (`FD_WALK` stays off where the socket
     /// tracepoints say which fds are sockets).

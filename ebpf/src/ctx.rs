@@ -28,7 +28,7 @@ use crate::{
     emit, fdsock, filter,
     maps::{
         CLIENT_IDS, CONNS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE,
-        SCAN_HEADERS, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
+        SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
     },
     traceparent,
 };
@@ -40,12 +40,6 @@ const MSGHDR_IOV: u64 = 16;
 #[inline(always)]
 pub fn enabled() -> bool {
     global_u32(&PROPAGATE) != 0
-}
-
-/// Whether a request head read is searched for a `traceparent` header (`after_read`).
-#[inline(always)]
-pub fn scans_headers() -> bool {
-    global_u32(&SCAN_HEADERS) != 0
 }
 
 /// Entry of a write-family syscall on `fd`, `count` being its third argument (a byte count, or an
@@ -249,10 +243,7 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     }
     let _ = SERVING.insert(&thread(pid_tgid), &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
-    if !tls
-        && scans_headers()
-        && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len)
-    {
+    if !tls && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len) {
         let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
     }
 }

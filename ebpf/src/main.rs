@@ -90,7 +90,7 @@ macro_rules! io_tracepoints {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             io::exit(bpf_get_current_pid_tgid(), ret(&ctx));
-            if $dir == Direction::Ingress && ctx::scans_headers() {
+            if $dir == Direction::Ingress && ctx::enabled() {
                 // SAFETY: the context is this program's own; a missing entry makes the call
                 // return, and then the program simply ends.
                 unsafe { HEADER_SCAN_JUMP.tail_call(&ctx, 0) };

@@ -216,9 +216,6 @@ pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 /// Which carriers of trace context go on the wire (`propagation::CARRY_*` bits); 0: none.
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
-/// Non-zero: the read syscalls' exits look for `traceparent` headers (`ctx::after_read`).
-#[unsafe(no_mangle)]
-pub static SCAN_HEADERS: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TCP_WRITE_SEQ: u32 = 0;
 #[unsafe(no_mangle)]

@@ -85,14 +85,23 @@ pub fn chain_service(runtime: Runtime, name: &str, behaviour: Behaviour, downstr
 /// hash of the source, so only its first use on a machine pays for the compiler.
 pub fn go_chain_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_go_chain)
+    BINARY.get_or_init(|| {
+        let go = std::env::var_os("SONDE_TEST_GO").map_or_else(|| PathBuf::from(GO), PathBuf::from);
+        build_go_chain(&go, false)
+    })
 }
 
-fn build_go_chain() -> PathBuf {
+/// The Go toolchains the Go binary tests build with: Debian's `golang-1.19-go` and, from
+/// bookworm-backports, `golang-1.23-go` (`cargo xtask setup` installs both).
+pub const GO_TOOLCHAINS: &[&str] = &[GO, "/usr/lib/go-1.23/bin/go"];
+
+/// `tests/servers/go/chain.go` built by the toolchain `go`, with `-s -w` (no symbol table, no
+/// DWARF) when `stripped`; cached like [`go_chain_binary`].
+pub fn build_go_chain(go: &Path, stripped: bool) -> PathBuf {
     let source = servers_dir().join("go/chain.go");
     let text = std::fs::read(&source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
-    let go = std::env::var_os("SONDE_TEST_GO").map_or_else(|| PathBuf::from(GO), PathBuf::from);
-    let key = fnv1a(&[&text, go.as_os_str().as_encoded_bytes()]);
+    let ldflags = if stripped { "-s -w" } else { "" };
+    let key = fnv1a(&[&text, go.as_os_str().as_encoded_bytes(), ldflags.as_bytes()]);
     let root = target_dir().join("test-servers");
     let dir = root.join(format!("go-chain-{key:016x}"));
     let binary = dir.join(GO_EXE);
@@ -102,20 +111,19 @@ fn build_go_chain() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     // Built under a name of its own, then renamed: a concurrent test run never starts half a file.
     let partial = dir.join(format!("{GO_EXE}.partial-{}", std::process::id()));
-    let out = Command::new(&go)
-        .args(["build", "-o"])
+    let out = Command::new(go)
+        .args(["build", "-ldflags", ldflags, "-o"])
         .arg(&partial)
         .arg(&source)
         // No modules: the source imports the standard library only, and there is no module proxy.
         .env("GO111MODULE", "off")
+        // The toolchain installed, never one fetched (there is no network for it).
+        .env("GOTOOLCHAIN", "local")
         .env("GOCACHE", root.join("go-cache"))
         .env("GOPATH", root.join("go-path"))
         .output()
         .unwrap_or_else(|e| {
-            panic!(
-                "running {}: {e} (apt-get install golang-1.19-go; `cargo xtask setup` does it)",
-                go.display()
-            )
+            panic!("running {}: {e} (`cargo xtask setup` installs the Go toolchains)", go.display())
         });
     assert!(out.status.success(), "go build {}:\n{}", source.display(), String::from_utf8_lossy(&out.stderr));
     std::fs::rename(&partial, &binary).unwrap_or_else(|e| panic!("renaming {}: {e}", partial.display()));

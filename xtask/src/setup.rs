@@ -13,7 +13,9 @@ use crate::sh;
 /// `golang-1.19-go` (bookworm main, at /usr/lib/go-1.19) builds the Go `net/http` chain service of
 /// the parenting tests (tests/servers/go, no modules).
 /// `nftables`: the propagation tests reach a host through a DNAT address, as a Kubernetes Service.
+/// `binutils`: `readelf`, which the Go binary tests check sonde's file offsets against.
 const APT_PACKAGES: &[&str] = &[
+    "binutils",
     "nginx-light",
     "curl",
     "iproute2",
@@ -24,6 +26,15 @@ const APT_PACKAGES: &[&str] = &[
     "golang-1.19-go",
     "nftables",
 ];
+/// Debian packages from bookworm-backports, read through a source list of sonde's own so that the
+/// machine's apt configuration stays as it is: `golang-1.23-go` (at /usr/lib/go-1.23), the second
+/// Go toolchain the Go binary tests build with (Go 1.20 changed the runtime's function table).
+const BACKPORTS_PACKAGES: &[&str] = &["golang-1.23-go"];
+const BACKPORTS_SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
+";
+const BACKPORTS_DIR: &str = "/var/lib/sonde/apt-backports";
 /// bpf-linker release known to work with the nightly's LLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -66,6 +77,7 @@ pub fn toolchain() -> anyhow::Result<()> {
 /// What the tests need beyond the build (the bench's smoke run included).
 pub fn test_tools() -> anyhow::Result<()> {
     apt_packages(&[APT_PACKAGES, BENCH_APT_PACKAGES].concat())?;
+    backports_packages(BACKPORTS_PACKAGES)?;
     cargo_fuzz()?;
     pip_packages(PYTHON_SDK_PACKAGES)?;
     pip_packages(DEPLOY_CHECK_PACKAGES)?;
@@ -209,15 +221,41 @@ fn node_sdk() -> anyhow::Result<()> {
     sh::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
+/// Installs `packages` from bookworm-backports (see `BACKPORTS_SOURCES`), once.
+fn backports_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_packages(&["debian-archive-keyring"])?;
+    let dir = PathBuf::from(BACKPORTS_DIR);
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(lists.join("partial"))
+        .with_context(|| format!("creating {}", lists.display()))?;
+    let sources = dir.join("sources.list");
+    std::fs::write(&sources, BACKPORTS_SOURCES).with_context(|| format!("writing {}", sources.display()))?;
+    let options = [
+        format!("-oDir::Etc::sourcelist={}", sources.display()),
+        "-oDir::Etc::sourceparts=-".to_owned(),
+        format!("-oDir::State::Lists={}", lists.display()),
+    ];
+    sh::run(Command::new("apt-get").args(&options).args(["update", "-qq"]))?;
+    sh::run(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["install", "-y", "--no-install-recommends", "-t", "bookworm-backports"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    sh::output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", package]))
+        .is_ok_and(|s| s.contains("install ok installed"))
+}
+
 pub fn apt_packages(packages: &[&str]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| {
-            !sh::output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", p]))
-                .is_ok_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
+    let mut missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {

@@ -49,6 +49,14 @@ pub enum Command {
     /// refuses is named with the verifier's reason, and the exit status is non-zero unless each
     /// refused program needs a feature the kernel lacks (root needed).
     CheckKernel,
+    /// Say what sonde finds in the executable at PATH (a process's is /proc/PID/exe): for a Go
+    /// program, the Go release that built it and where the functions are that sonde hooks to
+    /// follow goroutines, found through Go's own function table, which binaries stripped with
+    /// `-s -w` keep. The exit status is non-zero for a file sonde cannot read as a Go program.
+    CheckBinary {
+        /// The executable.
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,7 @@ macro_rules! loaded_program {
 mod attach;
 pub mod btf_offsets;
 mod features;
+pub mod go;
 mod hooks;
 mod kernel_log;
 pub mod prereq;
@@ -147,9 +148,8 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
-        let scan_headers = propagation.is_some();
         let Loaded { mut ebpf, fork_child_offset, state_offsets } =
-            load_object(options, &fd_walk, propagation.as_ref(), scan_headers, log_level)?;
+            load_object(options, &fd_walk, propagation.as_ref(), log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -326,7 +326,6 @@ fn load_object(
     options: &ProbeOptions,
     fd_walk: &sonde_common::FdWalk,
     propagation: Option<&propagation::Offsets>,
-    scan_headers: bool,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
     let propagate: u32 = options.propagation.as_ref().map_or(0, |p| p.carriers.bits());
@@ -339,7 +338,6 @@ fn load_object(
                 .map_err(|reason| ProbeError::Object { reason })?,
         )
     };
-    let scan_headers: u32 = scan_headers.into();
     let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
     let agent_tgid = std::process::id();
@@ -373,7 +371,6 @@ fn load_object(
         .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
         .override_global(globals::FD_WALK, fd_walk, true)
         .override_global(globals::PROPAGATE, &propagate, true)
-        .override_global(globals::SCAN_HEADERS, &scan_headers, true)
         .override_global(globals::OFF_TCP_WRITE_SEQ, &propagation.write_seq, true)
         .override_global(globals::OFF_TCP_COPIED_SEQ, &propagation.copied_seq, true)
         .override_global(globals::SEND_FD_WALK, &propagation.fd_walk, true)
@@ -430,7 +427,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
-    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), true, aya_log::Level::Trace as u8)?;
+    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {
