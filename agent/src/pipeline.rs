@@ -22,7 +22,7 @@ use crate::{
         sampler::Sampler,
     },
     metrics::Metrics,
-    probes::{KernelTables, TlsNotice},
+    probes::{KernelTables, ProbeNotice},
     process::ProcessCache,
     span::{
         AssembleStats, Assembler,
@@ -112,8 +112,8 @@ pub struct Pipeline {
     last_hand_off: Instant,
     /// Where TLS notices go (the thread that holds the probes), and those not yet sent: a
     /// process loading its libraries maps a dozen files in a row, one notice is enough.
-    tls_notices: Option<tokio::sync::mpsc::Sender<TlsNotice>>,
-    pending_notices: HashSet<TlsNotice>,
+    probe_notices: Option<tokio::sync::mpsc::Sender<ProbeNotice>>,
+    pending_notices: HashSet<ProbeNotice>,
     /// Where every finished exchange is counted, sampled or not (None: no metrics wanted).
     metrics: Option<Metrics>,
     /// Fewer spans while the ring buffer fills (see `span::shed`).
@@ -179,7 +179,7 @@ impl Pipeline {
             last_conn_sweep: Instant::now(),
             conns_high_water: 0,
             last_hand_off: Instant::now(),
-            tls_notices: None,
+            probe_notices: None,
             pending_notices: HashSet::new(),
             metrics: None,
             shedder: Shedder::default(),
@@ -207,21 +207,21 @@ impl Pipeline {
         self
     }
 
-    /// Library loads and undecrypted TLS go to `notices` (see `probes::TlsNotice`).
-    pub fn with_tls_notices(mut self, notices: tokio::sync::mpsc::Sender<TlsNotice>) -> Self {
-        self.tls_notices = Some(notices);
+    /// Library loads, undecrypted TLS and Go programs go to `notices` (see `probes::ProbeNotice`).
+    pub fn with_probe_notices(mut self, notices: tokio::sync::mpsc::Sender<ProbeNotice>) -> Self {
+        self.probe_notices = Some(notices);
         self
     }
 
     fn send_notices(&mut self) {
-        let Some(sender) = &self.tls_notices else {
+        let Some(sender) = &self.probe_notices else {
             self.pending_notices.clear();
             return;
         };
         for notice in self.pending_notices.drain() {
             // Full: the holder of the probes is behind; a process mapping more files asks again.
             if sender.try_send(notice).is_err() {
-                tracing::debug!(?notice, "TLS notice dropped");
+                tracing::debug!(?notice, "probe notice dropped");
             }
         }
     }
@@ -399,7 +399,7 @@ impl Pipeline {
         if !effects.finished.is_empty() {
             self.emit(effects.finished.drain(..));
         }
-        self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(TlsNotice::Ciphertext));
+        self.pending_notices.extend(effects.ciphertext_pids.drain(..).map(ProbeNotice::Ciphertext));
         self.forget_in_kernel(effects.kernel_forgets.drain(..));
         self.verdicts_to_kernel(effects.kernel_verdicts.drain(..));
         self.shared_threads_to_kernel();
@@ -497,6 +497,7 @@ impl intake::Sink for Pipeline {
                     self.processes.observe(info.pid, comm, started);
                     if self.processes.runs_goroutines(info.pid) {
                         self.linker.threads_shared(info.pid, SharedThreads::GoRuntime);
+                        self.pending_notices.insert(ProbeNotice::Goroutines(info.pid));
                     }
                 }
                 self.conns.open(&open, selected, &mut self.effects);
@@ -531,7 +532,7 @@ impl intake::Sink for Pipeline {
             Event::Close(close) => self.conns.close(&close, &mut self.effects),
             Event::Spawn(spawn) => self.linker.spawned(spawn.header.tgid, spawn.header.tid, spawn.child_tid),
             Event::Mapped(header) => {
-                self.pending_notices.insert(TlsNotice::Mapped(header.tgid));
+                self.pending_notices.insert(ProbeNotice::Mapped(header.tgid));
             }
             Event::Exit(exit) => self.exited(exit.header.tgid, exit.header.tid, exit.group_dead != 0),
         }

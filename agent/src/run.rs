@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{ContextPropagation, KubernetesMode, NullProbeArgs, RunArgs, Settings, TlsMode},
+    config::{ContextPropagation, GoMode, KubernetesMode, NullProbeArgs, RunArgs, Settings, TlsMode},
     export::{ExportOptions, Exporter, metrics::MetricsExporter, prometheus},
     intake,
     metadata::{self, Pods},
@@ -34,8 +34,9 @@ use crate::{
 const TICK: Duration = Duration::from_millis(250);
 /// How often counters are logged while running.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
-/// TLS notices (library loads, undecrypted TLS) waiting for the main thread; beyond, dropped.
-const TLS_NOTICES: usize = 4096;
+/// Probe notices (library loads, undecrypted TLS, Go programs) waiting for the main thread; beyond,
+/// dropped.
+const PROBE_NOTICES: usize = 4096;
 /// How often the kernel's drop counters are copied for the metrics.
 const KERNEL_COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// Longest the exporters may take to flush at shutdown.
@@ -90,6 +91,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             exported_only: args.tls_exported_hooks,
         }),
         propagation: propagation_options(args.context_propagation, args.cgroup.as_ref())?,
+        go: args.go == GoMode::On,
     })?;
     let ring = probes.take_events()?;
     let ring_bytes = u64::from(crate::probes::ring_size(args.ring_buffer_bytes));
@@ -141,7 +143,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
         capture_query: args.capture_query,
         opt_in_attributes: args.opt_in_attributes,
     });
-    let (tls_notices, mut tls_notices_rx) = tokio::sync::mpsc::channel(TLS_NOTICES);
+    let (probe_notices, mut probe_notices_rx) = tokio::sync::mpsc::channel(PROBE_NOTICES);
     // The ring's fill, read by the scheduling watchdog (the intake thread reads its own).
     let ring_fill = intake::RingFill::new(std::os::fd::AsRawFd::as_raw_fd(&ring), ring_bytes)
         .inspect_err(|e| tracing::warn!(error = %e, "cannot read the ring buffer's fill: sonde will not hurry when it fills"))
@@ -156,7 +158,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
             .spawn(move || {
                 let mut pipeline =
                     Pipeline::new(assembler, selector, sink, stats, Some(kernel_tables), args.sdk_processes)
-                        .with_tls_notices(tls_notices)
+                        .with_probe_notices(probe_notices)
                         .with_sampler(sampler);
                 if let Some(metrics) = metrics {
                     pipeline = pipeline.with_metrics(metrics);
@@ -196,7 +198,7 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
                     report_counters(&probes, &own, "running");
                     probes.sweep();
                 }
-                Some(notice) = tls_notices_rx.recv() => probes.tls_notice(notice),
+                Some(notice) = probe_notices_rx.recv() => probes.notice(notice),
                 _ = kernel_tick.tick() => {
                     kernel_counters.publish(probes.kernel_reading());
                     probes.drain_kernel_log();
@@ -303,6 +305,7 @@ pub fn null_probe(args: NullProbeArgs) -> anyhow::Result<()> {
         programs: Programs::NullProbe,
         tls: (args.tls == TlsMode::On).then(|| TlsOptions { exclude: Vec::new(), exported_only: false }),
         propagation: None,
+        go: false,
     })?;
     tracing::info!(hooks = %probes.hooks, "tracing started (null probe)");
     runtime.block_on(signals.recv());

@@ -46,6 +46,7 @@ pub mod maps {
     pub const TCP_IN: &str = "TCP_IN";
     pub const SERVING: &str = "SERVING";
     pub const CLIENT_IDS: &str = "CLIENT_IDS";
+    pub const GO_PROCS: &str = "GO_PROCS";
     pub const SHARED_THREADS: &str = "SHARED_THREADS";
     pub const TLS_RECEIVED: &str = "TLS_RECEIVED";
     pub const HEADER_SCANS: &str = "HEADER_SCANS";
@@ -88,6 +89,9 @@ pub mod globals {
     pub const FD_WALK: &str = "FD_WALK";
     /// Non-zero: trace context goes on the wire in a TCP option (`--context-propagation tcp`).
     pub const PROPAGATE: &str = "PROPAGATE";
+    /// Non-zero: goroutines of Go programs are followed (`--go on`, a kernel with
+    /// `bpf_task_pt_regs`).
+    pub const GO_GOROUTINES: &str = "GO_GOROUTINES";
     /// The same walk as `FD_WALK`, for context propagation alone: it finds the socket a request is
     /// about to be written to, whatever the hook set (`FD_WALK` stays off where the socket
     /// tracepoints say which fds are sockets).

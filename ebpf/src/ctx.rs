@@ -26,9 +26,11 @@ use sonde_common::{
 
 use crate::{
     emit, fdsock, filter,
+    goroutines::{self, worker},
     maps::{
-        CLIENT_IDS, CONNS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE,
-        SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED, count, global_u32,
+        CLIENT_IDS, CONNS, GO_GOROUTINES, GO_PROCS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ,
+        OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED,
+        Worker, count, global_u32,
     },
     traceparent,
 };
@@ -36,10 +38,17 @@ use crate::{
 // `struct user_msghdr`: msg_iov at 16; `struct iovec`: base, len.
 const MSGHDR_IOV: u64 = 16;
 
-/// Whether contexts are chosen at all.
+/// Whether contexts are chosen at all: for every traced process with propagation, for the Go
+/// programs whose goroutines are followed without it.
 #[inline(always)]
 pub fn enabled() -> bool {
-    global_u32(&PROPAGATE) != 0
+    global_u32(&PROPAGATE) != 0 || global_u32(&GO_GOROUTINES) != 0
+}
+
+/// Whether contexts are chosen for process `tgid`'s requests.
+#[inline(always)]
+fn chosen_for(tgid: u32) -> bool {
+    global_u32(&PROPAGATE) != 0 || goroutines::followed(tgid)
 }
 
 /// Entry of a write-family syscall on `fd`, `count` being its third argument (a byte count, or an
@@ -51,7 +60,7 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
         return;
     }
     let tgid = (pid_tgid >> 32) as u32;
-    if !filter::traced(tgid) {
+    if !filter::traced(tgid) || !chosen_for(tgid) {
         return;
     }
     // SAFETY: copied out at once from the LRU map's preallocated element, which stays mapped while
@@ -77,12 +86,18 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
     if !starts_request(&first, n) {
         return;
     }
+    // In a Go program whose goroutines are followed, the goroutine says whom it works for.
     // SAFETY: only whether an entry exists is looked at.
-    if unsafe { SHARED_THREADS.get(&tgid) }.is_some() {
+    if !goroutines::followed(tgid) && unsafe { SHARED_THREADS.get(&tgid) }.is_some() {
         return;
     }
-    // The socket is known once data moved on the fd; before the first write, the fd table says.
-    let sock = if state.sock != 0 {
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
+    let carry = global_u32(&PROPAGATE);
+    // The socket is known once data moved on the fd; before the first write, the fd table says
+    // (only the carriers need it).
+    let sock = if state.sock != 0 || carry == 0 {
         state.sock
     } else {
         match fdsock::tcp_socket(fdsock::Walk::Send, fd) {
@@ -90,17 +105,17 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
             None => return,
         }
     };
-    // SAFETY: copied out at once; only this thread's hooks (and its parent's, at its start) write
+    // SAFETY: copied out at once; only this worker's hooks (and its parent's, at its start) write
     // its entry.
-    let serving = (unsafe { SERVING.get(&thread(pid_tgid)) }).copied();
+    let serving = (unsafe { SERVING.get(&who) }).copied();
     let mut ids = match &serving {
         Some(serving) => Ids { parent_id: serving.span_id, origin: Origin::Serving as u8, ..*serving },
         None => new_trace(),
     };
     ids.span_id = random_span_id();
     ids.fd = fd;
-    let carry = global_u32(&PROPAGATE);
-    let mut filed = false;
+    // Without propagation nothing goes on the wire: the ids are only for the linker.
+    let mut filed = carry == 0;
     if carry & CARRY_TCP_OPTION != 0
         && let Some(write_seq) = read_u32(sock, global_u32(&OFF_TCP_WRITE_SEQ))
     {
@@ -203,11 +218,18 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, t
             send_event(pid_tgid, &ids, seq, Direction::Egress);
         }
     } else if egress && role == Role::Server as u8 {
+        let Some(who) = worker(pid_tgid) else {
+            return;
+        };
         // SAFETY: as above.
-        if unsafe { SERVING.get(&thread(pid_tgid)) }.is_some_and(|s| s.fd == active.fd) {
-            let _ = SERVING.remove(&thread(pid_tgid));
+        if unsafe { SERVING.get(&who) }.is_some_and(|s| s.fd == active.fd) {
+            let _ = SERVING.remove(&who);
         }
-    } else if !egress && role == Role::Server as u8 && active.length_only == 0 {
+    } else if !egress
+        && role == Role::Server as u8
+        && active.length_only == 0
+        && chosen_for((pid_tgid >> 32) as u32)
+    {
         server_read(pid_tgid, active, len, seq, tls);
     }
 }
@@ -222,6 +244,9 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     if !starts_request(&first, n) {
         return;
     }
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
     let received = if tls {
         // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
         let ids = (unsafe { TLS_RECEIVED.get(&pid_tgid) }).copied();
@@ -236,12 +261,12 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     // SAFETY: only the fd of the copied-out entry is looked at.
     // (A thread started for a request, fd -1, answers on no connection: it may read requests of
     // its own.)
-    if unsafe { SERVING.get(&thread(pid_tgid)) }.is_some_and(|s| s.fd >= 0 && s.fd != active.fd) {
+    if unsafe { SERVING.get(&who) }.is_some_and(|s| s.fd >= 0 && s.fd != active.fd) {
         // A request read while one from another connection is unanswered: the thread serves
         // several at once (an event loop), and the one it read last says nothing about its calls.
         let _ = SHARED_THREADS.insert(&((pid_tgid >> 32) as u32), &1, 0);
     }
-    let _ = SERVING.insert(&thread(pid_tgid), &ids, 0);
+    let _ = SERVING.insert(&who, &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
     if !tls && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len) {
         let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
@@ -262,7 +287,10 @@ pub fn after_read(pid_tgid: u64) {
     let Some(header) = traceparent::in_head(addr, n) else {
         return;
     };
-    if let Some(serving) = SERVING.get_ptr_mut(&thread(pid_tgid)) {
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
+    if let Some(serving) = SERVING.get_ptr_mut(&who) {
         // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated
         // elements; only this thread's hooks (and its parent's, at its start) write its entry.
         unsafe {
@@ -281,9 +309,9 @@ pub fn spawned(parent_tid: u32, child_tid: u32) {
         return;
     }
     // SAFETY: copied out at once from the LRU element; plain integers.
-    if let Some(ids) = (unsafe { SERVING.get(&(parent_tid as u64)) }).copied() {
+    if let Some(ids) = (unsafe { SERVING.get(&thread(parent_tid)) }).copied() {
         // The child answers on no connection: it serves the request until it exits or reads one.
-        let _ = SERVING.insert(&(child_tid as u64), &Ids { fd: -1, ..ids }, 0);
+        let _ = SERVING.insert(&thread(child_tid), &Ids { fd: -1, ..ids }, 0);
     }
 }
 
@@ -294,18 +322,18 @@ pub fn exited(pid_tgid: u64, process_gone: bool) {
     if !enabled() {
         return;
     }
-    let _ = SERVING.remove(&thread(pid_tgid));
+    let _ = SERVING.remove(&thread(pid_tgid as u32));
     let _ = CLIENT_IDS.remove(&pid_tgid);
     if process_gone {
         let _ = SHARED_THREADS.remove(&((pid_tgid >> 32) as u32));
+        let _ = GO_PROCS.remove(&((pid_tgid >> 32) as u32));
     }
 }
 
-/// `SERVING`'s key: the thread id, which the kernel gives no other thread while it lives (a child
-/// gets an entry before it knows its own process id).
+/// `SERVING`'s key for thread `tid` (a child gets an entry before it knows its own process id).
 #[inline(always)]
-fn thread(pid_tgid: u64) -> u64 {
-    pid_tgid as u32 as u64
+fn thread(tid: u32) -> Worker {
+    Worker { id: tid as u64, tgid: 0, generation: 0 }
 }
 
 /// The context received for the read that just returned `len` bytes of `sock`, when its first byte

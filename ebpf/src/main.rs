@@ -20,6 +20,7 @@ mod ctx;
 mod emit;
 mod fdsock;
 mod filter;
+mod goroutines;
 mod inject;
 mod io;
 mod maps;
@@ -33,8 +34,8 @@ mod traceparent;
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use sonde_common::{AF_INET, AF_INET6, Direction, EventHeader, EventKind, ExitEvent, IoBuf, SpawnEvent};
 
@@ -143,6 +144,31 @@ send_entry!(ctx_enter_sendmsg, IoBuf::Msghdr);
 #[tracepoint]
 pub fn ctx_exit_read(_ctx: TracePointContext) -> u32 {
     ctx::after_read(bpf_get_current_pid_tgid());
+    0
+}
+
+/// Goroutines of Go programs (`goroutines.rs`): uprobes on each Go executable sonde follows.
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    goroutines::newproc1_enter(&ctx, bpf_get_current_pid_tgid());
+    0
+}
+
+#[uretprobe]
+pub fn go_newproc1_return(ctx: RetProbeContext) -> u32 {
+    goroutines::newproc1_return(&ctx, bpf_get_current_pid_tgid());
+    0
+}
+
+#[uprobe]
+pub fn go_round_trip(ctx: ProbeContext) -> u32 {
+    goroutines::round_trip(&ctx, bpf_get_current_pid_tgid());
+    0
+}
+
+#[uprobe]
+pub fn go_request_write(ctx: ProbeContext) -> u32 {
+    goroutines::request_write(&ctx, bpf_get_current_pid_tgid());
     0
 }
 

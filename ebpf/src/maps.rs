@@ -134,11 +134,41 @@ pub static TO_ENROL: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, N
 #[map]
 pub static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(65535, 0);
 
-/// Thread id → the ids of the server request the thread read last, until it writes to that
-/// connection (its answer). A request the thread writes meanwhile is that request's child. A
-/// thread it starts meanwhile works for the same request.
+/// Who works for a request: a thread, or in a Go program a goroutine (see [`Worker`]) → the ids of
+/// the server request it read last, until it writes to that connection (its answer). A request it
+/// writes meanwhile is that request's child. A thread or goroutine it starts meanwhile works for the
+/// same request.
 #[map]
-pub static SERVING: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static SERVING: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// A thread (`tgid` and `generation` 0, `id` its thread id, which the kernel gives no other thread
+/// while it lives), or a goroutine of a Go program sonde follows (`id` the address of its `g`, which
+/// the Go runtime hands to a new goroutine once this one exits — every start goes through
+/// `go_newproc1_return`, which sets or clears the entry; `generation` the process's entry in
+/// `GO_PROCS`, so that a reused pid never meets an older process's goroutines).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Worker {
+    pub id: u64,
+    pub tgid: u32,
+    pub generation: u32,
+}
+
+/// tgid → generation (non-zero): the Go programs whose goroutines sonde follows, written by the
+/// agent once their uprobes are attached.
+#[map]
+pub static GO_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// A Go client request (`id` the address of its `http.Request`) → the ids of the server request
+/// the goroutine that issued it was serving: from `(*persistConn).roundTrip`, in that goroutine, to
+/// `(*Request).write`, in the transport's write goroutine.
+#[map]
+pub static GO_REQUESTS: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
+/// pid_tgid → the `g` that called `runtime.newproc1`, from its entry to its return (which gives the
+/// new goroutine's `g`).
+#[map]
+pub static GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
 
 /// pid_tgid → the context of a TCP option whose segment began at a TLS record that a read inside
 /// the thread's current TLS library call returned: the request the call's plaintext begins gets it.
@@ -216,6 +246,10 @@ pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 /// Which carriers of trace context go on the wire (`propagation::CARRY_*` bits); 0: none.
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
+/// Non-zero: goroutines of the Go programs in `GO_PROCS` are followed (the kernel has
+/// `bpf_task_pt_regs`, which the goroutine's register is read with at the socket hooks).
+#[unsafe(no_mangle)]
+pub static GO_GOROUTINES: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TCP_WRITE_SEQ: u32 = 0;
 #[unsafe(no_mangle)]

@@ -46,10 +46,26 @@ pub struct Behaviour {
 /// One service of a chain in `runtime`, named `name` (`OTEL_SERVICE_NAME`), calling each of
 /// `downstreams` (base URLs) per request; killed when the guard drops.
 pub fn chain_service(runtime: Runtime, name: &str, behaviour: Behaviour, downstreams: &[String]) -> Guard {
+    start_service(runtime, None, name, behaviour, downstreams)
+}
+
+/// The Go chain service as built into `binary` (by another toolchain, or stripped: see
+/// [`build_go_chain`]), as [`chain_service`] starts it.
+pub fn go_chain_service(binary: &Path, name: &str, behaviour: Behaviour, downstreams: &[String]) -> Guard {
+    start_service(Runtime::Go, Some(binary), name, behaviour, downstreams)
+}
+
+fn start_service(
+    runtime: Runtime,
+    go_binary: Option<&Path>,
+    name: &str,
+    behaviour: Behaviour,
+    downstreams: &[String],
+) -> Guard {
     let port = free_port();
     let mut command = match runtime {
         Runtime::Go => {
-            let mut c = Command::new(go_chain_binary());
+            let mut c = Command::new(go_binary.unwrap_or_else(|| go_chain_binary()));
             c.args(["-delay", &format!("{}ms", behaviour.delay_ms)]);
             c.args(["-jitter", &format!("{}ms", behaviour.jitter_ms)]);
             if behaviour.parallel {

@@ -107,6 +107,8 @@ pub struct ProbeOptions {
     pub tls: Option<TlsOptions>,
     /// Put trace context on the wire in a TCP option (None: `--context-propagation off`).
     pub propagation: Option<propagation::PropagationOptions>,
+    /// Follow the goroutines of Go programs (`--go on`), where the kernel allows it.
+    pub go: bool,
 }
 
 /// The kernel's per-(tgid, fd) tables that user space writes to.
@@ -124,6 +126,7 @@ pub struct Probes {
     ebpf: Ebpf,
     pub hooks: HookSet,
     tls: Option<tls::TlsHooks>,
+    go: Option<go::GoHooks>,
     /// The kernel programs' diagnostics, when the log filter enables any.
     kernel_log: Option<kernel_log::KernelLog>,
 }
@@ -148,8 +151,14 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
+        let go = options.go && features.task_regs;
+        if options.go && !go {
+            tracing::warn!(
+                "goroutines of Go programs are not followed: the kernel lacks bpf_task_pt_regs (Linux 5.15); a Go program's client spans get an in-process parent only while it serves one request at a time"
+            );
+        }
         let Loaded { mut ebpf, fork_child_offset, state_offsets } =
-            load_object(options, &fd_walk, propagation.as_ref(), log_level)?;
+            load_object(options, &fd_walk, propagation.as_ref(), go, log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -167,6 +176,8 @@ impl Probes {
         let hooks = attach::attach(&mut ebpf, chosen, options.hooks, options.programs)?;
         if let Some(propagation_options) = &options.propagation {
             propagation::attach(&mut ebpf, hooks, propagation_options)?;
+        } else if go {
+            propagation::attach_send_entries(&mut ebpf, hooks)?;
         }
         if fork_child_offset != 0 {
             attach::attach_thread_starts(&mut ebpf, options.programs);
@@ -203,6 +214,9 @@ impl Probes {
             }
             None => None,
         };
+        // Go programs are hooked as the data flow selects them (`ProbeNotice::Goroutines`): a uprobe
+        // costs every process that runs the executable, selected or not.
+        let go = if go { Some(go::GoHooks::new(&mut ebpf)?) } else { None };
         let kernel_log = (log_level != 0)
             .then(|| {
                 kernel_log::KernelLog::start(&mut ebpf)
@@ -218,9 +232,10 @@ impl Probes {
             programs = ?options.programs,
             capture_bytes = capture,
             tls_libraries = tls.as_ref().map_or(0, tls::TlsHooks::hooked_libraries),
+            go_executables = go.as_ref().map_or(0, go::GoHooks::hooked_executables),
             "kernel programs attached"
         );
-        Ok(Self { ebpf, hooks, tls, kernel_log })
+        Ok(Self { ebpf, hooks, tls, go, kernel_log })
     }
 
     /// Logs what the kernel programs wrote to their log since the last call.
@@ -235,15 +250,30 @@ impl Probes {
         if let Some(tls) = self.tls.as_mut() {
             tls.sweep(crate::process::alive);
         }
+        if let Some(go) = self.go.as_mut() {
+            go.sweep(crate::process::alive);
+        }
     }
 
-    /// What the data flow noticed about TLS: a process loaded a library, or sent ciphertext no
-    /// hook decrypted.
-    pub fn tls_notice(&mut self, notice: TlsNotice) {
-        let Some(tls) = self.tls.as_mut() else { return };
+    /// What the data flow noticed about a process: it loaded a library, sent ciphertext no hook
+    /// decrypted, or runs goroutines.
+    pub fn notice(&mut self, notice: ProbeNotice) {
         match notice {
-            TlsNotice::Mapped(pid) => tls.scan_process(&mut self.ebpf, pid),
-            TlsNotice::Ciphertext(pid) => tls.ciphertext_seen(pid),
+            ProbeNotice::Mapped(pid) => {
+                if let Some(tls) = self.tls.as_mut() {
+                    tls.scan_process(&mut self.ebpf, pid);
+                }
+            }
+            ProbeNotice::Ciphertext(pid) => {
+                if let Some(tls) = self.tls.as_mut() {
+                    tls.ciphertext_seen(pid);
+                }
+            }
+            ProbeNotice::Goroutines(pid) => {
+                if let Some(go) = self.go.as_mut() {
+                    go.process(&mut self.ebpf, pid);
+                }
+            }
         }
     }
 
@@ -301,11 +331,13 @@ impl Probes {
 
 /// Sent by the intake thread to the thread that holds the probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TlsNotice {
+pub enum ProbeNotice {
     /// The process mapped an executable file (maybe a TLS library).
     Mapped(u32),
     /// The process sent or received TLS ciphertext on a connection no TLS hook spoke for.
     Ciphertext(u32),
+    /// The process is a Go program (its goroutines may be followed).
+    Goroutines(u32),
 }
 
 /// The kernel struct offsets the programs need, from the kernel's BTF; zeros (and a warning
@@ -326,8 +358,10 @@ fn load_object(
     options: &ProbeOptions,
     fd_walk: &sonde_common::FdWalk,
     propagation: Option<&propagation::Offsets>,
+    go: bool,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
+    let go: u32 = go.into();
     let propagate: u32 = options.propagation.as_ref().map_or(0, |p| p.carriers.bits());
     let headers = options.propagation.as_ref().is_some_and(|p| p.carriers.header);
     let object: Cow<[u8]> = if headers {
@@ -371,6 +405,7 @@ fn load_object(
         .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
         .override_global(globals::FD_WALK, fd_walk, true)
         .override_global(globals::PROPAGATE, &propagate, true)
+        .override_global(globals::GO_GOROUTINES, &go, true)
         .override_global(globals::OFF_TCP_WRITE_SEQ, &propagation.write_seq, true)
         .override_global(globals::OFF_TCP_COPIED_SEQ, &propagation.copied_seq, true)
         .override_global(globals::SEND_FD_WALK, &propagation.fd_walk, true)
@@ -424,10 +459,12 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             cgroup: None,
             carriers: propagation::Carriers { tcp_option: true, header: true },
         }),
+        go: features.task_regs,
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
-    let mut loaded = load_object(&options, &fd_walk, Some(&propagation), aya_log::Level::Trace as u8)?;
+    let mut loaded =
+        load_object(&options, &fd_walk, Some(&propagation), options.go, aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {

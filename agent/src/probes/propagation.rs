@@ -134,10 +134,8 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
         traceparent_header = options.carriers.header,
         "context propagation on the sockets of this cgroup"
     );
+    attach_send_entries(ebpf, hooks)?;
     if hooks == HookSet::Sock {
-        for &(program, tracepoint) in SEND_ENTRIES {
-            attach::attach_tracepoint(ebpf, program, "syscalls", tracepoint)?;
-        }
         // Optional: without it, a request's header joins its calls to the header's trace on this
         // host only.
         for tracepoint in READ_EXITS {
@@ -148,6 +146,18 @@ pub fn attach(ebpf: &mut Ebpf, hooks: HookSet, options: &PropagationOptions) -> 
         }
     } else if let Err(e) = fill_header_scan_jump(ebpf) {
         warn_no_header_scan(&e);
+    }
+    Ok(())
+}
+
+/// For the socket hook set, the entries of the write-family syscalls, where a request's context is
+/// chosen before its bytes leave (with propagation, and for the Go programs whose goroutines are
+/// followed). The syscall hook sets choose it in their own entry programs.
+pub fn attach_send_entries(ebpf: &mut Ebpf, hooks: HookSet) -> Result<(), ProbeError> {
+    if hooks == HookSet::Sock {
+        for &(program, tracepoint) in SEND_ENTRIES {
+            attach::attach_tracepoint(ebpf, program, "syscalls", tracepoint)?;
+        }
     }
     Ok(())
 }

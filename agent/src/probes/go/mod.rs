@@ -4,6 +4,7 @@
 //! `-s -w` — so no symbol table or DWARF is needed.
 
 mod buildinfo;
+mod hooks;
 mod pclntab;
 
 use std::{collections::BTreeMap, path::Path};
@@ -11,20 +12,22 @@ use std::{collections::BTreeMap, path::Path};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ReadCache};
 
 pub use buildinfo::GoVersion;
+pub use hooks::GoHooks;
 pub use pclntab::FuncRange;
 
 /// The oldest release sonde reads: Go 1.17 brought the register-based calling convention on amd64
 /// (arguments in RAX, RBX, …, the current goroutine in R14), which the hooks rely on.
 pub const OLDEST: GoVersion = GoVersion { major: 1, minor: 17, patch: 0 };
 
-/// The functions sonde looks for, and what each one tells.
+pub const NEWPROC1: &str = "runtime.newproc1";
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+pub const REQUEST_WRITE: &str = "net/http.(*Request).write";
+
+/// The functions sonde hooks (`hooks.rs`), and what each one tells.
 pub const FUNCTIONS: &[(&str, &str)] = &[
-    ("runtime.newproc1", "a goroutine starts another: work handed to it keeps its request"),
-    ("net/http.serverHandler.ServeHTTP", "a server goroutine runs a request's handler"),
-    ("net/http.(*Transport).roundTrip", "a handler's goroutine issues a client request"),
-    ("net/http.(*Request).write", "the transport's write goroutine writes that request"),
-    ("crypto/tls.(*Conn).Read", "TLS plaintext read"),
-    ("crypto/tls.(*Conn).Write", "TLS plaintext written"),
+    (NEWPROC1, "a goroutine starts another, which works for the same request"),
+    (ROUND_TRIP, "a goroutine issues a client request, for the request it serves"),
+    (REQUEST_WRITE, "the transport's write goroutine writes that client request"),
 ];
 
 /// A function found in a binary.

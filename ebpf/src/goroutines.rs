@@ -1,0 +1,145 @@
+//! Goroutines of Go programs: who works for a request there. Go runs goroutines on a few threads,
+//! and `net/http` writes a client request from a goroutine of its own, so the thread says nothing;
+//! the goroutine does, with three uprobes that carry a request's context from goroutine to
+//! goroutine:
+//!
+//! - `runtime.newproc1` (entry and return): a goroutine started by one that works for a request
+//!   works for it too — and a new goroutine whose `g` an exited one used starts clean.
+//! - `net/http.(*persistConn).roundTrip`, in the goroutine that issued a client request: the
+//!   request (`*http.Request`, the first field of its `transportRequest`) belongs to the server
+//!   request that goroutine serves.
+//! - `net/http.(*Request).write`, in the transport's write goroutine: it works for that server
+//!   request while it writes this one, so the write's context is chosen as for a thread.
+//!
+//! Under Go's register calling convention (1.17 on, amd64) the arguments are in RAX, RBX, RCX…,
+//! a result in RAX, and the running goroutine's `g` in R14 — in Go code and at the syscalls its
+//! runtime makes, where the socket hooks read it from the task's saved registers.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    programs::{ProbeContext, RetProbeContext},
+};
+use sonde_common::propagation::Ids;
+
+use crate::maps::{GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, SERVING, Worker, global_u32};
+
+/// `struct pt_regs` on x86_64, in u64 slots.
+const REG_R14: usize = 1;
+
+/// Who is running for `pid_tgid`: its goroutine in a Go program sonde follows, else its thread.
+/// None for a followed Go program whose goroutine cannot be read: nobody, rather than a thread
+/// that goroutines share.
+#[inline(always)]
+pub fn worker(pid_tgid: u64) -> Option<Worker> {
+    let thread = Worker { id: pid_tgid as u32 as u64, tgid: 0, generation: 0 };
+    // A constant of the object: where it is 0 the verifier drops the branch, so kernels without
+    // `bpf_task_pt_regs` still take the programs.
+    if global_u32(&GO_GOROUTINES) == 0 {
+        return Some(thread);
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out at once from the map's element; a plain integer.
+    let Some(generation) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
+        return Some(thread);
+    };
+    // SAFETY: the current task's BTF pointer is valid for the whole program run;
+    // `bpf_task_pt_regs` only computes where its saved user registers are, typed by the verifier
+    // as `struct pt_regs *`.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
+        return None;
+    }
+    // SAFETY: non-null (checked), a constant slot of x86_64's `struct pt_regs`; the verifier checks
+    // the load against the BTF type and runs it as a probe load.
+    let g = unsafe { *regs.add(REG_R14) };
+    (g != 0).then_some(Worker { id: g, tgid, generation })
+}
+
+/// Whether `tgid` is a Go program whose goroutines are followed.
+#[inline(always)]
+pub fn followed(tgid: u32) -> bool {
+    // SAFETY: only whether an entry exists is looked at.
+    global_u32(&GO_GOROUTINES) != 0 && unsafe { GO_PROCS.get(&tgid) }.is_some()
+}
+
+/// A goroutine `g` of the current process, if sonde follows the process's goroutines.
+#[inline(always)]
+fn goroutine(pid_tgid: u64, g: u64) -> Option<Worker> {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out at once; a plain integer.
+    let generation = (unsafe { GO_PROCS.get(&tgid) }).copied()?;
+    (g != 0).then_some(Worker { id: g, tgid, generation })
+}
+
+/// Sets `to`'s entry in `map` to `ids` or, with none, removes it: an entry left from an earlier
+/// user of the same address must never stand.
+#[inline(always)]
+fn set_or_clear(map: &aya_ebpf::maps::LruHashMap<Worker, Ids>, to: &Worker, ids: Option<Ids>) {
+    match ids {
+        Some(ids) => {
+            let _ = map.insert(to, &ids, 0);
+        }
+        None => {
+            let _ = map.remove(to);
+        }
+    }
+}
+
+/// `runtime.newproc1(fn, callergp, callerpc, …) *g`, on the system stack: the caller's `g` is its
+/// second argument (RBX), kept until the return gives the new one.
+#[inline(always)]
+pub fn newproc1_enter(ctx: &ProbeContext, pid_tgid: u64) {
+    // SAFETY: the probe's own saved registers, valid for the program run.
+    let callergp = unsafe { (*ctx.regs).rbx };
+    let _ = GO_NEWPROC.insert(&pid_tgid, &callergp, 0);
+}
+
+#[inline(always)]
+pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
+    // SAFETY: copied out at once; only this thread's probes write its entry.
+    let Some(callergp) = (unsafe { GO_NEWPROC.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = GO_NEWPROC.remove(&pid_tgid);
+    // SAFETY: the probe's own saved registers; RAX holds the result.
+    let newg = unsafe { (*ctx.regs).rax };
+    let (Some(parent), Some(child)) = (goroutine(pid_tgid, callergp), goroutine(pid_tgid, newg)) else {
+        return;
+    };
+    // SAFETY: copied out at once from the LRU element; plain integers.
+    let ids = (unsafe { SERVING.get(&parent) }).copied();
+    // The child answers on no connection: it works for the request until it reads one of its own.
+    set_or_clear(&SERVING, &child, ids.map(|ids| Ids { fd: -1, ..ids }));
+}
+
+/// `net/http.(*persistConn).roundTrip(pc, treq *transportRequest)`, in the goroutine that issued
+/// the request: RBX is `treq`, whose first field is the `*http.Request` the write goroutine writes.
+#[inline(always)]
+pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
+    // SAFETY: the probe's own saved registers.
+    let (g, treq) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rbx) };
+    // SAFETY: `treq` is a user address, never dereferenced: the helper copies 8 bytes or fails.
+    let Ok(request) = (unsafe { bpf_probe_read_user(treq as *const u64) }) else {
+        return;
+    };
+    let (Some(issuer), Some(request)) = (goroutine(pid_tgid, g), goroutine(pid_tgid, request)) else {
+        return;
+    };
+    // SAFETY: copied out at once; plain integers.
+    let ids = (unsafe { SERVING.get(&issuer) }).copied();
+    set_or_clear(&GO_REQUESTS, &request, ids);
+}
+
+/// `net/http.(*Request).write(r, w, …)`, in the transport's write goroutine: RAX is `r`. The
+/// goroutine works for `r`'s server request while it writes it — or for none.
+#[inline(always)]
+pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
+    // SAFETY: the probe's own saved registers.
+    let (g, request) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
+    let (Some(writer), Some(request)) = (goroutine(pid_tgid, g), goroutine(pid_tgid, request)) else {
+        return;
+    };
+    // SAFETY: copied out at once; plain integers.
+    let ids = (unsafe { GO_REQUESTS.get(&request) }).copied();
+    set_or_clear(&SERVING, &writer, ids.map(|ids| Ids { fd: -1, ..ids }));
+}
