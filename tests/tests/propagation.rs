@@ -547,3 +547,91 @@ async fn an_sdk_service_called_by_a_plain_client_continues_sondes_client_span() 
         assert_eq!(children.len(), 1, "curl's span {} has no SDK child\n{spans:#?}", client.span_id_hex());
     }
 }
+
+/// A Go service whose handlers call an SDK service, under concurrent requests: the `traceparent`
+/// sonde writes into each Go client request names that request's CLIENT span — the child of the
+/// handler's SERVER span, found through goroutines — so the SDK's SERVER span continues the right
+/// trace. Needs header propagation and followed goroutines (Linux 5.15 on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_clients_written_header_names_its_own_client_span() {
+    if !headers_allowed() {
+        eprintln!("headers are refused on this kernel: nothing to show here");
+        return;
+    }
+    let check = std::process::Command::new(harness::sonde_bin()).arg("check-kernel").output().unwrap();
+    if !String::from_utf8_lossy(&check.stdout).contains("task_regs=yes") {
+        eprintln!("SKIPPED: no bpf_task_pt_regs here, so Go's goroutines are not followed");
+        return;
+    }
+    const CONCURRENT: u32 = 10;
+    let receiver = Receiver::start().await.unwrap();
+    let sdk = harness::sdk_python_service("svc-sdk", &receiver.http_traces_url(), &[]);
+    let go = sonde_tests::chains::chain_service(
+        sonde_tests::chains::Runtime::Go,
+        "svc-go",
+        sonde_tests::chains::Behaviour::default(),
+        &[sdk.url("")],
+    );
+    let endpoint = receiver.grpc_endpoint();
+    let mut sonde = Sonde::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--context-propagation",
+        "headers",
+        "--print",
+        "none",
+        "--exe",
+        sonde_tests::chains::GO_EXE,
+    ]);
+    // sonde hooks the Go executable when it first sees it move bytes.
+    harness::curl(&["-sS", "-o", "/dev/null", &go.url("/req/0")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let urls: Vec<String> = (1..=CONCURRENT).map(|n| go.url(&format!("/req/{n}"))).collect();
+    std::thread::scope(|scope| {
+        for url in &urls {
+            scope.spawn(move || harness::curl(&["-sS", "-o", "/dev/null", url]));
+        }
+    });
+    let spans = spans_of(&receiver, &["svc-go", "svc-sdk"], 3 * (CONCURRENT as usize + 1)).await;
+    sonde.stop_cleanly();
+    let of = |service: &str, kind: &str| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|s| trace_check::service(s) == service && s.kind_name() == kind).collect()
+    };
+    let (servers, clients, sdk_servers) =
+        (of("svc-go", "SERVER"), of("svc-go", "CLIENT"), of("svc-sdk", "SERVER"));
+    let mut faults = Vec::new();
+    for n in 1..=CONCURRENT {
+        let path = format!("/req/{n}");
+        let about = spans_about(&spans, &path);
+        let (Some([server]), Some([client])) = (
+            about.get(&("svc-go".to_owned(), "SERVER")).map(Vec::as_slice),
+            about.get(&("svc-go".to_owned(), "CLIENT")).map(Vec::as_slice),
+        ) else {
+            faults.push(format!("{path}: not one SERVER and one CLIENT span from svc-go"));
+            continue;
+        };
+        if client.parent_span_id_hex() != Some(server.span_id_hex()) {
+            faults.push(format!("{path}: svc-go's CLIENT span is not the child of its SERVER span"));
+        }
+        let children = sdk_servers
+            .iter()
+            .filter(|s| {
+                s.trace_id_hex() == client.trace_id_hex()
+                    && s.parent_span_id_hex() == Some(client.span_id_hex())
+            })
+            .count();
+        if children != 1 {
+            faults.push(format!("{path}: svc-go's CLIENT span has {children} SDK children"));
+        }
+    }
+    assert!(
+        faults.is_empty(),
+        "{}\n({} SERVER, {} CLIENT, {} SDK spans)",
+        faults.join("\n"),
+        servers.len(),
+        clients.len(),
+        sdk_servers.len()
+    );
+}

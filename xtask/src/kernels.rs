@@ -89,6 +89,7 @@ const TESTS: &[(&str, &str, bool)] = &[
     ("propagation", "an_sdk_service_called_by_a_plain_client_continues_sondes_client_span", true),
     // Goroutines are read at the syscall hooks on 6.1 (5.15 on; 5.10 skips it).
     ("goroutines", "calls_from_goroutines_a_handler_starts_are_its_children", true),
+    ("propagation", "a_go_clients_written_header_names_its_own_client_span", true),
     ("propagation", "three_hosts_behind_a_service_address_and_a_tls_proxy_make_one_trace_per_request", false),
 ];
 

@@ -39,8 +39,9 @@ const BACKPORTS_DIR: &str = "/var/lib/sonde/apt-backports";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// What `cargo xtask bench` drives and reads: wrk for saturation, bpftool for BPF run-time stats,
-/// openssl for the HTTPS scenarios' certificate.
-const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "openssl", "iperf3"];
+/// openssl for the HTTPS scenarios' certificate, Go for the Go scenarios' service.
+/// golang-1.19-go builds the Go scenarios' service.
+const BENCH_APT_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftool", "openssl", "iperf3", "golang-1.19-go"];
 /// The fixed-rate load generator (Debian's `hey` reports latency to 0.1 ms only and tops out below
 /// 20k req/s here). It does not build without its TLS feature, so the default features stay.
 const OHA_VERSION: &str = "1.16.0";

@@ -3,6 +3,9 @@
 //
 // Usage: chain [-delay D] [-jitter D] [-parallel] PORT [DOWNSTREAM_BASE_URL ...]
 //
+// GET /status answers how many /req/ requests were answered so far (the bench's count of served
+// requests).
+//
 // GET /req/{n} calls GET DOWNSTREAM/req/{n} on every downstream — one after the other, or all at
 // once with -parallel — through one shared http.Client that keeps connections alive, then waits
 // -delay plus a random part of -jitter and answers 200 (502 when a downstream failed). {n}
@@ -25,8 +28,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
+
+var served atomic.Int64
 
 var client = &http.Client{
 	Timeout: 20 * time.Second,
@@ -114,6 +120,10 @@ func main() {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		w.WriteHeader(status)
 		io.WriteString(w, body)
+		served.Add(1)
+	})
+	http.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d\n", served.Load())
 	})
 	log.Fatal(http.ListenAndServe(fmt.Sprintf("127.0.0.1:%d", port), nil))
 }

@@ -7,6 +7,7 @@
 mod bulk;
 pub(crate) mod collector;
 mod download;
+mod goserver;
 pub(crate) mod kstats;
 pub(crate) mod load;
 pub(crate) mod machine;
@@ -30,7 +31,7 @@ use self::{
     collector::Collector,
     nginx::Nginx,
     report::{Report, Run},
-    scenario::{Profile, Scenario},
+    scenario::{Profile, Scenario, Server},
     tracer::{Tracer, TracerOptions, Variant},
 };
 use crate::{build, setup, sh};
@@ -191,6 +192,12 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     let (nginx_cpus, load_cpus) = if pin { (Some(NGINX_CPUS), Some(LOAD_CPUS)) } else { (None, None) };
     let collector = Collector::start(work)?;
     let mut nginx = Nginx::start(nginx_cpus)?;
+    // Started only for a profile that loads it.
+    let mut go_server = if profile.scenarios.iter().any(|s| s.server == Server::Go) {
+        Some(goserver::GoServer::start(nginx_cpus, work)?)
+    } else {
+        None
+    };
     machine.foreign_bpf_programs = kstats::foreign_programs(&[]);
     let ctx = Ctx {
         tracer: TracerOptions {
@@ -208,6 +215,12 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         url: nginx.url(),
         tls_url: nginx.tls_url(),
         nginx_status: nginx.status(),
+        go: go_server.as_ref().map(|g| GoTarget {
+            url: g.url(),
+            pid: g.pid(),
+            port: g.port,
+            status: g.status(),
+        }),
         load_cpus,
         work,
     };
@@ -246,6 +259,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
                 eprintln!("bench: {}", describe(&run));
                 runs.push(run);
                 nginx.check_alive()?;
+                go_server.as_mut().map_or(Ok(()), goserver::GoServer::check_alive)?;
             }
         }
         // Run-time statistics cost a few % of throughput, so they get their own rounds.
@@ -325,8 +339,17 @@ struct Ctx<'a> {
     url: String,
     tls_url: String,
     nginx_status: nginx::Status,
+    go: Option<GoTarget>,
     load_cpus: Option<&'static str>,
     work: &'a Path,
+}
+
+/// The Go service, as the runs of its scenarios load and trace it.
+struct GoTarget {
+    url: String,
+    pid: u32,
+    port: u16,
+    status: goserver::Status,
 }
 
 /// How one run is made.
@@ -341,7 +364,30 @@ struct RunSpec {
 
 impl Ctx<'_> {
     fn url_of(&self, scenario: &Scenario) -> &str {
-        if scenario.tls { &self.tls_url } else { &self.url }
+        match (scenario.server, &self.go) {
+            (Server::Go, Some(go)) => &go.url,
+            _ if scenario.tls => &self.tls_url,
+            _ => &self.url,
+        }
+    }
+
+    /// Requests the scenario's server answered so far.
+    fn served(&self, scenario: &Scenario) -> anyhow::Result<u64> {
+        match (scenario.server, &self.go) {
+            (Server::Go, Some(go)) => go.status.requests(),
+            _ => self.nginx_status.requests(),
+        }
+    }
+
+    /// sonde and the null probe trace the scenario's server alone.
+    fn tracer_for<'b>(&'b self, scenario: &Scenario, extra_args: &'b [String]) -> TracerOptions<'b> {
+        let base = TracerOptions { extra_args, ..self.tracer };
+        match (scenario.server, &self.go) {
+            (Server::Go, Some(go)) => {
+                TracerOptions { nginx_pid: go.pid, nginx_port: go.port, nginx_tls_port: go.port, ..base }
+            }
+            _ => base,
+        }
     }
 
     /// One variant under one load; a failure is recorded in the run, and the bench goes on.
@@ -377,9 +423,9 @@ impl Ctx<'_> {
             .cloned()
             .chain(scenario.sonde_args.iter().map(|a| a.to_string()))
             .collect();
-        let mut tracer = Tracer::start(spec.variant, &TracerOptions { extra_args: &extra, ..self.tracer })?;
+        let mut tracer = Tracer::start(spec.variant, &self.tracer_for(scenario, &extra))?;
         let before = self.collector.received();
-        let served_before = self.nginx_status.requests()?;
+        let served_before = self.served(scenario)?;
         run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();
         let cpu_before = machine::CpuTimes::now();
         let collector_before = self.collector.cpu_time();
@@ -392,7 +438,9 @@ impl Ctx<'_> {
                 * 100.0)
                 .round();
         // Less the status query itself.
-        run.nginx_requests = Some(self.nginx_status.requests()?.saturating_sub(served_before + 1));
+        // nginx counts the status query itself; the Go service counts `/req/` only.
+        let queries = if scenario.server == Server::Nginx { 1 } else { 0 };
+        run.nginx_requests = Some(self.served(scenario)?.saturating_sub(served_before + queries));
         if let Some(t) = tracer.as_mut() {
             t.check_alive()?;
         }

@@ -1,5 +1,5 @@
-//! What the bench runs: scenarios (one way of loading nginx each) and profiles (how many rounds of
-//! how long). Rates are fixed numbers, not fractions of a measured maximum, so runs on different
+//! What the bench runs: scenarios (one way of loading nginx, or a Go service, each) and profiles
+//! (how many rounds of how long). Rates are fixed numbers, not fractions of a measured maximum, so runs on different
 //! days and machines measure the same thing. The high rates sit at about half of what untraced
 //! nginx serves on the 2-core machines this project runs on (~20k req/s keep-alive, ~9k new
 //! connections/s with wrk), so latency is measured below saturation, where it means something.
@@ -18,14 +18,46 @@ pub struct Scenario {
     pub tls: bool,
     /// More arguments for `sonde run` in this scenario's sonde variant.
     pub sonde_args: &'static [&'static str],
+    pub server: Server,
+}
+
+/// Which server a scenario loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Server {
+    Nginx,
+    /// A plain Go `net/http` service (`goserver.rs`): sonde follows its goroutines.
+    Go,
 }
 
 const fn scenario(name: &'static str, rate: Option<u32>, connections: u32, keepalive: bool) -> Scenario {
-    Scenario { name, load: Load { rate, connections, keepalive }, tls: false, sonde_args: &[] }
+    Scenario {
+        name,
+        load: Load { rate, connections, keepalive },
+        tls: false,
+        sonde_args: &[],
+        server: Server::Nginx,
+    }
 }
 
 const fn https(name: &'static str, rate: Option<u32>, connections: u32) -> Scenario {
-    Scenario { name, load: Load { rate, connections, keepalive: true }, tls: true, sonde_args: &[] }
+    Scenario {
+        name,
+        load: Load { rate, connections, keepalive: true },
+        tls: true,
+        sonde_args: &[],
+        server: Server::Nginx,
+    }
+}
+
+/// The Go service over 50 keep-alive connections.
+const fn go(name: &'static str, rate: Option<u32>) -> Scenario {
+    Scenario {
+        name,
+        load: Load { rate, connections: 50, keepalive: true },
+        tls: false,
+        sonde_args: &[],
+        server: Server::Go,
+    }
 }
 
 /// `--context-propagation tcp` beside a scenario without it: what choosing contexts in the kernel
@@ -38,6 +70,7 @@ const fn with_propagation(name: &'static str, rate: Option<u32>, keepalive: bool
         load: Load { rate, connections: 50, keepalive },
         tls: false,
         sonde_args: &["--context-propagation", "tcp"],
+        server: Server::Nginx,
     }
 }
 
@@ -57,6 +90,8 @@ const ALL: &[Scenario] = &[
     https("2k/s https", Some(2_000), 50),
     with_propagation("max keep-alive +tcp context", None, true),
     with_propagation("2k/s new-conn +tcp context", Some(2_000), false),
+    go("max keep-alive go", None),
+    go("2k/s keep-alive go", Some(2_000)),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,7 +161,7 @@ impl Profile {
             kernel_rounds: 1,
             kernel_run: Duration::from_secs(1),
             warmup: Duration::ZERO,
-            scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone()],
+            scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone(), ALL[11].clone()],
             bulk_rounds: 1,
             bulk_run: Duration::from_secs(1),
             download_rounds: 1,

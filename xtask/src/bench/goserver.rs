@@ -1,0 +1,97 @@
+//! The Go workload: the tests' plain `net/http` service (tests/servers/go/chain.go) with no
+//! downstream, built by Debian's Go 1.19, answering `GET /req/1` at once. sonde follows its
+//! goroutines (three uprobes in the executable, the goroutine read at every socket hook), which
+//! is what this workload adds to nginx's. `GET /status` answers how many `/req/` requests it
+//! served (on the traced port: each run's two status queries are two spans among tens of
+//! thousands).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use super::procs::{self, ChildGuard};
+use crate::sh;
+
+/// Debian's `golang-1.19-go` (`cargo xtask setup` installs it).
+const GO: &str = "/usr/lib/go-1.19/bin/go";
+
+pub struct GoServer {
+    pub port: u16,
+    guard: ChildGuard,
+}
+
+impl GoServer {
+    /// Builds the service into `work` and starts it, pinned to `cpus`.
+    pub fn start(cpus: Option<&str>, work: &Path) -> anyhow::Result<GoServer> {
+        let binary = work.join("sonde-bench-go");
+        let out = Command::new(GO)
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(sh::root().join("tests/servers/go/chain.go"))
+            // The standard library only: no modules, no toolchain download.
+            .env("GO111MODULE", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", sh::root().join("target/test-servers/go-cache"))
+            .env("GOPATH", work.join("go-path"))
+            .output()
+            .with_context(|| format!("running {GO} (cargo xtask setup installs golang-1.19-go)"))?;
+        anyhow::ensure!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let mut cmd = procs::pinned(cpus, &binary.to_string_lossy());
+        cmd.arg(port.to_string())
+            .env("OTEL_SERVICE_NAME", "bench-go")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let guard = ChildGuard::spawn("the Go server", &mut cmd)?;
+        let server = GoServer { port, guard };
+        procs::wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/req/1", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    pub fn status(&self) -> Status {
+        Status { port: self.port }
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.guard.check_alive()
+    }
+}
+
+impl Drop for GoServer {
+    fn drop(&mut self) {
+        let _ = self.guard.terminate(Duration::from_secs(5));
+    }
+}
+
+/// The service's `/status`.
+#[derive(Clone, Copy)]
+pub struct Status {
+    port: u16,
+}
+
+impl Status {
+    /// `/req/` requests answered so far.
+    pub fn requests(self) -> anyhow::Result<u64> {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /status HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        body.trim().parse().with_context(|| format!("unexpected /status reply:\n{reply}"))
+    }
+}
