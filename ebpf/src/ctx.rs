@@ -198,7 +198,7 @@ pub fn ciphertext_read(pid_tgid: u64, sock: u64, len: u64) {
 /// `tls`: the bytes are TLS plaintext, from the library call (a context received for them came with
 /// the ciphertext, `ciphertext_read`).
 pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, tls: bool) {
-    if !enabled() {
+    if !enabled() || !chosen_for((pid_tgid >> 32) as u32) {
         return;
     }
     let egress = active.direction == Direction::Egress as u8;
@@ -225,11 +225,7 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, t
         if unsafe { SERVING.get(&who) }.is_some_and(|s| s.fd == active.fd) {
             let _ = SERVING.remove(&who);
         }
-    } else if !egress
-        && role == Role::Server as u8
-        && active.length_only == 0
-        && chosen_for((pid_tgid >> 32) as u32)
-    {
+    } else if !egress && role == Role::Server as u8 && active.length_only == 0 {
         server_read(pid_tgid, active, len, seq, tls);
     }
 }
@@ -305,7 +301,9 @@ pub fn after_read(pid_tgid: u64) {
 /// serves a request, the child works for it, as a worker thread made per request does.
 #[inline(always)]
 pub fn spawned(parent_tid: u32, child_tid: u32) {
-    if !enabled() {
+    // Threads serve requests in the kernel's tables only with propagation (in a followed Go
+    // program goroutines do, started through `go_newproc1_return`).
+    if global_u32(&PROPAGATE) == 0 {
         return;
     }
     // SAFETY: copied out at once from the LRU element; plain integers.

@@ -176,8 +176,6 @@ impl Probes {
         let hooks = attach::attach(&mut ebpf, chosen, options.hooks, options.programs)?;
         if let Some(propagation_options) = &options.propagation {
             propagation::attach(&mut ebpf, hooks, propagation_options)?;
-        } else if go {
-            propagation::attach_send_entries(&mut ebpf, hooks)?;
         }
         if fork_child_offset != 0 {
             attach::attach_thread_starts(&mut ebpf, options.programs);
@@ -216,7 +214,7 @@ impl Probes {
         };
         // Go programs are hooked as the data flow selects them (`ProbeNotice::Goroutines`): a uprobe
         // costs every process that runs the executable, selected or not.
-        let go = if go { Some(go::GoHooks::new(&mut ebpf)?) } else { None };
+        let go = if go { Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some())?) } else { None };
         let kernel_log = (log_level != 0)
             .then(|| {
                 kernel_log::KernelLog::start(&mut ebpf)

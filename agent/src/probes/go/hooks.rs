@@ -20,7 +20,7 @@ use aya::{
 use sonde_common::maps::GO_PROCS;
 
 use super::{Function, GoBinary, GoBinaryError, NEWPROC1, REQUEST_WRITE, ROUND_TRIP};
-use crate::probes::ProbeError;
+use crate::probes::{HookSet, ProbeError, propagation};
 
 /// The uprobes, as (function, program, on its return).
 const HOOKS: &[(&str, &str, bool)] = &[
@@ -38,13 +38,26 @@ pub struct GoHooks {
     followed: HashSet<u32>,
     /// The last generation handed out (never 0).
     generation: u32,
+    hooks: HookSet,
+    /// Whether the socket hook set's write-family entries are attached (`attach_send_entries`):
+    /// with propagation from the start, else with the first Go program followed — until then,
+    /// no process pays for them.
+    send_entries: bool,
 }
 
 impl GoHooks {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+    /// `send_entries`: already attached (propagation is on).
+    pub fn new(ebpf: &mut Ebpf, hooks: HookSet, send_entries: bool) -> Result<Self, ProbeError> {
         let map = ebpf.take_map(GO_PROCS).ok_or(ProbeError::MissingMap(GO_PROCS))?;
         let procs = BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: GO_PROCS, source })?;
-        Ok(Self { procs, executables: HashMap::new(), followed: HashSet::new(), generation: 0 })
+        Ok(Self {
+            procs,
+            executables: HashMap::new(),
+            followed: HashSet::new(),
+            generation: 0,
+            hooks,
+            send_entries,
+        })
     }
 
     /// Process `pid` was seen: if it runs a Go executable sonde can hook, hook it (once) and
@@ -67,6 +80,13 @@ impl GoHooks {
         };
         if !hooked {
             return;
+        }
+        if !self.send_entries {
+            if let Err(e) = propagation::attach_send_entries(ebpf, self.hooks) {
+                tracing::warn!(error = %e, "cannot follow the goroutines of Go programs");
+                return;
+            }
+            self.send_entries = true;
         }
         self.generation = self.generation.checked_add(1).unwrap_or(1);
         match self.procs.insert(pid, self.generation, 0) {
