@@ -141,5 +141,8 @@ pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     };
     // SAFETY: copied out at once; plain integers.
     let ids = (unsafe { GO_REQUESTS.get(&request) }).copied();
+    // Taken once: a later `write` of a request at this address (one written outside the transport,
+    // after this one was freed) must not find it. A retry goes through `roundTrip` again.
+    let _ = GO_REQUESTS.remove(&request);
     set_or_clear(&SERVING, &writer, ids.map(|ids| Ids { fd: -1, ..ids }));
 }

@@ -191,17 +191,38 @@ fn kill_9_leaves_no_programs_or_maps_behind() {
     assert!(gone, "after kill -9: {before:?} before, {now:?} now");
 }
 
-/// The sock_ops programs attached to `cgroup`, by id.
+/// The sock_ops programs attached to `cgroup`, by id: what `bpftool cgroup show` lists and, where
+/// its query fails (Linux 5.10 refuses the query flags of Debian 12's bpftool), the cgroup links
+/// `bpftool link show` lists.
 fn cgroup_sock_ops(cgroup: &str) -> Vec<u64> {
-    let out =
-        Command::new("bpftool").args(["cgroup", "show", cgroup, "-j"]).output().expect("running bpftool");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list.as_array()
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool").args(args).arg("-j").output().expect("running bpftool");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let sock_ops =
+        |p: &serde_json::Value| p["attach_type"] == "cgroup_sock_ops" || p["attach_type"] == "sock_ops";
+    let attached = json(&["cgroup", "show", cgroup]);
+    let mut ids: Vec<u64> = attached
+        .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["attach_type"] == "cgroup_sock_ops" || p["attach_type"] == "sock_ops")
+        .filter(|p| sock_ops(p))
         .filter_map(|p| p["id"].as_u64())
-        .collect()
+        .collect();
+    if ids.is_empty() {
+        // Which cgroup a link is on is its `cgroup_id`: the inode number of the directory.
+        use std::os::unix::fs::MetadataExt as _;
+        let cgroup_id = std::fs::metadata(cgroup).map(|m| m.ino()).unwrap_or(0);
+        let links = json(&["link", "show"]);
+        ids = links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["type"] == "cgroup" && sock_ops(l) && l["cgroup_id"].as_u64() == Some(cgroup_id))
+            .filter_map(|l| l["prog_id"].as_u64())
+            .collect();
+    }
+    ids
 }
 
 /// `GET /keep/{n}` on a keep-alive connection, and its `ok` reply.

@@ -214,7 +214,8 @@ impl Probes {
         };
         // Go programs are hooked as the data flow selects them (`ProbeNotice::Goroutines`): a uprobe
         // costs every process that runs the executable, selected or not.
-        let go = if go { Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some())?) } else { None };
+        let go =
+            if go { Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some())?) } else { None };
         let kernel_log = (log_level != 0)
             .then(|| {
                 kernel_log::KernelLog::start(&mut ebpf)
