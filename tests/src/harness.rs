@@ -202,8 +202,14 @@ pub fn wait_listening(port: u16) {
 }
 
 pub fn wait_listening_on(ip: &str, port: u16) {
+    wait_listening_within(ip, port, Duration::from_secs(20));
+}
+
+/// Waits up to `limit` (stretched by the patience factor) until something accepts connections on
+/// ip:port.
+pub fn wait_listening_within(ip: &str, port: u16, limit: Duration) {
     let ip: std::net::IpAddr = ip.parse().expect("an IP address");
-    let deadline = Instant::now() + patience(Duration::from_secs(20));
+    let deadline = Instant::now() + patience(limit);
     while TcpStream::connect((ip, port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -302,7 +308,9 @@ pub fn sdk_python_service(name: &str, traces_url: &str, downstreams: &[String]) 
         .stderr(Stdio::null())
         .spawn()
         .expect("starting tests/servers/sdk_app.py under opentelemetry-instrument");
-    wait_listening(port);
+    // The SDK imports hundreds of modules at start: a second here, but one to three minutes in an
+    // emulated guest whose root is on 9p.
+    wait_listening_within("127.0.0.1", port, Duration::from_secs(60));
     Guard { child, port, _dir: None }
 }
 
