@@ -17,6 +17,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use sonde_common::propagation::Ids;
@@ -62,25 +63,45 @@ pub fn followed(tgid: u32) -> bool {
     global_u32(&GO_GOROUTINES) != 0 && unsafe { GO_PROCS.get(&tgid) }.is_some()
 }
 
-/// A goroutine `g` of the current process, if sonde follows the process's goroutines.
+/// The current process's generation in `GO_PROCS`; 0: its goroutines are not followed.
+///
+/// Plain integers rather than `Option<Worker>`s: with two of those LLVM reads the payload of a
+/// `None` it never wrote, which verifiers before 6.3 refuse (stack bytes never written).
 #[inline(always)]
-fn goroutine(pid_tgid: u64, g: u64) -> Option<Worker> {
-    let tgid = (pid_tgid >> 32) as u32;
+fn generation(pid_tgid: u64) -> u32 {
     // SAFETY: copied out at once; a plain integer.
-    let generation = (unsafe { GO_PROCS.get(&tgid) }).copied()?;
-    (g != 0).then_some(Worker { id: g, tgid, generation })
+    (unsafe { GO_PROCS.get(&((pid_tgid >> 32) as u32)) }).copied().unwrap_or(0)
 }
 
-/// Sets `to`'s entry in `map` to `ids` or, with none, removes it: an entry left from an earlier
-/// user of the same address must never stand.
+/// Goroutine (or request) `id` of the current process, followed in `generation`.
 #[inline(always)]
-fn set_or_clear(map: &aya_ebpf::maps::LruHashMap<Worker, Ids>, to: &Worker, ids: Option<Ids>) {
-    match ids {
+fn goroutine(pid_tgid: u64, generation: u32, id: u64) -> Worker {
+    Worker { id, tgid: (pid_tgid >> 32) as u32, generation }
+}
+
+/// Copies `from`'s entry in `source` to `to`'s in `target` (with `fd` -1: a worker that answers on
+/// no connection, when `detached`), or, with none, removes `to`'s: an entry left from an earlier
+/// user of the same address must never stand. No `Option<Ids>` on the way (see [`generation`]).
+#[inline(always)]
+fn copy_or_clear(
+    source: &LruHashMap<Worker, Ids>,
+    from: &Worker,
+    target: &LruHashMap<Worker, Ids>,
+    to: &Worker,
+    detached: bool,
+) {
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
+    match unsafe { source.get(from) } {
         Some(ids) => {
-            let _ = map.insert(to, &ids, 0);
+            let mut ids = *ids;
+            if detached {
+                ids.fd = -1;
+            }
+            let _ = target.insert(to, &ids, 0);
         }
         None => {
-            let _ = map.remove(to);
+            let _ = target.remove(to);
         }
     }
 }
@@ -103,13 +124,13 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
     let _ = GO_NEWPROC.remove(&pid_tgid);
     // SAFETY: the probe's own saved registers; RAX holds the result.
     let newg = unsafe { (*ctx.regs).rax };
-    let (Some(parent), Some(child)) = (goroutine(pid_tgid, callergp), goroutine(pid_tgid, newg)) else {
+    let generation = generation(pid_tgid);
+    if generation == 0 || callergp == 0 || newg == 0 {
         return;
-    };
-    // SAFETY: copied out at once from the LRU element; plain integers.
-    let ids = (unsafe { SERVING.get(&parent) }).copied();
+    }
+    let (parent, child) = (goroutine(pid_tgid, generation, callergp), goroutine(pid_tgid, generation, newg));
     // The child answers on no connection: it works for the request until it reads one of its own.
-    set_or_clear(&SERVING, &child, ids.map(|ids| Ids { fd: -1, ..ids }));
+    copy_or_clear(&SERVING, &parent, &SERVING, &child, true);
 }
 
 /// `net/http.(*persistConn).roundTrip(pc, treq *transportRequest)`, in the goroutine that issued
@@ -122,12 +143,12 @@ pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
     let Ok(request) = (unsafe { bpf_probe_read_user(treq as *const u64) }) else {
         return;
     };
-    let (Some(issuer), Some(request)) = (goroutine(pid_tgid, g), goroutine(pid_tgid, request)) else {
+    let generation = generation(pid_tgid);
+    if generation == 0 || g == 0 || request == 0 {
         return;
-    };
-    // SAFETY: copied out at once; plain integers.
-    let ids = (unsafe { SERVING.get(&issuer) }).copied();
-    set_or_clear(&GO_REQUESTS, &request, ids);
+    }
+    let (issuer, request) = (goroutine(pid_tgid, generation, g), goroutine(pid_tgid, generation, request));
+    copy_or_clear(&SERVING, &issuer, &GO_REQUESTS, &request, false);
 }
 
 /// `net/http.(*Request).write(r, w, …)`, in the transport's write goroutine: RAX is `r`. The
@@ -136,13 +157,13 @@ pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
 pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     // SAFETY: the probe's own saved registers.
     let (g, request) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax) };
-    let (Some(writer), Some(request)) = (goroutine(pid_tgid, g), goroutine(pid_tgid, request)) else {
+    let generation = generation(pid_tgid);
+    if generation == 0 || g == 0 || request == 0 {
         return;
-    };
-    // SAFETY: copied out at once; plain integers.
-    let ids = (unsafe { GO_REQUESTS.get(&request) }).copied();
+    }
+    let (writer, request) = (goroutine(pid_tgid, generation, g), goroutine(pid_tgid, generation, request));
+    copy_or_clear(&GO_REQUESTS, &request, &SERVING, &writer, true);
     // Taken once: a later `write` of a request at this address (one written outside the transport,
     // after this one was freed) must not find it. A retry goes through `roundTrip` again.
     let _ = GO_REQUESTS.remove(&request);
-    set_or_clear(&SERVING, &writer, ids.map(|ids| Ids { fd: -1, ..ids }));
 }
