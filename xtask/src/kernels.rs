@@ -111,7 +111,11 @@ const TESTS: &[(&str, &str, Set)] = &[
     ),
     ("propagation", "a_written_header_changes_no_other_byte_of_what_the_server_reads", Set::Quick),
     // Quick on 6.1 alone, to keep `cargo xtask test` near 45 minutes; both kernels in full runs.
-    ("propagation", "three_hosts_joined_by_traceparent_headers_make_one_trace_per_request", Set::QuickOn("6.1")),
+    (
+        "propagation",
+        "three_hosts_joined_by_traceparent_headers_make_one_trace_per_request",
+        Set::QuickOn("6.1"),
+    ),
     // The Python SDK takes one to three minutes to start on 5.10 under TCG: quick on 6.1.
     (
         "propagation",
