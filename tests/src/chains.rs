@@ -4,9 +4,12 @@
 //! then answers 200 (see `tests/servers/go/chain.go` and `tests/servers/node/chain.js`).
 
 use std::{
+    io::{Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::OnceLock,
+    sync::{Barrier, OnceLock},
+    time::Duration,
 };
 
 use crate::harness::{Guard, free_port, servers_dir, wait_listening};
@@ -166,4 +169,32 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// `GET /req/{n}` on the service at `port` (the chain's first) from each of `ns`, all at once (released together by a barrier), each on a
+/// connection of its own; returns each reply's status line.
+pub fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
+    let barrier = Barrier::new(ns.len());
+    std::thread::scope(|scope| {
+        let barrier = &barrier;
+        let threads: Vec<_> = ns
+            .into_iter()
+            .map(|n| {
+                scope.spawn(move || {
+                    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
+                    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let request = format!(
+                        "GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+                    );
+                    barrier.wait();
+                    conn.write_all(request.as_bytes()).expect("sending the request");
+                    let mut reply = Vec::new();
+                    let _ = conn.read_to_end(&mut reply);
+                    let reply = String::from_utf8_lossy(&reply);
+                    (n, reply.lines().next().unwrap_or("").to_owned())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a request thread")).collect()
+    })
 }

@@ -5,16 +5,10 @@
 //! symbol table and stripped of it, at a real OTLP receiver: every request one whole trace, no
 //! span parented by another request's.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    sync::Barrier,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use sonde_tests::{
-    chains::{Behaviour, GO_EXE, GO_TOOLCHAINS, build_go_chain, go_chain_service},
+    chains::{self, Behaviour, GO_EXE, GO_TOOLCHAINS, build_go_chain, go_chain_service},
     harness::{Guard, Sonde},
     receiver::{ReceivedSpan, Receiver},
     trace_check::{self, LinkReport},
@@ -48,34 +42,6 @@ fn chain_spans(spans: &[ReceivedSpan], chain: &[Guard]) -> Vec<ReceivedSpan> {
         .collect()
 }
 
-/// `GET {path_prefix}{n}` on `port` for each of `ns`, all released at once, each on a connection
-/// of its own; each reply's status line.
-fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
-    let barrier = Barrier::new(ns.len());
-    std::thread::scope(|scope| {
-        let barrier = &barrier;
-        let threads: Vec<_> = ns
-            .into_iter()
-            .map(|n| {
-                scope.spawn(move || {
-                    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
-                    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                    let request = format!(
-                        "GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-                    );
-                    barrier.wait();
-                    conn.write_all(request.as_bytes()).expect("sending the request");
-                    let mut reply = Vec::new();
-                    let _ = conn.read_to_end(&mut reply);
-                    let reply = String::from_utf8_lossy(&reply);
-                    (n, reply.lines().next().unwrap_or("").to_owned())
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().expect("a request thread")).collect()
-    })
-}
-
 /// sonde hooks a Go executable when it first sees one of its processes move bytes: a request
 /// through the chain (not one of the checked ones), then a moment for the hooks to go in.
 fn warm_up(port: u16) {
@@ -98,7 +64,7 @@ async fn chain_under_load(binary: &Path) -> (usize, LinkReport, Vec<String>) {
     warm_up(port);
 
     let ns: Vec<u32> = (1..=CONCURRENT).collect();
-    let replies = tokio::task::spawn_blocking(move || concurrent_requests(port, ns)).await.unwrap();
+    let replies = tokio::task::spawn_blocking(move || chains::concurrent_requests(port, ns)).await.unwrap();
     for (n, status) in &replies {
         assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
     }
@@ -157,7 +123,7 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     let port = chain[0].port;
     warm_up(port);
     let ns: Vec<u32> = (1..=20).collect();
-    let replies = tokio::task::spawn_blocking(move || concurrent_requests(port, ns)).await.unwrap();
+    let replies = tokio::task::spawn_blocking(move || chains::concurrent_requests(port, ns)).await.unwrap();
     for (n, status) in &replies {
         assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
     }

@@ -5,12 +5,7 @@
 //! curl → A → B → C of plain services under concurrent requests, link by link, at a real OTLP
 //! receiver; sequential requests must still make whole traces, so dropping every parent fails too.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    sync::Barrier,
-    time::Duration,
-};
+use std::time::Duration;
 
 use sonde_tests::{
     chains::{self, Behaviour, Runtime},
@@ -48,34 +43,6 @@ fn chain_spans(spans: &[ReceivedSpan], chain: &[Guard]) -> Vec<ReceivedSpan> {
         .collect()
 }
 
-/// `GET /req/{n}` on A from each of `ns`, all at once (released together by a barrier), each on a
-/// connection of its own; returns each reply's status line.
-fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
-    let barrier = Barrier::new(ns.len());
-    std::thread::scope(|scope| {
-        let barrier = &barrier;
-        let threads: Vec<_> = ns
-            .into_iter()
-            .map(|n| {
-                scope.spawn(move || {
-                    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
-                    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    let request = format!(
-                        "GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-                    );
-                    barrier.wait();
-                    conn.write_all(request.as_bytes()).expect("sending the request");
-                    let mut reply = Vec::new();
-                    let _ = conn.read_to_end(&mut reply);
-                    let reply = String::from_utf8_lossy(&reply);
-                    (n, reply.lines().next().unwrap_or("").to_owned())
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().expect("a request thread")).collect()
-    })
-}
-
 /// Sequential requests, then concurrent ones, through a chain in `runtime`: no span
 /// is parented by another request's span, and each sequential request is one whole trace.
 /// `extra`: more arguments for sonde (`--context-propagation tcp`: the kernel chooses the ids, and
@@ -98,7 +65,7 @@ async fn no_cross_links_under_concurrent_requests(runtime: Runtime, extra: &[&st
     }
     let port = a.port;
     let ns: Vec<u32> = (SEQUENTIAL + 1..=SEQUENTIAL + CONCURRENT).collect();
-    let replies = tokio::task::spawn_blocking(move || concurrent_requests(port, ns)).await.unwrap();
+    let replies = tokio::task::spawn_blocking(move || chains::concurrent_requests(port, ns)).await.unwrap();
     for (n, status) in &replies {
         assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
     }
