@@ -6,8 +6,7 @@
 //! thousands).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -86,11 +85,7 @@ pub struct Status {
 impl Status {
     /// `/req/` requests answered so far.
     pub fn requests(self) -> anyhow::Result<u64> {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /status HTTP/1.0\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
+        let reply = procs::get_status(self.port)?;
         let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
         body.trim().parse().with_context(|| format!("unexpected /status reply:\n{reply}"))
     }

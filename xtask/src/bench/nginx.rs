@@ -3,8 +3,7 @@
 //! which sonde does not trace, serves `stub_status`: how many requests nginx itself answered.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -115,11 +114,7 @@ pub struct Status {
 impl Status {
     /// Requests nginx has answered so far (this query included).
     pub fn requests(self) -> anyhow::Result<u64> {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /status HTTP/1.0\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
+        let body = procs::get_status(self.port)?;
         parse_requests(&body).with_context(|| format!("unexpected stub_status:\n{body}"))
     }
 }

@@ -162,6 +162,16 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET /status` on 127.0.0.1:`port` over HTTP/1.0: the whole reply, head and body.
+pub fn get_status(port: u16) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    std::io::Write::write_all(&mut s, b"GET /status HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
 /// `taskset -c CPUS cmd…` when pinning is asked for, else `cmd…`.
 pub fn pinned(cpus: Option<&str>, program: &str) -> Command {
     match cpus {
