@@ -280,12 +280,21 @@ pub fn check_binary(path: &std::path::Path) -> anyhow::Result<()> {
     println!("{}: Go program built by {} ({symbols}), {support}", path.display(), binary.version_text);
     for &(name, what) in go::FUNCTIONS {
         match binary.functions.get(name) {
-            Some(f) => println!(
-                "function {name}: entry {:#x}, file offset {:#x}, {} bytes ({what})",
-                f.range.entry,
-                f.file_offset,
-                f.range.end - f.range.entry
-            ),
+            Some(f) => {
+                let returns = match &f.returns {
+                    Some(returns) => {
+                        let list: Vec<String> = returns.iter().map(|r| format!("{r:#x}")).collect();
+                        format!("returns at {}", list.join(" "))
+                    }
+                    None => "its code cannot be decoded".to_owned(),
+                };
+                println!(
+                    "function {name}: entry {:#x}, file offset {:#x}, {} bytes, {returns} ({what})",
+                    f.range.entry,
+                    f.file_offset,
+                    f.range.end - f.range.entry
+                )
+            }
             None => println!("function {name}: not in this binary ({what})"),
         }
     }

@@ -490,8 +490,8 @@ pub struct Endpoint {
     pub peer_port: u16,
 }
 
-/// A TLS library call in progress on one thread (`TLS_CALLS`, keyed by pid_tgid), from its entry
-/// to its return.
+/// A TLS library call in progress on one worker (`TLS_CALLS`: a thread, or a goroutine of a Go
+/// program), from its entry to its return.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TlsCall {
@@ -513,6 +513,10 @@ pub struct TlsCall {
     /// 1 when this call's socket I/O made its connection TLS (found an `SSL` set up before sonde
     /// started): its socket is remembered for the object's later calls.
     pub became_tls: u8,
+    /// 1 when the call's plaintext was sent at its entry (a Go write whose socket was known): its
+    /// socket I/O and its return send nothing more.
+    pub sent: u8,
+    pub _pad: [u8; 7],
 }
 
 /// What a TLS call moves.
@@ -554,7 +558,7 @@ mod pod {
     unsafe impl aya::Pod for SkipTo {}
     // SAFETY: `[u8; 16]` and two u16: 20 bytes, alignment 2, no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
-    // SAFETY: four u64, an i32 and four u8: 40 bytes, no implicit padding.
+    // SAFETY: four u64, an i32, five u8 and `_pad: [u8; 7]`: 48 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsCall {}
     // SAFETY: u64, u32 and `_pad: u32`: 16 bytes, no implicit padding.
     unsafe impl aya::Pod for TlsKey {}
@@ -583,7 +587,7 @@ mod tests {
         assert_eq!(size_of::<ConnState>(), 40);
         assert_eq!(size_of::<SkipTo>(), 24);
         assert_eq!(size_of::<Endpoint>(), 20);
-        assert_eq!(size_of::<TlsCall>(), 40);
+        assert_eq!(size_of::<TlsCall>(), 48);
         assert_eq!(size_of::<TlsKey>(), 16);
         assert_eq!(size_of::<FdWalk>(), 40);
         assert_eq!(size_of::<propagation::Ids>(), 40);

@@ -6,8 +6,8 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_buf,
 };
 use sonde_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, EventHeader, EventKind, KernelCount, Role,
-    SKIP_MIN_CALL_BYTES, Verdict, conn_key,
+    AF_INET, AF_INET6, CloseEvent, ConnEvent, ConnState, Direction, EventHeader, EventKind, KernelCount,
+    Role, SKIP_MIN_CALL_BYTES, Verdict, conn_key,
 };
 
 use crate::{
@@ -206,6 +206,13 @@ pub fn on_data(
                     return if was == 0 { Outcome::BECAME_TLS } else { Outcome::SKIP };
                 }
                 if (*state).tls != 0 {
+                    if direction == Direction::Ingress as u8 && crate::goroutines::followed(tgid) {
+                        // Ciphertext read outside every TLS call sonde saw: in a Go program, a
+                        // read entered before its hooks were, whose plaintext is lost. A gap in
+                        // the numbers makes user space start over rather than pair an answer with
+                        // the wrong request. (Writes outside calls are the alert `Close` sends.)
+                        (*state).seq = (*state).seq.wrapping_add(1);
+                    }
                     return Outcome::SKIP;
                 }
                 if (*state).verdict != Verdict::Copy as u8 {

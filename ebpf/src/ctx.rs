@@ -151,9 +151,11 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
 /// context already filed in this call, `CLIENT_IDS`, means a later write of the same call).
 #[inline(always)]
 fn tls_plaintext(pid_tgid: u64, fd: i32) -> Option<([u8; PROBE_BYTES], usize)> {
-    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-    let call = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied()?;
-    if call.kind != TlsCallKind::Data as u8 || call.direction != Direction::Egress as u8 {
+    let who = worker(pid_tgid)?;
+    // SAFETY: copied out at once; only this worker's hooks write its entry.
+    let call = (unsafe { TLS_CALLS.get(&who) }).copied()?;
+    // A call whose plaintext went out at its entry chose its context there.
+    if call.kind != TlsCallKind::Data as u8 || call.direction != Direction::Egress as u8 || call.sent != 0 {
         return None;
     }
     // SAFETY: only whether an entry exists, and its fd, is looked at.
@@ -164,17 +166,17 @@ fn tls_plaintext(pid_tgid: u64, fd: i32) -> Option<([u8; PROBE_BYTES], usize)> {
     first_bytes(call.buf, IoBuf::Plain as u8, PROBE_BYTES as u64)
 }
 
-/// A TLS library data call starts on this thread: what an earlier call left unclaimed (it failed,
-/// or its plaintext began no request) is stale.
+/// A TLS library data call of worker `who` starts on this thread: what an earlier call left
+/// unclaimed (it failed, or its plaintext began no request) is stale.
 #[inline(always)]
-pub fn tls_call_starts(pid_tgid: u64, direction: Direction) {
+pub fn tls_call_starts(pid_tgid: u64, who: &Worker, direction: Direction) {
     if !enabled() {
         return;
     }
     if direction == Direction::Egress {
         let _ = CLIENT_IDS.remove(&pid_tgid);
     } else {
-        let _ = TLS_RECEIVED.remove(&pid_tgid);
+        let _ = TLS_RECEIVED.remove(who);
     }
 }
 
@@ -185,8 +187,10 @@ pub fn ciphertext_read(pid_tgid: u64, sock: u64, len: u64) {
     if !enabled() {
         return;
     }
-    if let Some(ids) = received(sock, len) {
-        let _ = TLS_RECEIVED.insert(&pid_tgid, &ids, 0);
+    if let Some(ids) = received(sock, len)
+        && let Some(who) = worker(pid_tgid)
+    {
+        let _ = TLS_RECEIVED.insert(&who, &ids, 0);
     }
 }
 
@@ -244,9 +248,9 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
         return;
     };
     let received = if tls {
-        // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-        let ids = (unsafe { TLS_RECEIVED.get(&pid_tgid) }).copied();
-        let _ = TLS_RECEIVED.remove(&pid_tgid);
+        // SAFETY: copied out at once; only this worker's hooks write its entry.
+        let ids = (unsafe { TLS_RECEIVED.get(&who) }).copied();
+        let _ = TLS_RECEIVED.remove(&who);
         ids
     } else {
         received(active.sock, len)
@@ -307,9 +311,9 @@ pub fn spawned(parent_tid: u32, child_tid: u32) {
         return;
     }
     // SAFETY: copied out at once from the LRU element; plain integers.
-    if let Some(ids) = (unsafe { SERVING.get(&thread(parent_tid)) }).copied() {
+    if let Some(ids) = (unsafe { SERVING.get(&Worker::thread(parent_tid)) }).copied() {
         // The child answers on no connection: it serves the request until it exits or reads one.
-        let _ = SERVING.insert(&thread(child_tid), &Ids { fd: -1, ..ids }, 0);
+        let _ = SERVING.insert(&Worker::thread(child_tid), &Ids { fd: -1, ..ids }, 0);
     }
 }
 
@@ -320,18 +324,12 @@ pub fn exited(pid_tgid: u64, process_gone: bool) {
     if !enabled() {
         return;
     }
-    let _ = SERVING.remove(&thread(pid_tgid as u32));
+    let _ = SERVING.remove(&Worker::thread(pid_tgid as u32));
     let _ = CLIENT_IDS.remove(&pid_tgid);
     if process_gone {
         let _ = SHARED_THREADS.remove(&((pid_tgid >> 32) as u32));
         let _ = GO_PROCS.remove(&((pid_tgid >> 32) as u32));
     }
-}
-
-/// `SERVING`'s key for thread `tid` (a child gets an entry before it knows its own process id).
-#[inline(always)]
-fn thread(tid: u32) -> Worker {
-    Worker { id: tid as u64, tgid: 0, generation: 0 }
 }
 
 /// The context received for the read that just returned `len` bytes of `sock`, when its first byte

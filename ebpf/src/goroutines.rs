@@ -32,7 +32,7 @@ const REG_R14: usize = 1;
 /// that goroutines share.
 #[inline(always)]
 pub fn worker(pid_tgid: u64) -> Option<Worker> {
-    let thread = Worker { id: pid_tgid as u32 as u64, tgid: 0, generation: 0 };
+    let thread = Worker::thread(pid_tgid as u32);
     // A constant of the object: where it is 0 the verifier drops the branch, so kernels without
     // `bpf_task_pt_regs` still take the programs.
     if global_u32(&GO_GOROUTINES) == 0 {
@@ -129,6 +129,7 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
         return;
     }
     let (parent, child) = (goroutine(pid_tgid, generation, callergp), goroutine(pid_tgid, generation, newg));
+    crate::tls::goroutine_starts(&child);
     // The child answers on no connection: it works for the request until it reads one of its own.
     copy_or_clear(&SERVING, &parent, &SERVING, &child, true);
 }

@@ -55,10 +55,11 @@ pub static ACTIVE_IO: LruHashMap<u64, ActiveIo> = LruHashMap::with_max_entries(1
 #[map]
 pub static ACTIVE_CONNECT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
 
-/// pid_tgid → the TLS library call the thread is in (entry to return). LRU for the same reason as
-/// `ACTIVE_IO`.
+/// The TLS library call a worker is in (entry to return): a thread's, or in a Go program sonde
+/// follows a goroutine's, which may move to another thread inside the call (Go's `crypto/tls`
+/// parks a reader until its socket has bytes). LRU for the same reason as `ACTIVE_IO`.
 #[map]
-pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static TLS_CALLS: LruHashMap<Worker, TlsCall> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// (tgid, `SSL *`) → the fd of its socket, from `SSL_set_fd` or from socket I/O inside one of its
 /// calls: a read served from the library's buffer makes no syscall that would tell. Removed by
@@ -154,6 +155,14 @@ pub struct Worker {
     pub generation: u32,
 }
 
+impl Worker {
+    /// Thread `tid` as a worker (a child gets an entry before it knows its own process id).
+    #[inline(always)]
+    pub fn thread(tid: u32) -> Worker {
+        Worker { id: tid as u64, tgid: 0, generation: 0 }
+    }
+}
+
 /// tgid → generation (non-zero): the Go programs whose goroutines sonde follows, written by the
 /// agent once their uprobes are attached.
 #[map]
@@ -170,10 +179,11 @@ pub static GO_REQUESTS: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(1
 #[map]
 pub static GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
 
-/// pid_tgid → the context of a TCP option whose segment began at a TLS record that a read inside
-/// the thread's current TLS library call returned: the request the call's plaintext begins gets it.
+/// Worker (as in `TLS_CALLS`) → the context of a TCP option whose segment began at a TLS record that
+/// a read inside its current TLS library call returned: the request the call's plaintext begins
+/// gets it.
 #[map]
-pub static TLS_RECEIVED: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static TLS_RECEIVED: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// pid_tgid → the buffer and length of a request head the thread just read, for the read syscall's
 /// exit to look for a `traceparent` header in (`traceparent.rs`).

@@ -17,8 +17,10 @@ use aya_log_ebpf::debug;
 use sonde_common::{ActiveIo, Direction, DropReason, IoBuf, TlsCall, TlsCallKind, TlsKey};
 
 use crate::{
-    conn, ctx, filter, io,
-    maps::{TLS_CALLS, TLS_EXCLUDED, TLS_PIDS, TLS_SOCKETS, count_drop},
+    conn, ctx, filter,
+    goroutines::{self, worker},
+    io,
+    maps::{TLS_CALLS, TLS_EXCLUDED, TLS_PIDS, TLS_SOCKETS, Worker, count_drop},
 };
 
 /// Entry of a TLS call on `ssl`. `buf`: the plaintext buffer; `len_out`: where an `_ex` variant
@@ -30,10 +32,13 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
     if ssl == 0 || !filter::traced(tgid) || bit_set(&TLS_EXCLUDED, tgid) {
         return;
     }
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
     if kind == TlsCallKind::Control
-        // SAFETY: the entry of this thread's pid_tgid, which only this thread's hooks write; its
-        // element stays mapped while the program runs, and one byte of it is read at once.
-        && let Some(outer) = unsafe { TLS_CALLS.get(&pid_tgid) }
+        // SAFETY: the entry of this worker, which only its own hooks write; its element stays
+        // mapped while the program runs, and one byte of it is read at once.
+        && let Some(outer) = unsafe { TLS_CALLS.get(&who) }
         && outer.kind == TlsCallKind::Data as u8
     {
         // A handshake run from inside a read or write: the outer call keeps its record.
@@ -41,7 +46,7 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
     }
     mark_process(tgid);
     if kind == TlsCallKind::Data {
-        ctx::tls_call_starts(pid_tgid, direction);
+        ctx::tls_call_starts(pid_tgid, &who, direction);
     }
     let call = TlsCall {
         ssl,
@@ -53,8 +58,10 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
         kind: kind as u8,
         family: 0,
         became_tls: 0,
+        sent: 0,
+        _pad: [0; 7],
     };
-    if TLS_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+    if TLS_CALLS.insert(&who, &call, 0).is_err() {
         count_drop(DropReason::ActiveMapFull);
     }
 }
@@ -82,19 +89,23 @@ fn bit_set(bitmap: &Array<u64>, tgid: u32) -> bool {
     bitmap.get(tgid / 64).is_some_and(|word| word & (1u64 << (tgid % 64)) != 0)
 }
 
-/// From the socket hooks: is this thread inside a TLS call? If so, the call learns its socket.
+/// From the socket hooks: is this thread (or goroutine) inside a TLS call? If so, the call learns
+/// its socket.
 #[inline(always)]
 pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     if !bit_set(&TLS_PIDS, tgid) {
         return false;
     }
-    let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
+    let Some(who) = worker(pid_tgid) else {
+        return false;
+    };
+    let Some(call) = TLS_CALLS.get_ptr_mut(&who) else {
         return false;
     };
     // SAFETY: `call` is the non-null, aligned value pointer the lookup just returned, into the LRU
-    // map's preallocated elements, which stay mapped while the program runs; its key is this
-    // thread's pid_tgid, so no other thread's program writes it.
+    // map's preallocated elements, which stay mapped while the program runs; its key is the
+    // running worker, so no other worker's program writes it.
     unsafe {
         (*call).fd = fd;
         (*call).sock = sock;
@@ -106,17 +117,21 @@ pub fn in_call(pid_tgid: u64, fd: i32, sock: u64, family: u16) -> bool {
 /// The socket hooks found that the thread's current call made its connection TLS.
 #[inline(always)]
 pub fn became_tls(pid_tgid: u64) {
-    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&who) {
         // SAFETY: as in `in_call`: this thread's own entry, from the lookup just above.
         unsafe { (*call).became_tls = 1 };
     }
 }
 
-/// A thread exits: a call it was in will never return.
+/// A thread exits: a call it was in will never return. (A goroutine's calls outlive its threads;
+/// its record goes at its return, or when its `g` starts another goroutine, `go_newproc1_return`.)
 #[inline(always)]
 pub fn thread_exit(pid_tgid: u64) {
     if bit_set(&TLS_PIDS, (pid_tgid >> 32) as u32) {
-        let _ = TLS_CALLS.remove(&pid_tgid);
+        let _ = TLS_CALLS.remove(&Worker::thread(pid_tgid as u32));
     }
 }
 
@@ -124,15 +139,18 @@ pub fn thread_exit(pid_tgid: u64) {
 #[inline(always)]
 pub fn control_return() {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: this thread's own entry (only its hooks write it), copied out at once, before it is
+    let Some(who) = worker(pid_tgid) else {
+        return;
+    };
+    // SAFETY: this worker's own entry (only its hooks write it), copied out at once, before it is
     // removed; the element stays mapped while the program runs.
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(call) = (unsafe { TLS_CALLS.get(&who) }).copied() else {
         return;
     };
     if call.kind != TlsCallKind::Control as u8 {
         return;
     }
-    let _ = TLS_CALLS.remove(&pid_tgid);
+    let _ = TLS_CALLS.remove(&who);
     if call.fd >= 0 {
         remember_socket((pid_tgid >> 32) as u32, call.ssl, call.fd);
     }
@@ -143,13 +161,16 @@ pub fn control_return() {
 #[inline(always)]
 pub fn data_return(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: this thread's own entry (only its hooks write it), copied out at once, before it is
-    // removed; the element stays mapped while the program runs.
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(who) = worker(pid_tgid) else {
         return;
     };
-    let _ = TLS_CALLS.remove(&pid_tgid);
-    if call.kind != TlsCallKind::Data as u8 {
+    // SAFETY: this worker's own entry (only its hooks write it), copied out at once, before it is
+    // removed; the element stays mapped while the program runs.
+    let Some(call) = (unsafe { TLS_CALLS.get(&who) }).copied() else {
+        return;
+    };
+    let _ = TLS_CALLS.remove(&who);
+    if call.kind != TlsCallKind::Data as u8 || call.sent != 0 {
         return;
     }
     let tgid = (pid_tgid >> 32) as u32;
@@ -172,18 +193,31 @@ pub fn data_return(ret: i64) {
     let fd = if call.fd >= 0 {
         call.fd
     } else {
-        let key = TlsKey { ssl: call.ssl, tgid, _pad: 0 };
-        // SAFETY: the fd is copied out of the element at once (`Some(&fd)`), while it stays
-        // mapped; if another CPU removed and reused it meanwhile, the i32 read is another key's
-        // fd, a wrong connection for one event, nothing unsound.
-        match unsafe { TLS_SOCKETS.get(&key) } {
-            Some(&fd) => fd,
+        match known_socket(tgid, call.ssl) {
+            Some(fd) => fd,
             None => {
                 count_drop(DropReason::TlsNoSocket);
                 return;
             }
         }
     };
+    send_plaintext(pid_tgid, &call, fd, len);
+}
+
+/// The fd of TLS object `ssl` of process `tgid`, if known.
+#[inline(always)]
+fn known_socket(tgid: u32, ssl: u64) -> Option<i32> {
+    let key = TlsKey { ssl, tgid, _pad: 0 };
+    // SAFETY: the fd is copied out of the element at once, while it stays mapped; if another CPU
+    // removed and reused it meanwhile, the i32 read is another key's fd, a wrong connection for one
+    // event, nothing unsound.
+    (unsafe { TLS_SOCKETS.get(&key) }).copied()
+}
+
+/// The `len` plaintext bytes of `call` become a data event of the connection on `fd`.
+#[inline(always)]
+fn send_plaintext(pid_tgid: u64, call: &TlsCall, fd: i32, len: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
     let outcome = conn::on_tls_data(tgid, fd, len);
     let seq = match outcome.action {
         conn::Action::Send => outcome.seq,
@@ -309,6 +343,115 @@ pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
 pub fn ssl_free(ctx: ProbeContext) -> u32 {
     free(arg(&ctx, 0));
     0
+}
+
+// Go's `crypto/tls`, compiled into each Go program: uprobes on each Go executable whose goroutines
+// sonde follows (`probes/go/hooks.rs`). Under Go's register calling convention a method's receiver
+// and arguments are in RAX, RBX, RCX…, and at a return its results are in RAX, RBX…. Returns are
+// caught with uprobes on each RET instruction of the function: a uretprobe replaces the return
+// address on the stack, and the Go runtime moves goroutine stacks.
+
+/// `crypto/tls.(*Conn).Read(c, b []byte) (int, error)`: RAX is `c`, RBX `b`'s array.
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Direction::Ingress, TlsCallKind::Data);
+    0
+}
+
+/// `crypto/tls.(*Conn).Write(c, b []byte) (int, error)`: as `Read`, RCX `b`'s length.
+///
+/// Where the connection's socket is known, the plaintext is sent here, before its first byte
+/// reaches the wire: at a return the goroutine may get back to its thread after the peer has
+/// answered (Go's scheduler runs many goroutines on few threads), and an answer read before its
+/// request pairs with nothing. The write's trace context is chosen here too, as for a socket write.
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !goroutines::followed(tgid) {
+        return 0;
+    }
+    // SAFETY: the probe's own saved registers, valid for the program run.
+    let (conn, buf, len) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
+    let Some(who) = worker(pid_tgid) else {
+        return 0;
+    };
+    // SAFETY: copied out at once; only this worker's hooks write its entry.
+    if let Some(call) = (unsafe { TLS_CALLS.get(&who) }).copied()
+        && call.kind == TlsCallKind::Data as u8
+        && call.ssl == conn
+        && call.buf == buf
+    {
+        // The runtime grew the goroutine's stack and ran the function again from its entry.
+        return 0;
+    }
+    enter(conn, buf, 0, Direction::Egress, TlsCallKind::Data);
+    let Some(call) = TLS_CALLS.get_ptr_mut(&who) else {
+        return 0;
+    };
+    let Some(fd) = known_socket(tgid, conn) else {
+        // A connection whose handshake sonde did not see: this call finds its socket, for the
+        // later ones.
+        // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated
+        // elements; this worker's own entry, which only its hooks write.
+        unsafe { (*call).became_tls = 1 };
+        return 0;
+    };
+    if len == 0 {
+        return 0;
+    }
+    ctx::before_send(pid_tgid, fd, buf, len, IoBuf::Plain);
+    // SAFETY: as above; copied out right after the write.
+    let call = unsafe {
+        (*call).sent = 1;
+        *call
+    };
+    send_plaintext(pid_tgid, &call, fd, len);
+    0
+}
+
+/// `crypto/tls.(*Conn).handshakeContext(c, ctx) error`: every handshake, whether a `Read` or
+/// `Write` runs it or the program (`net/http`'s server does, before its first read).
+#[uprobe]
+pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, Direction::Ingress, TlsCallKind::Control);
+    0
+}
+
+/// A RET of `Read` or `Write`: RAX is the byte count.
+#[uprobe]
+pub fn go_tls_data_return(ctx: ProbeContext) -> u32 {
+    // SAFETY: the probe's own saved registers, valid for the program run.
+    data_return(unsafe { (*ctx.regs).rax } as i64);
+    0
+}
+
+/// A RET of `handshakeContext`.
+#[uprobe]
+pub fn go_tls_control_return(_ctx: ProbeContext) -> u32 {
+    control_return();
+    0
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, direction: Direction, kind: TlsCallKind) {
+    // Only where goroutines are followed: keyed by thread, the call's record would stay behind
+    // when its goroutine moves, for another goroutine on that thread to use.
+    if !goroutines::followed((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return;
+    }
+    // SAFETY: the probe's own saved registers, valid for the program run.
+    let (conn, buf) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) };
+    let buf = if kind == TlsCallKind::Data { buf } else { 0 };
+    enter(conn, buf, 0, direction, kind);
+}
+
+/// A goroutine starts on `g`, which an exited one may have left inside a TLS call.
+#[inline(always)]
+pub fn goroutine_starts(g: &Worker) {
+    if bit_set(&TLS_PIDS, g.tgid) {
+        let _ = TLS_CALLS.remove(g);
+    }
 }
 
 #[inline(always)]

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use crate::harness::{Guard, free_port, servers_dir, wait_listening};
+use crate::{
+    harness::{Guard, free_port, servers_dir, wait_listening},
+    tls::Certificate,
+};
 
 /// Debian's `golang-1.19-go` (`cargo xtask setup` installs it); `SONDE_TEST_GO` overrides it.
 const GO: &str = "/usr/lib/go-1.19/bin/go";
@@ -49,18 +52,31 @@ pub struct Behaviour {
 /// One service of a chain in `runtime`, named `name` (`OTEL_SERVICE_NAME`), calling each of
 /// `downstreams` (base URLs) per request; killed when the guard drops.
 pub fn chain_service(runtime: Runtime, name: &str, behaviour: Behaviour, downstreams: &[String]) -> Guard {
-    start_service(runtime, None, name, behaviour, downstreams)
+    start_service(runtime, None, None, name, behaviour, downstreams)
 }
 
 /// The Go chain service as built into `binary` (by another toolchain, or stripped: see
 /// [`build_go_chain`]), as [`chain_service`] starts it.
 pub fn go_chain_service(binary: &Path, name: &str, behaviour: Behaviour, downstreams: &[String]) -> Guard {
-    start_service(Runtime::Go, Some(binary), name, behaviour, downstreams)
+    start_service(Runtime::Go, Some(binary), None, name, behaviour, downstreams)
+}
+
+/// [`go_chain_service`] serving HTTPS with `certificate` (Go's `crypto/tls`); its downstreams are
+/// `https://` URLs ([`crate::tls::https_url`]), whose certificates it does not check.
+pub fn go_https_chain_service(
+    binary: &Path,
+    certificate: &Certificate,
+    name: &str,
+    behaviour: Behaviour,
+    downstreams: &[String],
+) -> Guard {
+    start_service(Runtime::Go, Some(binary), Some(certificate), name, behaviour, downstreams)
 }
 
 fn start_service(
     runtime: Runtime,
     go_binary: Option<&Path>,
+    certificate: Option<&Certificate>,
     name: &str,
     behaviour: Behaviour,
     downstreams: &[String],
@@ -73,6 +89,9 @@ fn start_service(
             c.args(["-jitter", &format!("{}ms", behaviour.jitter_ms)]);
             if behaviour.parallel {
                 c.arg("-parallel");
+            }
+            if let Some(certificate) = certificate {
+                c.arg("-cert").arg(&certificate.cert).arg("-key").arg(&certificate.key);
             }
             c
         }
@@ -174,27 +193,39 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// `GET /req/{n}` on the service at `port` (the chain's first) from each of `ns`, all at once (released together by a barrier), each on a
 /// connection of its own; returns each reply's status line.
 pub fn concurrent_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
+    concurrent(ns, |n, barrier| {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let request = format!("GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        barrier.wait();
+        conn.write_all(request.as_bytes()).expect("sending the request");
+        let mut reply = Vec::new();
+        let _ = conn.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        reply.lines().next().unwrap_or("").to_owned()
+    })
+}
+
+/// [`concurrent_requests`] over HTTPS (HTTP/1.1), each from a `curl` of its own.
+pub fn concurrent_https_requests(port: u16, ns: Vec<u32>) -> Vec<(u32, String)> {
+    concurrent(ns, |n, barrier| {
+        let url = crate::tls::https_url(port, &format!("/req/{n}"));
+        let mut curl = Command::new("curl");
+        curl.args(["-sSik", "--http1.1", "--max-time", "20", &url]);
+        barrier.wait();
+        let out = curl.output().expect("running curl");
+        let reply = String::from_utf8_lossy(&out.stdout);
+        reply.lines().next().unwrap_or("").trim_end().to_owned()
+    })
+}
+
+/// `request(n, barrier)` for each of `ns`, each on a thread of its own; a request waits at the
+/// barrier just before it is sent, so that all are sent at once.
+fn concurrent(ns: Vec<u32>, request: impl Fn(u32, &Barrier) -> String + Sync) -> Vec<(u32, String)> {
     let barrier = Barrier::new(ns.len());
     std::thread::scope(|scope| {
-        let barrier = &barrier;
-        let threads: Vec<_> = ns
-            .into_iter()
-            .map(|n| {
-                scope.spawn(move || {
-                    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to A");
-                    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    let request = format!(
-                        "GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-                    );
-                    barrier.wait();
-                    conn.write_all(request.as_bytes()).expect("sending the request");
-                    let mut reply = Vec::new();
-                    let _ = conn.read_to_end(&mut reply);
-                    let reply = String::from_utf8_lossy(&reply);
-                    (n, reply.lines().next().unwrap_or("").to_owned())
-                })
-            })
-            .collect();
+        let (barrier, request) = (&barrier, &request);
+        let threads: Vec<_> = ns.into_iter().map(|n| scope.spawn(move || (n, request(n, barrier)))).collect();
         threads.into_iter().map(|t| t.join().expect("a request thread")).collect()
     })
 }

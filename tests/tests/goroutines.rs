@@ -3,14 +3,17 @@
 //! once on a few threads. Checked through curl-like clients → Go A → Go B → Go C of plain `net/http`
 //! services (tests/servers/go/chain.go), built by each Go toolchain the tests install, with a
 //! symbol table and stripped of it, at a real OTLP receiver: every request one whole trace, no
-//! span parented by another request's.
+//! span parented by another request's — over plain HTTP, and over HTTPS through Go's `crypto/tls`.
 
 use std::{path::Path, time::Duration};
 
 use sonde_tests::{
-    chains::{self, Behaviour, GO_EXE, GO_TOOLCHAINS, build_go_chain, go_chain_service},
-    harness::{Guard, Sonde},
+    chains::{
+        self, Behaviour, GO_EXE, GO_TOOLCHAINS, build_go_chain, go_chain_service, go_https_chain_service,
+    },
+    harness::{Guard, Sonde, TempDir},
     receiver::{ReceivedSpan, Receiver},
+    tls::{Certificate, https_url},
     trace_check::{self, LinkReport},
 };
 
@@ -42,32 +45,88 @@ fn chain_spans(spans: &[ReceivedSpan], chain: &[Guard]) -> Vec<ReceivedSpan> {
         .collect()
 }
 
-/// sonde hooks a Go executable when it first sees one of its processes move bytes: a request
-/// through the chain (not one of the checked ones), then a moment for the hooks to go in.
-fn warm_up(port: u16) {
-    let reply = sonde_tests::harness::curl(&[&format!("http://127.0.0.1:{port}/req/0")]);
-    assert!(reply.contains("200"), "warm-up request: {reply}");
-    std::thread::sleep(Duration::from_secs(1));
+/// How the chain is spoken to: plain HTTP, or HTTPS through Go's `crypto/tls` (self-signed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
 }
 
-/// 50 concurrent requests through A → B → C built into `binary`: (whole traces, report, faults).
-async fn chain_under_load(binary: &Path) -> (usize, LinkReport, Vec<String>) {
+/// The services of one chain, as `scheme` has them speak.
+struct Services {
+    scheme: Scheme,
+    certificate: Option<(TempDir, Certificate)>,
+}
+
+impl Services {
+    fn new(scheme: Scheme) -> Services {
+        let certificate = (scheme == Scheme::Https).then(|| {
+            let dir = TempDir::new("go-chain-tls");
+            let certificate = Certificate::new(&dir.path);
+            (dir, certificate)
+        });
+        Services { scheme, certificate }
+    }
+
+    fn start(&self, binary: &Path, name: &str, behaviour: Behaviour, downstreams: &[&Guard]) -> Guard {
+        let urls: Vec<String> = downstreams.iter().map(|d| self.url(d.port, "")).collect();
+        match &self.certificate {
+            Some((_, certificate)) => go_https_chain_service(binary, certificate, name, behaviour, &urls),
+            None => go_chain_service(binary, name, behaviour, &urls),
+        }
+    }
+
+    fn url(&self, port: u16, path: &str) -> String {
+        match self.scheme {
+            Scheme::Http => format!("http://127.0.0.1:{port}{path}"),
+            Scheme::Https => https_url(port, path),
+        }
+    }
+
+    /// sonde hooks a Go executable when it first sees one of its processes move bytes, so each
+    /// service gets a request of its own first (a connection between them opened before the hooks
+    /// were in would lose the message its pending read was waiting for: a TLS read entered before
+    /// its hook returns unseen), then one through the chain, not one of the checked ones.
+    fn warm_up(&self, chain: &[Guard]) {
+        for service in chain {
+            sonde_tests::harness::curl(&["-k", "--http1.1", &self.url(service.port, "/status")]);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let reply = sonde_tests::harness::curl(&["-ik", "--http1.1", &self.url(chain[0].port, "/req/0")]);
+        assert!(reply.starts_with("HTTP/1.1 200"), "warm-up request: {reply}");
+    }
+
+    /// `GET /req/{n}` for each of `ns` at once.
+    async fn concurrent_requests(&self, port: u16, ns: Vec<u32>) {
+        let scheme = self.scheme;
+        let replies = tokio::task::spawn_blocking(move || match scheme {
+            Scheme::Http => chains::concurrent_requests(port, ns),
+            Scheme::Https => chains::concurrent_https_requests(port, ns),
+        })
+        .await
+        .unwrap();
+        for (n, status) in &replies {
+            assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
+        }
+    }
+}
+
+/// 50 concurrent requests through A → B → C built into `binary`, spoken to with `scheme`:
+/// (whole traces, report, faults, spans whose `url.scheme` is not `scheme`'s).
+async fn chain_under_load(binary: &Path, scheme: Scheme) -> (usize, LinkReport, Vec<String>, usize) {
     let receiver = Receiver::start().await.unwrap();
+    let services = Services::new(scheme);
     // C holds each request 20–50 ms, so that all of them are in flight in every service at once.
     let slow = Behaviour { delay_ms: 20, jitter_ms: 30, parallel: false };
-    let c = go_chain_service(binary, "svc-c", slow, &[]);
-    let b = go_chain_service(binary, "svc-b", Behaviour::default(), &[c.url("")]);
-    let a = go_chain_service(binary, "svc-a", Behaviour::default(), &[b.url("")]);
+    let c = services.start(binary, "svc-c", slow, &[]);
+    let b = services.start(binary, "svc-b", Behaviour::default(), &[&c]);
+    let a = services.start(binary, "svc-a", Behaviour::default(), &[&b]);
     let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
     let chain = [a, b, c];
     let port = chain[0].port;
-    warm_up(port);
+    services.warm_up(&chain);
 
-    let ns: Vec<u32> = (1..=CONCURRENT).collect();
-    let replies = tokio::task::spawn_blocking(move || chains::concurrent_requests(port, ns)).await.unwrap();
-    for (n, status) in &replies {
-        assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
-    }
+    services.concurrent_requests(port, (1..=CONCURRENT).collect()).await;
     let expected = CONCURRENT as usize * 5;
     receiver.wait_for(|s| chain_spans(s, &chain).len() >= expected, WAIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -76,21 +135,30 @@ async fn chain_under_load(binary: &Path) -> (usize, LinkReport, Vec<String>) {
     let faults: Vec<String> = (1..=CONCURRENT)
         .filter_map(|n| trace_check::whole_chain_fault(&spans, &format!("/req/{n}"), &SERVICES))
         .collect();
-    (CONCURRENT as usize - faults.len(), LinkReport::of(&spans), faults)
+    let want = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    // Servers say it in `url.scheme`, clients in `url.full`.
+    let other_scheme = spans
+        .iter()
+        .filter(|s| {
+            s.attr("url.scheme").as_deref() != Some(want)
+                && !s.attr("url.full").is_some_and(|url| url.starts_with(&format!("{want}://")))
+        })
+        .count();
+    (CONCURRENT as usize - faults.len(), LinkReport::of(&spans), faults, other_scheme)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn go_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_concurrent_requests() {
-    if !goroutines_followed_here() {
-        return;
-    }
+/// The chain under load for each toolchain's build, with symbols and without: what went wrong.
+async fn every_build_under_load(scheme: Scheme) -> Vec<String> {
     let mut failures = Vec::new();
     for go in GO_TOOLCHAINS.iter().map(Path::new) {
         for stripped in [false, true] {
             let binary = build_go_chain(go, stripped);
-            let (whole, report, faults) = chain_under_load(&binary).await;
+            let (whole, report, faults, other_scheme) = chain_under_load(&binary, scheme).await;
             let build = format!("{} {}", go.display(), if stripped { "-s -w" } else { "with symbols" });
-            println!("{build}: {whole} of {CONCURRENT} requests whole\n{report}");
+            println!("{scheme:?}, {build}: {whole} of {CONCURRENT} requests whole\n{report}");
             if report.wrong() != 0 {
                 failures
                     .push(format!("{build}: {} spans parented by another request's span", report.wrong()));
@@ -98,8 +166,31 @@ async fn go_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_con
             if !faults.is_empty() {
                 failures.push(format!("{build}: {} requests not whole, e.g. {}", faults.len(), faults[0]));
             }
+            if other_scheme != 0 {
+                failures.push(format!("{build}: {other_scheme} spans whose url.scheme is not {scheme:?}'s"));
+            }
         }
     }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_concurrent_requests() {
+    if !goroutines_followed_here() {
+        return;
+    }
+    let failures = every_build_under_load(Scheme::Http).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same over HTTPS: sonde reads Go's `crypto/tls` plaintext, server side and client side, with
+/// the calls keyed by goroutine.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_https_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_concurrent_requests() {
+    if !goroutines_followed_here() {
+        return;
+    }
+    let failures = every_build_under_load(Scheme::Https).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -112,21 +203,17 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     }
     let receiver = Receiver::start().await.unwrap();
     let binary = build_go_chain(Path::new(GO_TOOLCHAINS[0]), false);
-    let c =
-        go_chain_service(&binary, "svc-c", Behaviour { delay_ms: 10, jitter_ms: 20, parallel: false }, &[]);
-    let b =
-        go_chain_service(&binary, "svc-b", Behaviour { delay_ms: 10, jitter_ms: 20, parallel: false }, &[]);
+    let services = Services::new(Scheme::Http);
+    let callee = Behaviour { delay_ms: 10, jitter_ms: 20, parallel: false };
+    let c = services.start(&binary, "svc-c", callee, &[]);
+    let b = services.start(&binary, "svc-b", callee, &[]);
     let fan_out = Behaviour { parallel: true, ..Behaviour::default() };
-    let a = go_chain_service(&binary, "svc-a", fan_out, &[b.url(""), c.url("")]);
+    let a = services.start(&binary, "svc-a", fan_out, &[&b, &c]);
     let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
     let chain = [a, b, c];
     let port = chain[0].port;
-    warm_up(port);
-    let ns: Vec<u32> = (1..=20).collect();
-    let replies = tokio::task::spawn_blocking(move || chains::concurrent_requests(port, ns)).await.unwrap();
-    for (n, status) in &replies {
-        assert!(status.starts_with("HTTP/1.1 200"), "/req/{n}: {status:?}");
-    }
+    services.warm_up(&chain);
+    services.concurrent_requests(port, (1..=20).collect()).await;
     // Per request: A's SERVER span, its two CLIENT spans, B's and C's SERVER spans.
     receiver.wait_for(|s| chain_spans(s, &chain).len() >= 20 * 5, WAIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

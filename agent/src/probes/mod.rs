@@ -214,8 +214,11 @@ impl Probes {
         };
         // Go programs are hooked as the data flow selects them (`ProbeNotice::Goroutines`): a uprobe
         // costs every process that runs the executable, selected or not.
-        let go =
-            if go { Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some())?) } else { None };
+        let go = if go {
+            Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some(), tls.is_some())?)
+        } else {
+            None
+        };
         let kernel_log = (log_level != 0)
             .then(|| {
                 kernel_log::KernelLog::start(&mut ebpf)
@@ -264,6 +267,13 @@ impl Probes {
                 }
             }
             ProbeNotice::Ciphertext(pid) => {
+                if let Some(go) = self.go.as_mut() {
+                    // Its goroutines' notice may come after this one.
+                    go.process(&mut self.ebpf, pid);
+                    if go.reads_tls(pid) {
+                        return;
+                    }
+                }
                 if let Some(tls) = self.tls.as_mut() {
                     tls.ciphertext_seen(pid);
                 }

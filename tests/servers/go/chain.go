@@ -1,7 +1,10 @@
 // One service of a call chain, written against Go's plain net/http with no tracing code, for
 // sonde's parenting tests.
 //
-// Usage: chain [-delay D] [-jitter D] [-parallel] PORT [DOWNSTREAM_BASE_URL ...]
+// Usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE] PORT [DOWNSTREAM_BASE_URL ...]
+//
+// With -cert and -key it serves HTTPS (crypto/tls, HTTP/1.1 only); it calls https:// downstreams
+// without checking their certificates (the tests' are self-signed), over HTTP/1.1.
 //
 // GET /status answers how many /req/ requests were answered so far (the bench's count of served
 // requests).
@@ -18,6 +21,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -41,6 +45,8 @@ var client = &http.Client{
 		MaxIdleConns:        256,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     5 * time.Minute,
+		// A TLS configuration of its own keeps the client on HTTP/1.1 (no h2 offered).
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
 	},
 }
 
@@ -64,9 +70,11 @@ func main() {
 	delay := flag.Duration("delay", 0, "wait this long before answering")
 	jitter := flag.Duration("jitter", 0, "and up to this much longer, at random")
 	parallel := flag.Bool("parallel", false, "call the downstreams all at once, not in turn")
+	cert := flag.String("cert", "", "serve HTTPS with this certificate (PEM)")
+	key := flag.String("key", "", "and this key (PEM)")
 	flag.Parse()
 	if flag.NArg() < 1 {
-		fmt.Fprintln(os.Stderr, "usage: chain [-delay D] [-jitter D] [-parallel] PORT [DOWNSTREAM ...]")
+		fmt.Fprintln(os.Stderr, "usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE] PORT [DOWNSTREAM ...]")
 		os.Exit(2)
 	}
 	port, err := strconv.Atoi(flag.Arg(0))
@@ -125,5 +133,11 @@ func main() {
 	http.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d\n", served.Load())
 	})
-	log.Fatal(http.ListenAndServe(fmt.Sprintf("127.0.0.1:%d", port), nil))
+	server := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	if *cert != "" {
+		// A non-nil, empty map turns HTTP/2 off: ALPN offers HTTP/1.1 alone.
+		server.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		log.Fatal(server.ListenAndServeTLS(*cert, *key))
+	}
+	log.Fatal(server.ListenAndServe())
 }

@@ -1,7 +1,9 @@
 //! Following goroutines: each Go executable that selected processes run is hooked once, when the
 //! first of them is seen (a uprobe on a file fires in every process that runs it, started before or
 //! after), then each such process is named to the kernel (`GO_PROCS`), which from then on keys the
-//! requests its goroutines serve by goroutine instead of by thread (`ebpf/src/goroutines.rs`).
+//! requests its goroutines serve by goroutine instead of by thread (`ebpf/src/goroutines.rs`). With
+//! `--tls on`, an executable that has Go's `crypto/tls` is hooked there too, so that its HTTPS is
+//! read as plaintext (`ebpf/src/tls.rs`), the TLS calls keyed by goroutine as well.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,10 +21,13 @@ use aya::{
 };
 use sonde_common::maps::GO_PROCS;
 
-use super::{Function, GoBinary, GoBinaryError, NEWPROC1, REQUEST_WRITE, ROUND_TRIP};
+use super::{
+    Function, GoBinary, GoBinaryError, NEWPROC1, REQUEST_WRITE, ROUND_TRIP, TLS_HANDSHAKE, TLS_READ,
+    TLS_WRITE,
+};
 use crate::probes::{HookSet, ProbeError, propagation};
 
-/// The uprobes, as (function, program, on its return).
+/// The uprobes that follow goroutines, as (function, program, on its return).
 const HOOKS: &[(&str, &str, bool)] = &[
     (NEWPROC1, "go_newproc1", false),
     (NEWPROC1, "go_newproc1_return", true),
@@ -30,12 +35,32 @@ const HOOKS: &[(&str, &str, bool)] = &[
     (REQUEST_WRITE, "go_request_write", false),
 ];
 
+/// The uprobes on `crypto/tls`, as (function, program at its entry, program at each of its RET
+/// instructions). The handshake comes first: a call must never be entered where its return is not
+/// caught (its record would make the goroutine's later socket I/O look like ciphertext).
+const TLS_HOOKS: &[(&str, &str, &str)] = &[
+    (TLS_HANDSHAKE, "go_tls_handshake", "go_tls_control_return"),
+    (TLS_READ, "go_tls_read", "go_tls_data_return"),
+    (TLS_WRITE, "go_tls_write", "go_tls_data_return"),
+];
+
+/// What sonde hooked in one Go executable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Hooked {
+    goroutines: bool,
+    tls: bool,
+}
+
 pub struct GoHooks {
     /// The kernel's table of followed processes: tgid → generation.
     procs: BpfHashMap<MapData, u32, u32>,
-    /// (device, inode) of every executable looked at: whether it is hooked.
-    executables: HashMap<(u64, u64), bool>,
+    /// (device, inode) of every executable looked at: what is hooked in it.
+    executables: HashMap<(u64, u64), Hooked>,
     followed: HashSet<u32>,
+    /// Followed processes whose `crypto/tls` is hooked.
+    tls_read: HashSet<u32>,
+    /// Whether `crypto/tls` is hooked (`--tls on`).
+    tls: bool,
     /// The last generation handed out (never 0).
     generation: u32,
     hooks: HookSet,
@@ -46,14 +71,16 @@ pub struct GoHooks {
 }
 
 impl GoHooks {
-    /// `send_entries`: already attached (propagation is on).
-    pub fn new(ebpf: &mut Ebpf, hooks: HookSet, send_entries: bool) -> Result<Self, ProbeError> {
+    /// `send_entries`: already attached (propagation is on); `tls`: hook `crypto/tls` too.
+    pub fn new(ebpf: &mut Ebpf, hooks: HookSet, send_entries: bool, tls: bool) -> Result<Self, ProbeError> {
         let map = ebpf.take_map(GO_PROCS).ok_or(ProbeError::MissingMap(GO_PROCS))?;
         let procs = BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: GO_PROCS, source })?;
         Ok(Self {
             procs,
             executables: HashMap::new(),
             followed: HashSet::new(),
+            tls_read: HashSet::new(),
+            tls,
             generation: 0,
             hooks,
             send_entries,
@@ -73,12 +100,12 @@ impl GoHooks {
         let hooked = match self.executables.get(&key) {
             Some(&hooked) => hooked,
             None => {
-                let hooked = hook_executable(ebpf, Path::new(&exe), pid);
+                let hooked = hook_executable(ebpf, Path::new(&exe), pid, self.tls);
                 self.executables.insert(key, hooked);
                 hooked
             }
         };
-        if !hooked {
+        if !hooked.goroutines {
             return;
         }
         if !self.send_entries {
@@ -92,6 +119,9 @@ impl GoHooks {
         match self.procs.insert(pid, self.generation, 0) {
             Ok(()) => {
                 self.followed.insert(pid);
+                if hooked.tls {
+                    self.tls_read.insert(pid);
+                }
             }
             Err(e) => tracing::warn!(pid, error = %e, "cannot follow the goroutines of a Go program"),
         }
@@ -103,27 +133,33 @@ impl GoHooks {
         let gone: Vec<u32> = self.followed.iter().copied().filter(|&pid| !alive(pid)).collect();
         for pid in gone {
             self.followed.remove(&pid);
+            self.tls_read.remove(&pid);
             let _ = self.procs.remove(&pid);
         }
     }
 
     /// How many Go executables are hooked.
     pub fn hooked_executables(&self) -> usize {
-        self.executables.values().filter(|&&hooked| hooked).count()
+        self.executables.values().filter(|hooked| hooked.goroutines).count()
+    }
+
+    /// Whether sonde reads the plaintext of process `pid`'s `crypto/tls`.
+    pub fn reads_tls(&self, pid: u32) -> bool {
+        self.tls_read.contains(&pid)
     }
 }
 
-/// Hooks the executable at `path` (of process `pid`) if it is a Go program sonde reads; false, and
-/// said why where that is news, otherwise.
-fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32) -> bool {
+/// Hooks the executable at `path` (of process `pid`) if it is a Go program sonde reads, and its
+/// `crypto/tls` with `tls`; says why not where that is news.
+fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32, tls: bool) -> Hooked {
     let binary = match super::inspect(path) {
         Ok(binary) => binary,
         Err(GoBinaryError::NotGo { .. } | GoBinaryError::Elf { .. } | GoBinaryError::Read { .. }) => {
-            return false;
+            return Hooked::default();
         }
         Err(e) => {
             tracing::warn!(pid, error = %e, "a Go program whose goroutines cannot be followed: its client spans get no in-process parent while it serves several requests");
-            return false;
+            return Hooked::default();
         }
     };
     let exe = std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf());
@@ -134,25 +170,53 @@ fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32) -> bool {
             go = %binary.version_text,
             "a Go program whose goroutines are not followed (Go 1.17 or later with net/http's client is needed)"
         );
-        return false;
+        return Hooked::default();
     };
     for &(function, program, _) in HOOKS {
-        let f = functions[function];
-        if let Err(e) = attach(ebpf, program, path, f.file_offset) {
+        if let Err(e) = attach(ebpf, program, path, functions[function].file_offset) {
             tracing::warn!(pid, exe = %exe.display(), error = %e, "cannot hook a Go program: its goroutines are not followed");
+            return Hooked::default();
+        }
+    }
+    let tls = tls && hook_tls(ebpf, path, &binary, pid);
+    tracing::info!(pid, exe = %exe.display(), go = %binary.version_text, https = tls, "following the goroutines of a Go program");
+    Hooked { goroutines: true, tls }
+}
+
+/// Hooks `crypto/tls` in `binary`, if it has it: each function's returns, then its entry.
+fn hook_tls(ebpf: &mut Ebpf, path: &Path, binary: &GoBinary, pid: u32) -> bool {
+    let mut found = Vec::new();
+    for &(name, entry, ret) in TLS_HOOKS {
+        // A program with no TLS (or one that never reads it) has none of them.
+        let Some(function) = binary.functions.get(name) else { return false };
+        match function.return_offsets() {
+            Some(returns) if !returns.is_empty() => found.push((function.file_offset, returns, entry, ret)),
+            _ => {
+                tracing::warn!(
+                    pid,
+                    function = name,
+                    "a Go program whose HTTPS sonde cannot read: the returns of a crypto/tls function were not found"
+                );
+                return false;
+            }
+        }
+    }
+    for (offset, returns, entry, ret) in found {
+        let attached = returns.iter().try_for_each(|&at| attach(ebpf, ret, path, at));
+        if let Err(e) = attached.and_then(|()| attach(ebpf, entry, path, offset)) {
+            tracing::warn!(pid, error = %e, "cannot hook a Go program's crypto/tls: its HTTPS is not read");
             return false;
         }
     }
-    tracing::info!(pid, exe = %exe.display(), go = %binary.version_text, "following the goroutines of a Go program");
     true
 }
 
-/// The functions every hook needs, if the binary is one sonde reads and has them all.
+/// The functions every goroutine hook needs, if the binary is one sonde reads and has them all.
 fn needed(binary: &GoBinary) -> Option<HashMap<&'static str, Function>> {
     if !binary.supported() {
         return None;
     }
-    HOOKS.iter().map(|&(name, _, _)| Some((name, *binary.functions.get(name)?))).collect()
+    HOOKS.iter().map(|&(name, _, _)| Some((name, binary.functions.get(name)?.clone()))).collect()
 }
 
 fn attach(ebpf: &mut Ebpf, program: &'static str, path: &Path, offset: u64) -> Result<(), ProbeError> {

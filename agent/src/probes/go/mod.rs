@@ -6,6 +6,7 @@
 mod buildinfo;
 mod hooks;
 mod pclntab;
+mod returns;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -22,21 +23,38 @@ pub const OLDEST: GoVersion = GoVersion { major: 1, minor: 17, patch: 0 };
 pub const NEWPROC1: &str = "runtime.newproc1";
 pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 pub const REQUEST_WRITE: &str = "net/http.(*Request).write";
+pub const TLS_READ: &str = "crypto/tls.(*Conn).Read";
+pub const TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+pub const TLS_HANDSHAKE: &str = "crypto/tls.(*Conn).handshakeContext";
 
 /// The functions sonde hooks (`hooks.rs`), and what each one tells.
 pub const FUNCTIONS: &[(&str, &str)] = &[
     (NEWPROC1, "a goroutine starts another, which works for the same request"),
     (ROUND_TRIP, "a goroutine issues a client request, for the request it serves"),
     (REQUEST_WRITE, "the transport's write goroutine writes that client request"),
+    (TLS_READ, "HTTPS: the plaintext a TLS connection's reader gets"),
+    (TLS_WRITE, "HTTPS: the plaintext a TLS connection's writer gives"),
+    (TLS_HANDSHAKE, "HTTPS: a handshake, which tells the connection's socket"),
 ];
 
 /// A function found in a binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
     /// Its code, as virtual addresses.
     pub range: FuncRange,
     /// Where its entry is in the file: what a uprobe is attached at.
     pub file_offset: u64,
+    /// The virtual addresses of its RET instructions, where its returns are caught; None when its
+    /// code could not be decoded.
+    pub returns: Option<Vec<u64>>,
+}
+
+impl Function {
+    /// Where its RET instructions are in the file.
+    pub fn return_offsets(&self) -> Option<Vec<u64>> {
+        let returns = self.returns.as_ref()?;
+        Some(returns.iter().map(|&address| self.file_offset + (address - self.range.entry)).collect())
+    }
 }
 
 /// What sonde knows of one Go binary.
@@ -110,7 +128,9 @@ pub fn inspect(path: &Path) -> Result<GoBinary, GoBinaryError> {
         .iter()
         .filter_map(|&(name, _)| {
             let range = *found.get(name)?;
-            Some((name, Function { range, file_offset: file_offset(&elf, range.entry)? }))
+            let code = bytes_at(&elf, range.entry, range.end.checked_sub(range.entry)?);
+            let returns = code.and_then(|code| returns::ret_addresses(code, range));
+            Some((name, Function { range, file_offset: file_offset(&elf, range.entry)?, returns }))
         })
         .collect();
     Ok(GoBinary {
