@@ -10,8 +10,11 @@ use sonde_tests::{
     harness::sonde_bin,
 };
 
-/// `sonde check-binary PATH`: (version line, function name → (entry, file offset)).
-fn check_binary(path: &Path) -> (String, BTreeMap<String, (u64, u64)>) {
+/// What `sonde check-binary` says of one function: its entry, its file offset, its RET instructions.
+type Found = (u64, u64, Vec<u64>);
+
+/// `sonde check-binary PATH`: (version line, function name → what it found).
+fn check_binary(path: &Path) -> (String, BTreeMap<String, Found>) {
     let out =
         Command::new(sonde_bin()).arg("check-binary").arg(path).output().expect("running sonde check-binary");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -26,11 +29,13 @@ fn check_binary(path: &Path) -> (String, BTreeMap<String, (u64, u64)>) {
     let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("a hex number");
     let functions = lines
         .filter_map(|l| {
-            // function NAME: entry 0x…, file offset 0x…, N bytes (…)
+            // function NAME: entry 0x…, file offset 0x…, N bytes, returns at 0x… 0x… (…)
             let (name, rest) = l.strip_prefix("function ")?.split_once(": entry ")?;
             let (entry, rest) = rest.split_once(", file offset ")?;
-            let (offset, _) = rest.split_once(',')?;
-            Some((name.to_owned(), (hex(entry), hex(offset))))
+            let (offset, rest) = rest.split_once(',')?;
+            let (_, rest) = rest.split_once("returns at ")?;
+            let (returns, _) = rest.split_once(" (")?;
+            Some((name.to_owned(), (hex(entry), hex(offset), returns.split(' ').map(hex).collect())))
         })
         .collect();
     (first, functions)
@@ -47,6 +52,26 @@ fn go_nm(go: &Path, binary: &Path) -> BTreeMap<String, u64> {
             let address = u64::from_str_radix(fields.next()?, 16).ok()?;
             (fields.next()? == "T").then_some(())?;
             Some((fields.collect::<Vec<_>>().join(" "), address))
+        })
+        .collect()
+}
+
+/// The addresses of the RET instructions of function `name` in `binary`, as `objdump` decodes it
+/// (through the symbol table).
+fn objdump_returns(binary: &Path, name: &str) -> Vec<u64> {
+    let out = Command::new("objdump")
+        .arg(format!("--disassemble={name}"))
+        .arg(binary)
+        .output()
+        .expect("running objdump (binutils; `cargo xtask setup` installs it)");
+    assert!(out.status.success(), "objdump: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // `  4c1a2b:\tc3                   \tret` (`retq` in older binutils)
+            let (address, rest) = l.trim_start().split_once(':')?;
+            let mnemonic = rest.split('\t').nth(2)?.split_whitespace().next()?;
+            matches!(mnemonic, "ret" | "retq").then(|| u64::from_str_radix(address, 16).ok())?
         })
         .collect()
 }
@@ -89,11 +114,20 @@ fn go_functions_are_found_in_binaries_with_and_without_symbols() {
             "{first}"
         );
         // chain.go serves and calls over HTTP: every function is there, where the toolchain says.
-        for (name, &(entry, offset)) in &found {
-            assert_eq!(Some(&entry), symbols.get(name), "{name} in {release}");
-            assert_eq!(offset, readelf_file_offset(&plain, entry), "{name}'s file offset in {release}");
+        for (name, (entry, offset, returns)) in &found {
+            assert_eq!(Some(entry), symbols.get(name), "{name} in {release}");
+            assert_eq!(*offset, readelf_file_offset(&plain, *entry), "{name}'s file offset in {release}");
+            assert!(!returns.is_empty(), "{name} in {release}: no RET found");
+            assert_eq!(returns, &objdump_returns(&plain, name), "{name}'s RET instructions in {release}");
         }
-        for name in ["runtime.newproc1", "net/http.(*persistConn).roundTrip", "net/http.(*Request).write"] {
+        for name in [
+            "runtime.newproc1",
+            "net/http.(*persistConn).roundTrip",
+            "net/http.(*Request).write",
+            "crypto/tls.(*Conn).Read",
+            "crypto/tls.(*Conn).Write",
+            "crypto/tls.(*Conn).handshakeContext",
+        ] {
             assert!(found.contains_key(name), "{name} not found in the {release} build");
         }
 

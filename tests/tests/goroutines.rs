@@ -83,16 +83,35 @@ impl Services {
         }
     }
 
-    /// sonde hooks a Go executable when it first sees one of its processes move bytes, so each
-    /// service gets a request of its own first (a connection between them opened before the hooks
-    /// were in would lose the message its pending read was waiting for: a TLS read entered before
-    /// its hook returns unseen), then one through the chain, not one of the checked ones.
-    fn warm_up(&self, chain: &[Guard]) {
+    /// sonde hooks a Go executable when it first sees one of its processes move bytes, and follows
+    /// each process of it from then on. So each service is asked `/status` until its span arrives
+    /// (a connection between them opened before that would lose the message its pending read was
+    /// waiting for: a TLS read entered before its hook returns unseen), then a request goes
+    /// through the chain, not one of the checked ones.
+    async fn warm_up(&self, chain: &[Guard], receiver: &Receiver) {
         for service in chain {
-            sonde_tests::harness::curl(&["-k", "--http1.1", &self.url(service.port, "/status")]);
+            let pid = service.pid().to_string();
+            let seen = |spans: &[ReceivedSpan]| {
+                spans.iter().any(|s| {
+                    s.resource.get("process.pid") == Some(&pid)
+                        && s.attr("url.path").as_deref() == Some("/status")
+                })
+            };
+            for _ in 0..10 {
+                let url = self.url(service.port, "/status");
+                tokio::task::spawn_blocking(move || sonde_tests::harness::curl(&["-k", "--http1.1", &url]))
+                    .await
+                    .unwrap();
+                if seen(&receiver.wait_for(&seen, Duration::from_secs(2)).await) {
+                    break;
+                }
+            }
         }
-        std::thread::sleep(Duration::from_secs(1));
-        let reply = sonde_tests::harness::curl(&["-ik", "--http1.1", &self.url(chain[0].port, "/req/0")]);
+        let url = self.url(chain[0].port, "/req/0");
+        let reply =
+            tokio::task::spawn_blocking(move || sonde_tests::harness::curl(&["-ik", "--http1.1", &url]))
+                .await
+                .unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "warm-up request: {reply}");
     }
 
@@ -124,7 +143,7 @@ async fn chain_under_load(binary: &Path, scheme: Scheme) -> (usize, LinkReport, 
     let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
     let chain = [a, b, c];
     let port = chain[0].port;
-    services.warm_up(&chain);
+    services.warm_up(&chain, &receiver).await;
 
     services.concurrent_requests(port, (1..=CONCURRENT).collect()).await;
     let expected = CONCURRENT as usize * 5;
@@ -212,7 +231,7 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
     let chain = [a, b, c];
     let port = chain[0].port;
-    services.warm_up(&chain);
+    services.warm_up(&chain, &receiver).await;
     services.concurrent_requests(port, (1..=20).collect()).await;
     // Per request: A's SERVER span, its two CLIENT spans, B's and C's SERVER spans.
     receiver.wait_for(|s| chain_spans(s, &chain).len() >= 20 * 5, WAIT).await;
