@@ -263,9 +263,10 @@ pub struct RunArgs {
     #[arg(env = "SONDE_TRACES_SAMPLER_ARG", long, value_name = "RATIO", value_parser = values::ratio)]
     pub traces_sampler_arg: Option<f64>,
 
-    /// HTTPS: `on` hooks OpenSSL (`libssl.so.3`, `libssl.so.1.1`) wherever processes load it and
-    /// reads the plaintext there; `off` leaves TLS alone (its connections give no spans). Each
-    /// hooked call costs the calling thread about 1–5 µs (uprobes trap into the kernel).
+    /// HTTPS: `on` hooks OpenSSL (`libssl.so.3`, `libssl.so.1.1`) wherever processes load it, and
+    /// Go's `crypto/tls` in the Go programs whose goroutines are followed (`--go on`), and reads
+    /// the plaintext there; `off` leaves TLS alone (its connections give no spans). Each hooked
+    /// call costs the calling thread about 1–5 µs (uprobes trap into the kernel).
     #[arg(env = "SONDE_TLS", long, value_enum, value_name = "MODE", default_value_t = TlsMode::On)]
     pub tls: TlsMode,
 
