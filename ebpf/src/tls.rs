@@ -410,8 +410,9 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `crypto/tls.(*Conn).handshakeContext(c, ctx) error`: every handshake, whether a `Read` or
-/// `Write` runs it or the program (`net/http`'s server does, before its first read).
+/// `crypto/tls.(*Conn).clientHandshake(c, ctx) error` and `serverHandshake`: every handshake,
+/// whether a `Read` or `Write` runs it or the program (`net/http`'s server does, before its first
+/// read).
 #[uprobe]
 pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, Direction::Ingress, TlsCallKind::Control);
@@ -426,7 +427,7 @@ pub fn go_tls_data_return(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// A RET of `handshakeContext`.
+/// A RET of `clientHandshake` or `serverHandshake`.
 #[uprobe]
 pub fn go_tls_control_return(_ctx: ProbeContext) -> u32 {
     control_return();

@@ -22,8 +22,8 @@ use aya::{
 use sonde_common::maps::GO_PROCS;
 
 use super::{
-    Function, GoBinary, GoBinaryError, NEWPROC1, REQUEST_WRITE, ROUND_TRIP, TLS_HANDSHAKE, TLS_READ,
-    TLS_WRITE,
+    Function, GoBinary, GoBinaryError, NEWPROC1, REQUEST_WRITE, ROUND_TRIP, TLS_CLIENT_HANDSHAKE, TLS_READ,
+    TLS_SERVER_HANDSHAKE, TLS_WRITE,
 };
 use crate::probes::{HookSet, ProbeError, propagation};
 
@@ -36,12 +36,16 @@ const HOOKS: &[(&str, &str, bool)] = &[
 ];
 
 /// The uprobes on `crypto/tls`, as (function, program at its entry, program at each of its RET
-/// instructions). The handshake comes first: a call must never be entered where its return is not
-/// caught (its record would make the goroutine's later socket I/O look like ciphertext).
-const TLS_HOOKS: &[(&str, &str, &str)] = &[
-    (TLS_HANDSHAKE, "go_tls_handshake", "go_tls_control_return"),
-    (TLS_READ, "go_tls_read", "go_tls_data_return"),
-    (TLS_WRITE, "go_tls_write", "go_tls_data_return"),
+/// instructions, whether the binary may lack it). The handshakes come first: a call must never be
+/// entered where its return is not caught (its record would make the goroutine's later socket I/O
+/// look like ciphertext). The handshakes proper, not `handshakeContext`, which every `Read` and
+/// `Write` calls first (two more traps per call, ~1–5 µs each, to learn that it is done); a
+/// program that is only a TLS client or only a server has only one of them.
+const TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
+    (TLS_CLIENT_HANDSHAKE, "go_tls_handshake", "go_tls_control_return", true),
+    (TLS_SERVER_HANDSHAKE, "go_tls_handshake", "go_tls_control_return", true),
+    (TLS_READ, "go_tls_read", "go_tls_data_return", false),
+    (TLS_WRITE, "go_tls_write", "go_tls_data_return", false),
 ];
 
 /// What sonde hooked in one Go executable.
@@ -186,9 +190,14 @@ fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32, tls: bool) -> Hooked 
 /// Hooks `crypto/tls` in `binary`, if it has it: each function's returns, then its entry.
 fn hook_tls(ebpf: &mut Ebpf, path: &Path, binary: &GoBinary, pid: u32) -> bool {
     let mut found = Vec::new();
-    for &(name, entry, ret) in TLS_HOOKS {
-        // A program with no TLS (or one that never reads it) has none of them.
-        let Some(function) = binary.functions.get(name) else { return false };
+    for &(name, entry, ret, optional) in TLS_HOOKS {
+        let Some(function) = binary.functions.get(name) else {
+            if optional {
+                continue;
+            }
+            // A program with no TLS (or one that never reads or writes it) has none of them.
+            return false;
+        };
         match function.return_offsets() {
             Some(returns) if !returns.is_empty() => found.push((function.file_offset, returns, entry, ret)),
             _ => {

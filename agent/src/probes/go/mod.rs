@@ -25,7 +25,8 @@ pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 pub const REQUEST_WRITE: &str = "net/http.(*Request).write";
 pub const TLS_READ: &str = "crypto/tls.(*Conn).Read";
 pub const TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
-pub const TLS_HANDSHAKE: &str = "crypto/tls.(*Conn).handshakeContext";
+pub const TLS_CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
+pub const TLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 
 /// The functions sonde hooks (`hooks.rs`), and what each one tells.
 pub const FUNCTIONS: &[(&str, &str)] = &[
@@ -34,7 +35,8 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
     (REQUEST_WRITE, "the transport's write goroutine writes that client request"),
     (TLS_READ, "HTTPS: the plaintext a TLS connection's reader gets"),
     (TLS_WRITE, "HTTPS: the plaintext a TLS connection's writer gives"),
-    (TLS_HANDSHAKE, "HTTPS: a handshake, which tells the connection's socket"),
+    (TLS_CLIENT_HANDSHAKE, "HTTPS: a client's handshake, which tells the connection's socket"),
+    (TLS_SERVER_HANDSHAKE, "HTTPS: a server's handshake, which tells the connection's socket"),
 ];
 
 /// A function found in a binary.
