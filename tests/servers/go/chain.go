@@ -1,10 +1,11 @@
 // One service of a call chain, written against Go's plain net/http with no tracing code, for
 // sonde's parenting tests.
 //
-// Usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE] PORT [DOWNSTREAM_BASE_URL ...]
+// Usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE [-plain PORT]] PORT [DOWNSTREAM_BASE_URL ...]
 //
-// With -cert and -key it serves HTTPS (crypto/tls, HTTP/1.1 only); it calls https:// downstreams
-// without checking their certificates (the tests' are self-signed), over HTTP/1.1.
+// With -cert and -key it serves HTTPS (crypto/tls, HTTP/1.1 only), and with -plain the same on a
+// plain HTTP port too (the bench asks /status there); it calls https:// downstreams without
+// checking their certificates (the tests' are self-signed), over HTTP/1.1.
 //
 // GET /status answers how many /req/ requests were answered so far (the bench's count of served
 // requests).
@@ -72,9 +73,10 @@ func main() {
 	parallel := flag.Bool("parallel", false, "call the downstreams all at once, not in turn")
 	cert := flag.String("cert", "", "serve HTTPS with this certificate (PEM)")
 	key := flag.String("key", "", "and this key (PEM)")
+	plain := flag.Int("plain", 0, "with -cert, also serve plain HTTP on this port")
 	flag.Parse()
 	if flag.NArg() < 1 {
-		fmt.Fprintln(os.Stderr, "usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE] PORT [DOWNSTREAM ...]")
+		fmt.Fprintln(os.Stderr, "usage: chain [-delay D] [-jitter D] [-parallel] [-cert FILE -key FILE [-plain PORT]] PORT [DOWNSTREAM ...]")
 		os.Exit(2)
 	}
 	port, err := strconv.Atoi(flag.Arg(0))
@@ -137,6 +139,9 @@ func main() {
 	if *cert != "" {
 		// A non-nil, empty map turns HTTP/2 off: ALPN offers HTTP/1.1 alone.
 		server.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		if *plain != 0 {
+			go func() { log.Fatal(http.ListenAndServe(fmt.Sprintf("127.0.0.1:%d", *plain), nil)) }()
+		}
 		log.Fatal(server.ListenAndServeTLS(*cert, *key))
 	}
 	log.Fatal(server.ListenAndServe())

@@ -3,7 +3,9 @@
 //! goroutines (three uprobes in the executable, the goroutine read at every socket hook), which
 //! is what this workload adds to nginx's. `GET /status` answers how many `/req/` requests it
 //! served (on the traced port: each run's two status queries are two spans among tens of
-//! thousands).
+//! thousands). Over HTTPS (crypto/tls, a self-signed certificate) sonde also reads the plaintext
+//! through its uprobes in the executable's `crypto/tls`; `/status` is then asked on a plain port
+//! of the same process.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -22,12 +24,15 @@ const GO: &str = "/usr/lib/go-1.19/bin/go";
 
 pub struct GoServer {
     pub port: u16,
+    /// The plain HTTP port `/status` is asked on (`port` itself unless over HTTPS).
+    status_port: u16,
+    tls: bool,
     guard: ChildGuard,
 }
 
 impl GoServer {
-    /// Builds the service into `work` and starts it, pinned to `cpus`.
-    pub fn start(cpus: Option<&str>, work: &Path) -> anyhow::Result<GoServer> {
+    /// Builds the service into `work` and starts it, pinned to `cpus`; with `tls`, serving HTTPS.
+    pub fn start(cpus: Option<&str>, work: &Path, tls: bool) -> anyhow::Result<GoServer> {
         let binary = work.join("sonde-bench-go");
         let out = Command::new(GO)
             .args(["build", "-o"])
@@ -41,28 +46,52 @@ impl GoServer {
             .output()
             .with_context(|| format!("running {GO} (cargo xtask setup installs golang-1.19-go)"))?;
         anyhow::ensure!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+        };
+        let port = free_port()?;
+        let mut status_port = port;
         let mut cmd = procs::pinned(cpus, &binary.to_string_lossy());
+        if tls {
+            let dir = work.join("go-tls");
+            std::fs::create_dir_all(&dir)?;
+            super::nginx::self_signed_certificate(&dir)?;
+            status_port = free_port()?;
+            cmd.arg("-cert").arg(dir.join("cert.pem")).arg("-key").arg(dir.join("key.pem"));
+            cmd.args(["-plain", &status_port.to_string()]);
+        }
         cmd.arg(port.to_string())
             .env("OTEL_SERVICE_NAME", "bench-go")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let guard = ChildGuard::spawn("the Go server", &mut cmd)?;
-        let server = GoServer { port, guard };
-        procs::wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20))?;
+        let server = GoServer { port, status_port, tls, guard };
+        for port in [port, status_port] {
+            procs::wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20))?;
+        }
         Ok(server)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/req/1", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/req/1", self.port)
     }
 
     pub fn pid(&self) -> u32 {
         self.guard.pid()
     }
 
+    pub fn status_port(&self) -> u16 {
+        self.status_port
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
     pub fn status(&self) -> Status {
-        Status { port: self.port }
+        Status { port: self.status_port }
     }
 
     pub fn check_alive(&mut self) -> anyhow::Result<()> {

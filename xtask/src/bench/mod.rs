@@ -193,11 +193,13 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
     let collector = Collector::start(work)?;
     let mut nginx = Nginx::start(nginx_cpus)?;
     // Started only for a profile that loads it.
-    let mut go_server = if profile.scenarios.iter().any(|s| s.server == Server::Go) {
-        Some(goserver::GoServer::start(nginx_cpus, work)?)
-    } else {
-        None
-    };
+    let go_wanted = |tls: bool| profile.scenarios.iter().any(|s| s.server == Server::Go && s.tls == tls);
+    let mut go_servers = Vec::new();
+    for tls in [false, true] {
+        if go_wanted(tls) {
+            go_servers.push(goserver::GoServer::start(nginx_cpus, work, tls)?);
+        }
+    }
     machine.foreign_bpf_programs = kstats::foreign_programs(&[]);
     let ctx = Ctx {
         tracer: TracerOptions {
@@ -215,12 +217,17 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
         url: nginx.url(),
         tls_url: nginx.tls_url(),
         nginx_status: nginx.status(),
-        go: go_server.as_ref().map(|g| GoTarget {
-            url: g.url(),
-            pid: g.pid(),
-            port: g.port,
-            status: g.status(),
-        }),
+        go: go_servers
+            .iter()
+            .map(|g| GoTarget {
+                url: g.url(),
+                pid: g.pid(),
+                port: g.port,
+                status: g.status(),
+                status_port: g.status_port(),
+                tls: g.tls(),
+            })
+            .collect(),
         load_cpus,
         work,
     };
@@ -259,7 +266,7 @@ fn run(sonde: &Path, profile: Profile, opts: &Options) -> anyhow::Result<Report>
                 eprintln!("bench: {}", describe(&run));
                 runs.push(run);
                 nginx.check_alive()?;
-                go_server.as_mut().map_or(Ok(()), goserver::GoServer::check_alive)?;
+                go_servers.iter_mut().try_for_each(goserver::GoServer::check_alive)?;
             }
         }
         // Run-time statistics cost a few % of throughput, so they get their own rounds.
@@ -339,7 +346,8 @@ struct Ctx<'a> {
     url: String,
     tls_url: String,
     nginx_status: nginx::Status,
-    go: Option<GoTarget>,
+    /// The Go services the profile loads: plain, over HTTPS, or both.
+    go: Vec<GoTarget>,
     load_cpus: Option<&'static str>,
     work: &'a Path,
 }
@@ -350,6 +358,9 @@ struct GoTarget {
     pid: u32,
     port: u16,
     status: goserver::Status,
+    /// The plain HTTP port `/status` is asked on.
+    status_port: u16,
+    tls: bool,
 }
 
 /// How one run is made.
@@ -363,9 +374,14 @@ struct RunSpec {
 }
 
 impl Ctx<'_> {
+    /// The Go service a Go scenario loads.
+    fn go_of(&self, scenario: &Scenario) -> Option<&GoTarget> {
+        (scenario.server == Server::Go).then(|| self.go.iter().find(|g| g.tls == scenario.tls)).flatten()
+    }
+
     fn url_of(&self, scenario: &Scenario) -> &str {
-        match (scenario.server, &self.go) {
-            (Server::Go, Some(go)) => &go.url,
+        match self.go_of(scenario) {
+            Some(go) => &go.url,
             _ if scenario.tls => &self.tls_url,
             _ => &self.url,
         }
@@ -373,8 +389,8 @@ impl Ctx<'_> {
 
     /// Requests the scenario's server answered so far.
     fn served(&self, scenario: &Scenario) -> anyhow::Result<u64> {
-        match (scenario.server, &self.go) {
-            (Server::Go, Some(go)) => go.status.requests(),
+        match self.go_of(scenario) {
+            Some(go) => go.status.requests(),
             _ => self.nginx_status.requests(),
         }
     }
@@ -382,9 +398,15 @@ impl Ctx<'_> {
     /// sonde and the null probe trace the scenario's server alone.
     fn tracer_for<'b>(&'b self, scenario: &Scenario, extra_args: &'b [String]) -> TracerOptions<'b> {
         let base = TracerOptions { extra_args, ..self.tracer };
-        match (scenario.server, &self.go) {
-            (Server::Go, Some(go)) => {
-                TracerOptions { nginx_pid: go.pid, nginx_port: go.port, nginx_tls_port: go.port, ..base }
+        match self.go_of(scenario) {
+            Some(go) => {
+                // The status port too: its query is what makes sonde hook the executable.
+                TracerOptions {
+                    nginx_pid: go.pid,
+                    nginx_port: go.port,
+                    nginx_tls_port: go.status_port,
+                    ..base
+                }
             }
             _ => base,
         }
@@ -426,6 +448,13 @@ impl Ctx<'_> {
         let mut tracer = Tracer::start(spec.variant, &self.tracer_for(scenario, &extra))?;
         let before = self.collector.received();
         let served_before = self.served(scenario)?;
+        if scenario.server == Server::Go
+            && let Some(t) = tracer.as_mut().filter(|t| t.variant == Variant::Sonde)
+        {
+            // sonde hooks a Go executable when it first sees its process move bytes (the status
+            // query just now); until then its HTTPS is unseen.
+            t.wait_for_log("following the goroutines of a Go program", Duration::from_secs(10))?;
+        }
         run.noise.foreign_bpf_programs = kstats::foreign_programs(&self.own_pids(&tracer)).len();
         let cpu_before = machine::CpuTimes::now();
         let collector_before = self.collector.cpu_time();

@@ -128,7 +128,7 @@ impl Drop for Nginx {
 }
 
 /// cert.pem and key.pem in `dir`, for 127.0.0.1.
-fn self_signed_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(super) fn self_signed_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
     let status = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])

@@ -25,7 +25,8 @@ pub struct Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Server {
     Nginx,
-    /// A plain Go `net/http` service (`goserver.rs`): sonde follows its goroutines.
+    /// A plain Go `net/http` service (`goserver.rs`): sonde follows its goroutines (and with
+    /// `tls`, reads its `crypto/tls`).
     Go,
 }
 
@@ -49,12 +50,12 @@ const fn https(name: &'static str, rate: Option<u32>, connections: u32) -> Scena
     }
 }
 
-/// The Go service over 50 keep-alive connections.
-const fn go(name: &'static str, rate: Option<u32>) -> Scenario {
+/// The Go service over 50 keep-alive connections, over HTTPS with `tls`.
+const fn go(name: &'static str, rate: Option<u32>, tls: bool) -> Scenario {
     Scenario {
         name,
         load: Load { rate, connections: 50, keepalive: true },
-        tls: false,
+        tls,
         sonde_args: &[],
         server: Server::Go,
     }
@@ -90,8 +91,10 @@ const ALL: &[Scenario] = &[
     https("2k/s https", Some(2_000), 50),
     with_propagation("max keep-alive +tcp context", None, true),
     with_propagation("2k/s new-conn +tcp context", Some(2_000), false),
-    go("max keep-alive go", None),
-    go("2k/s keep-alive go", Some(2_000)),
+    go("max keep-alive go", None, false),
+    go("2k/s keep-alive go", Some(2_000), false),
+    go("max keep-alive go https", None, true),
+    go("2k/s keep-alive go https", Some(2_000), true),
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,7 +164,7 @@ impl Profile {
             kernel_rounds: 1,
             kernel_run: Duration::from_secs(1),
             warmup: Duration::ZERO,
-            scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone(), ALL[11].clone()],
+            scenarios: vec![ALL[0].clone(), ALL[2].clone(), ALL[7].clone(), ALL[11].clone(), ALL[13].clone()],
             bulk_rounds: 1,
             bulk_run: Duration::from_secs(1),
             download_rounds: 1,

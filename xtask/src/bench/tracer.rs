@@ -52,7 +52,7 @@ pub struct TracerOptions<'a> {
 
 /// A running `sonde run` or `sonde null-probe`.
 pub struct Tracer {
-    variant: Variant,
+    pub variant: Variant,
     guard: ChildGuard,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
@@ -130,6 +130,19 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.guard.pid()
+    }
+
+    /// Waits until sonde's log says `what` (within `timeout`).
+    pub fn wait_for_log(&mut self, what: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !text(&self.stderr).contains(what) {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("sonde did not log {what:?} within {timeout:?}:\n{}", text(&self.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Fails if sonde died under load (its stderr says why).
