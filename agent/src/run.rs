@@ -269,6 +269,8 @@ pub fn check_kernel() -> anyhow::Result<()> {
 
 /// `sonde check-binary PATH`: the Go release of a Go program and the functions sonde hooks in it.
 pub fn check_binary(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+
     use crate::probes::go;
     let binary = go::inspect(path)?;
     let symbols = if binary.has_symbols { "with a symbol table" } else { "stripped of its symbol table" };
@@ -277,7 +279,8 @@ pub fn check_binary(path: &std::path::Path) -> anyhow::Result<()> {
     } else {
         format!("not read by sonde, which needs Go {} or later", go::OLDEST)
     };
-    println!("{}: Go program built by {} ({symbols}), {support}", path.display(), binary.version_text);
+    let mut out = String::new();
+    writeln!(out, "{}: Go program built by {} ({symbols}), {support}", path.display(), binary.version_text)?;
     for &(name, what) in go::FUNCTIONS {
         match binary.functions.get(name) {
             Some(f) => {
@@ -288,17 +291,22 @@ pub fn check_binary(path: &std::path::Path) -> anyhow::Result<()> {
                     }
                     None => "its code cannot be decoded".to_owned(),
                 };
-                println!(
+                writeln!(
+                    out,
                     "function {name}: entry {:#x}, file offset {:#x}, {} bytes, {returns} ({what})",
                     f.range.entry,
                     f.file_offset,
                     f.range.end - f.range.entry
-                )
+                )?
             }
-            None => println!("function {name}: not in this binary ({what})"),
+            None => writeln!(out, "function {name}: not in this binary ({what})")?,
         }
     }
-    Ok(())
+    // Written at once, and a reader that stops early (`| head`) is no error.
+    match std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// `sonde null-probe`: the same hooks with counting-only programs, until a signal.
