@@ -268,7 +268,12 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     }
     let _ = SERVING.insert(&who, &ids, 0);
     send_event(pid_tgid, &ids, seq, Direction::Ingress);
-    if !tls && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len) {
+    // The header scan runs only with propagation (`ctx_exit_read`, through `HEADER_SCAN_JUMP`);
+    // a Go program followed without it would file scans nobody reads.
+    if !tls
+        && global_u32(&PROPAGATE) != 0
+        && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len)
+    {
         let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
     }
 }
