@@ -278,3 +278,43 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     }
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
+
+/// `--tls-exclude` naming a Go executable leaves its `crypto/tls` unhooked (no uprobe, no cost):
+/// its HTTPS gives no span, and sonde says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_exclude_leaves_a_go_programs_crypto_tls_unhooked() {
+    if !goroutines_followed_here() {
+        return;
+    }
+    let receiver = Receiver::start().await.unwrap();
+    let binary = build_go_chain(Path::new(GO_TOOLCHAINS[0]), false);
+    let https = Services::new(Scheme::Https);
+    let service = https.start(&binary, "svc-excluded", Behaviour::default(), &[]);
+    let (sonde, _) = Sonde::start_exporting(
+        &receiver.grpc_endpoint(),
+        "grpc",
+        &["--exe", GO_EXE, "--tls-exclude", GO_EXE],
+    );
+    let pid = service.pid().to_string();
+    let url = https.url(service.port, "/req/1");
+    for _ in 0..5 {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || sonde_tests::harness::curl(&["-k", "--http1.1", &url]))
+            .await
+            .unwrap();
+    }
+    // The log line says the process was seen and its TLS left alone.
+    let deadline = std::time::Instant::now() + sonde_tests::harness::patience(Duration::from_secs(10));
+    while !sonde.stderr().contains("crypto/tls of this Go program is not hooked (--tls-exclude)") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exclusion line in sonde's log:\n{}",
+            sonde.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from_it = receiver.spans().iter().filter(|s| s.resource.get("process.pid") == Some(&pid)).count();
+    drop(sonde);
+    assert_eq!(from_it, 0, "spans from a Go program whose crypto/tls is excluded");
+}

@@ -282,7 +282,8 @@ pub struct RunArgs {
     /// Opt out of TLS hooking (repeatable): a glob on a library's path or file name leaves that
     /// library unhooked (no cost to the processes using it); a glob on an executable's name or path
     /// makes the kernel ignore that process's TLS calls (they still trap, ~1 µs each, but nothing
-    /// is copied). E.g. `--tls-exclude '/opt/vendor/*'` or `--tls-exclude haproxy`.
+    /// is copied), and leaves a Go executable's `crypto/tls` unhooked. E.g. `--tls-exclude
+    /// '/opt/vendor/*'` or `--tls-exclude haproxy`.
     #[arg(env = "SONDE_TLS_EXCLUDE", long = "tls-exclude", value_name = "GLOB", value_parser = values::glob)]
     pub tls_exclude: Vec<glob::Pattern>,
 

@@ -215,7 +215,12 @@ impl Probes {
         // Go programs are hooked as the data flow selects them (`ProbeNotice::Goroutines`): a uprobe
         // costs every process that runs the executable, selected or not.
         let go = if go {
-            Some(go::GoHooks::new(&mut ebpf, hooks, options.propagation.is_some(), tls.is_some())?)
+            Some(go::GoHooks::new(
+                &mut ebpf,
+                hooks,
+                options.propagation.is_some(),
+                options.tls.as_ref().map(|t| t.exclude.clone()),
+            )?)
         } else {
             None
         };

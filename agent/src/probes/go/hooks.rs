@@ -63,8 +63,8 @@ pub struct GoHooks {
     followed: HashSet<u32>,
     /// Followed processes whose `crypto/tls` is hooked.
     tls_read: HashSet<u32>,
-    /// Whether `crypto/tls` is hooked (`--tls on`).
-    tls: bool,
+    /// With `--tls on`, `crypto/tls` is hooked, except in the executables `--tls-exclude` names.
+    tls: Option<Vec<glob::Pattern>>,
     /// The last generation handed out (never 0).
     generation: u32,
     hooks: HookSet,
@@ -75,8 +75,14 @@ pub struct GoHooks {
 }
 
 impl GoHooks {
-    /// `send_entries`: already attached (propagation is on); `tls`: hook `crypto/tls` too.
-    pub fn new(ebpf: &mut Ebpf, hooks: HookSet, send_entries: bool, tls: bool) -> Result<Self, ProbeError> {
+    /// `send_entries`: already attached (propagation is on); `tls`: hook `crypto/tls` too, except
+    /// in the executables these `--tls-exclude` globs name.
+    pub fn new(
+        ebpf: &mut Ebpf,
+        hooks: HookSet,
+        send_entries: bool,
+        tls: Option<Vec<glob::Pattern>>,
+    ) -> Result<Self, ProbeError> {
         let map = ebpf.take_map(GO_PROCS).ok_or(ProbeError::MissingMap(GO_PROCS))?;
         let procs = BpfHashMap::try_from(map).map_err(|source| ProbeError::Map { name: GO_PROCS, source })?;
         Ok(Self {
@@ -104,7 +110,7 @@ impl GoHooks {
         let hooked = match self.executables.get(&key) {
             Some(&hooked) => hooked,
             None => {
-                let hooked = hook_executable(ebpf, Path::new(&exe), pid, self.tls);
+                let hooked = hook_executable(ebpf, Path::new(&exe), pid, self.tls.as_deref());
                 self.executables.insert(key, hooked);
                 hooked
             }
@@ -154,8 +160,9 @@ impl GoHooks {
 }
 
 /// Hooks the executable at `path` (of process `pid`) if it is a Go program sonde reads, and its
-/// `crypto/tls` with `tls`; says why not where that is news.
-fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32, tls: bool) -> Hooked {
+/// `crypto/tls` with `tls` (the `--tls-exclude` globs) unless they name it; says why not where
+/// that is news.
+fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32, tls: Option<&[glob::Pattern]>) -> Hooked {
     let binary = match super::inspect(path) {
         Ok(binary) => binary,
         Err(GoBinaryError::NotGo { .. } | GoBinaryError::Elf { .. } | GoBinaryError::Read { .. }) => {
@@ -182,7 +189,14 @@ fn hook_executable(ebpf: &mut Ebpf, path: &Path, pid: u32, tls: bool) -> Hooked 
             return Hooked::default();
         }
     }
-    let tls = tls && hook_tls(ebpf, path, &binary, pid);
+    let tls = match tls {
+        Some(exclude) if crate::probes::tls::excluded(exclude, &exe.to_string_lossy()) => {
+            tracing::info!(pid, exe = %exe.display(), "crypto/tls of this Go program is not hooked (--tls-exclude)");
+            false
+        }
+        Some(_) => hook_tls(ebpf, path, &binary, pid),
+        None => false,
+    };
     tracing::info!(pid, exe = %exe.display(), go = %binary.version_text, https = tls, "following the goroutines of a Go program");
     Hooked { goroutines: true, tls }
 }

@@ -112,6 +112,12 @@ pub struct TlsOptions {
     pub exported_only: bool,
 }
 
+/// Whether `--tls-exclude` (`exclude`) names `path`, by its path or its file name.
+pub fn excluded(exclude: &[glob::Pattern], path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    exclude.iter().any(|p| p.matches(path) || p.matches(name))
+}
+
 pub struct TlsHooks {
     programs: Programs,
     exported_only: bool,
@@ -140,8 +146,7 @@ impl TlsHooks {
     }
 
     fn excluded(&self, path: &str) -> bool {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        self.exclude.iter().any(|p| p.matches(path) || p.matches(name))
+        excluded(&self.exclude, path)
     }
 
     /// Start-up: the host's system libraries, then what every running process maps.
