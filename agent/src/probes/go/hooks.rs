@@ -5,11 +5,7 @@
 //! `--tls on`, an executable that has Go's `crypto/tls` is hooked there too, so that its HTTPS is
 //! read as plaintext (`ebpf/src/tls.rs`), the TLS calls keyed by goroutine as well.
 
-use std::{
-    collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::{
     Ebpf,
@@ -60,9 +56,8 @@ pub struct GoHooks {
     procs: BpfHashMap<MapData, u32, u32>,
     /// (device, inode) of every executable looked at: what is hooked in it.
     executables: HashMap<(u64, u64), Hooked>,
-    followed: HashSet<u32>,
-    /// Followed processes whose `crypto/tls` is hooked.
-    tls_read: HashSet<u32>,
+    /// Followed processes: whether their `crypto/tls` is hooked too.
+    followed: HashMap<u32, bool>,
     /// With `--tls on`, `crypto/tls` is hooked, except in the executables `--tls-exclude` names.
     tls: Option<Vec<glob::Pattern>>,
     /// The last generation handed out (never 0).
@@ -88,8 +83,7 @@ impl GoHooks {
         Ok(Self {
             procs,
             executables: HashMap::new(),
-            followed: HashSet::new(),
-            tls_read: HashSet::new(),
+            followed: HashMap::new(),
             tls,
             generation: 0,
             hooks,
@@ -100,7 +94,7 @@ impl GoHooks {
     /// Process `pid` was seen: if it runs a Go executable sonde can hook, hook it (once) and
     /// follow the process's goroutines.
     pub fn process(&mut self, ebpf: &mut Ebpf, pid: u32) {
-        if self.followed.contains(&pid) {
+        if self.followed.contains_key(&pid) {
             return;
         }
         // Through the process's own link: a container's executable is not at its path on the host.
@@ -128,10 +122,7 @@ impl GoHooks {
         self.generation = self.generation.checked_add(1).unwrap_or(1);
         match self.procs.insert(pid, self.generation, 0) {
             Ok(()) => {
-                self.followed.insert(pid);
-                if hooked.tls {
-                    self.tls_read.insert(pid);
-                }
+                self.followed.insert(pid, hooked.tls);
             }
             Err(e) => tracing::warn!(pid, error = %e, "cannot follow the goroutines of a Go program"),
         }
@@ -140,10 +131,9 @@ impl GoHooks {
     /// Forget processes that exited (the kernel removes their entries itself where it sees the
     /// exit; this catches the rest).
     pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) {
-        let gone: Vec<u32> = self.followed.iter().copied().filter(|&pid| !alive(pid)).collect();
+        let gone: Vec<u32> = self.followed.keys().copied().filter(|&pid| !alive(pid)).collect();
         for pid in gone {
             self.followed.remove(&pid);
-            self.tls_read.remove(&pid);
             let _ = self.procs.remove(&pid);
         }
     }
@@ -155,7 +145,7 @@ impl GoHooks {
 
     /// Whether sonde reads the plaintext of process `pid`'s `crypto/tls`.
     pub fn reads_tls(&self, pid: u32) -> bool {
-        self.tls_read.contains(&pid)
+        self.followed.get(&pid).copied().unwrap_or(false)
     }
 }
 
@@ -235,11 +225,11 @@ fn hook_tls(ebpf: &mut Ebpf, path: &Path, binary: &GoBinary, pid: u32) -> bool {
 }
 
 /// The functions every goroutine hook needs, if the binary is one sonde reads and has them all.
-fn needed(binary: &GoBinary) -> Option<HashMap<&'static str, Function>> {
+fn needed(binary: &GoBinary) -> Option<HashMap<&'static str, &Function>> {
     if !binary.supported() {
         return None;
     }
-    HOOKS.iter().map(|&(name, _, _)| Some((name, binary.functions.get(name)?.clone()))).collect()
+    HOOKS.iter().map(|&(name, _, _)| Some((name, binary.functions.get(name)?))).collect()
 }
 
 fn attach(ebpf: &mut Ebpf, program: &'static str, path: &Path, offset: u64) -> Result<(), ProbeError> {
