@@ -22,7 +22,9 @@ use aya_ebpf::{
 };
 use sonde_common::propagation::Ids;
 
-use crate::maps::{GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, SERVING, Worker, global_u32};
+use crate::maps::{
+    GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, GO_WRITING, SERVING, Worker, global_u32,
+};
 
 /// `struct pt_regs` on x86_64, in u64 slots.
 const REG_R14: usize = 1;
@@ -130,6 +132,7 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
     }
     let (parent, child) = (goroutine(pid_tgid, generation, callergp), goroutine(pid_tgid, generation, newg));
     crate::tls::goroutine_starts(&child);
+    let _ = GO_WRITING.remove(&child);
     // The child answers on no connection: it works for the request until it reads one of its own.
     copy_or_clear(&SERVING, &parent, &SERVING, &child, true);
 }
@@ -154,6 +157,10 @@ pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
 
 /// `net/http.(*Request).write(r, w, …)`, in the transport's write goroutine: RAX is `r`. The
 /// goroutine works for `r`'s server request while it writes it — or for none.
+///
+/// Like every Go function's entry, this one runs twice when the goroutine's stack must grow first
+/// (the runtime copies the stack and starts the function over): the second run finds `r` taken by
+/// this goroutine (`GO_WRITING`) and keeps the context the first one gave.
 #[inline(always)]
 pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     // SAFETY: the probe's own saved registers.
@@ -162,9 +169,18 @@ pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     if generation == 0 || g == 0 || request == 0 {
         return;
     }
-    let (writer, request) = (goroutine(pid_tgid, generation, g), goroutine(pid_tgid, generation, request));
-    copy_or_clear(&GO_REQUESTS, &request, &SERVING, &writer, true);
+    let writer = goroutine(pid_tgid, generation, g);
+    let key = goroutine(pid_tgid, generation, request);
+    // SAFETY: only whether an entry exists is looked at.
+    if unsafe { GO_REQUESTS.get(&key) }.is_none()
+        // SAFETY: copied out at once; only this goroutine's hooks write its entry.
+        && unsafe { GO_WRITING.get(&writer) }.is_some_and(|&taken| taken == request)
+    {
+        return;
+    }
+    copy_or_clear(&GO_REQUESTS, &key, &SERVING, &writer, true);
     // Taken once: a later `write` of a request at this address (one written outside the transport,
     // after this one was freed) must not find it. A retry goes through `roundTrip` again.
-    let _ = GO_REQUESTS.remove(&request);
+    let _ = GO_REQUESTS.remove(&key);
+    let _ = GO_WRITING.insert(&writer, &request, 0);
 }

@@ -174,6 +174,12 @@ pub static GO_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static GO_REQUESTS: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
+/// A transport's write goroutine → the address of the `http.Request` it last took from
+/// `GO_REQUESTS`: when the runtime grows its stack at `(*Request).write`'s entry and runs the
+/// function again, the second run finds the request taken and must leave the context it gave.
+#[map]
+pub static GO_WRITING: LruHashMap<Worker, u64> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+
 /// pid_tgid → the `g` that called `runtime.newproc1`, from its entry to its return (which gives the
 /// new goroutine's `g`).
 #[map]

@@ -140,7 +140,7 @@ async fn chain_under_load(binary: &Path, scheme: Scheme) -> (usize, LinkReport, 
     let c = services.start(binary, "svc-c", slow, &[]);
     let b = services.start(binary, "svc-b", Behaviour::default(), &[&c]);
     let a = services.start(binary, "svc-a", Behaviour::default(), &[&b]);
-    let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
+    let (mut sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
     let chain = [a, b, c];
     let port = chain[0].port;
     services.warm_up(&chain, &receiver).await;
@@ -150,10 +150,15 @@ async fn chain_under_load(binary: &Path, scheme: Scheme) -> (usize, LinkReport, 
     receiver.wait_for(|s| chain_spans(s, &chain).len() >= expected, WAIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let spans = chain_spans(&receiver.spans(), &chain);
-    drop(sonde);
+    sonde.stop();
     let faults: Vec<String> = (1..=CONCURRENT)
         .filter_map(|n| trace_check::whole_chain_fault(&spans, &format!("/req/{n}"), &SERVICES))
         .collect();
+    if !faults.is_empty() {
+        // What sonde counted (drops, gaps, links by source) says where a link was lost.
+        let log = sonde.stderr();
+        println!("sonde's counters: {}", log.lines().rfind(|l| l.contains(" counters ")).unwrap_or(""));
+    }
     let want = match scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
