@@ -284,6 +284,78 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 
+/// A request that arrives while its connection's previous one is still being handled: Go's server
+/// reads its first byte in the background, and the goroutine that serves it reads the rest. The
+/// handler's call for it is still its child — with two such connections at once, so that no
+/// "the only request in progress" can stand in for knowing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_first_byte_a_background_read_took_still_parents_its_calls() {
+    if !goroutines_followed_here() {
+        return;
+    }
+    let receiver = Receiver::start().await.unwrap();
+    let binary = build_go_chain(Path::new(GO_TOOLCHAINS[0]), false);
+    let services = Services::new(Scheme::Http);
+    let b = services.start(&binary, "svc-b", Behaviour { delay_ms: 400, jitter_ms: 0, parallel: false }, &[]);
+    let a = services.start(&binary, "svc-a", Behaviour::default(), &[&b]);
+    let (sonde, _) = Sonde::start_exporting(&receiver.grpc_endpoint(), "grpc", &["--exe", GO_EXE]);
+    let chain = [a, b];
+    services.warm_up(&chain, &receiver).await;
+    let port = chain[0].port;
+    // One connection: /req/1, and 150 ms later, while A waits for B, /req/11 behind it, which A
+    // reads when /req/1 is answered (at 400 ms). Another: /req/5 alone at 250 ms, still in A when
+    // /req/11 calls B — two requests in progress, so that "the only one" cannot stand in for
+    // knowing which.
+    let replies = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let both = scope.spawn(move || pipelined(port, &[(1, 0), (11, 150)]));
+            let alone = scope.spawn(move || pipelined(port, &[(5, 250)]));
+            [both.join().expect("a client thread"), alone.join().expect("a client thread")]
+        })
+    })
+    .await
+    .unwrap();
+    for (reply, answers) in replies.iter().zip([2, 1]) {
+        assert_eq!(reply.matches("HTTP/1.1 200").count(), answers, "the answers on a connection: {reply}");
+    }
+    let paths = ["/req/1", "/req/11", "/req/5"];
+    // Per request: A's SERVER and CLIENT spans, B's SERVER span.
+    receiver.wait_for(|s| chain_spans(s, &chain).len() >= paths.len() * 3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = chain_spans(&receiver.spans(), &chain);
+    drop(sonde);
+    let report = LinkReport::of(&spans);
+    println!("{report}");
+    assert_eq!(report.wrong(), 0, "spans parented by another request's span (table above)");
+    let faults: Vec<String> = paths
+        .iter()
+        .filter_map(|path| trace_check::whole_chain_fault(&spans, path, &SERVICES[..2]))
+        .collect();
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
+}
+
+/// On one connection to `port`, for each `(n, at_ms)`: `GET /req/{n}` at `at_ms` after the start
+/// (the last with `Connection: close`), without waiting for answers; everything the server answered.
+fn pipelined(port: u16, requests: &[(u32, u64)]) -> String {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let mut stream = None;
+    for (i, &(n, at_ms)) in requests.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(at_ms).saturating_sub(start.elapsed()));
+        let stream = stream.get_or_insert_with(|| {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to svc-a");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        });
+        let close = if i + 1 == requests.len() { "Connection: close\r\n" } else { "" };
+        let head = format!("GET /req/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+    }
+    let mut reply = String::new();
+    let _ = stream.expect("one request at least").read_to_string(&mut reply);
+    reply
+}
+
 /// `--tls-exclude` naming a Go executable leaves its `crypto/tls` unhooked (no uprobe, no cost):
 /// its HTTPS gives no span, and sonde says why.
 #[tokio::test(flavor = "multi_thread")]
