@@ -286,8 +286,8 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
 
 /// A request that arrives while its connection's previous one is still being handled: Go's server
 /// reads its first byte in the background, and the goroutine that serves it reads the rest. The
-/// handler's call for it is still its child — with two such connections at once, so that no
-/// "the only request in progress" can stand in for knowing.
+/// handler's call for it is still its child, while another request is in progress in the same
+/// service.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_first_byte_a_background_read_took_still_parents_its_calls() {
     if !goroutines_followed_here() {
