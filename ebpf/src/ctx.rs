@@ -17,7 +17,7 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_common::{
     ActiveIo, Direction, EventHeader, EventKind, IoBuf, KernelCount, Role, TlsCallKind, Verdict, conn_key,
-    first_bytes::{PROBE_BYTES, may_start_message, starts_request},
+    first_bytes::{PROBE_BYTES, starts_request},
     propagation::{
         CARRY_HEADER, CARRY_TCP_OPTION, ContextEvent, FLAG_SAMPLED, HeaderIds, HeaderOutcome, Ids, Origin,
         WireContext,
@@ -28,9 +28,9 @@ use crate::{
     emit, fdsock, filter,
     goroutines::{self, worker},
     maps::{
-        CLIENT_IDS, CONNS, GO_GOROUTINES, GO_PROCS, HEAD_PREFIXES, HEADER_OUT, HEADER_SCANS, HeadPrefix,
-        OFF_TCP_COPIED_SEQ, OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT,
-        TLS_CALLS, TLS_RECEIVED, Worker, count, global_u32,
+        CLIENT_IDS, CONNS, GO_GOROUTINES, GO_PROCS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ,
+        OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED,
+        Worker, count, global_u32,
     },
     traceparent,
 };
@@ -241,7 +241,7 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     let Some((first, n)) = first_bytes(active.buf, active.buf_kind, len) else {
         return;
     };
-    if !starts_request(&first, n) && !continues_head(pid_tgid, active, &first, n, len) {
+    if !starts_request(&first, n) {
         return;
     }
     let Some(who) = worker(pid_tgid) else {
@@ -276,37 +276,6 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
     {
         let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
     }
-}
-
-/// Whether a server read whose bytes begin no request continues one whose first letters the
-/// connection's previous read returned alone (`HEAD_PREFIXES`); if these bytes are such letters
-/// themselves, they are kept for the next read. The request then begins with the read that
-/// completes its method, by the worker that serves it: Go's server reads one byte in the
-/// background while a handler runs, and its serving goroutine reads the rest.
-#[inline(always)]
-fn continues_head(pid_tgid: u64, active: &ActiveIo, first: &[u8; PROBE_BYTES], n: usize, len: u64) -> bool {
-    let key = conn_key((pid_tgid >> 32) as u32, active.fd as u32);
-    // SAFETY: copied out at once from the LRU element; plain integers.
-    if let Some(prefix) = (unsafe { HEAD_PREFIXES.get(&key) }).copied() {
-        let _ = HEAD_PREFIXES.remove(&key);
-        if prefix.sock != active.sock {
-            return false;
-        }
-        // As integers (little-endian: the first byte lowest), the kept letters, then this read's
-        // bytes after them: plain shifts, where per-byte indexing makes LLVM compute addresses the
-        // verifier refuses.
-        let kept = (prefix.n as usize) & (PROBE_BYTES - 1);
-        let bits = (kept * 8) as u64;
-        let letters = u64::from_le_bytes(prefix.bytes) & ((1u64 << bits) - 1);
-        let joined = (letters | (u64::from_le_bytes(*first) << bits)).to_le_bytes();
-        return starts_request(&joined, core::cmp::min(kept + n, PROBE_BYTES));
-    }
-    // Only a read of capitals alone (a method's first letters), shorter than the bytes looked at.
-    if len as usize == n && n < PROBE_BYTES && first[0].is_ascii_uppercase() && may_start_message(first, n) {
-        let prefix = HeadPrefix { sock: active.sock, bytes: *first, n: n as u64 };
-        let _ = HEAD_PREFIXES.insert(&key, &prefix, 0);
-    }
-    false
 }
 
 /// Exit of a read syscall: if the thread just read a request head (`HEADER_SCANS`) with a valid

@@ -17,7 +17,6 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
-    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use sonde_common::propagation::Ids;
@@ -81,29 +80,20 @@ fn goroutine(pid_tgid: u64, generation: u32, id: u64) -> Worker {
     Worker { id, tgid: (pid_tgid >> 32) as u32, generation }
 }
 
-/// Copies `from`'s entry in `source` to `to`'s in `target` (with `fd` -1: a worker that answers on
-/// no connection, when `detached`), or, with none, removes `to`'s: an entry left from an earlier
-/// user of the same address must never stand. No `Option<Ids>` on the way (see [`generation`]).
+/// A goroutine `child` started by `parent` works for the request `parent` serves, on no connection
+/// of its own (fd -1) — or, with none, for none: an entry left from an earlier goroutine on the
+/// same `g` must never stand. No `Option<Ids>` on the way (see [`generation`]).
 #[inline(always)]
-fn copy_or_clear(
-    source: &LruHashMap<Worker, Ids>,
-    from: &Worker,
-    target: &LruHashMap<Worker, Ids>,
-    to: &Worker,
-    detached: bool,
-) {
+fn inherit(parent: &Worker, child: &Worker) {
     // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
     // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
-    match unsafe { source.get(from) } {
+    match unsafe { SERVING.get(parent) } {
         Some(ids) => {
-            let mut ids = *ids;
-            if detached {
-                ids.fd = -1;
-            }
-            let _ = target.insert(to, &ids, 0);
+            let ids = Ids { fd: -1, ..*ids };
+            let _ = SERVING.insert(child, &ids, 0);
         }
         None => {
-            let _ = target.remove(to);
+            let _ = SERVING.remove(child);
         }
     }
 }
@@ -134,7 +124,7 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
     crate::tls::goroutine_starts(&child);
     let _ = GO_WRITING.remove(&child);
     // The child answers on no connection: it works for the request until it reads one of its own.
-    copy_or_clear(&SERVING, &parent, &SERVING, &child, true);
+    inherit(&parent, &child);
 }
 
 /// `net/http.(*persistConn).roundTrip(pc, treq *transportRequest)`, in the goroutine that issued
@@ -152,15 +142,36 @@ pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
         return;
     }
     let (issuer, request) = (goroutine(pid_tgid, generation, g), goroutine(pid_tgid, generation, request));
-    copy_or_clear(&SERVING, &issuer, &GO_REQUESTS, &request, false);
+    // Filed even when the issuer serves nothing (a trace id of zeros): every request the transport
+    // writes has its entry, so that `request_write` can tell a new request at a reused address
+    // from its own entry run again.
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
+    let _ = match unsafe { SERVING.get(&issuer) } {
+        Some(ids) => GO_REQUESTS.insert(&request, ids, 0),
+        None => GO_REQUESTS.insert(&request, &SERVES_NOTHING, 0),
+    };
 }
+
+/// In `GO_REQUESTS`: the goroutine that issued the request served none.
+const SERVES_NOTHING: Ids = Ids {
+    trace_id: [0; 16],
+    span_id: [0; 8],
+    parent_id: [0; 8],
+    fd: -1,
+    flags: 0,
+    origin: 0,
+    header: 0,
+    _pad: 0,
+};
 
 /// `net/http.(*Request).write(r, w, …)`, in the transport's write goroutine: RAX is `r`. The
 /// goroutine works for `r`'s server request while it writes it — or for none.
 ///
 /// Like every Go function's entry, this one runs twice when the goroutine's stack must grow first
 /// (the runtime copies the stack and starts the function over): the second run finds `r` taken by
-/// this goroutine (`GO_WRITING`) and keeps the context the first one gave.
+/// this goroutine (`GO_WRITING`) and keeps the context the first one gave. A new request at the
+/// same address is never taken for that: `roundTrip` filed it (`GO_REQUESTS`), whoever issued it.
 #[inline(always)]
 pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     // SAFETY: the probe's own saved registers.
@@ -171,14 +182,23 @@ pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     }
     let writer = goroutine(pid_tgid, generation, g);
     let key = goroutine(pid_tgid, generation, request);
-    // SAFETY: only whether an entry exists is looked at.
-    if unsafe { GO_REQUESTS.get(&key) }.is_none()
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
+    match unsafe { GO_REQUESTS.get(&key) } {
+        Some(ids) if ids.trace_id != [0; 16] => {
+            let ids = Ids { fd: -1, ..*ids };
+            let _ = SERVING.insert(&writer, &ids, 0);
+        }
+        Some(_) => {
+            let _ = SERVING.remove(&writer);
+        }
         // SAFETY: copied out at once; only this goroutine's hooks write its entry.
-        && unsafe { GO_WRITING.get(&writer) }.is_some_and(|&taken| taken == request)
-    {
-        return;
+        None if unsafe { GO_WRITING.get(&writer) }.is_some_and(|&taken| taken == request) => return,
+        // A request the transport did not issue: no request to work for.
+        None => {
+            let _ = SERVING.remove(&writer);
+        }
     }
-    copy_or_clear(&GO_REQUESTS, &key, &SERVING, &writer, true);
     // Taken once: a later `write` of a request at this address (one written outside the transport,
     // after this one was freed) must not find it. A retry goes through `roundTrip` again.
     let _ = GO_REQUESTS.remove(&key);

@@ -8,7 +8,6 @@ use aya_ebpf::{
 use sonde_common::{
     ActiveIo, ConnState, DROP_REASONS, DataEvent, Endpoint, KERNEL_COUNTS, KernelCount, MAX_CAPTURE, SkipTo,
     TlsCall, TlsKey,
-    first_bytes::PROBE_BYTES,
     propagation::{HeaderIds, Ids, WireContext},
 };
 
@@ -170,28 +169,11 @@ impl Worker {
 pub static GO_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
 /// A Go client request (`id` the address of its `http.Request`) → the ids of the server request
-/// the goroutine that issued it was serving: from `(*persistConn).roundTrip`, in that goroutine, to
-/// `(*Request).write`, in the transport's write goroutine.
+/// the goroutine that issued it was serving (a trace id of zeros: none): from
+/// `(*persistConn).roundTrip`, in that goroutine, to `(*Request).write`, in the transport's write
+/// goroutine.
 #[map]
 pub static GO_REQUESTS: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
-
-/// The first letters of a request line that a server read returned alone (`G`): Go's server reads
-/// one byte in the background while a handler runs, and the rest of the next request comes in the
-/// connection's next read, by the goroutine that serves it. (tgid, fd) → those letters, until that
-/// read.
-#[map]
-pub static HEAD_PREFIXES: LruHashMap<u64, HeadPrefix> = LruHashMap::with_max_entries(4096, NO_COMMON_LRU);
-
-/// See [`HEAD_PREFIXES`].
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct HeadPrefix {
-    /// The connection's socket: a reused fd's next connection does not continue it.
-    pub sock: u64,
-    pub bytes: [u8; PROBE_BYTES],
-    /// How many of `bytes` were read (1 to `PROBE_BYTES - 1`).
-    pub n: u64,
-}
 
 /// A transport's write goroutine → the address of the `http.Request` it last took from
 /// `GO_REQUESTS`: when the runtime grows its stack at `(*Request).write`'s entry and runs the
