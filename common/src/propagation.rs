@@ -93,9 +93,9 @@ impl Origin {
     }
 }
 
-/// The ids of one request's span. Value of `SERVING` (pid_tgid → the server request the thread is
-/// serving, until it writes to that connection again) and of `CLIENT_IDS` (pid_tgid → the client
-/// request it is writing, from the syscall's entry to its data event).
+/// The ids of one request's span. Value of `SERVING` (worker: a thread, or a goroutine → the server
+/// request it is serving, until it writes to that connection again) and of `CLIENT_IDS` (worker →
+/// the client request it is writing, from the syscall's entry to its data event).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ids {

@@ -142,7 +142,7 @@ pub fn before_send(pid_tgid: u64, fd: i32, buf: u64, count: u64, kind: IoBuf) {
         filed |= HEADER_OUT.insert(&sock, &header, 0).is_ok();
     }
     if filed {
-        let _ = CLIENT_IDS.insert(&pid_tgid, &ids, 0);
+        let _ = CLIENT_IDS.insert(&who, &ids, 0);
     }
 }
 
@@ -159,22 +159,22 @@ fn tls_plaintext(pid_tgid: u64, fd: i32) -> Option<([u8; PROBE_BYTES], usize)> {
         return None;
     }
     // SAFETY: only whether an entry exists, and its fd, is looked at.
-    if unsafe { CLIENT_IDS.get(&pid_tgid) }.is_some_and(|ids| ids.fd == fd) {
+    if unsafe { CLIENT_IDS.get(&who) }.is_some_and(|ids| ids.fd == fd) {
         return None;
     }
     // A request head is longer than the bytes looked at.
     first_bytes(call.buf, IoBuf::Plain as u8, PROBE_BYTES as u64)
 }
 
-/// A TLS library data call of worker `who` starts on this thread: what an earlier call left
-/// unclaimed (it failed, or its plaintext began no request) is stale.
+/// A TLS library data call of worker `who` starts: what an earlier call left unclaimed (it failed,
+/// or its plaintext began no request) is stale.
 #[inline(always)]
-pub fn tls_call_starts(pid_tgid: u64, who: &Worker, direction: Direction) {
+pub fn tls_call_starts(who: &Worker, direction: Direction) {
     if !enabled() {
         return;
     }
     if direction == Direction::Egress {
-        let _ = CLIENT_IDS.remove(&pid_tgid);
+        let _ = CLIENT_IDS.remove(who);
     } else {
         let _ = TLS_RECEIVED.remove(who);
     }
@@ -207,11 +207,14 @@ pub fn on_data(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, role: u8, t
     }
     let egress = active.direction == Direction::Egress as u8;
     if egress && role == Role::Client as u8 {
-        // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-        let Some(mut ids) = (unsafe { CLIENT_IDS.get(&pid_tgid) }).copied() else {
+        let Some(who) = worker(pid_tgid) else {
             return;
         };
-        let _ = CLIENT_IDS.remove(&pid_tgid);
+        // SAFETY: copied out at once; only this worker's hooks write its entry.
+        let Some(mut ids) = (unsafe { CLIENT_IDS.get(&who) }).copied() else {
+            return;
+        };
+        let _ = CLIENT_IDS.remove(&who);
         // What the `sk_msg` program, inside this send, did with the header.
         // SAFETY: copied out at once from the LRU element; plain integers.
         if let Some(header) = (unsafe { HEADER_OUT.get(&active.sock) }).copied() {
@@ -330,7 +333,7 @@ pub fn exited(pid_tgid: u64, process_gone: bool) {
         return;
     }
     let _ = SERVING.remove(&Worker::thread(pid_tgid as u32));
-    let _ = CLIENT_IDS.remove(&pid_tgid);
+    let _ = CLIENT_IDS.remove(&Worker::thread(pid_tgid as u32));
     if process_gone {
         let _ = SHARED_THREADS.remove(&((pid_tgid >> 32) as u32));
         let _ = GO_PROCS.remove(&((pid_tgid >> 32) as u32));

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use sonde_common::propagation::Ids;
 
 use crate::maps::{
-    GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, GO_WRITING, SERVING, Worker, global_u32,
+    CLIENT_IDS, GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, GO_WRITING, SERVING, Worker, global_u32,
 };
 
 /// `struct pt_regs` on x86_64, in u64 slots.
@@ -123,6 +123,7 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
     let (parent, child) = (goroutine(pid_tgid, generation, callergp), goroutine(pid_tgid, generation, newg));
     crate::tls::goroutine_starts(&child);
     let _ = GO_WRITING.remove(&child);
+    let _ = CLIENT_IDS.remove(&child);
     // The child answers on no connection: it works for the request until it reads one of its own.
     inherit(&parent, &child);
 }

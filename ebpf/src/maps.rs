@@ -212,10 +212,11 @@ pub static HEADER_SCAN_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0)
 #[map]
 pub static SHARED_THREADS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// pid_tgid → the ids given to the request head the thread is writing, from the syscall's entry
-/// to its data event.
+/// Worker (as in `SERVING`) → the ids given to the request head it is writing, from the syscall's
+/// entry (or a TLS write's) to its data event — which a goroutine may send from another thread:
+/// Go's `crypto/tls` `Write` returns where the scheduler resumes it.
 #[map]
-pub static CLIENT_IDS: LruHashMap<u64, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static CLIENT_IDS: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// Room to build one data event: header plus up to `2 * MAX_CAPTURE` bytes, because the verifier
 /// bounds an iovec copy at (offset < MAX) + (len <= MAX). Larger than the 32 KiB a per-CPU value

@@ -46,7 +46,7 @@ pub fn enter(ssl: u64, buf: u64, len_out: u64, direction: Direction, kind: TlsCa
     }
     mark_process(tgid);
     if kind == TlsCallKind::Data {
-        ctx::tls_call_starts(pid_tgid, &who, direction);
+        ctx::tls_call_starts(&who, direction);
     }
     let call = TlsCall {
         ssl,
