@@ -80,20 +80,18 @@ fn goroutine(pid_tgid: u64, generation: u32, id: u64) -> Worker {
     Worker { id, tgid: (pid_tgid >> 32) as u32, generation }
 }
 
-/// A goroutine `child` started by `parent` works for the request `parent` serves, on no connection
-/// of its own (fd -1) — or, with none, for none: an entry left from an earlier goroutine on the
-/// same `g` must never stand. No `Option<Ids>` on the way (see [`generation`]).
+/// `worker` works for the server request `ids` name, on no connection of its own (fd -1) — or,
+/// with none, for none: an entry left from an earlier goroutine on the same `g`, or an earlier
+/// request, must never stand. A reference, not an `Option<Ids>` (see [`generation`]).
 #[inline(always)]
-fn inherit(parent: &Worker, child: &Worker) {
-    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
-    // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
-    match unsafe { SERVING.get(parent) } {
+fn work_for(worker: &Worker, ids: Option<&Ids>) {
+    match ids {
         Some(ids) => {
             let ids = Ids { fd: -1, ..*ids };
-            let _ = SERVING.insert(child, &ids, 0);
+            let _ = SERVING.insert(worker, &ids, 0);
         }
         None => {
-            let _ = SERVING.remove(child);
+            let _ = SERVING.remove(worker);
         }
     }
 }
@@ -125,7 +123,9 @@ pub fn newproc1_return(ctx: &RetProbeContext, pid_tgid: u64) {
     let _ = GO_WRITING.remove(&child);
     let _ = CLIENT_IDS.remove(&child);
     // The child answers on no connection: it works for the request until it reads one of its own.
-    inherit(&parent, &child);
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // read at once; `Ids` is plain integers, valid for any bytes another CPU writes.
+    work_for(&child, unsafe { SERVING.get(&parent) });
 }
 
 /// `net/http.(*persistConn).roundTrip(pc, treq *transportRequest)`, in the goroutine that issued
@@ -148,10 +148,7 @@ pub fn round_trip(ctx: &ProbeContext, pid_tgid: u64) {
     // from its own entry run again.
     // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
     // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
-    let _ = match unsafe { SERVING.get(&issuer) } {
-        Some(ids) => GO_REQUESTS.insert(&request, ids, 0),
-        None => GO_REQUESTS.insert(&request, &SERVES_NOTHING, 0),
-    };
+    let _ = GO_REQUESTS.insert(&request, unsafe { SERVING.get(&issuer) }.unwrap_or(&SERVES_NOTHING), 0);
 }
 
 /// In `GO_REQUESTS`: the goroutine that issued the request served none.
@@ -184,22 +181,14 @@ pub fn request_write(ctx: &ProbeContext, pid_tgid: u64) {
     let writer = goroutine(pid_tgid, generation, g);
     let key = goroutine(pid_tgid, generation, request);
     // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
-    // copied out at once; `Ids` is plain integers, valid for any bytes another CPU writes.
-    match unsafe { GO_REQUESTS.get(&key) } {
-        Some(ids) if ids.trace_id != [0; 16] => {
-            let ids = Ids { fd: -1, ..*ids };
-            let _ = SERVING.insert(&writer, &ids, 0);
-        }
-        Some(_) => {
-            let _ = SERVING.remove(&writer);
-        }
-        // SAFETY: copied out at once; only this goroutine's hooks write its entry.
-        None if unsafe { GO_WRITING.get(&writer) }.is_some_and(|&taken| taken == request) => return,
-        // A request the transport did not issue: no request to work for.
-        None => {
-            let _ = SERVING.remove(&writer);
-        }
+    // read at once; `Ids` is plain integers, valid for any bytes another CPU writes.
+    let filed = unsafe { GO_REQUESTS.get(&key) };
+    // SAFETY: copied out at once; only this goroutine's hooks write its entry.
+    if filed.is_none() && unsafe { GO_WRITING.get(&writer) }.is_some_and(|&taken| taken == request) {
+        return;
     }
+    // None: a request the transport did not issue, or whose issuer served none.
+    work_for(&writer, filed.filter(|ids| ids.trace_id != SERVES_NOTHING.trace_id));
     // Taken once: a later `write` of a request at this address (one written outside the transport,
     // after this one was freed) must not find it. A retry goes through `roundTrip` again.
     let _ = GO_REQUESTS.remove(&key);

@@ -45,6 +45,13 @@ fn chain_spans(spans: &[ReceivedSpan], chain: &[Guard]) -> Vec<ReceivedSpan> {
         .collect()
 }
 
+/// The spans of `chain` once `expected` of them arrived, with what straggled in 1.5 s after.
+async fn settled_chain_spans(receiver: &Receiver, chain: &[Guard], expected: usize) -> Vec<ReceivedSpan> {
+    receiver.wait_for(|s| chain_spans(s, chain).len() >= expected, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    chain_spans(&receiver.spans(), chain)
+}
+
 /// How the chain is spoken to: plain HTTP, or HTTPS through Go's `crypto/tls` (self-signed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scheme {
@@ -146,10 +153,7 @@ async fn chain_under_load(binary: &Path, scheme: Scheme) -> (usize, LinkReport, 
     services.warm_up(&chain, &receiver).await;
 
     services.concurrent_requests(port, (1..=CONCURRENT).collect()).await;
-    let expected = CONCURRENT as usize * 5;
-    receiver.wait_for(|s| chain_spans(s, &chain).len() >= expected, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let spans = chain_spans(&receiver.spans(), &chain);
+    let spans = settled_chain_spans(&receiver, &chain, CONCURRENT as usize * 5).await;
     sonde.stop();
     let faults: Vec<String> = (1..=CONCURRENT)
         .filter_map(|n| trace_check::whole_chain_fault(&spans, &format!("/req/{n}"), &SERVICES))
@@ -239,9 +243,7 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
     services.warm_up(&chain, &receiver).await;
     services.concurrent_requests(port, (1..=20).collect()).await;
     // Per request: A's SERVER span, its two CLIENT spans, B's and C's SERVER spans.
-    receiver.wait_for(|s| chain_spans(s, &chain).len() >= 20 * 5, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let spans = chain_spans(&receiver.spans(), &chain);
+    let spans = settled_chain_spans(&receiver, &chain, 20 * 5).await;
     drop(sonde);
     let report = LinkReport::of(&spans);
     println!("{report}");
@@ -320,9 +322,7 @@ async fn a_request_whose_first_byte_a_background_read_took_still_parents_its_cal
     }
     let paths = ["/req/1", "/req/11", "/req/5"];
     // Per request: A's SERVER and CLIENT spans, B's SERVER span.
-    receiver.wait_for(|s| chain_spans(s, &chain).len() >= paths.len() * 3, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let spans = chain_spans(&receiver.spans(), &chain);
+    let spans = settled_chain_spans(&receiver, &chain, paths.len() * 3).await;
     drop(sonde);
     let report = LinkReport::of(&spans);
     println!("{report}");
