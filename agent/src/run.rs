@@ -244,6 +244,7 @@ pub fn check_kernel() -> anyhow::Result<()> {
         Ok(set) => println!("hooks: {set}"),
         Err(e) => println!("hooks: none ({e})"),
     }
+    println!("goroutines: {}", crate::probes::describe_goroutine_registers(features.goroutine_registers()));
     match crate::probes::sockhash_check::sockhash_is_harmless() {
         Ok(()) => {
             println!("sockhash: harmless (FIONREAD and epoll readiness stay right for a member socket)")

@@ -89,9 +89,12 @@ pub mod globals {
     pub const FD_WALK: &str = "FD_WALK";
     /// Non-zero: trace context goes on the wire in a TCP option (`--context-propagation tcp`).
     pub const PROPAGATE: &str = "PROPAGATE";
-    /// Non-zero: goroutines of Go programs are followed (`--go on`, a kernel with
-    /// `bpf_task_pt_regs`).
+    /// How the goroutines of Go programs are followed (`--go on`): a [`GoRegisters`](super::GoRegisters)
+    /// value, `OFF` where the kernel gives no way to read a task's saved user registers.
     pub const GO_GOROUTINES: &str = "GO_GOROUTINES";
+    /// Offset of `stack` inside `struct task_struct`, from the kernel's BTF: where a task's saved
+    /// user registers are found without `bpf_task_pt_regs` (`GoRegisters::TASK_STACK`).
+    pub const OFF_TASK_STACK: &str = "OFF_TASK_STACK";
     /// The same walk as `FD_WALK`, for context propagation alone: it finds the socket a request is
     /// about to be written to, whatever the hook set (`FD_WALK` stays off where the socket
     /// tracepoints say which fds are sockets).
@@ -262,8 +265,27 @@ pub enum KernelCount {
     /// Requests that forwarded the `traceparent` their thread's server request came with (a
     /// proxy): its parent id was rewritten in place to name the request's own CLIENT span.
     HeadersForwarded = 14,
+    /// Goroutines of followed Go programs not read: where the task's saved user registers should
+    /// have been (`GoRegisters::TASK_STACK`) the kernel stack held something else. Their work goes
+    /// to nobody (no in-process parent), never to a guessed goroutine.
+    GoroutinesUnread = 15,
 }
-pub const KERNEL_COUNTS: u32 = 15;
+pub const KERNEL_COUNTS: u32 = 16;
+
+/// How the kernel programs read the running goroutine's `g` (R14 of the task's saved user
+/// registers) at the socket and syscall hooks: the value of the `GO_GOROUTINES` global.
+pub struct GoRegisters;
+
+impl GoRegisters {
+    /// Goroutines are not followed.
+    pub const OFF: u32 = 0;
+    /// Through `bpf_task_pt_regs` (Linux 5.15).
+    pub const HELPER: u32 = 1;
+    /// At the top of the task's kernel stack (`task->stack`), where x86_64 saves them on entry from
+    /// user space — what `bpf_task_pt_regs` computes, for kernels without it (5.10–5.14); each
+    /// read checks the user-mode segment selectors saved beside them.
+    pub const TASK_STACK: u32 = 2;
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@ use crate::{
     emit, fdsock, filter,
     goroutines::{self, worker},
     maps::{
-        CLIENT_IDS, CONNS, GO_GOROUTINES, GO_PROCS, HEADER_OUT, HEADER_SCANS, OFF_TCP_COPIED_SEQ,
+        CLIENT_IDS, CONNS, GO_GOROUTINES, GO_PROCS, HEADER_OUT, HEADER_SCANS, HeaderScan, OFF_TCP_COPIED_SEQ,
         OFF_TCP_WRITE_SEQ, PROPAGATE, SERVING, SHARED_THREADS, TCP_IN, TCP_OUT, TLS_CALLS, TLS_RECEIVED,
         Worker, count, global_u32,
     },
@@ -277,7 +277,7 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
         && global_u32(&PROPAGATE) != 0
         && let Some((addr, n)) = first_segment(active.buf, active.buf_kind, len)
     {
-        let _ = HEADER_SCANS.insert(&pid_tgid, &[addr, n], 0);
+        let _ = HEADER_SCANS.insert(&pid_tgid, &HeaderScan { addr, len: n, who }, 0);
     }
 }
 
@@ -287,18 +287,18 @@ fn server_read(pid_tgid: u64, active: &ActiveIo, len: u64, seq: u32, tls: bool) 
 /// space, which reads the header itself for the server span).
 #[inline(always)]
 pub fn after_read(pid_tgid: u64) {
-    // SAFETY: copied out at once; only this thread's hooks write its pid_tgid entry.
-    let Some([addr, n]) = (unsafe { HEADER_SCANS.get(&pid_tgid) }).copied() else {
+    let Some(scan) = HEADER_SCANS.get_ptr(&pid_tgid) else {
         return;
     };
-    let _ = HEADER_SCANS.remove(&pid_tgid);
-    let Some(header) = traceparent::in_head(addr, n) else {
-        return;
-    };
-    let Some(who) = worker(pid_tgid) else {
-        return;
-    };
-    if let Some(serving) = SERVING.get_ptr_mut(&who) {
+    // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated elements,
+    // which stay mapped while the program runs; only this thread's hooks write its entry, and it is
+    // removed below, after its last use. Plain integers, valid for any bytes.
+    let (addr, len) = unsafe { ((*scan).addr, (*scan).len) };
+    if let Some(header) = traceparent::in_head(addr, len)
+        // SAFETY: as above; the key is read from the map's element in place (this program's stack
+        // is nearly all the scan's).
+        && let Some(serving) = SERVING.get_ptr_mut(unsafe { &(*scan).who })
+    {
         // SAFETY: the lookup's non-null, aligned pointer into the LRU map's preallocated
         // elements; only this thread's hooks (and its parent's, at its start) write its entry.
         unsafe {
@@ -307,6 +307,7 @@ pub fn after_read(pid_tgid: u64) {
             (*serving).flags = header.flags;
         }
     }
+    let _ = HEADER_SCANS.remove(&pid_tgid);
 }
 
 /// Thread `parent_tid` started `child_tid` (a thread or a process): started while the parent

@@ -13,20 +13,35 @@
 //!
 //! Under Go's register calling convention (1.17 on, amd64) the arguments are in RAX, RBX, RCX…,
 //! a result in RAX, and the running goroutine's `g` in R14 — in Go code and at the syscalls its
-//! runtime makes, where the socket hooks read it from the task's saved registers.
+//! runtime makes, where the socket and syscall hooks read it from the task's saved registers
+//! (`worker`): with `bpf_task_pt_regs` from 5.15, from the top of the task's kernel stack before.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_task_pt_regs,
+    },
     programs::{ProbeContext, RetProbeContext},
 };
-use sonde_common::propagation::Ids;
+use sonde_common::{GoRegisters, KernelCount, propagation::Ids};
 
 use crate::maps::{
-    CLIENT_IDS, GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, GO_WRITING, SERVING, Worker, global_u32,
+    CLIENT_IDS, GO_GOROUTINES, GO_NEWPROC, GO_PROCS, GO_REQUESTS, GO_WRITING, OFF_TASK_STACK, SERVING,
+    Worker, count, global_u32,
 };
 
-/// `struct pt_regs` on x86_64, in u64 slots.
+/// `struct pt_regs` on x86_64, in u64 slots: r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx,
+/// dx, si, di, orig_ax, ip, cs, flags, sp, ss.
 const REG_R14: usize = 1;
+const REG_CS: usize = 17;
+const REG_SS: usize = 20;
+const PT_REGS_SLOTS: usize = 21;
+/// x86_64's kernel stacks: four pages (`THREAD_SIZE`; eight with KASAN, whose kernels fail the
+/// selector check below and follow no goroutine).
+const THREAD_SIZE: u64 = 16 * 1024;
+/// The selectors saved with user-mode registers on x86_64 (`__USER_CS`, `__USER_DS`).
+const USER_CS: u64 = 0x33;
+const USER_DS: u64 = 0x2b;
 
 /// Who is running for `pid_tgid`: its goroutine in a Go program sonde follows, else its thread.
 /// None for a followed Go program whose goroutine cannot be read: nobody, rather than a thread
@@ -34,9 +49,10 @@ const REG_R14: usize = 1;
 #[inline(always)]
 pub fn worker(pid_tgid: u64) -> Option<Worker> {
     let thread = Worker::thread(pid_tgid as u32);
-    // A constant of the object: where it is 0 the verifier drops the branch, so kernels without
-    // `bpf_task_pt_regs` still take the programs.
-    if global_u32(&GO_GOROUTINES) == 0 {
+    // A constant of the object: the verifier drops the branches not taken, so kernels without
+    // `bpf_task_pt_regs` (or any way to read the registers) still take the programs.
+    let how = global_u32(&GO_GOROUTINES);
+    if how == GoRegisters::OFF {
         return Some(thread);
     }
     let tgid = (pid_tgid >> 32) as u32;
@@ -44,6 +60,13 @@ pub fn worker(pid_tgid: u64) -> Option<Worker> {
     let Some(generation) = (unsafe { GO_PROCS.get(&tgid) }).copied() else {
         return Some(thread);
     };
+    let g = if how == GoRegisters::HELPER { r14_by_helper()? } else { r14_from_task_stack()? };
+    (g != 0).then_some(Worker { id: g, tgid, generation })
+}
+
+/// The current task's saved user R14, through `bpf_task_pt_regs` (5.15).
+#[inline(always)]
+fn r14_by_helper() -> Option<u64> {
     // SAFETY: the current task's BTF pointer is valid for the whole program run;
     // `bpf_task_pt_regs` only computes where its saved user registers are, typed by the verifier
     // as `struct pt_regs *`.
@@ -53,15 +76,43 @@ pub fn worker(pid_tgid: u64) -> Option<Worker> {
     }
     // SAFETY: non-null (checked), a constant slot of x86_64's `struct pt_regs`; the verifier checks
     // the load against the BTF type and runs it as a probe load.
-    let g = unsafe { *regs.add(REG_R14) };
-    (g != 0).then_some(Worker { id: g, tgid, generation })
+    Some(unsafe { *regs.add(REG_R14) })
+}
+
+/// The current task's saved user R14, from the top of its kernel stack — where x86_64 saves a
+/// task's user registers when it enters the kernel, and what `bpf_task_pt_regs` computes. The
+/// `cs` and `ss` saved with them must be user mode's, else (another stack size or layout) the
+/// read is counted and nobody is returned.
+#[inline(always)]
+fn r14_from_task_stack() -> Option<u64> {
+    let stack_off = global_u32(&OFF_TASK_STACK) as u64;
+    if stack_off == 0 {
+        return None;
+    }
+    // SAFETY: a helper without arguments: it returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: kernel addresses handed to the helper, never dereferenced: it copies through the
+    // kernel's fault-tolerant path or fails (a wrong offset reads wrong bytes, caught below); the
+    // results are plain integers, valid for any bytes.
+    let stack = unsafe { bpf_probe_read_kernel((task + stack_off) as *const u64) }.ok()?;
+    let regs = stack + THREAD_SIZE - (PT_REGS_SLOTS * 8) as u64;
+    let slot = |i: usize| {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel((regs + (i * 8) as u64) as *const u64) }.unwrap_or(0)
+    };
+    if slot(REG_CS) != USER_CS || slot(REG_SS) != USER_DS {
+        count(KernelCount::GoroutinesUnread, 1);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((regs + (REG_R14 * 8) as u64) as *const u64) }.ok()
 }
 
 /// Whether `tgid` is a Go program whose goroutines are followed.
 #[inline(always)]
 pub fn followed(tgid: u32) -> bool {
     // SAFETY: only whether an entry exists is looked at.
-    global_u32(&GO_GOROUTINES) != 0 && unsafe { GO_PROCS.get(&tgid) }.is_some()
+    global_u32(&GO_GOROUTINES) != GoRegisters::OFF && unsafe { GO_PROCS.get(&tgid) }.is_some()
 }
 
 /// The current process's generation in `GO_PROCS`; 0: its goroutines are not followed.

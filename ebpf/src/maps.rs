@@ -192,10 +192,21 @@ pub static GO_NEWPROC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096,
 #[map]
 pub static TLS_RECEIVED: LruHashMap<Worker, Ids> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
-/// pid_tgid → the buffer and length of a request head the thread just read, for the read syscall's
-/// exit to look for a `traceparent` header in (`traceparent.rs`).
+/// A request head a thread just read, for the read syscall's exit to look for a `traceparent`
+/// header in (`traceparent.rs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeaderScan {
+    /// The head's buffer in the reading process, and its length.
+    pub addr: u64,
+    pub len: u64,
+    /// Who serves the request: the scan's program has no stack left to find out again.
+    pub who: Worker,
+}
+
+/// pid_tgid → the request head its thread just read.
 #[map]
-pub static HEADER_SCANS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
+pub static HEADER_SCANS: LruHashMap<u64, HeaderScan> = LruHashMap::with_max_entries(16384, NO_COMMON_LRU);
 
 /// Index 0: the header scan (`ctx_exit_read`), for the read syscalls' exit programs of the syscall
 /// hook sets to end in, after their capture filed the head (`HEADER_SCANS`). A tail call, not a
@@ -264,10 +275,12 @@ pub static FD_WALK: sonde_common::FdWalk = sonde_common::FdWalk::OFF;
 /// Which carriers of trace context go on the wire (`propagation::CARRY_*` bits); 0: none.
 #[unsafe(no_mangle)]
 pub static PROPAGATE: u32 = 0;
-/// Non-zero: goroutines of the Go programs in `GO_PROCS` are followed (the kernel has
-/// `bpf_task_pt_regs`, which the goroutine's register is read with at the socket hooks).
+/// A `GoRegisters` value: whether goroutines of the Go programs in `GO_PROCS` are followed, and how
+/// their register is read at the socket and syscall hooks.
 #[unsafe(no_mangle)]
 pub static GO_GOROUTINES: u32 = 0;
+#[unsafe(no_mangle)]
+pub static OFF_TASK_STACK: u32 = 0;
 #[unsafe(no_mangle)]
 pub static OFF_TCP_WRITE_SEQ: u32 = 0;
 #[unsafe(no_mangle)]

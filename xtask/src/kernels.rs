@@ -122,9 +122,9 @@ const TESTS: &[(&str, &str, Set)] = &[
         "an_sdk_service_called_by_a_plain_client_continues_sondes_client_span",
         Set::QuickOn("6.1"),
     ),
-    // Goroutines are read at the syscall hooks on 6.1 (5.15 on; 5.10 has no bpf_task_pt_regs, and
-    // the tests skip there).
-    ("goroutines", "calls_from_goroutines_a_handler_starts_are_its_children", Set::QuickOn("6.1")),
+    // Goroutines are read at the syscall hooks: on 5.10 from the top of the task's kernel stack
+    // (no bpf_task_pt_regs), on 6.1 with the helper, as on the host.
+    ("goroutines", "calls_from_goroutines_a_handler_starts_are_its_children", Set::QuickOn("5.10")),
     // Go's crypto/tls, its calls keyed by goroutine: ~3.5 min on 6.1 under TCG (four builds).
     (
         "goroutines",

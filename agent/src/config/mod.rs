@@ -273,7 +273,8 @@ pub struct RunArgs {
     /// Go programs: `on` follows the goroutines of Go programs built by Go 1.17 or later (amd64),
     /// through uprobes on `runtime.newproc1` and on net/http's client in each Go executable, so
     /// that a handler's requests are children of the request it serves even while it serves many
-    /// at once (needs `bpf_task_pt_regs`, Linux 5.15). `off`: a Go program's client spans get an
+    /// at once (amd64; on kernels without `bpf_task_pt_regs`, before 5.15, the goroutine is read
+    /// from the top of the task's kernel stack). `off`: a Go program's client spans get an
     /// in-process parent only while it serves one request at a time. Each hooked call costs about
     /// 1–5 µs. `sonde check-binary` shows what sonde finds in an executable.
     #[arg(env = "SONDE_GO", long, value_enum, value_name = "MODE", default_value_t = GoMode::On)]

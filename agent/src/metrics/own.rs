@@ -121,6 +121,14 @@ impl OwnSources {
             "By",
         );
         body_skipped.push(Vec::new(), t, k.count(KernelCount::BodyBytesSkipped));
+        let mut goroutines_unread = Metric::counter(
+            "sonde.kernel.goroutines_unread",
+            "Reads of a followed Go program's running goroutine that found no saved user registers where \
+             sonde looks for them without bpf_task_pt_regs (kernels before 5.15): that work had no \
+             in-process parent.",
+            "{read}",
+        );
+        goroutines_unread.push(Vec::new(), t, k.count(KernelCount::GoroutinesUnread));
         let mut not_parsed = Metric::counter(
             "sonde.connections.not_parsed",
             "Connections whose bytes stopped being copied, by who decided: first_bytes (the kernel: the \
@@ -399,6 +407,7 @@ impl OwnSources {
             copied,
             not_copied,
             body_skipped,
+            goroutines_unread,
             not_parsed,
             tcp_options,
             headers,

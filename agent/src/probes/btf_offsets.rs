@@ -46,14 +46,23 @@ pub fn sock_offsets(data: &[u8]) -> Result<SockOffsets, BtfError> {
 pub struct TaskOffsets {
     pub group_leader: u32,
     pub start_boottime: u32,
+    /// The kernel stack, whose top holds the task's saved user registers.
+    pub stack: u32,
 }
 
 pub fn task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
     let members = struct_members(data, "task_struct")?;
     let get = |name: &str| {
-        members.get(name).copied().ok_or(BtfError::StructNotFound("task_struct.group_leader/start_boottime"))
+        members
+            .get(name)
+            .copied()
+            .ok_or(BtfError::StructNotFound("task_struct.group_leader/start_boottime/stack"))
     };
-    Ok(TaskOffsets { group_leader: get("group_leader")?, start_boottime: get("start_boottime")? })
+    Ok(TaskOffsets {
+        group_leader: get("group_leader")?,
+        start_boottime: get("start_boottime")?,
+        stack: get("stack")?,
+    })
 }
 
 /// The offsets of `sonde_common::FdWalk`, for kernels without the socket tracepoints.
@@ -194,5 +203,7 @@ mod tests {
         // Both sit well past the scheduler's fields at the start of task_struct.
         assert!(offsets.group_leader > 64 && offsets.start_boottime > 64, "{offsets:?}");
         assert_ne!(offsets.group_leader, offsets.start_boottime);
+        // `stack` follows `state` (and, with THREAD_INFO_IN_TASK, `thread_info`) at the start.
+        assert!(offsets.stack > 0 && offsets.stack < 64, "{offsets:?}");
     }
 }

@@ -8,6 +8,8 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_map_supported},
 };
 
+use sonde_common::GoRegisters;
+
 use super::{attach, btf_offsets, prereq};
 
 /// The kernel features the hook sets depend on.
@@ -39,6 +41,34 @@ impl Features {
             task_regs: tracepoint_helper(BpfHelper::BPF_FUNC_task_pt_regs)
                 && tracepoint_helper(BpfHelper::BPF_FUNC_get_current_task_btf),
             btf: std::path::Path::new(btf_offsets::VMLINUX_BTF).exists(),
+        }
+    }
+}
+
+impl Features {
+    /// How the running goroutine's register can be read at the socket and syscall hooks here (a
+    /// `GoRegisters` value): with `bpf_task_pt_regs`, else from the top of the task's kernel stack
+    /// (x86_64, whose layout sonde knows, with the stack's offset from BTF).
+    pub fn goroutine_registers(&self) -> u32 {
+        if self.task_regs {
+            GoRegisters::HELPER
+        } else if self.btf && cfg!(target_arch = "x86_64") {
+            GoRegisters::TASK_STACK
+        } else {
+            GoRegisters::OFF
+        }
+    }
+}
+
+/// What `sonde check-kernel` and the start-up log say of a `GoRegisters` value.
+pub fn describe_goroutine_registers(how: u32) -> &'static str {
+    match how {
+        GoRegisters::HELPER => "followed (saved registers through bpf_task_pt_regs)",
+        GoRegisters::TASK_STACK => {
+            "followed (saved registers found at the top of the task's kernel stack: no bpf_task_pt_regs)"
+        }
+        _ => {
+            "not followed (no way to read a task's saved registers: no bpf_task_pt_regs, and no BTF on x86_64)"
         }
     }
 }

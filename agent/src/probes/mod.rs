@@ -33,7 +33,7 @@ mod sockhash_stand_in;
 pub mod tls;
 
 pub use attach::Programs;
-pub use features::Features;
+pub use features::{Features, describe_goroutine_registers};
 pub use hooks::{HookChoice, HookSet};
 
 /// The hook set `choice` gives on a kernel with `features`, on this architecture.
@@ -47,7 +47,7 @@ use aya::{
     maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use sonde_common::{MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globals, maps};
+use sonde_common::{GoRegisters, MAX_CAPTURE, PID_BITMAP_WORDS, PID_LIMIT, globals, maps};
 
 use crate::metrics::own::KernelReading;
 
@@ -151,14 +151,16 @@ impl Probes {
 
         let tls_excludes = options.tls.as_ref().is_some_and(|t| !t.exclude.is_empty());
         let log_level = kernel_log::level_from_filter();
-        let go = options.go && features.task_regs;
+        let go_wanted = if options.go { features.goroutine_registers() } else { GoRegisters::OFF };
+        let Loaded { mut ebpf, fork_child_offset, state_offsets, go_registers } =
+            load_object(options, &fd_walk, propagation.as_ref(), go_wanted, log_level)?;
+        let go = go_registers != GoRegisters::OFF;
         if options.go && !go {
             tracing::warn!(
-                "goroutines of Go programs are not followed: the kernel lacks bpf_task_pt_regs (Linux 5.15); a Go program's client spans get an in-process parent only while it serves one request at a time"
+                "goroutines of Go programs are {}; a Go program's client spans get an in-process parent only while it serves one request at a time",
+                features::describe_goroutine_registers(go_registers)
             );
         }
-        let Loaded { mut ebpf, fork_child_offset, state_offsets } =
-            load_object(options, &fd_walk, propagation.as_ref(), go, log_level)?;
         let capture = options.capture_bytes.min(MAX_CAPTURE as u32);
 
         if !options.pids.is_empty() {
@@ -363,6 +365,9 @@ struct Loaded {
     fork_child_offset: u32,
     /// Whether the `inet_sock_set_state` record has the fields `own.rs` reads.
     state_offsets: bool,
+    /// How goroutines are followed (`GoRegisters`): as asked, or off where the task's stack offset
+    /// was asked for and BTF did not give it.
+    go_registers: u32,
 }
 
 /// Loads the object with its globals (offsets from the kernel's BTF and tracepoint formats, the
@@ -372,10 +377,9 @@ fn load_object(
     options: &ProbeOptions,
     fd_walk: &sonde_common::FdWalk,
     propagation: Option<&propagation::Offsets>,
-    go: bool,
+    go_registers: u32,
     log_level: u8,
 ) -> Result<Loaded, ProbeError> {
-    let go: u32 = go.into();
     let propagate: u32 = options.propagation.as_ref().map_or(0, |p| p.carriers.bits());
     let headers = options.propagation.as_ref().is_some_and(|p| p.carriers.header);
     let object: Cow<[u8]> = if headers {
@@ -388,6 +392,11 @@ fn load_object(
     };
     let propagation = propagation.copied().unwrap_or_default();
     let (v6, task) = kernel_offsets();
+    let go_registers = if go_registers == GoRegisters::TASK_STACK && task.stack == 0 {
+        GoRegisters::OFF
+    } else {
+        go_registers
+    };
     let agent_tgid = std::process::id();
     let field = |category: &str, tracepoint: &str, field: &str| {
         prereq::tracepoint_field_offset(category, tracepoint, field).unwrap_or(0)
@@ -419,7 +428,8 @@ fn load_object(
         .override_global(globals::OFF_STATE_SADDR_V6, &state_saddr_offset, true)
         .override_global(globals::FD_WALK, fd_walk, true)
         .override_global(globals::PROPAGATE, &propagate, true)
-        .override_global(globals::GO_GOROUTINES, &go, true)
+        .override_global(globals::GO_GOROUTINES, &go_registers, true)
+        .override_global(globals::OFF_TASK_STACK, &task.stack, true)
         .override_global(globals::OFF_TCP_WRITE_SEQ, &propagation.write_seq, true)
         .override_global(globals::OFF_TCP_COPIED_SEQ, &propagation.copied_seq, true)
         .override_global(globals::SEND_FD_WALK, &propagation.fd_walk, true)
@@ -434,6 +444,7 @@ fn load_object(
         ebpf,
         fork_child_offset,
         state_offsets: state_sport_offset != 0 && state_dport_offset != 0 && state_saddr_offset != 0,
+        go_registers,
     })
 }
 
@@ -473,12 +484,17 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             cgroup: None,
             carriers: propagation::Carriers { tcp_option: true, header: true },
         }),
-        go: features.task_regs,
+        go: features.goroutine_registers() != GoRegisters::OFF,
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
-    let mut loaded =
-        load_object(&options, &fd_walk, Some(&propagation), options.go, aya_log::Level::Trace as u8)?;
+    let mut loaded = load_object(
+        &options,
+        &fd_walk,
+        Some(&propagation),
+        features.goroutine_registers(),
+        aya_log::Level::Trace as u8,
+    )?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {
@@ -527,10 +543,10 @@ fn verifier_summary(error: &ProgramError) -> String {
 
 fn kernel_offsets() -> (btf_offsets::SockOffsets, btf_offsets::TaskOffsets) {
     const NO_IPV6: &str = "IPv6 addresses will be missing from spans";
-    const NO_START: &str = "process start times are not read: a process that exits and has its pid taken within a poll may be described by its successor's /proc";
+    const NO_START: &str = "process start times are not read: a process that exits and has its pid taken within a poll may be described by its successor's /proc; without bpf_task_pt_regs, goroutines are not followed";
     let none = (
         btf_offsets::SockOffsets { v6_daddr: 0, v6_rcv_saddr: 0 },
-        btf_offsets::TaskOffsets { group_leader: 0, start_boottime: 0 },
+        btf_offsets::TaskOffsets { group_leader: 0, start_boottime: 0, stack: 0 },
     );
     let data = match btf_offsets::vmlinux() {
         Ok(data) => data,
