@@ -203,11 +203,17 @@ fn matrix(specs: &[String], quick: bool) -> anyhow::Result<Table> {
         };
         let (release, cells) = parse(&output);
         let hooks = output.lines().find_map(|l| l.trim().strip_prefix("MATRIX-HOOKS ")).unwrap_or("?");
+        let goroutines =
+            output.lines().find_map(|l| l.trim().strip_prefix("MATRIX-GOROUTINES ")).unwrap_or("?");
         eprintln!(
-            "kernel {spec} ({release}): hooks={hooks}, {} tests in {:.0?}",
+            "kernel {spec} ({release}): hooks={hooks}, goroutines {goroutines}, {} tests in {:.0?}",
             cells.len(),
             started.elapsed()
         );
+        // Where the time goes: CI's budget is mostly these guests.
+        for line in output.lines().filter_map(|l| l.trim().strip_prefix("MATRIX-SECONDS ")) {
+            eprintln!("  {line} s");
+        }
         if cells.len() != tests.len() || cells.values().any(|ok| !ok) {
             eprintln!("{}", output.lines().filter(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"));
         }
@@ -254,15 +260,19 @@ fn guest_script(sonde: &Path, tests: &[(PathBuf, &str, &str)], patience: u32) ->
          ip link set lo up 2>/dev/null\n\
          mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
          echo \"MATRIX-KERNEL $(uname -r)\"\n\
-         echo \"MATRIX-HOOKS $(\"$SONDE_BIN\" check-kernel 2>/dev/null | sed -n 's/^hooks: //p')\"\n",
+         kernel=$(\"$SONDE_BIN\" check-kernel 2>/dev/null)\n\
+         echo \"MATRIX-HOOKS $(sed -n 's/^hooks: //p' <<<\"$kernel\")\"\n\
+         echo \"MATRIX-GOROUTINES $(sed -n 's/^goroutines: //p' <<<\"$kernel\")\"\n",
         sonde.display()
     );
     for (binary_path, binary, name) in tests {
         let log = format!("/tmp/sonde-matrix-{binary}-{name}.log");
         script.push_str(&format!(
-            "if timeout 900 '{}' --exact '{name}' --test-threads=1 >'{log}' 2>&1 && grep -q '1 passed' '{log}'; \
+            "started=$SECONDS\n\
+             if timeout 900 '{}' --exact '{name}' --test-threads=1 >'{log}' 2>&1 && grep -q '1 passed' '{log}'; \
              then echo 'MATRIX {binary}::{name} ok'; \
-             else echo 'MATRIX {binary}::{name} FAILED'; tail -n 60 '{log}' | sed 's/^/    | /'; fi\n",
+             else echo 'MATRIX {binary}::{name} FAILED'; tail -n 60 '{log}' | sed 's/^/    | /'; fi\n\
+             echo \"MATRIX-SECONDS {binary}::{name} $((SECONDS - started))\"\n",
             binary_path.display()
         ));
     }
