@@ -12,6 +12,7 @@ pub mod demo;
 pub mod export;
 pub mod heap;
 pub mod http;
+pub mod http2;
 pub mod intake;
 pub mod link;
 pub mod metadata;
