@@ -20,7 +20,7 @@ use anyhow::Context as _;
 
 use crate::sh;
 
-pub const TARGETS: &[&str] = &["http_connection", "traceparent"];
+pub const TARGETS: &[&str] = &["http_connection", "traceparent", "http2"];
 
 fn fuzz_dir() -> PathBuf {
     sh::root().join("agent/fuzz")

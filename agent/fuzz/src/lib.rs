@@ -4,6 +4,8 @@
 
 #[path = "../../src/http/mod.rs"]
 pub mod http;
+#[path = "../../src/http2/mod.rs"]
+pub mod http2;
 
 use http::{Chunk, Direction, Exchange, HttpConnection, Limits};
 
@@ -118,5 +120,49 @@ pub fn run_traceparent(input: &[u8]) {
         let parsed = http::traceparent::parse(&formatted);
         let zero = trace_id == [0; 16] || parent_id == [0; 8];
         assert_eq!(parsed.is_ok(), !zero);
+    }
+}
+
+/// Runs both directions of an HTTP/2 connection through [`http2::Http2Connection`]: what must
+/// hold for any bytes is bounded memory, ordered timestamps, every stream reported once, no panic.
+///
+/// Input: a mode byte (bit 0: requests leave, i.e. the traced process is the client; bit 1: the
+/// connection was seen from its start, so the requests' direction begins with the preface), then
+/// records `op, len_hi, len_lo, gap` and `len` data bytes: op bit 0 is the direction (0 Ingress,
+/// 1 Egress); `gap * 64` uncaptured bytes follow the data.
+pub fn run_http2(input: &[u8]) {
+    use http2::{
+        Http2Connection, MAX_OPEN_STREAMS,
+        frame::MAX_BLOCK,
+        hpack::MAX_TABLE_SIZE,
+    };
+    let Some((&mode, mut rest)) = input.split_first() else {
+        return;
+    };
+    let requests_from = if mode & 1 != 0 { Direction::Egress } else { Direction::Ingress };
+    let mut conn = Http2Connection::new(requests_from, mode & 2 != 0);
+    let mut out = Vec::new();
+    let mut ts = 0u64;
+    while let [op, hi, lo, gap, tail @ ..] = rest {
+        ts += 1;
+        let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
+        let (data, after) = tail.split_at(n);
+        let direction = if op & 1 == 0 { Direction::Ingress } else { Direction::Egress };
+        let len = n as u32 + u32::from(*gap) * 64;
+        conn.feed(direction, Chunk { ts_ns: ts, tid: 1, data, len }, &mut out);
+        let _ = conn.take_started().count();
+        assert!(conn.open_streams() <= MAX_OPEN_STREAMS);
+        assert!(conn.held_bytes() <= 2 * (2 * MAX_BLOCK + 8192) + 2 * MAX_TABLE_SIZE, "{}", conn.held_bytes());
+        rest = after;
+    }
+    conn.close(ts + 1, &mut out);
+    assert_eq!(conn.open_streams(), 0);
+    let mut streams = std::collections::HashSet::new();
+    for ex in &out {
+        assert!(streams.insert(ex.stream), "stream {} reported twice", ex.stream);
+        assert!(ex.request.start_ns <= ex.request.end_ns && ex.request.end_ns <= ts + 1, "{ex:?}");
+        if let Some(r) = &ex.response {
+            assert!(r.start_ns <= r.end_ns && r.end_ns <= ts + 1, "{ex:?}");
+        }
     }
 }

@@ -24,6 +24,7 @@ mod tests;
 
 use std::{collections::VecDeque, sync::Arc};
 
+pub use static_table::STATIC as STATIC_TABLE;
 use static_table::STATIC;
 
 /// The dynamic table's size limit until a `SETTINGS_HEADER_TABLE_SIZE` says otherwise (RFC 9113,
@@ -144,6 +145,11 @@ impl Decoder {
         self.size = 0;
         self.missed_insertions = true;
         self.losses += 1;
+    }
+
+    /// A lower bound of the bytes the table's entries take (their names and values take less).
+    pub fn table_bytes(&self) -> usize {
+        self.size
     }
 
     /// Blocks this decoder could not follow.
