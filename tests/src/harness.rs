@@ -26,6 +26,22 @@ pub fn sonde_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sonde"))
 }
 
+/// Whether sonde follows the goroutines of Go programs on this kernel: it reads a goroutine's
+/// register from the task's saved registers, with `bpf_task_pt_regs` (5.15) or, before, at the top
+/// of the task's kernel stack; `sonde check-kernel` says which. Prints why not.
+pub fn goroutines_followed() -> bool {
+    let out = std::process::Command::new(sonde_bin())
+        .arg("check-kernel")
+        .output()
+        .expect("running sonde check-kernel");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("goroutines: followed") {
+        return true;
+    }
+    eprintln!("SKIPPED: goroutines are not followed on this kernel:\n{text}");
+    false
+}
+
 pub fn servers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("servers")
 }

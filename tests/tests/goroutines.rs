@@ -19,20 +19,6 @@ use sonde_tests::{
 
 const SERVICES: [&str; 3] = ["svc-a", "svc-b", "svc-c"];
 
-/// Whether this kernel lets sonde follow goroutines: it reads a goroutine's register from the
-/// task's saved registers, with `bpf_task_pt_regs` (5.15) or, before, at the top of the task's
-/// kernel stack; `sonde check-kernel` says which. Where neither works sonde says so and parents as
-/// with `--go off` (tests/tests/parenting.rs covers that).
-fn goroutines_followed_here() -> bool {
-    let out =
-        std::process::Command::new(sonde_tests::harness::sonde_bin()).arg("check-kernel").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("goroutines: followed") {
-        return true;
-    }
-    eprintln!("SKIPPED: goroutines are not followed on this kernel:\n{text}");
-    false
-}
 const CONCURRENT: u32 = 50;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -205,7 +191,7 @@ async fn every_build_under_load(scheme: Scheme) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_concurrent_requests() {
-    if !goroutines_followed_here() {
+    if !sonde_tests::harness::goroutines_followed() {
         return;
     }
     let failures = every_build_under_load(Scheme::Http).await;
@@ -216,7 +202,7 @@ async fn go_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_con
 /// the calls keyed by goroutine.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_https_chains_of_each_toolchain_stripped_or_not_make_whole_traces_under_concurrent_requests() {
-    if !goroutines_followed_here() {
+    if !sonde_tests::harness::goroutines_followed() {
         return;
     }
     let failures = every_build_under_load(Scheme::Https).await;
@@ -227,7 +213,7 @@ async fn go_https_chains_of_each_toolchain_stripped_or_not_make_whole_traces_und
 /// are children of its SERVER span.
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_from_goroutines_a_handler_starts_are_its_children() {
-    if !goroutines_followed_here() {
+    if !sonde_tests::harness::goroutines_followed() {
         return;
     }
     let receiver = Receiver::start().await.unwrap();
@@ -293,7 +279,7 @@ async fn calls_from_goroutines_a_handler_starts_are_its_children() {
 /// service.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_first_byte_a_background_read_took_still_parents_its_calls() {
-    if !goroutines_followed_here() {
+    if !sonde_tests::harness::goroutines_followed() {
         return;
     }
     let receiver = Receiver::start().await.unwrap();
@@ -361,7 +347,7 @@ fn pipelined(port: u16, requests: &[(u32, u64)]) -> String {
 /// its HTTPS gives no span, and sonde says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_exclude_leaves_a_go_programs_crypto_tls_unhooked() {
-    if !goroutines_followed_here() {
+    if !sonde_tests::harness::goroutines_followed() {
         return;
     }
     let receiver = Receiver::start().await.unwrap();

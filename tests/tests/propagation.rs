@@ -551,16 +551,14 @@ async fn an_sdk_service_called_by_a_plain_client_continues_sondes_client_span() 
 /// A Go service whose handlers call an SDK service, under concurrent requests: the `traceparent`
 /// sonde writes into each Go client request names that request's CLIENT span — the child of the
 /// handler's SERVER span, found through goroutines — so the SDK's SERVER span continues the right
-/// trace. Needs header propagation and followed goroutines (Linux 5.15 on).
+/// trace. Needs header propagation and followed goroutines.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_go_clients_written_header_names_its_own_client_span() {
     if !headers_allowed() {
         eprintln!("headers are refused on this kernel: nothing to show here");
         return;
     }
-    let check = std::process::Command::new(harness::sonde_bin()).arg("check-kernel").output().unwrap();
-    if !String::from_utf8_lossy(&check.stdout).contains("task_regs=yes") {
-        eprintln!("SKIPPED: no bpf_task_pt_regs here, so Go's goroutines are not followed");
+    if !harness::goroutines_followed() {
         return;
     }
     const CONCURRENT: u32 = 10;
