@@ -5,12 +5,15 @@
 //! * [`hpack`]: header blocks decoded, for connections joined late too.
 //! * `connection`: [`Http2Connection`], the public face: streams, each a request and its
 //!   response, with the fields sonde reads and how the stream ended.
+//! * [`grpc`]: which streams are gRPC calls, and their service, method and status as the RPC
+//!   conventions name them.
 //!
 //! Everything here is pure, like `http/`: no I/O, no clock, no global state, bounded memory
 //! whatever the bytes say.
 
 mod connection;
 pub mod frame;
+pub mod grpc;
 pub mod hpack;
 
 pub use connection::{
