@@ -130,7 +130,7 @@ fn service_and_method(request: &RequestHeaders) -> Option<(String, String)> {
 /// server): the status gRPC clients report for it (grpc/doc/http-grpc-status-mapping.md).
 fn status_from_http(status: u16) -> Option<u32> {
     Some(match status {
-        200 | 100..=199 => return None,
+        100..=200 => return None,
         400 => 13,
         401 => 16,
         403 => 7,
