@@ -331,6 +331,42 @@ fn print_table(table: &Table) {
 /// Boots `vmlinuz` with the host's root filesystem and runs `script`; returns what it printed.
 /// QEMU's exit status is not the script's: the caller reads the `MATRIX` lines.
 fn boot(vmlinuz: &Path, script: &Path) -> anyhow::Result<String> {
+    match boot_once(vmlinuz, script)? {
+        Guest::NoBoot(_) => {
+            // Seen once under TCG: a guest that never came up, QEMU busy and silent for good.
+            eprintln!("the guest printed no kernel release within {BOOT_DEADLINE:?}: booting it once more");
+            Ok(boot_once(vmlinuz, script)?.output())
+        }
+        guest => Ok(guest.output()),
+    }
+}
+
+/// How long a guest may take to boot and print its kernel release.
+const BOOT_DEADLINE: Duration = Duration::from_secs(5 * 60);
+/// How long a guest may take over one test: more than the test's own `timeout 900`.
+const TEST_DEADLINE: Duration = Duration::from_secs(17 * 60);
+
+/// What a guest printed, and whether it ran to its end.
+enum Guest {
+    Finished(String),
+    /// No `MATRIX-KERNEL` line within `BOOT_DEADLINE`: stopped.
+    NoBoot(String),
+    /// No test ended within `TEST_DEADLINE`: stopped (its missing tests count as failed).
+    Stalled(String),
+}
+
+impl Guest {
+    fn output(self) -> String {
+        match self {
+            Guest::Finished(out) | Guest::NoBoot(out) | Guest::Stalled(out) => out,
+        }
+    }
+}
+
+/// One boot, its output read as it comes, the guest stopped (its whole process group: virtme-ng
+/// and QEMU) when it does not boot or a test never ends.
+fn boot_once(vmlinuz: &Path, script: &Path) -> anyhow::Result<Guest> {
+    use std::{io::BufRead as _, os::unix::process::CommandExt as _, process::Stdio, sync::mpsc};
     let mut vng = Command::new("python3");
     vng.args(["-c", "import sys; from virtme_ng.run import main; sys.argv[0] = 'vng'; sys.exit(main())"])
         .args(["-v", "--run"])
@@ -341,8 +377,61 @@ fn boot(vmlinuz: &Path, script: &Path) -> anyhow::Result<String> {
         vng.arg("--disable-kvm");
     }
     eprintln!("+ {}", sh::describe(&vng));
-    let out = vng.output().context("starting virtme-ng")?;
-    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let mut child = vng
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("starting virtme-ng")?;
+    let (lines, received) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("virtme-ng's stdout")?;
+    let stderr = child.stderr.take().context("virtme-ng's stderr")?;
+    let readers = [
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                std::io::BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|l| lines.send(l))
+            }
+        }),
+        std::thread::spawn(move || {
+            std::io::BufReader::new(stderr).lines().map_while(Result::ok).try_for_each(|l| lines.send(l))
+        }),
+    ];
+    let mut output = String::new();
+    let (mut booted, mut since) = (false, Instant::now());
+    let stalled = loop {
+        let deadline = if booted { TEST_DEADLINE } else { BOOT_DEADLINE };
+        match received.recv_timeout(deadline.saturating_sub(since.elapsed())) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if trimmed.starts_with("MATRIX-KERNEL ") {
+                    booted = true;
+                    since = Instant::now();
+                } else if trimmed.starts_with("MATRIX ") {
+                    since = Instant::now();
+                }
+                output.push_str(&line);
+                output.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) => break Some(booted),
+        }
+    };
+    if stalled.is_some() {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+    }
+    let _ = child.wait();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    Ok(match stalled {
+        None => Guest::Finished(output),
+        Some(false) => Guest::NoBoot(output),
+        Some(true) => {
+            eprintln!("the guest finished no test within {TEST_DEADLINE:?}: stopped");
+            Guest::Stalled(output)
+        }
+    })
 }
 
 /// KVM needs /dev/kvm and a CPU with virtualisation extensions (a guest often has the device
