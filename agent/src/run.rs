@@ -237,14 +237,14 @@ pub fn run_with(args: RunArgs, started: impl FnOnce(StopHandle)) -> anyhow::Resu
 /// program through the verifier.
 pub fn check_kernel() -> anyhow::Result<()> {
     init_logging("warn");
-    let (features, programs) = crate::probes::check_programs()?;
+    let (features, go_registers, programs) = crate::probes::check_programs()?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}: {features}", release.trim());
     match crate::probes::choose_hooks(crate::probes::HookChoice::Auto, &features) {
         Ok(set) => println!("hooks: {set}"),
         Err(e) => println!("hooks: none ({e})"),
     }
-    println!("goroutines: {}", crate::probes::describe_goroutine_registers(features.goroutine_registers()));
+    println!("goroutines: {}", crate::probes::describe_goroutine_registers(go_registers));
     match crate::probes::sockhash_check::sockhash_is_harmless() {
         Ok(()) => {
             println!("sockhash: harmless (FIONREAD and epoll readiness stay right for a member socket)")

@@ -33,8 +33,8 @@ pub struct RequestHeaders {
     pub user_agent: Option<String>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
-    /// Fields whose name sonde could not read (they referenced table entries inserted before it
-    /// joined, or after a loss): a field missing above may be one of them.
+    /// Fields whose name or value sonde could not read (they referenced table entries inserted
+    /// before it joined, or after a loss): a field missing above may be one of them.
     pub unknown_fields: u16,
 }
 
@@ -371,11 +371,13 @@ impl Http2Connection {
     fn end_if_done(&mut self, stream: u32, out: &mut Vec<StreamExchange>) {
         let done = self.streams.get(&stream).is_some_and(|s| s.request_ended && s.response_ended);
         if done && let Some(entry) = self.streams.remove(&stream) {
-            let end = entry.response.as_ref().map_or(entry.request.end_ns, |r| r.end_ns);
-            out.push(self.exchange(stream, entry, Ending::Complete, end));
+            let ended_ns = entry.request.end_ns;
+            out.push(self.exchange(stream, entry, Ending::Complete, ended_ns));
         }
     }
 
+    /// The stream as it ended; one that did not complete was cut off at `ts_ns` (its response, if
+    /// any, lasts until then).
     fn exchange(&self, stream: u32, entry: Stream, ending: Ending, ts_ns: u64) -> StreamExchange {
         let mut response = entry.response;
         if ending != Ending::Complete

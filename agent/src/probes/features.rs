@@ -43,9 +43,7 @@ impl Features {
             btf: std::path::Path::new(btf_offsets::VMLINUX_BTF).exists(),
         }
     }
-}
 
-impl Features {
     /// How the running goroutine's register can be read at the socket and syscall hooks here (a
     /// `GoRegisters` value): with `bpf_task_pt_regs`, else from the top of the task's kernel stack
     /// (x86_64, whose layout sonde knows, with the stack's offset from BTF).

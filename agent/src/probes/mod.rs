@@ -459,8 +459,9 @@ pub struct ProgramCheck {
 
 /// Loads every program of the object, as the most demanding configuration would (the fd-table
 /// walk's offsets and every kernel log statement on, so that the verifier sees that code too),
-/// without attaching any. The kernel's features come back beside the programs.
-pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
+/// without attaching any. The kernel's features come back beside the programs, with how goroutines
+/// are read here (a `GoRegisters` value, as the load settled it).
+pub fn check_programs() -> Result<(Features, u32, Vec<ProgramCheck>), ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
@@ -468,6 +469,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
     prereq::ensure_tracefs()?;
     prereq::raise_memlock();
     let features = Features::detect();
+    let wanted = features.goroutine_registers();
     let fd_walk =
         btf_offsets::vmlinux().and_then(|data| btf_offsets::fd_walk_offsets(&data)).unwrap_or_default();
     let options = ProbeOptions {
@@ -484,17 +486,12 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
             cgroup: None,
             carriers: propagation::Carriers { tcp_option: true, header: true },
         }),
-        go: features.goroutine_registers() != GoRegisters::OFF,
+        go: wanted != GoRegisters::OFF,
     };
     // Propagation on, so that the verifier sees its code paths too.
     let propagation = propagation::offsets().unwrap_or_default();
-    let mut loaded = load_object(
-        &options,
-        &fd_walk,
-        Some(&propagation),
-        features.goroutine_registers(),
-        aya_log::Level::Trace as u8,
-    )?;
+    let mut loaded =
+        load_object(&options, &fd_walk, Some(&propagation), wanted, aya_log::Level::Trace as u8)?;
     let mut checks = Vec::new();
     for (name, program) in loaded.ebpf.programs_mut() {
         let result = match program {
@@ -514,7 +511,7 @@ pub fn check_programs() -> Result<(Features, Vec<ProgramCheck>), ProbeError> {
         });
     }
     checks.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((features, checks))
+    Ok((features, loaded.go_registers, checks))
 }
 
 /// Lines of a refused program's verifier log that `check-kernel` prints unless
